@@ -1,0 +1,1 @@
+"""pointprompt: see README.md."""

@@ -1,0 +1,207 @@
+"""The Segmenter interface: image -> state (cacheable), state + prompt sets -> masks.
+
+.. code-block:: python
+
+    seg = create_segmenter("sam-tiny")
+    state = seg.encode(image)                       # (H, W, 3) uint8 RGB
+    pred = seg.segment(state, [PromptSet(points=Points.positive((120, 80)))])
+    pred.masks    # (N, K, H, W) bool at the original image size
+    pred.scores   # (N, K) float32 predicted quality (NaN where a model has none)
+    pred.logits   # (N, K, h, w) float32 low-res logits for mask feedback, or None
+
+Multimask policy (``multimask=`` on the segmenter or per call):
+
+* ``"single"``: the model's single-output head (SAM ``multimask_output=False``), K = 1;
+* ``"all"``: every candidate (SAM: 3), K = 3;
+* ``"first"``: candidate 0 of the multimask head (what the PointPrompt code used), K = 1;
+* ``"best"``: the candidate with the highest predicted score, K = 1;
+* ``"oracle"``: the candidate with the highest IoU against ``targets``, K = 1.
+"""
+
+from __future__ import annotations
+
+import abc
+from dataclasses import dataclass, field
+from typing import Any, Literal, Sequence
+
+import numpy as np
+
+from segprompt.errors import ConfigError, PromptError
+from segprompt.prompts import PromptSet, as_prompt_sets
+
+MultimaskPolicy = Literal["single", "all", "first", "best", "oracle"]
+MULTIMASK_POLICIES: tuple[str, ...] = ("single", "all", "first", "best", "oracle")
+
+
+def check_policy(policy: str) -> str:
+    if policy not in MULTIMASK_POLICIES:
+        raise ConfigError(f"unknown multimask policy {policy!r}; use one of {', '.join(MULTIMASK_POLICIES)}")
+    return policy
+
+
+@dataclass
+class ImageState:
+    """What :meth:`Segmenter.encode` computed for one image.
+
+    Attributes:
+        original_size: (H, W) of the image given to ``encode``.
+        input_size: (h, w) of the resized image inside the model input (before padding).
+        features: model-specific arrays or tensors (SAM: ``{"embeddings": (1, C, h', w')}``).
+        image: the RGB image itself, kept only by models that need pixels at decode time.
+        key: cache signature of this state, when it came through the embedding cache.
+    """
+
+    original_size: tuple[int, int]
+    input_size: tuple[int, int]
+    features: dict[str, Any] = field(default_factory=dict)
+    image: np.ndarray | None = None
+    key: str | None = None
+
+
+@dataclass
+class Prediction:
+    """Output of :meth:`Segmenter.segment` for N prompt sets.
+
+    Attributes:
+        masks: bool (N, K, H, W) at the original image size.
+        scores: float32 (N, K) predicted quality; NaN where the model has no estimate.
+        logits: float32 (N, K, h, w) low-resolution logits (SAM 256 x 256) or None.
+        chosen: int64 (N,) index of the candidate kept by a K=1 policy, else None.
+    """
+
+    masks: np.ndarray
+    scores: np.ndarray
+    logits: np.ndarray | None = None
+    chosen: np.ndarray | None = None
+
+    def __len__(self) -> int:
+        return int(self.masks.shape[0])
+
+    @property
+    def best(self) -> np.ndarray:
+        """bool (N, H, W): the candidate with the highest score of each set (first if K = 1)."""
+        if self.masks.shape[1] == 1:
+            return self.masks[:, 0]
+        idx = np.nan_to_num(self.scores, nan=-np.inf).argmax(axis=1)
+        return self.masks[np.arange(len(idx)), idx]
+
+    def select(self, policy: MultimaskPolicy, targets: Sequence[np.ndarray] | np.ndarray | None = None) -> "Prediction":
+        """Reduce K candidates to one per set by ``policy`` (``first``, ``best``, ``oracle``)."""
+        check_policy(policy)
+        n, k = self.scores.shape
+        if policy in ("all", "single") or k == 1:
+            return self
+        if policy == "first":
+            idx = np.zeros(n, np.int64)
+        elif policy == "best":
+            idx = np.nan_to_num(self.scores, nan=-np.inf).argmax(axis=1)
+        else:
+            if targets is None:
+                raise PromptError("the 'oracle' multimask policy needs the target mask of every prompt set")
+            targets = [np.asarray(t, bool) for t in (targets if not isinstance(targets, np.ndarray) or targets.ndim == 3 else [targets] * n)]
+            if len(targets) != n:
+                raise PromptError(f"oracle selection got {len(targets)} targets for {n} prompt sets")
+            idx = np.empty(n, np.int64)
+            for i, t in enumerate(targets):
+                if t.shape != self.masks.shape[2:]:
+                    raise PromptError(f"target {i} has shape {t.shape}, predictions have {self.masks.shape[2:]}")
+                inter = (self.masks[i] & t).reshape(k, -1).sum(1)
+                union = (self.masks[i] | t).reshape(k, -1).sum(1)
+                iou = np.where(union > 0, inter / np.maximum(union, 1), 1.0)
+                idx[i] = int(iou.argmax())
+        rows = np.arange(n)
+        return Prediction(
+            masks=self.masks[rows, idx][:, None],
+            scores=self.scores[rows, idx][:, None],
+            logits=None if self.logits is None else self.logits[rows, idx][:, None],
+            chosen=idx,
+        )
+
+
+class Segmenter(abc.ABC):
+    """Turns an image and prompt sets into masks. Subclasses register with ``@register_segmenter``.
+
+    Subclasses set ``accepts`` (the prompt kinds they understand), and implement
+    :meth:`_encode` and :meth:`_segment`. The public methods check inputs and apply the
+    multimask policy so that every model behaves the same at the boundary.
+    """
+
+    name: str = "segmenter"
+    accepts: frozenset[str] = frozenset()
+    #: True when the model has a multimask head (K = 3 candidates)
+    has_multimask: bool = False
+
+    def __init__(self, multimask: MultimaskPolicy = "single", device: str = "cpu", precision: str = "fp32") -> None:
+        self.multimask: MultimaskPolicy = check_policy(multimask)  # type: ignore[assignment]
+        self.device = device
+        self.precision = precision
+
+    # -- public API ---------------------------------------------------------
+    def encode(self, image: np.ndarray) -> ImageState:
+        """Compute the image state of one (H, W, 3) uint8 RGB image."""
+        image = check_image(image)
+        return self._encode(image)
+
+    def segment(
+        self,
+        state: ImageState,
+        prompts: PromptSet | Sequence[PromptSet],
+        *,
+        multimask: MultimaskPolicy | None = None,
+        targets: Sequence[np.ndarray] | np.ndarray | None = None,
+    ) -> Prediction:
+        """Decode every prompt set in one batched call where the model allows it.
+
+        Args:
+            state: from :meth:`encode` on the same segmenter.
+            prompts: one :class:`PromptSet` or a list (N); each gives one output.
+            multimask: override of the segmenter's policy for this call.
+            targets: bool (H, W) masks, one per prompt set (or one for all), for ``"oracle"``.
+        """
+        policy = check_policy(multimask or self.multimask)
+        sets = as_prompt_sets(prompts)
+        if not sets:
+            raise PromptError("segment() needs at least one prompt set")
+        for i, s in enumerate(sets):
+            extra = s.kinds - self.accepts
+            if extra:
+                raise PromptError(
+                    f"model {self.name!r} does not accept {', '.join(sorted(extra))} prompts "
+                    f"(prompt set {i}); it accepts {', '.join(sorted(self.accepts))}"
+                )
+            if s.is_empty():
+                raise PromptError(f"prompt set {i} is empty")
+            s.check(state.original_size)
+        want_multi = self.has_multimask and policy != "single"
+        pred = self._segment(state, sets, multimask_output=want_multi)
+        if want_multi and policy != "all":
+            pred = pred.select(policy, targets)
+        return pred
+
+    def predict(self, image: np.ndarray, prompts: PromptSet | Sequence[PromptSet], **kwargs: Any) -> Prediction:
+        """``encode`` then ``segment`` in one call."""
+        return self.segment(self.encode(image), prompts, **kwargs)
+
+    # -- for subclasses -----------------------------------------------------
+    @abc.abstractmethod
+    def _encode(self, image: np.ndarray) -> ImageState: ...
+
+    @abc.abstractmethod
+    def _segment(self, state: ImageState, prompts: list[PromptSet], multimask_output: bool) -> Prediction: ...
+
+    def describe(self) -> dict[str, Any]:
+        """A JSON-able description (name, settings) recorded in run configs."""
+        return {"name": self.name, "multimask": self.multimask, "device": self.device, "precision": self.precision}
+
+
+def check_image(image: np.ndarray) -> np.ndarray:
+    """Check that ``image`` is (H, W, 3) uint8 RGB; raise PromptError saying how to convert it."""
+    arr = np.asarray(image)
+    if arr.dtype != np.uint8 or arr.ndim != 3 or arr.shape[2] != 3:
+        raise PromptError(
+            f"images must be (H, W, 3) uint8 RGB, got shape {arr.shape} dtype {arr.dtype}; "
+            "convert with segprompt.data.to_rgb_uint8"
+        )
+    if arr.shape[0] < 2 or arr.shape[1] < 2:
+        raise PromptError(f"image of shape {arr.shape} is too small to segment")
+    return np.ascontiguousarray(arr)

@@ -1,0 +1,50 @@
+"""``create_segmenter(name, **kwargs)``: the registry of Segmenter implementations.
+
+Built-in models are registered by an import path so that ``import segprompt`` stays light
+(torch and segment-anything load only when a model is created). A plugin or user module
+registers a class directly with ``@register_segmenter("my-model")``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any, Callable, Union
+
+from segprompt.models.base import Segmenter
+from segprompt.registry import Registry
+
+Factory = Union[str, Callable[..., Segmenter]]
+
+SEGMENTERS: Registry[Factory] = Registry("segmenter")
+
+# name -> "module:attribute" of a class or factory, imported on first use
+SEGMENTERS.add("sam", "segprompt.models.sam:SamSegmenter")
+SEGMENTERS.add("sam-tiny", "segprompt.models.sam_tiny:create_sam_tiny")
+SEGMENTERS.add("classical", "segprompt.models.classical:ClassicalSegmenter")
+SEGMENTERS.add("grabcut", "segprompt.models.classical:create_grabcut")
+SEGMENTERS.add("random-walker", "segprompt.models.classical:create_random_walker")
+
+
+def register_segmenter(name: str, *aliases: str) -> Callable[[Factory], Factory]:
+    """Decorator registering a Segmenter subclass or factory under ``name``."""
+    return SEGMENTERS.register(name, *aliases)
+
+
+def _resolve(factory: Factory) -> Callable[..., Segmenter]:
+    if isinstance(factory, str):
+        module, attr = factory.split(":")
+        return getattr(importlib.import_module(module), attr)
+    return factory
+
+
+def create_segmenter(name: str, **kwargs: Any) -> Segmenter:
+    """Build the segmenter registered as ``name`` (``sam``, ``sam-tiny``, ``classical``, ...).
+
+    Keyword arguments go to its constructor, e.g. ``create_segmenter("sam",
+    checkpoint="sam_vit_b_01ec64.pth", multimask="best", device="cuda")``.
+    """
+    return _resolve(SEGMENTERS.get(name))(**kwargs)
+
+
+def list_segmenters() -> list[str]:
+    return SEGMENTERS.names()

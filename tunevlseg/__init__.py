@@ -1,0 +1,1 @@
+"""tunevlseg: see README.md."""
