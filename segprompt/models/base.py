@@ -22,12 +22,16 @@ from __future__ import annotations
 
 import abc
 from dataclasses import dataclass, field
-from typing import Any, Literal, Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal, Sequence
 
 import numpy as np
 
 from segprompt.errors import ConfigError, PromptError
 from segprompt.prompts import PromptSet, as_prompt_sets
+
+if TYPE_CHECKING:
+    from segprompt.cache import EmbeddingCache
 
 MultimaskPolicy = Literal["single", "all", "first", "best", "oracle"]
 MULTIMASK_POLICIES: tuple[str, ...] = ("single", "all", "first", "best", "oracle")
@@ -131,16 +135,41 @@ class Segmenter(abc.ABC):
     #: True when the model has a multimask head (K = 3 candidates)
     has_multimask: bool = False
 
-    def __init__(self, multimask: MultimaskPolicy = "single", device: str = "cpu", precision: str = "fp32") -> None:
+    def __init__(
+        self,
+        multimask: MultimaskPolicy = "single",
+        device: str = "cpu",
+        precision: str = "fp32",
+        cache: "EmbeddingCache | str | Path | None" = None,
+    ) -> None:
         self.multimask: MultimaskPolicy = check_policy(multimask)  # type: ignore[assignment]
         self.device = device
-        self.precision = precision
+        self.precision = check_precision(precision)
+        self.cache: EmbeddingCache | None = None
+        if cache is not None:
+            from segprompt.cache import EmbeddingCache
+
+            self.cache = cache if isinstance(cache, EmbeddingCache) else EmbeddingCache(cache)
 
     # -- public API ---------------------------------------------------------
     def encode(self, image: np.ndarray) -> ImageState:
-        """Compute the image state of one (H, W, 3) uint8 RGB image."""
+        """Compute the image state of one (H, W, 3) uint8 RGB image.
+
+        When the segmenter has an embedding cache (``cache=`` folder) and the model is
+        cacheable, the state is read from disk if a valid entry exists, else computed and stored.
+        """
         image = check_image(image)
-        return self._encode(image)
+        signature = self.cache_signature() if self.cache is not None else None
+        if signature is None:
+            return self._encode(image)
+
+        def compute() -> tuple[dict[str, Any], dict[str, Any]]:
+            state = self._encode(image)
+            return dict(state.features), {"original_size": list(state.original_size), "input_size": list(state.input_size)}
+
+        tensors, extra, key = self.cache.get_or_compute(image, signature, compute)
+        features = {k: v.to(self.device) for k, v in tensors.items()}
+        return ImageState(tuple(extra["original_size"]), tuple(extra["input_size"]), features, key=key)
 
     def segment(
         self,
@@ -189,9 +218,26 @@ class Segmenter(abc.ABC):
     @abc.abstractmethod
     def _segment(self, state: ImageState, prompts: list[PromptSet], multimask_output: bool) -> Prediction: ...
 
+    def cache_signature(self) -> dict[str, Any] | None:
+        """What determines this model's image state (architecture, weights hash, preprocessing).
+
+        ``None`` (the default) means the state is not worth caching (e.g. it is the image itself).
+        Models whose ``features`` are all tensors return a JSON-able dict here to be cacheable.
+        """
+        return None
+
     def describe(self) -> dict[str, Any]:
         """A JSON-able description (name, settings) recorded in run configs."""
         return {"name": self.name, "multimask": self.multimask, "device": self.device, "precision": self.precision}
+
+
+PRECISIONS = ("fp32", "bf16", "fp16")
+
+
+def check_precision(precision: str) -> str:
+    if precision not in PRECISIONS:
+        raise ConfigError(f"unknown precision {precision!r}; use one of {', '.join(PRECISIONS)}")
+    return precision
 
 
 def check_image(image: np.ndarray) -> np.ndarray:

@@ -1,0 +1,512 @@
+"""Classical, weight-free promptable segmentation: GrabCut and the random walker.
+
+A real baseline that needs no checkpoint and runs anywhere on CPU:
+
+.. code-block:: python
+
+    seg = create_segmenter("grabcut")                 # or "random-walker", or
+    seg = create_segmenter("classical", method="random_walker", beta=90)
+    pred = seg.predict(image, PromptSet(box=Box([40, 30, 160, 120])))
+    pred.masks          # (N, 1, H, W) bool
+    pred.scores         # (N, 1): NaN for GrabCut, mean P(foreground) in the mask for the walker
+    pred.probabilities  # (N, 1, H, W) float32 soft foreground maps
+
+How prompts become seeds. Each prompt set is turned into a GrabCut-style *trimap* in a
+downscaled working frame (longest side <= ``max_side``), with the labels ``GC_BGD`` (sure
+background), ``GC_FGD`` (sure foreground), ``GC_PR_BGD`` / ``GC_PR_FGD`` (probable):
+
+* box: outside is sure background, inside probable foreground (GrabCut's rectangle semantics);
+* binary mask prompt: probable foreground inside, probable background outside (inside the box
+  when both are given);
+* points only (no box, no mask): probable background everywhere except probable-foreground
+  discs of ``4 x`` the seed radius around the positive points;
+* positive points and positive scribbles: sure-foreground discs / strokes; negative ones:
+  sure background. Points are applied in the given order (a later click wins), then scribbles.
+
+The seed radius is ``seed_radius`` pixels of the original image, or 1.5 % of the image diagonal.
+GrabCut (``cv2.grabCut`` with ``GC_INIT_WITH_MASK``, RNG seeded with 0 so results are
+deterministic) refines the trimap. The random walker
+(:func:`skimage.segmentation.random_walker`) uses sure foreground as label 1 and sure
+background as label 2; without background seeds the 1-pixel image border is used, and without
+foreground seeds (box or mask only) a disc at the box centre / the eroded mask prompt is.
+
+Scores: GrabCut has no quality estimate, so its scores are NaN. The random walker scores a mask
+by the mean foreground probability inside it (0 for an empty mask). ``logits`` is None (there
+is no SAM-style low-resolution logit to feed back). ``probabilities`` holds, for the walker, its
+foreground probability and, for GrabCut, the posterior of the fitted foreground/background
+colour models (the graph-cut smoothness term is not in it; sure seeds are 0 / 1).
+
+A prompt set with no positive evidence (only negative points or scribbles, or an empty
+binary mask prompt alone) gives an empty mask. ``device`` and ``precision`` are recorded but
+the computation always runs on the CPU in float64 / uint8.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import cv2
+import numpy as np
+
+from segprompt.errors import ConfigError, PromptError
+from segprompt.models.base import ImageState, MultimaskPolicy, Prediction, Segmenter
+from segprompt.prompts import PromptSet
+
+log = logging.getLogger(__name__)
+
+ClassicalMethod = Literal["grabcut", "random_walker"]
+METHODS: tuple[str, ...] = ("grabcut", "random_walker")
+_METHOD_ALIASES = {"grabcut": "grabcut", "grab_cut": "grabcut", "random_walker": "random_walker", "random-walker": "random_walker", "rw": "random_walker"}
+
+#: radius of the seed discs around points as a fraction of the image diagonal
+SEED_RADIUS_FRACTION = 0.015
+#: points-only prompts: probable-foreground discs are this many seed radii wide
+PROBABLE_RADIUS_FACTOR = 4.0
+
+
+@dataclass
+class ClassicalPrediction(Prediction):
+    """:class:`Prediction` plus ``probabilities``: float32 (N, 1, H, W) soft foreground maps."""
+
+    probabilities: np.ndarray | None = None
+
+
+class ResizeFrame:
+    """The one transform between the original image frame and the downscaled working frame.
+
+    Pixels, point coordinates, box edges and masks all go through this object, so that a point
+    lands on the pixel it was placed on. Conventions: a point ``(x, y)`` names the pixel at
+    column ``x``, row ``y`` (pixel centres at integer coordinates); box edges are pixel edges
+    (``Box.from_mask`` gives ``x1 = last column + 1``). Resizing follows OpenCV's half-pixel
+    alignment, so a pixel centre maps as ``x' = (x + 0.5) * sx - 0.5`` and an edge as ``x * sx``.
+    """
+
+    def __init__(self, original_size: tuple[int, int], work_size: tuple[int, int]) -> None:
+        self.original_size = (int(original_size[0]), int(original_size[1]))
+        self.work_size = (int(work_size[0]), int(work_size[1]))
+        (h0, w0), (h1, w1) = self.original_size, self.work_size
+        self.sx, self.sy = w1 / w0, h1 / h0
+
+    @classmethod
+    def fit(cls, original_size: tuple[int, int], max_side: int) -> "ResizeFrame":
+        """Frame whose working size has its longest side <= ``max_side`` (never upscaled)."""
+        h, w = original_size
+        s = min(1.0, max_side / max(h, w))
+        return cls((h, w), (max(2, int(round(h * s))), max(2, int(round(w * s)))))
+
+    @property
+    def identity(self) -> bool:
+        return self.original_size == self.work_size
+
+    @property
+    def scale(self) -> float:
+        """Mean linear scale factor (working / original)."""
+        return 0.5 * (self.sx + self.sy)
+
+    # -- coordinates --------------------------------------------------------
+    def coords(self, xy: np.ndarray) -> np.ndarray:
+        """(N, 2) point ``(x, y)`` in the original frame -> float (N, 2) in the working frame."""
+        xy = np.asarray(xy, np.float64).reshape(-1, 2)
+        out = np.empty_like(xy)
+        out[:, 0] = (xy[:, 0] + 0.5) * self.sx - 0.5
+        out[:, 1] = (xy[:, 1] + 0.5) * self.sy - 0.5
+        return out
+
+    def box(self, xyxy: np.ndarray) -> np.ndarray:
+        """Box edges ``(x0, y0, x1, y1)`` -> working frame (edges scale without offset)."""
+        b = np.asarray(xyxy, np.float64).reshape(4)
+        return b * np.array([self.sx, self.sy, self.sx, self.sy])
+
+    def pixels(self, xy: np.ndarray) -> np.ndarray:
+        """Points -> int (N, 2) ``(col, row)`` working-frame pixel indices, clipped inside."""
+        c = np.rint(self.coords(xy)).astype(np.int64)
+        c[:, 0] = np.clip(c[:, 0], 0, self.work_size[1] - 1)
+        c[:, 1] = np.clip(c[:, 1], 0, self.work_size[0] - 1)
+        return c
+
+    def length(self, value: float) -> float:
+        """A length in original pixels -> working pixels."""
+        return float(value) * self.scale
+
+    # -- rasters ------------------------------------------------------------
+    def image(self, image: np.ndarray) -> np.ndarray:
+        """Original image -> working frame (area averaging when shrinking)."""
+        if self.identity:
+            return image
+        h, w = self.work_size
+        interp = cv2.INTER_AREA if (self.sx < 1 or self.sy < 1) else cv2.INTER_LINEAR
+        return cv2.resize(image, (w, h), interpolation=interp)
+
+    def mask(self, mask: np.ndarray) -> np.ndarray:
+        """bool mask, original -> working frame (nearest neighbour)."""
+        if self.identity:
+            return np.asarray(mask, bool)
+        h, w = self.work_size
+        return cv2.resize(np.asarray(mask, np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+    def restore_mask(self, mask: np.ndarray) -> np.ndarray:
+        """bool mask, working -> original frame (nearest neighbour)."""
+        if self.identity:
+            return np.asarray(mask, bool)
+        h, w = self.original_size
+        return cv2.resize(np.asarray(mask, np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+
+    def restore_map(self, values: np.ndarray) -> np.ndarray:
+        """float map, working -> original frame (bilinear)."""
+        values = np.asarray(values, np.float32)
+        if self.identity:
+            return values
+        h, w = self.original_size
+        return cv2.resize(values, (w, h), interpolation=cv2.INTER_LINEAR)
+
+
+def _disc(canvas: np.ndarray, centre: np.ndarray, radius: int, value: int) -> None:
+    cv2.circle(canvas, (int(centre[0]), int(centre[1])), int(max(0, radius)), int(value), -1)
+
+
+class ClassicalSegmenter(Segmenter):
+    """GrabCut or random-walker segmentation from points, boxes, scribbles and binary masks.
+
+    Args:
+        method: ``"grabcut"`` or ``"random_walker"``.
+        max_side: images are processed with their longest side shrunk to at most this many
+            pixels (results are upsampled back, nearest neighbour for masks).
+        iterations: GrabCut iterations.
+        beta: random-walker edge penalty (higher: diffusion stops more at colour edges).
+        seed_radius: radius in original-image pixels of the seed discs drawn around points;
+            None: 1.5 % of the image diagonal.
+        rw_mode: solver of :func:`skimage.segmentation.random_walker` (``"cg_j"`` or ``"bf"``).
+        rw_tol: tolerance of the conjugate-gradient solver.
+        multimask, device, precision: as for every :class:`Segmenter`; there is a single output
+            (K = 1) and the computation runs on the CPU whatever ``device`` says.
+    """
+
+    name = "classical"
+    accepts = frozenset({"points", "box", "scribble", "mask"})
+    has_multimask = False
+    box_seed_fraction = 0.3
+
+    def __init__(
+        self,
+        method: ClassicalMethod | str = "grabcut",
+        max_side: int = 320,
+        iterations: int = 5,
+        beta: float = 130.0,
+        seed_radius: float | None = None,
+        multimask: MultimaskPolicy = "single",
+        device: str = "cpu",
+        precision: str = "fp32",
+        smooth: float = 1.0,
+        rw_mode: str = "bf",
+        rw_tol: float = 1e-3,
+    ) -> None:
+        super().__init__(multimask=multimask, device=device, precision=precision)
+        key = str(method).lower()
+        if key not in _METHOD_ALIASES:
+            raise ConfigError(f"unknown classical method {method!r}; use one of {', '.join(METHODS)}")
+        self.method: str = _METHOD_ALIASES[key]
+        if int(max_side) < 16:
+            raise ConfigError(f"max_side must be >= 16 pixels, got {max_side!r}")
+        if int(iterations) < 1:
+            raise ConfigError(f"iterations must be >= 1, got {iterations!r}")
+        if not float(beta) > 0:
+            raise ConfigError(f"beta must be positive, got {beta!r}")
+        if seed_radius is not None and not float(seed_radius) > 0:
+            raise ConfigError(f"seed_radius must be a positive number of pixels or None, got {seed_radius!r}")
+        if not float(smooth) >= 0:
+            raise ConfigError(f"smooth must be a Gaussian sigma >= 0 (0: off), got {smooth!r}")
+        if rw_mode not in ("cg", "cg_j", "bf"):
+            raise ConfigError(f"rw_mode must be 'cg', 'cg_j' or 'bf', got {rw_mode!r}")
+        self.max_side = int(max_side)
+        self.iterations = int(iterations)
+        self.beta = float(beta)
+        self.seed_radius = None if seed_radius is None else float(seed_radius)
+        self.smooth = float(smooth)
+        self.rw_mode = rw_mode
+        self.rw_tol = float(rw_tol)
+        if device != "cpu":
+            log.debug("classical segmenter runs on the CPU; device=%r is recorded only", device)
+
+    # -- Segmenter ----------------------------------------------------------
+    def _encode(self, image: np.ndarray) -> ImageState:
+        frame = ResizeFrame.fit(image.shape[:2], self.max_side)
+        small = frame.image(image)
+        if self.smooth > 0:
+            small = cv2.GaussianBlur(small, (0, 0), self.smooth)
+        small = np.ascontiguousarray(small)
+        return ImageState(
+            original_size=frame.original_size,
+            input_size=frame.work_size,
+            features={"image": small, "scale": (frame.sx, frame.sy), "method": self.method},
+            image=image,
+        )
+
+    def _segment(self, state: ImageState, prompts: list[PromptSet], multimask_output: bool) -> ClassicalPrediction:
+        small = state.features.get("image") if isinstance(state.features, dict) else None
+        if small is None or tuple(small.shape[:2]) != tuple(state.input_size):
+            raise PromptError(
+                "this image state was not made by a classical segmenter's encode(); "
+                "call encode() on the same segmenter first"
+            )
+        frame = ResizeFrame(state.original_size, state.input_size)
+        masks, scores, probs = [], [], []
+        for i, ps in enumerate(prompts):
+            mask, score, prob = self._segment_one(small, frame, ps, i)
+            masks.append(frame.restore_mask(mask))
+            scores.append(score)
+            probs.append(frame.restore_map(prob))
+        return ClassicalPrediction(
+            masks=np.stack(masks)[:, None],
+            scores=np.asarray(scores, np.float32).reshape(-1, 1),
+            logits=None,
+            probabilities=np.stack(probs).astype(np.float32)[:, None],
+        )
+
+    def describe(self) -> dict[str, Any]:
+        d = super().describe()
+        d.update(
+            method=self.method,
+            max_side=self.max_side,
+            iterations=self.iterations,
+            beta=self.beta,
+            seed_radius=self.seed_radius,
+            smooth=self.smooth,
+            rw_mode=self.rw_mode,
+            rw_tol=self.rw_tol,
+        )
+        return d
+
+    # -- seeds ----------------------------------------------------------------
+    def _radius(self, frame: ResizeFrame) -> float:
+        """Seed radius in working-frame pixels."""
+        if self.seed_radius is not None:
+            return max(1.0, frame.length(self.seed_radius))
+        h, w = frame.work_size
+        return max(1.0, SEED_RADIUS_FRACTION * float(np.hypot(h, w)))
+
+    def trimap(self, frame: ResizeFrame, ps: PromptSet, index: int = 0) -> np.ndarray:
+        """uint8 (h, w) GrabCut trimap (GC_BGD / GC_FGD / GC_PR_BGD / GC_PR_FGD) of one prompt set."""
+        h, w = frame.work_size
+        r = self._radius(frame)
+        r_int = int(round(r))
+        tri = np.full((h, w), cv2.GC_PR_BGD, np.uint8)
+
+        box_slice = None
+        if ps.box is not None:
+            x0, y0, x1, y1 = frame.box(ps.box.xyxy)
+            c0, r0 = int(np.floor(x0 + 1e-6)), int(np.floor(y0 + 1e-6))
+            c1, r1 = int(np.ceil(x1 - 1e-6)), int(np.ceil(y1 - 1e-6))
+            c0, r0 = min(max(c0, 0), w - 1), min(max(r0, 0), h - 1)
+            c1, r1 = min(max(c1, c0 + 1), w), min(max(r1, r0 + 1), h)
+            if ps.box.xyxy[2] <= ps.box.xyxy[0] or ps.box.xyxy[3] <= ps.box.xyxy[1]:
+                raise PromptError(
+                    f"prompt set {index}: the box {ps.box.xyxy.tolist()} has zero width or height; "
+                    "give x1 > x0 and y1 > y0 (XYXY pixel edges)"
+                )
+            box_slice = (slice(r0, r1), slice(c0, c1))
+            tri[:] = cv2.GC_BGD
+            tri[box_slice] = cv2.GC_PR_FGD
+
+        if ps.mask is not None:
+            if ps.mask.kind != "binary":
+                raise PromptError(
+                    f"prompt set {index}: the classical segmenter accepts binary mask prompts only, got "
+                    f"{ps.mask.kind!r}; threshold the logits and resize them to the image first"
+                )
+            m = frame.mask(ps.mask.data)
+            prob = np.where(m, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
+            if box_slice is not None:
+                tri[box_slice] = prob[box_slice]
+            else:
+                tri[:] = prob
+        elif box_slice is None and ps.points is not None:
+            # points only: probable foreground around the positive clicks
+            big = int(round(PROBABLE_RADIUS_FACTOR * r))
+            pos = ps.points.labels == 1
+            for c in frame.pixels(ps.points.coords[pos]):
+                _disc(tri, c, big, cv2.GC_PR_FGD)
+
+        if box_slice is None and ps.mask is None and ps.points is None:
+            # scribbles only: probable foreground around the positive strokes
+            big = int(round(PROBABLE_RADIUS_FACTOR * r))
+            for s in ps.scribbles:
+                if s.label == 1:
+                    stroke = self._scribble(frame, s)
+                    grown = cv2.dilate(stroke.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * big + 1, 2 * big + 1)))
+                    tri[grown.astype(bool)] = cv2.GC_PR_FGD
+
+        if ps.points is not None:
+            for c, lab in zip(frame.pixels(ps.points.coords), ps.points.labels):
+                _disc(tri, c, r_int, cv2.GC_FGD if lab == 1 else cv2.GC_BGD)
+        for s in ps.scribbles:
+            tri[self._scribble(frame, s)] = cv2.GC_FGD if s.label == 1 else cv2.GC_BGD
+        return tri
+
+    @staticmethod
+    def _scribble(frame: ResizeFrame, s: Any) -> np.ndarray:
+        """bool (h, w) stroke of a scribble drawn in the working frame."""
+        from segprompt.prompts import Scribble
+
+        xy = frame.coords(s.coords)
+        return Scribble(xy, label=s.label, width=max(1.0, frame.length(s.width))).rasterize(frame.work_size)
+
+    # -- one prompt set -------------------------------------------------------
+    def _segment_one(self, small: np.ndarray, frame: ResizeFrame, ps: PromptSet, index: int) -> tuple[np.ndarray, float, np.ndarray]:
+        tri = self.trimap(frame, ps, index)
+        fg_any = (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)
+        h, w = frame.work_size
+        if not fg_any.any():
+            # no positive evidence at all (e.g. only negative clicks): nothing to segment
+            score = float("nan") if self.method == "grabcut" else 0.0
+            return np.zeros((h, w), bool), score, np.zeros((h, w), np.float32)
+        if self.method == "grabcut":
+            return self._grabcut(small, tri)
+        return self._random_walker(small, tri, ps, frame)
+
+    def _grabcut(self, small: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
+        tri = tri.copy()
+        bg_any = (tri == cv2.GC_BGD) | (tri == cv2.GC_PR_BGD)
+        if not bg_any.any():  # e.g. a box over the whole image: the border is probable background
+            ring = _border_ring(tri.shape)
+            tri[ring & (tri != cv2.GC_FGD)] = cv2.GC_PR_BGD
+            if not ((tri == cv2.GC_BGD) | (tri == cv2.GC_PR_BGD)).any():
+                return (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD), float("nan"), np.ones(tri.shape, np.float32)
+        fg_sure = tri == cv2.GC_FGD
+        bg_sure = tri == cv2.GC_BGD
+        # GrabCut needs both colour models; if one side has too few pixels to fit 5 Gaussians,
+        # the trimap already decides everything that can be decided.
+        n_fg = int(((tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)).sum())
+        n_bg = int(((tri == cv2.GC_BGD) | (tri == cv2.GC_PR_BGD)).sum())
+        if min(n_fg, n_bg) < 10:
+            mask = (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)
+            return mask, float("nan"), mask.astype(np.float32)
+        bgd = np.zeros((1, 65), np.float64)
+        fgd = np.zeros((1, 65), np.float64)
+        bgr = np.ascontiguousarray(small[..., ::-1])
+        cv2.setRNGSeed(0)
+        out, bgd, fgd = cv2.grabCut(bgr, tri, None, bgd, fgd, self.iterations, cv2.GC_INIT_WITH_MASK)
+        mask = (out == cv2.GC_FGD) | (out == cv2.GC_PR_FGD)
+        pixels = bgr.reshape(-1, 3).astype(np.float64)
+        lf, lb = _gmm_likelihood(fgd, pixels), _gmm_likelihood(bgd, pixels)
+        prob = (lf / np.maximum(lf + lb, 1e-300)).reshape(tri.shape).astype(np.float32)
+        prob[fg_sure] = 1.0
+        prob[bg_sure] = 0.0
+        return mask, float("nan"), prob
+
+    def _random_walker(self, small: np.ndarray, tri: np.ndarray, ps: PromptSet, frame: ResizeFrame) -> tuple[np.ndarray, float, np.ndarray]:
+        from skimage.segmentation import random_walker
+
+        h, w = tri.shape
+        labels = np.zeros((h, w), np.int32)
+        labels[tri == cv2.GC_BGD] = 2
+        fg = tri == cv2.GC_FGD
+        if not fg.any():
+            fg = self._implicit_foreground(tri, ps, frame)
+        if not (labels == 2).any():
+            ring = _border_ring((h, w)) & ~fg
+            if ps.mask is not None and ps.mask.kind == "binary":
+                # a mask prompt alone: what lies well outside it is background
+                r = int(round(self._radius(frame)))
+                grown = cv2.dilate(frame.mask(ps.mask.data).astype(np.uint8), _ellipse(r)).astype(bool)
+                ring |= ~grown & ~fg
+            labels[ring] = 2
+        labels[fg] = 1
+        if not (labels == 2).any():  # the foreground covers everything
+            return np.ones((h, w), bool), 1.0, np.ones((h, w), np.float32)
+        if (labels > 0).all():
+            prob = (labels == 1).astype(np.float32)
+        else:
+            data = small.astype(np.float64) / 255.0
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                full = random_walker(
+                    data, labels, beta=self.beta, mode=self.rw_mode, tol=self.rw_tol,
+                    return_full_prob=True, channel_axis=-1,
+                )
+            prob = np.clip(full[0], 0.0, 1.0).astype(np.float32)
+        mask = prob > 0.5
+        score = float(prob[mask].mean()) if mask.any() else 0.0
+        return mask, score, prob
+
+    def _implicit_foreground(self, tri: np.ndarray, ps: PromptSet, frame: ResizeFrame) -> np.ndarray:
+        """Foreground seeds for the walker when no positive click or stroke was given."""
+        h, w = tri.shape
+        r = int(round(self._radius(frame)))
+        fg = np.zeros((h, w), bool)
+        if ps.mask is not None:
+            # the eroded mask prompt (inside the box, if any)
+            pr = tri == cv2.GC_PR_FGD
+            eroded = cv2.erode(pr.astype(np.uint8), _ellipse(r)).astype(bool)
+            fg = eroded if eroded.any() else pr
+        elif ps.box is not None:
+            # a disc at the box centre, a fifth of its smaller side
+            x0, y0, x1, y1 = frame.box(ps.box.xyxy)
+            centre = frame.coords(np.array([[(ps.box.xyxy[0] + ps.box.xyxy[2]) / 2 - 0.5, (ps.box.xyxy[1] + ps.box.xyxy[3]) / 2 - 0.5]]))[0]
+            rad = max(1, int(round(self.box_seed_fraction * min(x1 - x0, y1 - y0))))
+            canvas = np.zeros((h, w), np.uint8)
+            _disc(canvas, np.rint(centre), rad, 1)
+            fg = canvas.astype(bool) & (tri == cv2.GC_PR_FGD)
+        else:
+            fg = tri == cv2.GC_PR_FGD
+        return fg
+
+
+def _ellipse(radius: int) -> np.ndarray:
+    k = 2 * max(0, int(radius)) + 1
+    return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
+
+
+def _border_ring(shape: tuple[int, int]) -> np.ndarray:
+    ring = np.zeros(shape, bool)
+    ring[0, :] = ring[-1, :] = ring[:, 0] = ring[:, -1] = True
+    return ring
+
+
+def _gmm_likelihood(model: np.ndarray, pixels: np.ndarray) -> np.ndarray:
+    """Likelihood of (P, 3) colours under an OpenCV GrabCut GMM (1 x 65: 5 weights, means, covs)."""
+    m = np.asarray(model, np.float64).reshape(-1)
+    k = 5
+    weights, means, covs = m[:k], m[k : 4 * k].reshape(k, 3), m[4 * k :].reshape(k, 3, 3)
+    out = np.zeros(len(pixels), np.float64)
+    for j in range(k):
+        if weights[j] <= 0:
+            continue
+        cov = covs[j] + np.eye(3) * 1e-3
+        det = np.linalg.det(cov)
+        if not det > 0:
+            continue
+        inv = np.linalg.inv(cov)
+        d = pixels - means[j]
+        maha = np.einsum("pi,ij,pj->p", d, inv, d)
+        out += weights[j] * np.exp(-0.5 * np.minimum(maha, 1400.0)) / np.sqrt(((2 * np.pi) ** 3) * det)
+    return out
+
+
+def _fixed_method(kwargs: dict[str, Any], method: str) -> dict[str, Any]:
+    given = kwargs.pop("method", method)
+    if _METHOD_ALIASES.get(str(given).lower()) != method:
+        raise ConfigError(f"this factory builds the {method!r} method, got method={given!r}; use create_segmenter('classical', method=...)")
+    return {**kwargs, "method": method}
+
+
+def create_grabcut(**kwargs: Any) -> ClassicalSegmenter:
+    """``create_segmenter("grabcut", ...)``: a :class:`ClassicalSegmenter` with ``method="grabcut"``."""
+    return ClassicalSegmenter(**_fixed_method(kwargs, "grabcut"))
+
+
+def create_random_walker(**kwargs: Any) -> ClassicalSegmenter:
+    """``create_segmenter("random-walker", ...)``: a :class:`ClassicalSegmenter` with ``method="random_walker"``."""
+    return ClassicalSegmenter(**_fixed_method(kwargs, "random_walker"))
+
+
+__all__ = [
+    "ClassicalPrediction",
+    "ClassicalSegmenter",
+    "METHODS",
+    "ResizeFrame",
+    "create_grabcut",
+    "create_random_walker",
+]

@@ -1,0 +1,265 @@
+"""``sam``: Segment Anything (segment-anything's model classes) behind the Segmenter interface.
+
+* The architecture (vit_b / vit_l / vit_h, or any image size, depth and width) is read from the
+  checkpoint, so official and tiny checkpoints load the same way (see :mod:`sam_arch`).
+* ``encode`` runs the image encoder once; ``segment`` decodes many prompt sets per call.
+  Prompt sets with the same structure (number of points, box or not, mask or not) go through
+  the prompt encoder and mask decoder as one batch; sets of different structures form separate
+  batches, so results equal segment-anything's ``SamPredictor.predict`` on each set alone
+  (padding point sets to one length would change SAM's output, so it is not done).
+* Prompt handling: points and boxes as SAM takes them; scribbles become up to
+  ``scribble_points`` points spaced evenly along the stroke; a binary mask prompt becomes
+  low-res logits ``(2 p - 1) * mask_logit_scale`` of its area-downsampled occupancy ``p``;
+  logits from an earlier ``Prediction.logits`` pass through unchanged.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+import torch
+
+from segprompt.errors import PromptError, WeightsError
+from segprompt.models.base import ImageState, MultimaskPolicy, Prediction, Segmenter
+from segprompt.models.resize import LongestSide
+from segprompt.models.sam_arch import SamArch, load_sam
+from segprompt.prompts import PromptSet
+
+log = logging.getLogger(__name__)
+
+_AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+def _chunks(seq: Sequence[int], size: int) -> Iterator[Sequence[int]]:
+    for start in range(0, len(seq), size):
+        yield seq[start : start + size]
+
+
+def scribble_to_points(coords: np.ndarray, n: int) -> np.ndarray:
+    """Up to ``n`` points (x, y) spaced evenly by arc length along a polyline (N, 2)."""
+    coords = np.asarray(coords, np.float64)
+    if len(coords) == 1:
+        return coords.copy()
+    seg = np.linalg.norm(np.diff(coords, axis=0), axis=1)
+    arc = np.concatenate([[0.0], np.cumsum(seg)])
+    if arc[-1] == 0:
+        return coords[:1].copy()
+    count = max(1, min(n, len(coords) if n <= 0 else n))
+    targets = (np.arange(count) + 0.5) / count * arc[-1]
+    xs = np.interp(targets, arc, coords[:, 0])
+    ys = np.interp(targets, arc, coords[:, 1])
+    return np.stack([xs, ys], axis=1)
+
+
+class SamSegmenter(Segmenter):
+    """Segment Anything.
+
+    Args:
+        checkpoint: a registry name (``sam_vit_b``), or a path to a ``.pth`` / ``.safetensors``
+            state dict in segment-anything's key layout (official, finetuned or tiny).
+        model: alternatively an already built ``segment_anything.modeling.Sam``.
+        arch_overrides: architecture values that cannot be read from the weights (decoder heads).
+        multimask: ``single``, ``all``, ``first``, ``best`` (default) or ``oracle``.
+        device, precision: ``"cpu"``/``"cuda"``; ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
+        cache: an :class:`EmbeddingCache` or a folder for one.
+        max_batch: prompt sets per decoder call.
+        scribble_points: points sampled along each scribble.
+        mask_logit_scale: logit magnitude of a binary mask prompt.
+    """
+
+    name = "sam"
+    accepts = frozenset({"points", "box", "mask", "scribble"})
+    has_multimask = True
+
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        model: "torch.nn.Module | None" = None,
+        arch_overrides: Mapping[str, Any] | None = None,
+        multimask: MultimaskPolicy = "best",
+        device: str = "cpu",
+        precision: str = "fp32",
+        cache: Any = None,
+        max_batch: int = 64,
+        scribble_points: int = 5,
+        mask_logit_scale: float = 10.0,
+    ) -> None:
+        super().__init__(multimask=multimask, device=device, precision=precision, cache=cache)
+        if (checkpoint is None) == (model is None):
+            raise WeightsError(
+                "SAM needs exactly one of checkpoint= (a file or a registry name such as sam_vit_b) or model="
+            )
+        self.checkpoint_path: Path | None = None
+        if checkpoint is not None:
+            from segprompt.weights import find_weights
+
+            self.checkpoint_path = find_weights(checkpoint)
+            model, self.arch = load_sam(self.checkpoint_path, arch_overrides)
+        else:
+            self.arch = SamArch.from_state_dict(model.state_dict(), arch_overrides)
+        self.model = model.to(device).eval()
+        self.max_batch = int(max_batch)
+        self.scribble_points = int(scribble_points)
+        self.mask_logit_scale = float(mask_logit_scale)
+        self._weights_hash: str | None = None
+
+    # -- helpers --------------------------------------------------------------
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.precision == "fp32":
+            return contextlib.nullcontext()
+        device_type = "cuda" if str(self.device).startswith("cuda") else "cpu"
+        return torch.autocast(device_type=device_type, dtype=_AUTOCAST[self.precision])
+
+    def transform(self, original_size: tuple[int, int]) -> LongestSide:
+        """The geometry object that maps this image's pixels and coordinates into the model."""
+        return LongestSide(self.arch.img_size, tuple(original_size))
+
+    @property
+    def weights_hash(self) -> str:
+        """SHA-256 of the checkpoint file (or of the in-memory weights), for cache signatures."""
+        if self._weights_hash is None:
+            if self.checkpoint_path is not None:
+                from segprompt.weights import sha256_file
+
+                self._weights_hash = sha256_file(self.checkpoint_path)
+            else:
+                from segprompt.cache import _tensor_digest
+
+                self._weights_hash = _tensor_digest(self.model.state_dict())
+        return self._weights_hash
+
+    def cache_signature(self) -> dict[str, Any]:
+        return {
+            "model": "segment-anything",
+            "arch": self.arch.to_json(),
+            "weights": self.weights_hash,
+            "preprocessing": {"resize": "longest-side-pil-bilinear", "target": self.arch.img_size},
+            "precision": self.precision,
+        }
+
+    def describe(self) -> dict[str, Any]:
+        out = super().describe()
+        out.update(
+            architecture=self.arch.name,
+            img_size=self.arch.img_size,
+            checkpoint=str(self.checkpoint_path) if self.checkpoint_path else None,
+        )
+        return out
+
+    # -- encode -----------------------------------------------------------------
+    @torch.no_grad()
+    def _encode(self, image: np.ndarray) -> ImageState:
+        tf = self.transform(image.shape[:2])
+        pixels = torch.from_numpy(np.array(tf.apply_image(image))).to(self.device).permute(2, 0, 1).contiguous()[None]
+        x = self.model.preprocess(pixels)  # normalise, pad bottom-right to img_size
+        with self._autocast():
+            emb = self.model.image_encoder(x)
+        return ImageState(original_size=tf.original_size, input_size=tf.input_size, features={"embeddings": emb.float()})
+
+    @torch.no_grad()
+    def encode_batch(self, images: Sequence[np.ndarray], batch_size: int = 8) -> list[ImageState]:
+        """Encode several images, ``batch_size`` per encoder call (faster on a GPU)."""
+        from segprompt.models.base import check_image
+
+        images = [check_image(im) for im in images]
+        if self.cache is not None:
+            return [self.encode(im) for im in images]
+        states: list[ImageState] = []
+        for chunk in _chunks(list(range(len(images))), batch_size):
+            tfs = [self.transform(images[i].shape[:2]) for i in chunk]
+            x = torch.cat(
+                [
+                    self.model.preprocess(torch.from_numpy(np.array(tf.apply_image(images[i]))).to(self.device).permute(2, 0, 1)[None])
+                    for tf, i in zip(tfs, chunk)
+                ]
+            )
+            with self._autocast():
+                emb = self.model.image_encoder(x).float()
+            for j, tf in enumerate(tfs):
+                states.append(ImageState(tf.original_size, tf.input_size, {"embeddings": emb[j : j + 1]}))
+        return states
+
+    # -- prompts -> model inputs ------------------------------------------------
+    def _prompt_inputs(self, s: PromptSet, tf: LongestSide) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """(coords (n, 2) model frame, labels (n,), box (4,) or None, mask logits (l, l) or None)."""
+        coords, labels = [], []
+        if s.points is not None:
+            coords.append(s.points.coords)
+            labels.append(s.points.labels)
+        for sc in s.scribbles:
+            pts = scribble_to_points(sc.coords, self.scribble_points)
+            coords.append(pts)
+            labels.append(np.full(len(pts), sc.label, np.int64))
+        xy = tf.apply_coords(np.concatenate(coords)) if coords else np.zeros((0, 2))
+        lab = np.concatenate(labels) if labels else np.zeros(0, np.int64)
+        box = tf.apply_boxes(s.box.xyxy) if s.box is not None else None
+        mask = None
+        if s.mask is not None:
+            lowres = self.arch.lowres_size
+            if s.mask.kind == "logits":
+                mask = s.mask.data
+                if mask.shape != (lowres, lowres):
+                    raise PromptError(
+                        f"mask-prompt logits must be {lowres}x{lowres} for this model (from Prediction.logits), got {mask.shape}"
+                    )
+            else:
+                mask = (2.0 * tf.mask_to_lowres(s.mask.data, lowres) - 1.0) * self.mask_logit_scale
+        return xy, lab, box, mask
+
+    @torch.no_grad()
+    def _decode(
+        self, embeddings: torch.Tensor, inputs: list[tuple], multimask_output: bool
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One prompt-encoder + mask-decoder call for same-structure inputs -> (low-res logits, scores)."""
+        dev = self.device
+        coords, labels, boxes, masks = zip(*inputs)
+        points = None
+        if len(coords[0]):
+            points = (
+                torch.as_tensor(np.stack(coords), dtype=torch.float, device=dev),
+                torch.as_tensor(np.stack(labels), dtype=torch.int, device=dev),
+            )
+        box_t = torch.as_tensor(np.stack(boxes), dtype=torch.float, device=dev) if boxes[0] is not None else None
+        mask_t = torch.as_tensor(np.stack(masks), dtype=torch.float, device=dev)[:, None] if masks[0] is not None else None
+        pe = self.model.prompt_encoder
+        with self._autocast():
+            sparse, dense = pe(points=points, boxes=box_t, masks=mask_t)
+            low, iou = self.model.mask_decoder(
+                image_embeddings=embeddings,
+                image_pe=pe.get_dense_pe(),
+                sparse_prompt_embeddings=sparse,
+                dense_prompt_embeddings=dense,
+                multimask_output=multimask_output,
+            )
+        return low.float(), iou.float()
+
+    def _segment(self, state: ImageState, prompts: list[PromptSet], multimask_output: bool) -> Prediction:
+        tf = LongestSide(self.arch.img_size, tuple(state.original_size))
+        embeddings = state.features["embeddings"].to(self.device)
+        inputs = [self._prompt_inputs(s, tf) for s in prompts]
+        groups: dict[tuple, list[int]] = defaultdict(list)
+        for i, (xy, _, box, mask) in enumerate(inputs):
+            groups[(len(xy), box is not None, mask is not None)].append(i)
+        n, k, (h, w) = len(prompts), 3 if multimask_output else 1, state.original_size
+        lowres = self.arch.lowres_size
+        out_masks = np.zeros((n, k, h, w), bool)
+        out_scores = np.zeros((n, k), np.float32)
+        out_logits = np.zeros((n, k, lowres, lowres), np.float32)
+        threshold = float(self.model.mask_threshold)
+        # upscale a few sets at a time: (B, K, H, W) float32 for big images is large
+        upscale_batch = max(1, int(2**25 // max(1, k * h * w)))
+        for idx in groups.values():
+            for chunk in _chunks(idx, self.max_batch):
+                low, iou = self._decode(embeddings, [inputs[i] for i in chunk], multimask_output)
+                rows = np.asarray(chunk)
+                out_logits[rows] = low.cpu().numpy()
+                out_scores[rows] = iou.cpu().numpy()
+                for sub in _chunks(list(range(len(chunk))), upscale_batch):
+                    full = tf.upscale_logits(low[list(sub)]) > threshold
+                    out_masks[rows[list(sub)]] = full.cpu().numpy()
+        return Prediction(masks=out_masks, scores=out_scores, logits=out_logits)
