@@ -5,7 +5,7 @@ A real baseline that needs no checkpoint and runs anywhere on CPU:
 .. code-block:: python
 
     seg = create_segmenter("grabcut")                 # or "random-walker", or
-    seg = create_segmenter("classical", method="random_walker", beta=90)
+    seg = create_segmenter("classical", method="random_walker", beta=2000)
     pred = seg.predict(image, PromptSet(box=Box([40, 30, 160, 120])))
     pred.masks          # (N, 1, H, W) bool
     pred.scores         # (N, 1): NaN for GrabCut, mean P(foreground) in the mask for the walker
@@ -18,17 +18,30 @@ background), ``GC_FGD`` (sure foreground), ``GC_PR_BGD`` / ``GC_PR_FGD`` (probab
 * box: outside is sure background, inside probable foreground (GrabCut's rectangle semantics);
 * binary mask prompt: probable foreground inside, probable background outside (inside the box
   when both are given);
-* points only (no box, no mask): probable background everywhere except probable-foreground
-  discs of ``4 x`` the seed radius around the positive points;
+* clicks only (no box, no mask): probable background everywhere except probable-foreground
+  discs of ``8 x`` the seed radius (12 % of the diagonal) around the positive points and strokes;
 * positive points and positive scribbles: sure-foreground discs / strokes; negative ones:
   sure background. Points are applied in the given order (a later click wins), then scribbles.
 
 The seed radius is ``seed_radius`` pixels of the original image, or 1.5 % of the image diagonal.
+The working image is blurred with a Gaussian of ``smooth`` pixels (speckle and texture hurt
+both methods; default 0.5 for GrabCut, 1.0 for the random walker).
+
 GrabCut (``cv2.grabCut`` with ``GC_INIT_WITH_MASK``, RNG seeded with 0 so results are
-deterministic) refines the trimap. The random walker
-(:func:`skimage.segmentation.random_walker`) uses sure foreground as label 1 and sure
-background as label 2; without background seeds the 1-pixel image border is used, and without
-foreground seeds (box or mask only) a disc at the box centre / the eroded mask prompt is.
+deterministic) refines the trimap. Its smoothness term can outweigh the colour models on
+speckled images (ultrasound) and wipe out all the probable foreground; when that happens it is
+rerun on a 2x and 4x smoother image, for clicks only with twice wider probable-foreground discs,
+and for a box or mask prompt without clicks, last, with a sure-foreground seed in the box
+centre / the eroded mask.
+
+The random walker (:func:`skimage.segmentation.random_walker`, image scaled to [0, 1]) uses
+sure foreground as label 1 and sure background as label 2. Without a box or mask prompt, or
+without any background seed, the 1-pixel image border is background too; without foreground
+seeds (box or mask prompt only) a disc at the box centre (radius 0.3 x its smaller side) or the
+eroded mask prompt is foreground. ``beta`` defaults to 4000, not skimage's 130: on the
+synthetic lesions 130 lets the walk diffuse through weak edges (box-prompt IoU 0.63 against
+0.83). ``rw_mode="bf"`` (direct sparse solve) is exact and 2-3x faster than ``"cg_j"`` at
+these sizes.
 
 Scores: GrabCut has no quality estimate, so its scores are NaN. The random walker scores a mask
 by the mean foreground probability inside it (0 for an empty mask). ``logits`` is None (there
@@ -53,7 +66,7 @@ import numpy as np
 
 from segprompt.errors import ConfigError, PromptError
 from segprompt.models.base import ImageState, MultimaskPolicy, Prediction, Segmenter
-from segprompt.prompts import PromptSet
+from segprompt.prompts import PromptSet, Scribble
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +76,13 @@ _METHOD_ALIASES = {"grabcut": "grabcut", "grab_cut": "grabcut", "random_walker":
 
 #: radius of the seed discs around points as a fraction of the image diagonal
 SEED_RADIUS_FRACTION = 0.015
-#: points-only prompts: probable-foreground discs are this many seed radii wide
-PROBABLE_RADIUS_FACTOR = 4.0
+#: clicks-only prompts: probable-foreground discs are this many seed radii wide (12 % of the
+#: diagonal by default; GrabCut retries with twice that when it collapses)
+PROBABLE_RADIUS_FACTOR = 8.0
+#: default Gaussian pre-blur (sigma, working pixels) per method, measured on the synthetic lesions
+DEFAULT_SMOOTH = {"grabcut": 0.5, "random_walker": 1.0}
+#: GrabCut counts as collapsed when it keeps less than this part of the probable foreground
+COLLAPSE_FRACTION = 0.02
 
 
 @dataclass
@@ -141,18 +159,18 @@ class ResizeFrame:
         return cv2.resize(image, (w, h), interpolation=interp)
 
     def mask(self, mask: np.ndarray) -> np.ndarray:
-        """bool mask, original -> working frame (nearest neighbour)."""
+        """bool mask, original -> working frame (nearest neighbour, half-pixel aligned)."""
         if self.identity:
             return np.asarray(mask, bool)
         h, w = self.work_size
-        return cv2.resize(np.asarray(mask, np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+        return cv2.resize(np.asarray(mask, np.uint8), (w, h), interpolation=cv2.INTER_NEAREST_EXACT).astype(bool)
 
     def restore_mask(self, mask: np.ndarray) -> np.ndarray:
-        """bool mask, working -> original frame (nearest neighbour)."""
+        """bool mask, working -> original frame (nearest neighbour, half-pixel aligned)."""
         if self.identity:
             return np.asarray(mask, bool)
         h, w = self.original_size
-        return cv2.resize(np.asarray(mask, np.uint8), (w, h), interpolation=cv2.INTER_NEAREST).astype(bool)
+        return cv2.resize(np.asarray(mask, np.uint8), (w, h), interpolation=cv2.INTER_NEAREST_EXACT).astype(bool)
 
     def restore_map(self, values: np.ndarray) -> np.ndarray:
         """float map, working -> original frame (bilinear)."""
@@ -175,10 +193,14 @@ class ClassicalSegmenter(Segmenter):
         max_side: images are processed with their longest side shrunk to at most this many
             pixels (results are upsampled back, nearest neighbour for masks).
         iterations: GrabCut iterations.
-        beta: random-walker edge penalty (higher: diffusion stops more at colour edges).
+        beta: random-walker edge penalty (higher: diffusion stops more at colour edges), for
+            an image scaled to [0, 1] as in skimage.
         seed_radius: radius in original-image pixels of the seed discs drawn around points;
             None: 1.5 % of the image diagonal.
-        rw_mode: solver of :func:`skimage.segmentation.random_walker` (``"cg_j"`` or ``"bf"``).
+        smooth: sigma in working-frame pixels of a Gaussian blur applied before segmenting
+            (0: none; None: 0.5 for GrabCut, 1.0 for the random walker).
+        rw_mode: solver of :func:`skimage.segmentation.random_walker` (``"bf"``, ``"cg_j"``,
+            ``"cg"``).
         rw_tol: tolerance of the conjugate-gradient solver.
         multimask, device, precision: as for every :class:`Segmenter`; there is a single output
             (K = 1) and the computation runs on the CPU whatever ``device`` says.
@@ -194,12 +216,12 @@ class ClassicalSegmenter(Segmenter):
         method: ClassicalMethod | str = "grabcut",
         max_side: int = 320,
         iterations: int = 5,
-        beta: float = 130.0,
+        beta: float = 4000.0,
         seed_radius: float | None = None,
         multimask: MultimaskPolicy = "single",
         device: str = "cpu",
         precision: str = "fp32",
-        smooth: float = 1.0,
+        smooth: float | None = None,
         rw_mode: str = "bf",
         rw_tol: float = 1e-3,
     ) -> None:
@@ -216,6 +238,8 @@ class ClassicalSegmenter(Segmenter):
             raise ConfigError(f"beta must be positive, got {beta!r}")
         if seed_radius is not None and not float(seed_radius) > 0:
             raise ConfigError(f"seed_radius must be a positive number of pixels or None, got {seed_radius!r}")
+        if smooth is None:
+            smooth = DEFAULT_SMOOTH[_METHOD_ALIASES.get(str(method).lower(), "grabcut")]
         if not float(smooth) >= 0:
             raise ConfigError(f"smooth must be a Gaussian sigma >= 0 (0: off), got {smooth!r}")
         if rw_mode not in ("cg", "cg_j", "bf"):
@@ -233,14 +257,11 @@ class ClassicalSegmenter(Segmenter):
     # -- Segmenter ----------------------------------------------------------
     def _encode(self, image: np.ndarray) -> ImageState:
         frame = ResizeFrame.fit(image.shape[:2], self.max_side)
-        small = frame.image(image)
-        if self.smooth > 0:
-            small = cv2.GaussianBlur(small, (0, 0), self.smooth)
-        small = np.ascontiguousarray(small)
+        small = np.ascontiguousarray(frame.image(image))
         return ImageState(
             original_size=frame.original_size,
             input_size=frame.work_size,
-            features={"image": small, "scale": (frame.sx, frame.sy), "method": self.method},
+            features={"image": small, "smoothed": {}, "scale": (frame.sx, frame.sy)},
             image=image,
         )
 
@@ -254,7 +275,7 @@ class ClassicalSegmenter(Segmenter):
         frame = ResizeFrame(state.original_size, state.input_size)
         masks, scores, probs = [], [], []
         for i, ps in enumerate(prompts):
-            mask, score, prob = self._segment_one(small, frame, ps, i)
+            mask, score, prob = self._segment_one(state, frame, ps, i)
             masks.append(frame.restore_mask(mask))
             scores.append(score)
             probs.append(frame.restore_map(prob))
@@ -287,8 +308,12 @@ class ClassicalSegmenter(Segmenter):
         h, w = frame.work_size
         return max(1.0, SEED_RADIUS_FRACTION * float(np.hypot(h, w)))
 
-    def trimap(self, frame: ResizeFrame, ps: PromptSet, index: int = 0) -> np.ndarray:
-        """uint8 (h, w) GrabCut trimap (GC_BGD / GC_FGD / GC_PR_BGD / GC_PR_FGD) of one prompt set."""
+    def trimap(self, frame: ResizeFrame, ps: PromptSet, index: int = 0, probable_factor: float = PROBABLE_RADIUS_FACTOR) -> np.ndarray:
+        """uint8 (h, w) GrabCut trimap (GC_BGD / GC_FGD / GC_PR_BGD / GC_PR_FGD) of one prompt set.
+
+        ``probable_factor``: radius of the probable-foreground discs around positive clicks and
+        strokes (clicks-only prompt sets), in seed radii.
+        """
         h, w = frame.work_size
         r = self._radius(frame)
         r_int = int(round(r))
@@ -296,16 +321,16 @@ class ClassicalSegmenter(Segmenter):
 
         box_slice = None
         if ps.box is not None:
-            x0, y0, x1, y1 = frame.box(ps.box.xyxy)
-            c0, r0 = int(np.floor(x0 + 1e-6)), int(np.floor(y0 + 1e-6))
-            c1, r1 = int(np.ceil(x1 - 1e-6)), int(np.ceil(y1 - 1e-6))
-            c0, r0 = min(max(c0, 0), w - 1), min(max(r0, 0), h - 1)
-            c1, r1 = min(max(c1, c0 + 1), w), min(max(r1, r0 + 1), h)
             if ps.box.xyxy[2] <= ps.box.xyxy[0] or ps.box.xyxy[3] <= ps.box.xyxy[1]:
                 raise PromptError(
                     f"prompt set {index}: the box {ps.box.xyxy.tolist()} has zero width or height; "
                     "give x1 > x0 and y1 > y0 (XYXY pixel edges)"
                 )
+            x0, y0, x1, y1 = frame.box(ps.box.xyxy)
+            c0, r0 = int(np.floor(x0 + 1e-6)), int(np.floor(y0 + 1e-6))
+            c1, r1 = int(np.ceil(x1 - 1e-6)), int(np.ceil(y1 - 1e-6))
+            c0, r0 = min(max(c0, 0), w - 1), min(max(r0, 0), h - 1)
+            c1, r1 = min(max(c1, c0 + 1), w), min(max(r1, r0 + 1), h)
             box_slice = (slice(r0, r1), slice(c0, c1))
             tri[:] = cv2.GC_BGD
             tri[box_slice] = cv2.GC_PR_FGD
@@ -314,7 +339,8 @@ class ClassicalSegmenter(Segmenter):
             if ps.mask.kind != "binary":
                 raise PromptError(
                     f"prompt set {index}: the classical segmenter accepts binary mask prompts only, got "
-                    f"{ps.mask.kind!r}; threshold the logits and resize them to the image first"
+                    f"{ps.mask.kind!r} (low-resolution logits); threshold them, resize to the image "
+                    "size and pass MaskPrompt(mask) instead"
                 )
             m = frame.mask(ps.mask.data)
             prob = np.where(m, cv2.GC_PR_FGD, cv2.GC_PR_BGD).astype(np.uint8)
@@ -322,21 +348,16 @@ class ClassicalSegmenter(Segmenter):
                 tri[box_slice] = prob[box_slice]
             else:
                 tri[:] = prob
-        elif box_slice is None and ps.points is not None:
-            # points only: probable foreground around the positive clicks
-            big = int(round(PROBABLE_RADIUS_FACTOR * r))
-            pos = ps.points.labels == 1
-            for c in frame.pixels(ps.points.coords[pos]):
-                _disc(tri, c, big, cv2.GC_PR_FGD)
-
-        if box_slice is None and ps.mask is None and ps.points is None:
-            # scribbles only: probable foreground around the positive strokes
-            big = int(round(PROBABLE_RADIUS_FACTOR * r))
+        elif box_slice is None:
+            # clicks / strokes only: probable foreground in wide discs around the positive ones
+            big = int(round(probable_factor * r))
+            if ps.points is not None:
+                for c in frame.pixels(ps.points.coords[ps.points.labels == 1]):
+                    _disc(tri, c, big, cv2.GC_PR_FGD)
             for s in ps.scribbles:
                 if s.label == 1:
-                    stroke = self._scribble(frame, s)
-                    grown = cv2.dilate(stroke.astype(np.uint8), cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * big + 1, 2 * big + 1)))
-                    tri[grown.astype(bool)] = cv2.GC_PR_FGD
+                    grown = cv2.dilate(self._scribble(frame, s).astype(np.uint8), _ellipse(big)).astype(bool)
+                    tri[grown] = cv2.GC_PR_FGD
 
         if ps.points is not None:
             for c, lab in zip(frame.pixels(ps.points.coords), ps.points.labels):
@@ -346,15 +367,13 @@ class ClassicalSegmenter(Segmenter):
         return tri
 
     @staticmethod
-    def _scribble(frame: ResizeFrame, s: Any) -> np.ndarray:
+    def _scribble(frame: ResizeFrame, s: Scribble) -> np.ndarray:
         """bool (h, w) stroke of a scribble drawn in the working frame."""
-        from segprompt.prompts import Scribble
-
         xy = frame.coords(s.coords)
         return Scribble(xy, label=s.label, width=max(1.0, frame.length(s.width))).rasterize(frame.work_size)
 
     # -- one prompt set -------------------------------------------------------
-    def _segment_one(self, small: np.ndarray, frame: ResizeFrame, ps: PromptSet, index: int) -> tuple[np.ndarray, float, np.ndarray]:
+    def _segment_one(self, state: ImageState, frame: ResizeFrame, ps: PromptSet, index: int) -> tuple[np.ndarray, float, np.ndarray]:
         tri = self.trimap(frame, ps, index)
         fg_any = (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)
         h, w = frame.work_size
@@ -363,37 +382,48 @@ class ClassicalSegmenter(Segmenter):
             score = float("nan") if self.method == "grabcut" else 0.0
             return np.zeros((h, w), bool), score, np.zeros((h, w), np.float32)
         if self.method == "grabcut":
-            return self._grabcut(small, tri)
-        return self._random_walker(small, tri, ps, frame)
+            return self._grabcut(state, tri, ps, frame)
+        return self._random_walker(_smoothed(state, self.smooth), tri, ps, frame)
 
-    def _grabcut(self, small: np.ndarray, tri: np.ndarray) -> tuple[np.ndarray, float, np.ndarray]:
-        tri = tri.copy()
-        bg_any = (tri == cv2.GC_BGD) | (tri == cv2.GC_PR_BGD)
-        if not bg_any.any():  # e.g. a box over the whole image: the border is probable background
-            ring = _border_ring(tri.shape)
-            tri[ring & (tri != cv2.GC_FGD)] = cv2.GC_PR_BGD
-            if not ((tri == cv2.GC_BGD) | (tri == cv2.GC_PR_BGD)).any():
-                return (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD), float("nan"), np.ones(tri.shape, np.float32)
-        fg_sure = tri == cv2.GC_FGD
-        bg_sure = tri == cv2.GC_BGD
-        # GrabCut needs both colour models; if one side has too few pixels to fit 5 Gaussians,
-        # the trimap already decides everything that can be decided.
-        n_fg = int(((tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)).sum())
-        n_bg = int(((tri == cv2.GC_BGD) | (tri == cv2.GC_PR_BGD)).sum())
-        if min(n_fg, n_bg) < 10:
-            mask = (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)
-            return mask, float("nan"), mask.astype(np.float32)
-        bgd = np.zeros((1, 65), np.float64)
-        fgd = np.zeros((1, 65), np.float64)
-        bgr = np.ascontiguousarray(small[..., ::-1])
-        cv2.setRNGSeed(0)
-        out, bgd, fgd = cv2.grabCut(bgr, tri, None, bgd, fgd, self.iterations, cv2.GC_INIT_WITH_MASK)
-        mask = (out == cv2.GC_FGD) | (out == cv2.GC_PR_FGD)
+    def _grabcut(self, state: ImageState, tri: np.ndarray, ps: PromptSet, frame: ResizeFrame) -> tuple[np.ndarray, float, np.ndarray]:
+        ready = _grabcut_ready(tri)
+        if ready is None:
+            # GrabCut needs both colour models; with (almost) no pixels on one side the trimap
+            # already decides everything that can be decided
+            fg = (tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)
+            return fg, float("nan"), fg.astype(np.float32)
+        tri = ready
+        probable = tri == cv2.GC_PR_FGD
+        n_probable = int(probable.sum())
+        # GrabCut's smoothness term (fixed gamma = 50) can outweigh the colour term on textured or
+        # speckled images and wipe out the whole probable foreground. Then retry on a smoother
+        # image; for clicks only with wider probable-foreground discs; for a box or mask prompt
+        # without clicks, last, with a sure-foreground seed in its centre.
+        base = max(self.smooth, 1.0)
+        attempts: list[tuple[float, np.ndarray | None]] = [(self.smooth, tri), (2 * base, tri), (4 * base, tri)]
+        if ps.box is None and ps.mask is None:
+            wide = _grabcut_ready(self.trimap(frame, ps, probable_factor=2 * PROBABLE_RADIUS_FACTOR))
+            attempts += [(self.smooth, wide), (2 * base, wide)]
+        if not (tri == cv2.GC_FGD).any():
+            seeded = tri.copy()
+            seeded[self._implicit_foreground(tri, ps, frame)] = cv2.GC_FGD
+            attempts.append((2 * base, _grabcut_ready(seeded)))
+        attempts = [(sigma, t) for sigma, t in attempts if t is not None]
+        for sigma, trimap in attempts:
+            bgr = np.ascontiguousarray(_smoothed(state, sigma)[..., ::-1])
+            bgd = np.zeros((1, 65), np.float64)
+            fgd = np.zeros((1, 65), np.float64)
+            cv2.setRNGSeed(0)
+            out, bgd, fgd = cv2.grabCut(bgr, trimap.copy(), None, bgd, fgd, self.iterations, cv2.GC_INIT_WITH_MASK)
+            mask = (out == cv2.GC_FGD) | (out == cv2.GC_PR_FGD)
+            if n_probable == 0 or (mask & probable).sum() >= COLLAPSE_FRACTION * n_probable:
+                break
+            log.debug("GrabCut kept no probable foreground (smooth=%.1f); retrying", sigma)
         pixels = bgr.reshape(-1, 3).astype(np.float64)
         lf, lb = _gmm_likelihood(fgd, pixels), _gmm_likelihood(bgd, pixels)
         prob = (lf / np.maximum(lf + lb, 1e-300)).reshape(tri.shape).astype(np.float32)
-        prob[fg_sure] = 1.0
-        prob[bg_sure] = 0.0
+        prob[trimap == cv2.GC_FGD] = 1.0
+        prob[trimap == cv2.GC_BGD] = 0.0
         return mask, float("nan"), prob
 
     def _random_walker(self, small: np.ndarray, tri: np.ndarray, ps: PromptSet, frame: ResizeFrame) -> tuple[np.ndarray, float, np.ndarray]:
@@ -405,7 +435,9 @@ class ClassicalSegmenter(Segmenter):
         fg = tri == cv2.GC_FGD
         if not fg.any():
             fg = self._implicit_foreground(tri, ps, frame)
-        if not (labels == 2).any():
+        if not fg.any():
+            return np.zeros((h, w), bool), 0.0, np.zeros((h, w), np.float32)
+        if not (labels == 2).any() or (ps.box is None and ps.mask is None):
             ring = _border_ring((h, w)) & ~fg
             if ps.mask is not None and ps.mask.kind == "binary":
                 # a mask prompt alone: what lies well outside it is background
@@ -432,7 +464,12 @@ class ClassicalSegmenter(Segmenter):
         return mask, score, prob
 
     def _implicit_foreground(self, tri: np.ndarray, ps: PromptSet, frame: ResizeFrame) -> np.ndarray:
-        """Foreground seeds for the walker when no positive click or stroke was given."""
+        """Sure-foreground seeds for a prompt set without positive clicks or strokes.
+
+        Mask prompt: the mask (inside the box, if any) eroded by the seed radius. Box: a disc at
+        its centre with a radius of ``box_seed_fraction`` of its smaller side. Used by the random
+        walker always and by GrabCut as the last resort when it collapses.
+        """
         h, w = tri.shape
         r = int(round(self._radius(frame)))
         fg = np.zeros((h, w), bool)
@@ -442,16 +479,40 @@ class ClassicalSegmenter(Segmenter):
             eroded = cv2.erode(pr.astype(np.uint8), _ellipse(r)).astype(bool)
             fg = eroded if eroded.any() else pr
         elif ps.box is not None:
-            # a disc at the box centre, a fifth of its smaller side
             x0, y0, x1, y1 = frame.box(ps.box.xyxy)
             centre = frame.coords(np.array([[(ps.box.xyxy[0] + ps.box.xyxy[2]) / 2 - 0.5, (ps.box.xyxy[1] + ps.box.xyxy[3]) / 2 - 0.5]]))[0]
             rad = max(1, int(round(self.box_seed_fraction * min(x1 - x0, y1 - y0))))
             canvas = np.zeros((h, w), np.uint8)
             _disc(canvas, np.rint(centre), rad, 1)
             fg = canvas.astype(bool) & (tri == cv2.GC_PR_FGD)
+            if not fg.any():
+                fg = tri == cv2.GC_PR_FGD
         else:
             fg = tri == cv2.GC_PR_FGD
         return fg
+
+
+def _grabcut_ready(tri: np.ndarray) -> np.ndarray | None:
+    """The trimap with probable background on the border if it has no background at all (a box
+    over the whole image); None when either colour model would get fewer than 10 pixels."""
+    tri = tri.copy()
+    if not ((tri == cv2.GC_BGD) | (tri == cv2.GC_PR_BGD)).any():
+        tri[_border_ring(tri.shape) & (tri != cv2.GC_FGD)] = cv2.GC_PR_BGD
+    n_fg = int(((tri == cv2.GC_FGD) | (tri == cv2.GC_PR_FGD)).sum())
+    n_bg = int(((tri == cv2.GC_BGD) | (tri == cv2.GC_PR_BGD)).sum())
+    return tri if min(n_fg, n_bg) >= 10 else None
+
+
+def _smoothed(state: ImageState, sigma: float) -> np.ndarray:
+    """The working image blurred with Gaussian ``sigma`` (cached in the state)."""
+    image = state.features["image"]
+    if sigma <= 0:
+        return image
+    cache = state.features.setdefault("smoothed", {})
+    key = round(float(sigma), 3)
+    if key not in cache:
+        cache[key] = np.ascontiguousarray(cv2.GaussianBlur(image, (0, 0), float(sigma)))
+    return cache[key]
 
 
 def _ellipse(radius: int) -> np.ndarray:

@@ -1,0 +1,300 @@
+"""The point-prompt benchmark: strategies x models x images x steps -> a run folder.
+
+For each model and image the image is encoded once; then every (strategy, step) prompt set
+is decoded, as one batched call for the placement strategies and one call per step for the
+correction strategies. Step semantics:
+
+* placement strategy with budget P positive + N negative and K steps: step k uses the first
+  ``ceil(k (P + N) / K)`` points of the strategy's ordered point list (K defaults to P + N,
+  one more point per step);
+* correction strategy: step 1 is the object's centre point, each later step adds the
+  strategy's correction click(s) computed from the previous step's mask.
+
+Every results.jsonl row is one (model, image, strategy, step) with the points as
+``[[x, y, label], ...]``, IoU and Dice against the ground truth, the model's score and the
+chosen candidate. Randomness comes from ``(seed, image id, strategy)``, so a rerun, a resumed
+run and a run over a subset give the same rows.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+import zlib
+from collections import defaultdict
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from segprompt.data.sample import Sample, SegmentationDataset
+from segprompt.engine.report import line_plot, markdown_table, text_table, write_csv
+from segprompt.engine.runfolder import RunFolder
+from segprompt.errors import ConfigError, DataError, PromptError, SegpromptError
+from segprompt.metrics import dice, iou, noc
+from segprompt.models.base import MULTIMASK_POLICIES, Segmenter
+from segprompt.prompts import MaskPrompt, Points, PromptSet
+
+from pointprompt.strategies import check_budget, create_strategy, is_correction
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PointBenchConfig:
+    """Everything that determines a point-prompt benchmark's results."""
+
+    dataset: str = "synthetic-lesions"
+    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
+    models: list[str] = field(default_factory=lambda: ["sam-tiny"])
+    model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    strategies: list[str] = field(default_factory=lambda: ["centre", "random", "microsam"])
+    n_positive: int = 3
+    n_negative: int = 1
+    steps: int | None = None
+    seed: int = 0
+    multimask: str = "best"
+    mask_feedback: bool = False
+    limit: int | None = None
+
+    def __post_init__(self) -> None:
+        check_budget(self.n_positive, self.n_negative)
+        if self.multimask not in MULTIMASK_POLICIES or self.multimask == "all":
+            raise ConfigError(f"multimask policy must be one of single, first, best, oracle; got {self.multimask!r}")
+        if self.steps is not None and self.steps < 1:
+            raise ConfigError(f"steps must be >= 1, got {self.steps}")
+        if not self.models or not self.strategies:
+            raise ConfigError("give at least one model and one strategy")
+        for s in self.strategies:
+            create_strategy(s)  # unknown names fail now, not after an hour
+
+    @property
+    def n_steps(self) -> int:
+        return self.steps or (self.n_positive + self.n_negative)
+
+
+def _rng(seed: int, image_id: str, strategy: str) -> np.random.Generator:
+    return np.random.default_rng([seed, zlib.crc32(image_id.encode()), zlib.crc32(strategy.encode())])
+
+
+def placement_prefixes(n_total: int, n_steps: int) -> list[int]:
+    """Number of points used at steps 1..K: ceil(k * n_total / K)."""
+    return [max(1, math.ceil(k * n_total / n_steps)) for k in range(1, n_steps + 1)]
+
+
+def _row(cfg: PointBenchConfig, ds_name: str, model: str, image_id: str, strategy: str, step: int, pts: Points, mask: np.ndarray, gt: np.ndarray, score: float, chosen: int | None) -> dict[str, Any]:
+    return {
+        "dataset": ds_name,
+        "image": image_id,
+        "model": model,
+        "strategy": strategy,
+        "step": step,
+        "n_points": len(pts),
+        "n_positive": pts.n_positive,
+        "n_negative": pts.n_negative,
+        "points": [[round(x, 2), round(y, 2), l] for x, y, l in pts.to_list()],
+        "iou": float(iou(mask, gt)),
+        "dice": float(dice(mask, gt)),
+        "score": None if score is None or np.isnan(score) else round(float(score), 5),
+        "candidate": None if chosen is None else int(chosen),
+    }
+
+
+def evaluate_image(cfg: PointBenchConfig, seg: Segmenter, model_name: str, ds_name: str, sample: Sample) -> list[dict[str, Any]]:
+    """All (strategy, step) rows for one model on one image."""
+    gt = np.asarray(sample.mask, bool)
+    if not gt.any():
+        raise PromptError("empty ground-truth mask: no positive point can be placed (image skipped)")
+    state = seg.encode(sample.image)
+    rows: list[dict[str, Any]] = []
+    strategies = {name: create_strategy(name) for name in cfg.strategies}
+    K = cfg.n_steps
+
+    # placement strategies: every step of every strategy in one batched call
+    sets, keys = [], []
+    for name, strat in strategies.items():
+        if is_correction(strat):
+            continue
+        pts = strat(gt, sample.image, _rng(cfg.seed, sample.id, name), cfg.n_positive, cfg.n_negative)
+        for step, n in enumerate(placement_prefixes(len(pts), K), 1):
+            sets.append(PromptSet(points=pts[:n]))
+            keys.append((name, step))
+    if sets:
+        pred = seg.segment(state, sets, multimask=cfg.multimask, targets=gt)
+        for i, (name, step) in enumerate(keys):
+            rows.append(_row(cfg, ds_name, model_name, sample.id, name, step, sets[i].points, pred.masks[i, 0], gt, float(pred.scores[i, 0]), None if pred.chosen is None else pred.chosen[i]))
+
+    # correction strategies: one call per step, all strategies together
+    corr = {name: s for name, s in strategies.items() if is_correction(s)}
+    if corr:
+        feedback = cfg.mask_feedback and "mask" in seg.accepts
+        rngs = {name: _rng(cfg.seed, sample.id, name) for name in corr}
+        points = {name: s.first(gt, rngs[name]) for name, s in corr.items()}
+        logits: dict[str, np.ndarray | None] = {name: None for name in corr}
+        for step in range(1, K + 1):
+            names = list(corr)
+            step_sets = [
+                PromptSet(points=points[n], mask=MaskPrompt(logits[n], kind="logits") if feedback and logits[n] is not None else None)
+                for n in names
+            ]
+            pred = seg.segment(state, step_sets, multimask=cfg.multimask, targets=gt)
+            for i, n in enumerate(names):
+                mask = pred.masks[i, 0]
+                rows.append(_row(cfg, ds_name, model_name, sample.id, n, step, points[n], mask, gt, float(pred.scores[i, 0]), None if pred.chosen is None else pred.chosen[i]))
+                if pred.logits is not None:
+                    logits[n] = pred.logits[i, 0]
+                if step < K:
+                    points[n] = points[n] + corr[n].correct(gt, mask, rngs[n], sample.image)
+    return rows
+
+
+ModelFactory = Callable[[str], Segmenter]
+
+
+def default_model_factory(cfg: PointBenchConfig, cache: str | Path | None = None) -> ModelFactory:
+    from segprompt.models import create_segmenter
+
+    def make(name: str) -> Segmenter:
+        kwargs = dict(cfg.model_kwargs.get(name, {}))
+        if cache is not None and name not in ("classical", "grabcut", "random-walker"):
+            kwargs.setdefault("cache", cache)
+        base = name.split("@")[0]  # "sam@vitb" lets one run hold two sam configurations
+        return create_segmenter(base, **kwargs)
+
+    return make
+
+
+def run_pointprompt(
+    cfg: PointBenchConfig,
+    out: str | Path,
+    dataset: SegmentationDataset | None = None,
+    model_factory: ModelFactory | None = None,
+    cache: str | Path | None = None,
+    progress: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) the benchmark into ``out``; returns the summary (see :func:`summarise`)."""
+    from segprompt.data.registry import load_dataset
+
+    run = RunFolder(out, {"suite": "pointprompt", **asdict(cfg)})
+    if dataset is None:
+        dataset = load_dataset(cfg.dataset, **cfg.dataset_kwargs)
+    ds_name = getattr(dataset, "name", cfg.dataset)
+    n_images = len(dataset) if cfg.limit is None else min(cfg.limit, len(dataset))
+    ids = dataset.ids[:n_images]
+    K = cfg.n_steps
+    expected_per_image = {(s, k) for s in cfg.strategies for k in range(1, K + 1)}
+    done: dict[tuple[str, str], set[tuple[str, int]]] = defaultdict(set)
+    for r in run.results:
+        done[(r["model"], r["image"])].add((r["strategy"], int(r["step"])))
+    skipped = {(e.get("model"), e.get("item")) for e in run.errors}
+    make = model_factory or default_model_factory(cfg, cache)
+    t0 = time.time()
+    from tqdm.auto import tqdm
+
+    for model_name in cfg.models:
+        todo = [i for i in range(n_images) if not expected_per_image <= done[(model_name, ids[i])] and (model_name, ids[i]) not in skipped]
+        if not todo:
+            continue
+        seg = make(model_name)
+        for i in tqdm(todo, desc=f"{model_name}", disable=not progress, leave=False):
+            image_id = ids[i]
+            try:
+                sample = dataset[i]
+                rows = evaluate_image(cfg, seg, model_name, ds_name, sample)
+            except (DataError, PromptError) as exc:
+                run.record_error(image_id, exc, model=model_name)
+                continue
+            have = done[(model_name, image_id)]
+            run.results.extend(r for r in rows if (r["strategy"], r["step"]) not in have)
+    elapsed = time.time() - t0
+    summary = summarise(run.results.rows(), cfg)
+    write_reports(run, summary, cfg, elapsed)
+    return summary
+
+
+def summarise(rows: Sequence[dict[str, Any]], cfg: PointBenchConfig) -> dict[str, Any]:
+    """Curves (mean IoU per step) and per-(model, strategy) rows with NoC@85/90."""
+    by_curve: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    per_image: dict[tuple[str, str, str], dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    points_at: dict[tuple[str, str, str], dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    for r in rows:
+        key = (r["dataset"], r["model"], r["strategy"])
+        by_curve[key][int(r["step"])].append(float(r["iou"]))
+        per_image[key][r["image"]][int(r["step"])] = float(r["iou"])
+        points_at[key][int(r["step"])].append(int(r["n_points"]))
+    K = cfg.n_steps
+    table, curves = [], []
+    order = {s: i for i, s in enumerate(cfg.strategies)}
+    morder = {m: i for i, m in enumerate(cfg.models)}
+    for key in sorted(by_curve, key=lambda k: (k[0], morder.get(k[1], 99), order.get(k[2], 99))):
+        ds, model, strat = key
+        steps = sorted(by_curve[key])
+        for k in steps:
+            v = by_curve[key][k]
+            curves.append({"dataset": ds, "model": model, "strategy": strat, "step": k, "mean_points": float(np.mean(points_at[key][k])), "iou": float(np.mean(v)), "iou_std": float(np.std(v)), "n": len(v)})
+        images = per_image[key]
+        full = [[img[k] for k in range(1, K + 1)] for img in images.values() if all(k in img for k in range(1, K + 1))]
+        nocs85 = [noc(c, 0.85, max_clicks=K) for c in full]
+        nocs90 = [noc(c, 0.90, max_clicks=K) for c in full]
+        table.append(
+            {
+                "dataset": ds,
+                "model": model,
+                "strategy": strat,
+                "images": len(images),
+                "iou@1": float(np.mean(by_curve[key][1])) if 1 in by_curve[key] else float("nan"),
+                f"iou@{K}": float(np.mean(by_curve[key][K])) if K in by_curve[key] else float("nan"),
+                "iou_mean": float(np.mean([np.mean(v) for v in by_curve[key].values()])),
+                "noc85": float(np.mean(nocs85)) if nocs85 else float("nan"),
+                "noc90": float(np.mean(nocs90)) if nocs90 else float("nan"),
+                "fail85": float(np.mean([max(c) < 0.85 for c in full])) if full else float("nan"),
+            }
+        )
+    return {"table": table, "curves": curves, "steps": K}
+
+
+SUMMARY_COLUMNS = ["dataset", "model", "strategy", "images", "iou@1", "iou@K", "iou_mean", "noc85", "noc90", "fail85"]
+
+
+def _columns(K: int) -> list[str]:
+    return [c.replace("@K", f"@{K}") for c in SUMMARY_COLUMNS]
+
+
+def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig, elapsed: float) -> None:
+    K = summary["steps"]
+    cols = _columns(K)
+    write_csv(run.path / "summary.csv", summary["table"], cols)
+    write_csv(run.path / "curves.csv", summary["curves"], ["dataset", "model", "strategy", "step", "mean_points", "iou", "iou_std", "n"])
+    panels: dict[str, dict[str, tuple[list[float], list[float]]]] = defaultdict(dict)
+    for c in summary["curves"]:
+        xs, ys = panels[f"{c['model']} on {c['dataset']}"].setdefault(c["strategy"], ([], []))
+        xs.append(c["step"])
+        ys.append(c["iou"])
+    plot = None
+    if panels:
+        plot = line_plot(panels, run.path / "iou_per_step.png", xlabel="step (clicks)", ylabel="mean IoU", title="IoU per step")
+    n_err = len(run.errors.rows())
+    lines = [
+        "# Point-prompt benchmark",
+        "",
+        f"Dataset `{cfg.dataset}`, models {', '.join(f'`{m}`' for m in cfg.models)}, strategies {', '.join(f'`{s}`' for s in cfg.strategies)}; "
+        f"budget {cfg.n_positive} positive + {cfg.n_negative} negative points over {K} steps; multimask policy `{cfg.multimask}`; seed {cfg.seed}.",
+        "",
+        "## Summary",
+        "",
+        "IoU@k is the mean IoU after step k; NoC85/90 is the mean number of steps to reach IoU 0.85/0.90 "
+        f"(counted as {K} when never reached); fail85 is the share of images that never reach 0.85.",
+        "",
+        markdown_table(summary["table"], cols),
+        "",
+    ]
+    if plot is not None:
+        lines += ["## IoU per step", "", f"![IoU per step]({plot.name})", ""]
+    lines += [f"Skipped inputs: {n_err} (see errors.jsonl)." if n_err else "Skipped inputs: none.", "", f"This invocation took {elapsed:.1f} s.", ""]
+    run.write_text("report.md", "\n".join(lines))
+
+
+def format_summary(summary: dict[str, Any]) -> str:
+    return text_table(summary["table"], _columns(summary["steps"]))

@@ -1,0 +1,58 @@
+"""``segprompt bench pointprompt``: the point-prompt benchmark from the command line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from segprompt.models.base import MULTIMASK_POLICIES
+
+
+def _split(values: tuple[str, ...]) -> list[str]:
+    return [v.strip() for item in values for v in item.split(",") if v.strip()]
+
+
+@click.command("pointprompt")
+@click.option("--dataset", default="synthetic-lesions", show_default=True, help="Registry name (see `segprompt data list`) or a dataset folder.")
+@click.option("--root", type=click.Path(path_type=Path), default=None, help="Dataset folder for a registry name (default: $SEGPROMPT_DATA_ROOT/<name>).")
+@click.option("--model", "models", multiple=True, default=("sam-tiny",), show_default=True, help="Segmenter name; repeat for several (sam-tiny, sam, classical, grabcut, random-walker).")
+@click.option("--checkpoint", default=None, help="Checkpoint file or registry name for the `sam` model.")
+@click.option("--strategies", multiple=True, default=("centre,random,microsam",), show_default=True, help="Comma-separated strategy names.")
+@click.option("--positive", "n_positive", type=int, default=3, show_default=True)
+@click.option("--negative", "n_negative", type=int, default=1, show_default=True)
+@click.option("--steps", type=int, default=None, help="Steps per trajectory (default: positive + negative).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--multimask", type=click.Choice([p for p in MULTIMASK_POLICIES if p != "all"]), default="best", show_default=True)
+@click.option("--mask-feedback/--no-mask-feedback", default=False, help="Feed the previous low-res logits back with each correction click.")
+@click.option("--limit", type=int, default=None, help="Use only the first N images.")
+@click.option("--cache", type=click.Path(path_type=Path), default=None, help="Embedding cache folder.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (rerun the same command to resume).")
+def pointprompt(dataset, root, models, checkpoint, strategies, n_positive, n_negative, steps, seed, multimask, mask_feedback, limit, cache, device, out) -> None:
+    """Benchmark point-prompt strategies on a dataset; resumable, deterministic for a seed."""
+    from pointprompt.bench import PointBenchConfig, format_summary, run_pointprompt
+
+    model_kwargs: dict[str, dict] = {}
+    for m in models:
+        kw = {"device": device} if m not in ("classical", "grabcut", "random-walker") else {}
+        if m.split("@")[0] == "sam" and checkpoint:
+            kw["checkpoint"] = checkpoint
+        model_kwargs[m] = kw
+    cfg = PointBenchConfig(
+        dataset=dataset,
+        dataset_kwargs={"root": str(root)} if root else {},
+        models=list(models),
+        model_kwargs=model_kwargs,
+        strategies=_split(strategies),
+        n_positive=n_positive,
+        n_negative=n_negative,
+        steps=steps,
+        seed=seed,
+        multimask=multimask,
+        mask_feedback=mask_feedback,
+        limit=limit,
+    )
+    summary = run_pointprompt(cfg, out, cache=cache)
+    click.echo(format_summary(summary))
+    click.echo(f"\nrun folder: {out}  (summary.csv, curves.csv, report.md, iou_per_step.png)")

@@ -1,0 +1,16 @@
+"""``segprompt bench``: benchmark suites, each mounted lazily from its package."""
+
+from __future__ import annotations
+
+import click
+
+from segprompt.cli import LazyGroup
+
+SUITES = {
+    "pointprompt": ("pointprompt.cli:pointprompt", "Human and automated point prompts for SAM-like models."),
+}
+
+
+@click.group(cls=LazyGroup, lazy=SUITES)
+def bench() -> None:
+    """Benchmarks; each writes a resumable run folder (config.yaml, results.jsonl, summary.csv, report.md)."""

@@ -1,0 +1,48 @@
+"""``sam-tiny``: the small SAM-architecture demo model shipped inside the package.
+
+A demo and test model, *not* a foundation model: segment-anything's classes at 256 px input
+with a 4-block, 128-wide ViT (1.9 M parameters, 3.7 MB in fp16), trained from scratch on
+synthetic lesion images by ``scripts/train_sam_tiny.py`` (training record in
+``segprompt/assets/sam_tiny.json``). It makes ``segprompt demo``, the tests and the napari
+plugin work with no download; it knows nothing about real anatomy.
+"""
+
+from __future__ import annotations
+
+import json
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+from segprompt.errors import WeightsError
+from segprompt.models.sam import SamSegmenter
+
+ASSET = "sam_tiny.safetensors"
+
+
+def sam_tiny_path() -> Path:
+    """Path of the shipped sam-tiny weights."""
+    path = Path(str(resources.files("segprompt") / "assets" / ASSET))
+    if not path.is_file():
+        raise WeightsError(
+            f"the bundled demo model {path} is missing; rebuild it with "
+            "`python scripts/train_sam_tiny.py` then `--export segprompt/assets/sam_tiny.safetensors`, or reinstall segprompt"
+        )
+    return path
+
+
+def sam_tiny_record() -> dict[str, Any]:
+    """The training record written next to the weights (steps, validation IoU, command)."""
+    return json.loads(sam_tiny_path().with_suffix(".json").read_text())
+
+
+class SamTinySegmenter(SamSegmenter):
+    name = "sam-tiny"
+
+
+def create_sam_tiny(**kwargs: Any) -> SamSegmenter:
+    """The bundled demo SAM; keyword arguments as for :class:`SamSegmenter` (not ``checkpoint``)."""
+    if "checkpoint" in kwargs or "model" in kwargs:
+        raise WeightsError("sam-tiny uses its bundled weights; for another checkpoint use create_segmenter('sam', checkpoint=...)")
+    kwargs.setdefault("multimask", "best")
+    return SamTinySegmenter(checkpoint=sam_tiny_path(), **kwargs)

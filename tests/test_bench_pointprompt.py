@@ -1,0 +1,140 @@
+"""The point-prompt benchmark run folder: rows, resume after a kill, errors.jsonl, reports."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from pointprompt.bench import PointBenchConfig, placement_prefixes, run_pointprompt
+from segprompt.data.sample import Sample, SegmentationDataset
+from segprompt.data.synthetic import SyntheticLesions
+from segprompt.errors import ConfigError, DataError
+from segprompt.models import create_segmenter
+from segprompt.models.sam import SamSegmenter
+from segprompt.models.sam_arch import tiny_arch
+
+
+@pytest.fixture(scope="module")
+def tiny_model():
+    torch.manual_seed(0)
+    return tiny_arch().build()
+
+
+def _factory(model):
+    def make(name):
+        return SamSegmenter(model=model) if name == "tiny" else create_segmenter(name)
+
+    return make
+
+
+CFG = dict(dataset="synthetic-lesions", dataset_kwargs={"n": 3, "seed": 4, "size": 96}, models=["tiny", "grabcut"], strategies=["centre", "random", "microsam"], n_positive=2, n_negative=1, steps=3)
+
+
+def test_placement_prefixes():
+    assert placement_prefixes(4, 4) == [1, 2, 3, 4]
+    assert placement_prefixes(16, 4) == [4, 8, 12, 16]
+    assert placement_prefixes(2, 4) == [1, 1, 2, 2]
+
+
+def test_rows_and_reports(tmp_path, tiny_model):
+    cfg = PointBenchConfig(**CFG)
+    summary = run_pointprompt(cfg, tmp_path / "run", model_factory=_factory(tiny_model), progress=False)
+    rows = [json.loads(l) for l in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 3 * 3 * 3  # models x images x strategies x steps
+    r = rows[0]
+    assert set(r) >= {"image", "model", "strategy", "step", "points", "iou", "dice"}
+    assert all(len(p) == 3 and p[2] in (0, 1) for p in r["points"])
+    # placement: points grow by prefix; correction: centre click first, then +2 per step
+    centre = [x for x in rows if x["model"] == "grabcut" and x["strategy"] == "centre" and x["image"] == r["image"]]
+    assert [x["n_points"] for x in sorted(centre, key=lambda x: x["step"])] == [1, 2, 3]
+    micro = sorted((x for x in rows if x["model"] == "grabcut" and x["strategy"] == "microsam" and x["image"] == r["image"]), key=lambda x: x["step"])
+    assert [x["n_points"] for x in micro] == [1, 3, 5]
+    assert micro[1]["points"][0] == micro[0]["points"][0]
+    for name in ("config.yaml", "summary.csv", "curves.csv", "report.md", "iou_per_step.png"):
+        assert (tmp_path / "run" / name).stat().st_size > 0
+    grabcut = [t for t in summary["table"] if t["model"] == "grabcut" and t["strategy"] == "centre"][0]
+    assert grabcut["iou@1"] > 0.5  # a real segmentation, not noise
+    assert "| tiny" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_resume_after_kill_equals_uninterrupted(tmp_path, tiny_model):
+    cfg = PointBenchConfig(**CFG)
+    full = run_pointprompt(cfg, tmp_path / "a", model_factory=_factory(tiny_model), progress=False)
+    lines = (tmp_path / "a" / "results.jsonl").read_text().splitlines(keepends=True)
+    # a run killed mid-way: some rows, then a torn half row
+    b = tmp_path / "b"
+    b.mkdir()
+    (b / "config.yaml").write_text((tmp_path / "a" / "config.yaml").read_text())
+    (b / "results.jsonl").write_text("".join(lines[:20]) + lines[20][: len(lines[20]) // 2])
+    calls = []
+
+    def counting(name):
+        calls.append(name)
+        return _factory(tiny_model)(name)
+
+    resumed = run_pointprompt(cfg, b, model_factory=counting, progress=False)
+    assert resumed == full
+    rows_b = (b / "results.jsonl").read_text().splitlines()
+    assert len(rows_b) == len(lines)
+    assert sorted(rows_b) == sorted(l.rstrip("\n") for l in lines)
+    # a finished run: a rerun builds no model and writes no row
+    calls.clear()
+    again = run_pointprompt(cfg, b, model_factory=counting, progress=False)
+    assert again == full and calls == [] and len((b / "results.jsonl").read_text().splitlines()) == len(lines)
+
+
+def test_different_config_in_same_folder_is_refused(tmp_path, tiny_model):
+    run_pointprompt(PointBenchConfig(**CFG), tmp_path / "r", model_factory=_factory(tiny_model), progress=False)
+    with pytest.raises(ConfigError, match="different configuration.*seed"):
+        run_pointprompt(PointBenchConfig(**{**CFG, "seed": 1}), tmp_path / "r", model_factory=_factory(tiny_model), progress=False)
+
+
+class _Flaky(SegmentationDataset):
+    """Three lesions, one unreadable image and one empty mask."""
+
+    name = "flaky"
+
+    def __init__(self):
+        super().__init__()
+        self.inner = SyntheticLesions(n=3, seed=1, size=64)
+        self.records = ["a", "broken", "b", "empty", "c"]
+
+    def load(self, record):
+        if record == "broken":
+            raise DataError("images/broken.jpg: unreadable or truncated image")
+        if record == "empty":
+            s = self.inner[0]
+            return Sample(id="empty", image=s.image, mask=np.zeros_like(s.mask))
+        s = self.inner["abc".index(record)]
+        return Sample(id=record, image=s.image, mask=s.mask)
+
+
+def test_bad_items_are_skipped_and_recorded(tmp_path, tiny_model):
+    cfg = PointBenchConfig(**{**CFG, "models": ["grabcut"], "dataset": "flaky"})
+    summary = run_pointprompt(cfg, tmp_path / "r", dataset=_Flaky(), progress=False)
+    errors = [json.loads(l) for l in (tmp_path / "r" / "errors.jsonl").read_text().splitlines()]
+    assert {e["item"] for e in errors} == {"broken", "empty"}
+    assert any("truncated" in e["error"] for e in errors) and any("empty ground-truth" in e["error"] for e in errors)
+    assert summary["table"][0]["images"] == 3
+    # the rerun does not retry or re-record them
+    run_pointprompt(cfg, tmp_path / "r", dataset=_Flaky(), progress=False)
+    assert len((tmp_path / "r" / "errors.jsonl").read_text().splitlines()) == 2
+
+
+def test_same_seed_same_rows(tmp_path, tiny_model):
+    cfg = PointBenchConfig(**{**CFG, "models": ["tiny"]})
+    run_pointprompt(cfg, tmp_path / "x", model_factory=_factory(tiny_model), progress=False)
+    run_pointprompt(cfg, tmp_path / "y", model_factory=_factory(tiny_model), progress=False)
+    assert (tmp_path / "x" / "results.jsonl").read_text() == (tmp_path / "y" / "results.jsonl").read_text()
+    run_pointprompt(PointBenchConfig(**{**CFG, "models": ["tiny"], "seed": 9}), tmp_path / "z", model_factory=_factory(tiny_model), progress=False)
+    assert (tmp_path / "x" / "results.jsonl").read_text() != (tmp_path / "z" / "results.jsonl").read_text()
+
+
+def test_config_errors():
+    with pytest.raises(ConfigError, match="unknown point strategy 'centr'.*centre"):
+        PointBenchConfig(strategies=["centr"])
+    with pytest.raises(ConfigError, match="budget"):
+        PointBenchConfig(n_positive=0, n_negative=0)

@@ -1,0 +1,88 @@
+"""The command line: lazy mounting, one-line errors with exit 2, the demo and segment commands."""
+
+from __future__ import annotations
+
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from segprompt.cli import main
+from segprompt.data.io import read_binary_mask, write_image
+from segprompt.data.synthetic import SyntheticLesions
+
+
+def test_help_imports_no_subcommand_module():
+    code = (
+        "import sys; from segprompt.cli import main; rc = main(['--help']); "
+        "heavy = [m for m in ('torch', 'pointprompt', 'segprompt.commands.demo', 'segment_anything', 'cv2') if m in sys.modules]; "
+        "print('HEAVY', heavy); sys.exit(rc)"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "HEAVY []" in out.stdout
+    for name in ("demo", "data", "weights", "segment", "bench"):
+        assert name in out.stdout
+
+
+def test_segprompt_error_is_one_line_exit_2(capsys, tmp_path):
+    rc = main(["bench", "pointprompt", "--strategies", "centr", "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2
+    assert err.strip().count("\n") == 0 and err.startswith("error: unknown point strategy 'centr'")
+    assert "Traceback" not in err
+
+
+def test_debug_shows_the_traceback(tmp_path):
+    from segprompt.errors import ConfigError
+
+    with pytest.raises(ConfigError):
+        main(["--debug", "bench", "pointprompt", "--strategies", "centr", "--out", str(tmp_path / "r")])
+
+
+def test_usage_error_exit_2(capsys):
+    assert main(["segment"]) == 2
+    assert "Missing argument" in capsys.readouterr().err
+
+
+def test_segment_command_writes_mask(tmp_path, capsys):
+    s = SyntheticLesions(n=1, seed=11, size=(150, 220), style="dermoscopy")[0]
+    write_image(tmp_path / "img.png", s.image)
+    ys, xs = np.nonzero(s.mask)
+    x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
+    rc = main(["segment", str(tmp_path / "img.png"), "--model", "grabcut", "--box", f"{x0},{y0},{x1},{y1}", "--out", str(tmp_path / "m.png"), "--overlay", str(tmp_path / "o.png")])
+    assert rc == 0, capsys.readouterr().err
+    mask = read_binary_mask(tmp_path / "m.png")
+    assert mask.shape == s.mask.shape
+    assert (mask & s.mask).sum() / (mask | s.mask).sum() > 0.7
+    assert (tmp_path / "o.png").exists()
+    rc = main(["segment", str(tmp_path / "img.png"), "--point", "500,20", "--out", str(tmp_path / "m2.png")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "outside the image of width 220 and height 150" in err
+    rc = main(["segment", str(tmp_path / "missing.png"), "--point", "5,5", "--out", str(tmp_path / "m3.png")])
+    assert rc == 2 and "missing.png: file not found" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_demo_end_to_end(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--images", "3", "--out", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "sam-tiny" in printed and "grabcut" in printed
+    with open(out / "summary.csv") as f:
+        table = list(csv.DictReader(f))
+    assert {r["model"] for r in table} == {"sam-tiny", "grabcut"}
+    assert {r["strategy"] for r in table} == {"centre", "random", "microsam"}
+    rows = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 3 * 3 * 4
+    sam_centre = [r for r in table if r["model"] == "sam-tiny" and r["strategy"] == "centre"][0]
+    assert float(sam_centre["iou@1"]) > 0.7  # the trained demo model segments from one click
+    assert (out / "iou_per_step.png").stat().st_size > 5000
+    assert "![IoU per step](iou_per_step.png)" in (out / "report.md").read_text()
+    # rerun: nothing recomputed
+    before = (out / "results.jsonl").read_text()
+    assert main(["demo", "--images", "3", "--out", str(out)]) == 0
+    assert (out / "results.jsonl").read_text() == before
