@@ -37,6 +37,7 @@ from segprompt.metrics import dice, iou, noc
 from segprompt.models.base import MULTIMASK_POLICIES, Segmenter
 from segprompt.prompts import MaskPrompt, Points, PromptSet
 
+from pointprompt.budgets import budget_for
 from pointprompt.strategies import check_budget, create_strategy, is_correction
 
 log = logging.getLogger(__name__)
@@ -44,15 +45,22 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PointBenchConfig:
-    """Everything that determines a point-prompt benchmark's results."""
+    """Everything that determines a point-prompt benchmark's results.
 
-    dataset: str = "synthetic-lesions"
-    dataset_kwargs: dict[str, Any] = field(default_factory=dict)
+    ``budget``: ``None`` uses ``n_positive`` / ``n_negative`` for every dataset; ``"auto"``
+    uses the PointPrompt study's per-dataset budget where one is known (``kvasir`` -> polyp
+    14 / 2, ``busi`` -> breast 4 / 1, ...; see ``pointprompt/budgets.yaml``) and the defaults
+    elsewhere; a study set name (``"polyp"``, ``"one"``) applies that budget everywhere.
+    """
+
+    datasets: list[str] = field(default_factory=lambda: ["synthetic-lesions"])
+    dataset_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     models: list[str] = field(default_factory=lambda: ["sam-tiny"])
     model_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     strategies: list[str] = field(default_factory=lambda: ["centre", "random", "microsam"])
     n_positive: int = 3
     n_negative: int = 1
+    budget: str | None = None
     steps: int | None = None
     seed: int = 0
     multimask: str = "best"
@@ -60,7 +68,11 @@ class PointBenchConfig:
     limit: int | None = None
 
     def __post_init__(self) -> None:
+        if isinstance(self.datasets, str):
+            self.datasets = [self.datasets]
         check_budget(self.n_positive, self.n_negative)
+        if self.budget not in (None, "auto"):
+            budget_for(self.budget)
         if self.multimask not in MULTIMASK_POLICIES or self.multimask == "all":
             raise ConfigError(f"multimask policy must be one of single, first, best, oracle; got {self.multimask!r}")
         if self.steps is not None and self.steps < 1:
@@ -69,10 +81,23 @@ class PointBenchConfig:
             raise ConfigError("give at least one model and one strategy")
         for s in self.strategies:
             create_strategy(s)  # unknown names fail now, not after an hour
+        if not self.datasets:
+            raise ConfigError("give at least one dataset")
 
-    @property
-    def n_steps(self) -> int:
-        return self.steps or (self.n_positive + self.n_negative)
+    def budget_of(self, dataset: str) -> tuple[int, int]:
+        """(n_positive, n_negative) used on ``dataset``."""
+        if self.budget is None:
+            return self.n_positive, self.n_negative
+        if self.budget == "auto":
+            try:
+                return budget_for(Path(dataset).name if Path(dataset).exists() else dataset)
+            except ConfigError:
+                return self.n_positive, self.n_negative
+        return budget_for(self.budget)
+
+    def steps_of(self, dataset: str) -> int:
+        """Number of steps per trajectory on ``dataset`` (default: its point budget)."""
+        return self.steps or sum(self.budget_of(dataset))
 
 
 def _rng(seed: int, image_id: str, strategy: str) -> np.random.Generator:
@@ -102,22 +127,31 @@ def _row(cfg: PointBenchConfig, ds_name: str, model: str, image_id: str, strateg
     }
 
 
-def evaluate_image(cfg: PointBenchConfig, seg: Segmenter, model_name: str, ds_name: str, sample: Sample) -> list[dict[str, Any]]:
-    """All (strategy, step) rows for one model on one image."""
+def evaluate_image(cfg: PointBenchConfig, seg: Segmenter, model_name: str, ds_name: str, sample: Sample, budget: tuple[int, int] | None = None, steps: int | None = None) -> list[dict[str, Any]]:
+    """All (strategy, step) rows for one model on one image.
+
+    ``budget`` (positive, negative) and ``steps`` default to the config's.
+    """
     gt = np.asarray(sample.mask, bool)
     if not gt.any():
         raise PromptError("empty ground-truth mask: no positive point can be placed (image skipped)")
     state = seg.encode(sample.image)
     rows: list[dict[str, Any]] = []
     strategies = {name: create_strategy(name) for name in cfg.strategies}
-    K = cfg.n_steps
+    n_pos, n_neg = budget or (cfg.n_positive, cfg.n_negative)
+    K = steps or (n_pos + n_neg)
+
+    def predict(points: Points) -> np.ndarray:
+        """The model's mask for a points prompt on this image (for strategies that ask the model)."""
+        return seg.segment(state, PromptSet(points=points), multimask=cfg.multimask, targets=gt).masks[0, 0]
 
     # placement strategies: every step of every strategy in one batched call
     sets, keys = [], []
     for name, strat in strategies.items():
         if is_correction(strat):
             continue
-        pts = strat(gt, sample.image, _rng(cfg.seed, sample.id, name), cfg.n_positive, cfg.n_negative)
+        extra = {"predict": predict} if getattr(strat, "needs_model", False) else {}
+        pts = strat(gt, sample.image, _rng(cfg.seed, sample.id, name), n_pos, n_neg, **extra)
         for step, n in enumerate(placement_prefixes(len(pts), K), 1):
             sets.append(PromptSet(points=pts[:n]))
             keys.append((name, step))
@@ -174,40 +208,49 @@ def run_pointprompt(
     cache: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run (or resume) the benchmark into ``out``; returns the summary (see :func:`summarise`)."""
+    """Run (or resume) the benchmark into ``out``; returns the summary (see :func:`summarise`).
+
+    ``dataset`` overrides loading ``cfg.datasets[0]`` by name (for datasets built in code).
+    """
+    from tqdm.auto import tqdm
+
     from segprompt.data.registry import load_dataset
 
     run = RunFolder(out, {"suite": "pointprompt", **asdict(cfg)})
-    if dataset is None:
-        dataset = load_dataset(cfg.dataset, **cfg.dataset_kwargs)
-    ds_name = getattr(dataset, "name", cfg.dataset)
-    n_images = len(dataset) if cfg.limit is None else min(cfg.limit, len(dataset))
-    ids = dataset.ids[:n_images]
-    K = cfg.n_steps
-    expected_per_image = {(s, k) for s in cfg.strategies for k in range(1, K + 1)}
-    done: dict[tuple[str, str], set[tuple[str, int]]] = defaultdict(set)
+    done: dict[tuple[str, str, str], set[tuple[str, int]]] = defaultdict(set)
     for r in run.results:
-        done[(r["model"], r["image"])].add((r["strategy"], int(r["step"])))
-    skipped = {(e.get("model"), e.get("item")) for e in run.errors}
+        done[(r["dataset"], r["model"], r["image"])].add((r["strategy"], int(r["step"])))
+    skipped = {(e.get("dataset"), e.get("model"), e.get("item")) for e in run.errors}
     make = model_factory or default_model_factory(cfg, cache)
+    models: dict[str, Segmenter] = {}
     t0 = time.time()
-    from tqdm.auto import tqdm
-
-    for model_name in cfg.models:
-        todo = [i for i in range(n_images) if not expected_per_image <= done[(model_name, ids[i])] and (model_name, ids[i]) not in skipped]
-        if not todo:
-            continue
-        seg = make(model_name)
-        for i in tqdm(todo, desc=f"{model_name}", disable=not progress, leave=False):
-            image_id = ids[i]
-            try:
-                sample = dataset[i]
-                rows = evaluate_image(cfg, seg, model_name, ds_name, sample)
-            except (DataError, PromptError) as exc:
-                run.record_error(image_id, exc, model=model_name)
+    for ds_key in cfg.datasets:
+        ds = dataset if dataset is not None else load_dataset(ds_key, **cfg.dataset_kwargs.get(ds_key, {}))
+        n_images = len(ds) if cfg.limit is None else min(cfg.limit, len(ds))
+        ids = ds.ids[:n_images]
+        budget, K = cfg.budget_of(ds_key), cfg.steps_of(ds_key)
+        expected = {(s, k) for s in cfg.strategies for k in range(1, K + 1)}
+        for model_name in cfg.models:
+            todo = [
+                i
+                for i in range(n_images)
+                if not expected <= done[(ds_key, model_name, ids[i])] and (ds_key, model_name, ids[i]) not in skipped
+            ]
+            if not todo:
                 continue
-            have = done[(model_name, image_id)]
-            run.results.extend(r for r in rows if (r["strategy"], r["step"]) not in have)
+            if model_name not in models:
+                models[model_name] = make(model_name)
+            seg = models[model_name]
+            for i in tqdm(todo, desc=f"{model_name} on {ds_key}", disable=not progress, leave=False):
+                image_id = ids[i]
+                try:
+                    sample = ds[i]
+                    rows = evaluate_image(cfg, seg, model_name, ds_key, sample, budget, K)
+                except (DataError, PromptError) as exc:
+                    run.record_error(image_id, exc, model=model_name, dataset=ds_key)
+                    continue
+                have = done[(ds_key, model_name, image_id)]
+                run.results.extend(r for r in rows if (r["strategy"], r["step"]) not in have)
     elapsed = time.time() - t0
     summary = summarise(run.results.rows(), cfg)
     write_reports(run, summary, cfg, elapsed)
@@ -215,27 +258,44 @@ def run_pointprompt(
 
 
 def summarise(rows: Sequence[dict[str, Any]], cfg: PointBenchConfig) -> dict[str, Any]:
-    """Curves (mean IoU per step) and per-(model, strategy) rows with NoC@85/90."""
-    by_curve: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
+    """Aggregate results rows.
+
+    Returns a dict with:
+
+    * ``table``: one row per (dataset, model, strategy): images, IoU after the first and the
+      last step, mean IoU over steps, NoC@85/90 (steps to reach IoU 0.85 / 0.90, counted as
+      K when never reached) and the share of images that never reach 0.85;
+    * ``curves``: mean IoU (and std) per (dataset, model, strategy, step);
+    * ``matched``: mean IoU per (dataset, model, strategy, number of points), so strategies
+      (and human prompts) are compared at equal point budgets;
+    * ``steps``: steps per dataset.
+    """
+    by_step: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     per_image: dict[tuple[str, str, str], dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     points_at: dict[tuple[str, str, str], dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
+    by_points: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         key = (r["dataset"], r["model"], r["strategy"])
-        by_curve[key][int(r["step"])].append(float(r["iou"]))
-        per_image[key][r["image"]][int(r["step"])] = float(r["iou"])
-        points_at[key][int(r["step"])].append(int(r["n_points"]))
-    K = cfg.n_steps
-    table, curves = [], []
-    order = {s: i for i, s in enumerate(cfg.strategies)}
+        k = int(r["step"])
+        by_step[key][k].append(float(r["iou"]))
+        per_image[key][r["image"]][k] = float(r["iou"])
+        points_at[key][k].append(int(r["n_points"]))
+        by_points[key][int(r["n_points"])].append(float(r["iou"]))
+    steps = {d: cfg.steps_of(d) for d in cfg.datasets}
+    dorder = {d: i for i, d in enumerate(cfg.datasets)}
     morder = {m: i for i, m in enumerate(cfg.models)}
-    for key in sorted(by_curve, key=lambda k: (k[0], morder.get(k[1], 99), order.get(k[2], 99))):
+    sorder = {s: i for i, s in enumerate(cfg.strategies)}
+    table, curves, matched = [], [], []
+    for key in sorted(by_step, key=lambda k: (dorder.get(k[0], 99), morder.get(k[1], 99), sorder.get(k[2], 99), k)):
         ds, model, strat = key
-        steps = sorted(by_curve[key])
-        for k in steps:
-            v = by_curve[key][k]
+        K = steps.get(ds, max(by_step[key]))
+        for k in sorted(by_step[key]):
+            v = by_step[key][k]
             curves.append({"dataset": ds, "model": model, "strategy": strat, "step": k, "mean_points": float(np.mean(points_at[key][k])), "iou": float(np.mean(v)), "iou_std": float(np.std(v)), "n": len(v)})
-        images = per_image[key]
-        full = [[img[k] for k in range(1, K + 1)] for img in images.values() if all(k in img for k in range(1, K + 1))]
+        for n_pts in sorted(by_points[key]):
+            v = by_points[key][n_pts]
+            matched.append({"dataset": ds, "model": model, "strategy": strat, "n_points": n_pts, "iou": float(np.mean(v)), "n": len(v)})
+        full = [[img[k] for k in range(1, K + 1)] for img in per_image[key].values() if all(k in img for k in range(1, K + 1))]
         nocs85 = [noc(c, 0.85, max_clicks=K) for c in full]
         nocs90 = [noc(c, 0.90, max_clicks=K) for c in full]
         table.append(
@@ -243,58 +303,79 @@ def summarise(rows: Sequence[dict[str, Any]], cfg: PointBenchConfig) -> dict[str
                 "dataset": ds,
                 "model": model,
                 "strategy": strat,
-                "images": len(images),
-                "iou@1": float(np.mean(by_curve[key][1])) if 1 in by_curve[key] else float("nan"),
-                f"iou@{K}": float(np.mean(by_curve[key][K])) if K in by_curve[key] else float("nan"),
-                "iou_mean": float(np.mean([np.mean(v) for v in by_curve[key].values()])),
+                "steps": K,
+                "images": len(per_image[key]),
+                "iou@1": float(np.mean(by_step[key][1])) if 1 in by_step[key] else float("nan"),
+                "iou@K": float(np.mean(by_step[key][K])) if K in by_step[key] else float("nan"),
+                "iou_mean": float(np.mean([np.mean(v) for v in by_step[key].values()])),
                 "noc85": float(np.mean(nocs85)) if nocs85 else float("nan"),
                 "noc90": float(np.mean(nocs90)) if nocs90 else float("nan"),
                 "fail85": float(np.mean([max(c) < 0.85 for c in full])) if full else float("nan"),
             }
         )
-    return {"table": table, "curves": curves, "steps": K}
+    return {"table": table, "curves": curves, "matched": matched, "steps": steps}
 
 
-SUMMARY_COLUMNS = ["dataset", "model", "strategy", "images", "iou@1", "iou@K", "iou_mean", "noc85", "noc90", "fail85"]
+SUMMARY_COLUMNS = ["dataset", "model", "strategy", "steps", "images", "iou@1", "iou@K", "iou_mean", "noc85", "noc90", "fail85"]
 
 
-def _columns(K: int) -> list[str]:
-    return [c.replace("@K", f"@{K}") for c in SUMMARY_COLUMNS]
+def pivot(rows: Sequence[dict[str, Any]], row_key: str, col_key: str, value: str, fixed: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
+    """A ``row_key`` x ``col_key`` table of ``value`` from long-format rows (filtered by ``fixed``)."""
+    cols: list[str] = []
+    table: dict[Any, dict[str, Any]] = {}
+    for r in rows:
+        if fixed and any(r.get(k) != v for k, v in fixed.items()):
+            continue
+        c = str(r[col_key])
+        if c not in cols:
+            cols.append(c)
+        table.setdefault(r[row_key], {row_key: r[row_key]})[c] = r[value]
+    return list(table.values()), [row_key, *cols]
 
 
 def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig, elapsed: float) -> None:
-    K = summary["steps"]
-    cols = _columns(K)
-    write_csv(run.path / "summary.csv", summary["table"], cols)
+    write_csv(run.path / "summary.csv", summary["table"], SUMMARY_COLUMNS)
     write_csv(run.path / "curves.csv", summary["curves"], ["dataset", "model", "strategy", "step", "mean_points", "iou", "iou_std", "n"])
+    write_csv(run.path / "matched_budget.csv", summary["matched"], ["dataset", "model", "strategy", "n_points", "iou", "n"])
     panels: dict[str, dict[str, tuple[list[float], list[float]]]] = defaultdict(dict)
     for c in summary["curves"]:
         xs, ys = panels[f"{c['model']} on {c['dataset']}"].setdefault(c["strategy"], ([], []))
         xs.append(c["step"])
         ys.append(c["iou"])
-    plot = None
-    if panels:
-        plot = line_plot(panels, run.path / "iou_per_step.png", xlabel="step (clicks)", ylabel="mean IoU", title="IoU per step")
-    n_err = len(run.errors.rows())
+    plot = line_plot(panels, run.path / "iou_per_step.png", xlabel="step", ylabel="mean IoU", title="IoU per step") if panels else None
+    budgets = ", ".join(f"{d}: {p} positive + {n} negative over {cfg.steps_of(d)} steps" for d in cfg.datasets for p, n in [cfg.budget_of(d)])
     lines = [
         "# Point-prompt benchmark",
         "",
-        f"Dataset `{cfg.dataset}`, models {', '.join(f'`{m}`' for m in cfg.models)}, strategies {', '.join(f'`{s}`' for s in cfg.strategies)}; "
-        f"budget {cfg.n_positive} positive + {cfg.n_negative} negative points over {K} steps; multimask policy `{cfg.multimask}`; seed {cfg.seed}.",
+        f"Models {', '.join(f'`{m}`' for m in cfg.models)}; strategies {', '.join(f'`{s}`' for s in cfg.strategies)}; "
+        f"multimask policy `{cfg.multimask}`; seed {cfg.seed}. Point budgets: {budgets}.",
         "",
         "## Summary",
         "",
-        "IoU@k is the mean IoU after step k; NoC85/90 is the mean number of steps to reach IoU 0.85/0.90 "
-        f"(counted as {K} when never reached); fail85 is the share of images that never reach 0.85.",
+        "IoU@1 and IoU@K are the mean IoU after the first and the last step; NoC85/90 is the mean number of steps "
+        "to reach IoU 0.85 / 0.90 (counted as K when never reached); fail85 is the share of images that never reach 0.85.",
         "",
-        markdown_table(summary["table"], cols),
+        markdown_table(summary["table"], SUMMARY_COLUMNS),
         "",
     ]
+    if summary["table"]:
+        lines += ["## Strategy x dataset (mean IoU at the last step)", ""]
+        for model in cfg.models:
+            tab, cols = pivot(summary["table"], "strategy", "dataset", "iou@K", {"model": model})
+            if tab:
+                lines += [f"Model `{model}`:", "", markdown_table(tab, cols), ""]
     if plot is not None:
         lines += ["## IoU per step", "", f"![IoU per step]({plot.name})", ""]
+    lines += ["## IoU at matched point budgets", "", "Mean IoU by the number of points in the prompt (all steps pooled).", ""]
+    for ds in cfg.datasets:
+        for model in cfg.models:
+            tab, cols = pivot(summary["matched"], "strategy", "n_points", "iou", {"dataset": ds, "model": model})
+            if tab:
+                lines += [f"`{model}` on `{ds}`:", "", markdown_table(tab, cols), ""]
+    n_err = len(run.errors.rows())
     lines += [f"Skipped inputs: {n_err} (see errors.jsonl)." if n_err else "Skipped inputs: none.", "", f"This invocation took {elapsed:.1f} s.", ""]
     run.write_text("report.md", "\n".join(lines))
 
 
 def format_summary(summary: dict[str, Any]) -> str:
-    return text_table(summary["table"], _columns(summary["steps"]))
+    return text_table(summary["table"], SUMMARY_COLUMNS)

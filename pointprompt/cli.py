@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from segprompt.errors import ConfigError
 from segprompt.models.base import MULTIMASK_POLICIES
 
 
@@ -14,13 +15,14 @@ def _split(values: tuple[str, ...]) -> list[str]:
 
 
 @click.command("pointprompt")
-@click.option("--dataset", default="synthetic-lesions", show_default=True, help="Registry name (see `segprompt data list`) or a dataset folder.")
-@click.option("--root", type=click.Path(path_type=Path), default=None, help="Dataset folder for a registry name (default: $SEGPROMPT_DATA_ROOT/<name>).")
+@click.option("--dataset", "datasets", multiple=True, default=("synthetic-lesions",), show_default=True, help="Registry name (see `segprompt data list`) or a dataset folder; repeat for several.")
+@click.option("--root", type=click.Path(path_type=Path), default=None, help="Folder of a single registry-named dataset (default: $SEGPROMPT_DATA_ROOT/<folder>).")
 @click.option("--model", "models", multiple=True, default=("sam-tiny",), show_default=True, help="Segmenter name; repeat for several (sam-tiny, sam, classical, grabcut, random-walker).")
 @click.option("--checkpoint", default=None, help="Checkpoint file or registry name for the `sam` model.")
 @click.option("--strategies", multiple=True, default=("centre,random,microsam",), show_default=True, help="Comma-separated strategy names.")
 @click.option("--positive", "n_positive", type=int, default=3, show_default=True)
 @click.option("--negative", "n_negative", type=int, default=1, show_default=True)
+@click.option("--budget", default=None, help="'auto': the PointPrompt study's per-dataset budget (kvasir 14/2, busi 4/1, ...); or a study set name (polyp, breast, one, ...).")
 @click.option("--steps", type=int, default=None, help="Steps per trajectory (default: positive + negative).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--multimask", type=click.Choice([p for p in MULTIMASK_POLICIES if p != "all"]), default="best", show_default=True)
@@ -29,7 +31,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--cache", type=click.Path(path_type=Path), default=None, help="Embedding cache folder.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (rerun the same command to resume).")
-def pointprompt(dataset, root, models, checkpoint, strategies, n_positive, n_negative, steps, seed, multimask, mask_feedback, limit, cache, device, out) -> None:
+def pointprompt(datasets, root, models, checkpoint, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, limit, cache, device, out) -> None:
     """Benchmark point-prompt strategies on a dataset; resumable, deterministic for a seed."""
     from pointprompt.bench import PointBenchConfig, format_summary, run_pointprompt
 
@@ -39,14 +41,18 @@ def pointprompt(dataset, root, models, checkpoint, strategies, n_positive, n_neg
         if m.split("@")[0] == "sam" and checkpoint:
             kw["checkpoint"] = checkpoint
         model_kwargs[m] = kw
+    datasets = _split(datasets)
+    if root and len(datasets) != 1:
+        raise ConfigError("--root names the folder of one dataset; give a folder path as --dataset for the others")
     cfg = PointBenchConfig(
-        dataset=dataset,
-        dataset_kwargs={"root": str(root)} if root else {},
+        datasets=datasets,
+        dataset_kwargs={datasets[0]: {"root": str(root)}} if root else {},
         models=list(models),
         model_kwargs=model_kwargs,
         strategies=_split(strategies),
         n_positive=n_positive,
         n_negative=n_negative,
+        budget=budget,
         steps=steps,
         seed=seed,
         multimask=multimask,
@@ -55,4 +61,4 @@ def pointprompt(dataset, root, models, checkpoint, strategies, n_positive, n_neg
     )
     summary = run_pointprompt(cfg, out, cache=cache)
     click.echo(format_summary(summary))
-    click.echo(f"\nrun folder: {out}  (summary.csv, curves.csv, report.md, iou_per_step.png)")
+    click.echo(f"\nrun folder: {out}  (summary.csv, curves.csv, matched_budget.csv, report.md, iou_per_step.png)")

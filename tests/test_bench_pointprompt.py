@@ -25,12 +25,12 @@ def tiny_model():
 
 def _factory(model):
     def make(name):
-        return SamSegmenter(model=model) if name == "tiny" else create_segmenter(name)
+        return SamSegmenter(model=model) if name.startswith("tiny") else create_segmenter(name)
 
     return make
 
 
-CFG = dict(dataset="synthetic-lesions", dataset_kwargs={"n": 3, "seed": 4, "size": 96}, models=["tiny", "grabcut"], strategies=["centre", "random", "microsam"], n_positive=2, n_negative=1, steps=3)
+CFG = dict(datasets=["synthetic-lesions"], dataset_kwargs={"synthetic-lesions": {"n": 3, "seed": 4, "size": 96}}, models=["tiny", "grabcut"], strategies=["centre", "random", "microsam"], n_positive=2, n_negative=1, steps=3)
 
 
 def test_placement_prefixes():
@@ -61,7 +61,7 @@ def test_rows_and_reports(tmp_path, tiny_model):
 
 
 def test_resume_after_kill_equals_uninterrupted(tmp_path, tiny_model):
-    cfg = PointBenchConfig(**CFG)
+    cfg = PointBenchConfig(**{**CFG, "models": ["tiny", "tiny@2"]})
     full = run_pointprompt(cfg, tmp_path / "a", model_factory=_factory(tiny_model), progress=False)
     lines = (tmp_path / "a" / "results.jsonl").read_text().splitlines(keepends=True)
     # a run killed mid-way: some rows, then a torn half row
@@ -87,9 +87,32 @@ def test_resume_after_kill_equals_uninterrupted(tmp_path, tiny_model):
 
 
 def test_different_config_in_same_folder_is_refused(tmp_path, tiny_model):
-    run_pointprompt(PointBenchConfig(**CFG), tmp_path / "r", model_factory=_factory(tiny_model), progress=False)
+    cfg = {**CFG, "models": ["tiny"]}
+    run_pointprompt(PointBenchConfig(**cfg), tmp_path / "r", model_factory=_factory(tiny_model), progress=False)
     with pytest.raises(ConfigError, match="different configuration.*seed"):
-        run_pointprompt(PointBenchConfig(**{**CFG, "seed": 1}), tmp_path / "r", model_factory=_factory(tiny_model), progress=False)
+        run_pointprompt(PointBenchConfig(**{**cfg, "seed": 1}), tmp_path / "r", model_factory=_factory(tiny_model), progress=False)
+
+
+def test_several_datasets_and_study_budgets(tmp_path, tiny_model):
+    from segprompt.data.synthetic import write_folder
+
+    a = write_folder(SyntheticLesions(n=2, seed=1, size=64), tmp_path / "set_a")
+    b = write_folder(SyntheticLesions(n=2, seed=2, size=(48, 80)), tmp_path / "set_b")
+    cfg = PointBenchConfig(datasets=[str(a), str(b)], models=["tiny"], strategies=["random", "centre"], budget="breast")
+    summary = run_pointprompt(cfg, tmp_path / "r", model_factory=_factory(tiny_model), progress=False)
+    rows = [json.loads(l) for l in (tmp_path / "r" / "results.jsonl").read_text().splitlines()]
+    assert {r["dataset"] for r in rows} == {str(a), str(b)}
+    assert len(rows) == 2 * 2 * 2 * 5  # datasets x images x strategies x (4 + 1) steps
+    last = [r for r in rows if r["step"] == 5]
+    assert all((r["n_positive"], r["n_negative"]) == (4, 1) for r in last)
+    assert {(m["dataset"], m["n_points"]) for m in summary["matched"]} == {(d, n) for d in (str(a), str(b)) for n in range(1, 6)}
+    report = (tmp_path / "r" / "report.md").read_text()
+    assert "Strategy x dataset" in report and "matched point budgets" in report
+    assert cfg.budget_of("kvasir") == (4, 1) and cfg.steps_of("busi") == 5
+    auto = PointBenchConfig(budget="auto", n_positive=2, n_negative=2)
+    assert auto.budget_of("kvasir") == (14, 2) and auto.budget_of("busi") == (4, 1) and auto.budget_of("synthetic-lesions") == (2, 2)
+    with pytest.raises(ConfigError, match="no point budget"):
+        PointBenchConfig(budget="elephant")
 
 
 class _Flaky(SegmentationDataset):
@@ -113,14 +136,14 @@ class _Flaky(SegmentationDataset):
 
 
 def test_bad_items_are_skipped_and_recorded(tmp_path, tiny_model):
-    cfg = PointBenchConfig(**{**CFG, "models": ["grabcut"], "dataset": "flaky"})
-    summary = run_pointprompt(cfg, tmp_path / "r", dataset=_Flaky(), progress=False)
+    cfg = PointBenchConfig(**{**CFG, "models": ["tiny"], "datasets": ["flaky"]})
+    summary = run_pointprompt(cfg, tmp_path / "r", dataset=_Flaky(), model_factory=_factory(tiny_model), progress=False)
     errors = [json.loads(l) for l in (tmp_path / "r" / "errors.jsonl").read_text().splitlines()]
     assert {e["item"] for e in errors} == {"broken", "empty"}
     assert any("truncated" in e["error"] for e in errors) and any("empty ground-truth" in e["error"] for e in errors)
     assert summary["table"][0]["images"] == 3
     # the rerun does not retry or re-record them
-    run_pointprompt(cfg, tmp_path / "r", dataset=_Flaky(), progress=False)
+    run_pointprompt(cfg, tmp_path / "r", dataset=_Flaky(), model_factory=_factory(tiny_model), progress=False)
     assert len((tmp_path / "r" / "errors.jsonl").read_text().splitlines()) == 2
 
 

@@ -25,8 +25,8 @@ def demo(out: Path, images: int, seed: int) -> None:
     from pointprompt.bench import PointBenchConfig, format_summary, run_pointprompt
 
     cfg = PointBenchConfig(
-        dataset="synthetic-lesions",
-        dataset_kwargs={"n": images, "seed": seed, "size": None},
+        datasets=["synthetic-lesions"],
+        dataset_kwargs={"synthetic-lesions": {"n": images, "seed": seed, "size": None}},
         models=["sam-tiny", "grabcut"],
         strategies=["centre", "random", "microsam"],
         n_positive=3,

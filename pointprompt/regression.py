@@ -1,0 +1,545 @@
+"""Which interpretable features predict prompting quality: grouped cross-validated regression.
+
+The PointPrompt study reports that interpretable features predict SAM's IoU with R^2 above 0.5
+but publishes no regression code. This module makes the claim testable on any feature table
+(:func:`pointprompt.features.feature_table`):
+
+* :func:`run_regression` fits a linear model (median imputation + standardisation), a random
+  forest and gradient boosting (median imputation) with **grouped** K-fold cross-validation:
+  all rows of one image (and, with ``group_by=("image", "annotator")``, of one annotator) are in
+  the same fold, so no image is ever in both the training and the test part. It reports per
+  model the mean and std over folds of the out-of-fold R^2 and MAE, the pooled out-of-fold R^2
+  (all held-out predictions together), permutation importances on the held-out folds (averaged
+  over folds) and, for the tree models, impurity importances; and per feature the R^2 of a
+  single-feature linear fit under the same folds ("which features predict quality").
+* :func:`write_regression_report` writes ``regression.csv``, ``importances.csv``,
+  ``features_r2.csv``, ``regression.md`` and ``importances.png``.
+* :func:`features_for_run` does both for a finished benchmark run folder.
+
+Leakage: the general columns computed from the trajectory's IoU values (best step, first / best
+/ last IoU, ...; :data:`pointprompt.features.TARGET_DERIVED`) are left out by default
+(``drop_target_derived=True``), since they contain the target of an IoU regression.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections import Counter
+import math
+import warnings
+from pathlib import Path
+from typing import Any, Iterable, Mapping, Sequence
+
+import numpy as np
+
+from segprompt.engine.report import markdown_table, write_csv
+from segprompt.engine.runfolder import JsonlLog, atomic_write_text
+from segprompt.errors import ConfigError, DataError
+
+from pointprompt.features import FEATURE_GROUPS, TARGET_DERIVED, feature_columns, feature_table
+
+log = logging.getLogger(__name__)
+
+__all__ = ["MODELS", "run_regression", "make_groups", "write_regression_report", "features_for_run", "run_feature_table", "read_table"]
+
+MODELS = ("linear", "random_forest", "gradient_boosting")
+DEFAULT_PARAMS: dict[str, dict[str, Any]] = {
+    "linear": {},
+    "random_forest": {"n_estimators": 200, "min_samples_leaf": 2},
+    "gradient_boosting": {"n_estimators": 200, "max_depth": 3, "learning_rate": 0.05, "subsample": 0.8},
+}
+
+
+def _make_model(name: str, seed: int, params: Mapping[str, Any] | None = None) -> Any:
+    from sklearn.ensemble import GradientBoostingRegressor, RandomForestRegressor
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import LinearRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    kw = {**DEFAULT_PARAMS.get(name, {}), **(params or {})}
+    impute = ("impute", SimpleImputer(strategy="median", keep_empty_features=True))
+    if name == "linear":
+        return Pipeline([impute, ("scale", StandardScaler()), ("model", LinearRegression(**kw))])
+    if name == "random_forest":
+        return Pipeline([impute, ("model", RandomForestRegressor(random_state=seed, n_jobs=1, **kw))])
+    if name == "gradient_boosting":
+        return Pipeline([impute, ("model", GradientBoostingRegressor(random_state=seed, **kw))])
+    raise ConfigError(f"unknown regression model {name!r}; use one of {', '.join(MODELS)}")
+
+
+def _float(v: Any) -> float:
+    if v is None or v == "":
+        return math.nan
+    try:
+        return float(v)
+    except (TypeError, ValueError):
+        return math.nan
+
+
+def _resolve_features(table: Sequence[Mapping[str, Any]], feature_groups: Iterable[str], target: str, drop_target_derived: bool) -> tuple[list[str], dict[str, str]]:
+    """Columns named by ``feature_groups`` (group names or column names) that the table holds."""
+    wanted: list[str] = []
+    for g in feature_groups:
+        cols = FEATURE_GROUPS.get(g, [g])
+        wanted += [c for c in cols if c not in wanted]
+    present = set().union(*(r.keys() for r in table))
+    dropped: dict[str, str] = {}
+    features = []
+    for c in wanted:
+        if c == target:
+            continue
+        if c not in present:
+            dropped[c] = "not in the table"
+        elif drop_target_derived and c in TARGET_DERIVED:
+            dropped[c] = "computed from the trajectory's IoU (leaks the target)"
+        else:
+            features.append(c)
+    if not features:
+        raise ConfigError(f"none of the features {wanted} is in the table (columns: {sorted(present)})")
+    return features, dropped
+
+
+def make_groups(table: Sequence[Mapping[str, Any]], group_by: Sequence[str]) -> np.ndarray:
+    """Group label per row such that rows sharing a value in *any* ``group_by`` column share a group.
+
+    ``("image",)`` groups by image (qualified by ``dataset`` when the table has one, since ids are
+    unique only within a dataset). ``("image", "annotator")`` links rows of the same image and
+    rows of the same annotator (connected components), so a fold split keeps both images and
+    annotators apart. Rows with no value in a column are not linked through that column.
+    """
+    from scipy.sparse import coo_matrix
+    from scipy.sparse.csgraph import connected_components
+
+    n = len(table)
+    if n == 0:
+        return np.zeros(0, np.int64)
+    keys: dict[tuple[str, Any], int] = {}
+    src, dst = [], []
+    for i, r in enumerate(table):
+        for c in group_by:
+            v = r.get(c)
+            if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
+                continue
+            key = (c, (r.get("dataset"), v) if c == "image" else v)
+            j = keys.setdefault(key, n + len(keys))
+            src.append(i)
+            dst.append(j)
+    size = n + len(keys)
+    graph = coo_matrix((np.ones(len(src)), (src, dst)), shape=(size, size))
+    _, labels = connected_components(graph, directed=False)
+    # renumber the row groups 0..G-1 in order of first appearance
+    _, first, inv = np.unique(labels[:n], return_index=True, return_inverse=True)
+    order = np.argsort(np.argsort(first))
+    return order[inv].astype(np.int64)
+
+
+def _r2(y: np.ndarray, p: np.ndarray) -> float:
+    from sklearn.metrics import r2_score
+
+    if len(y) < 2 or np.allclose(y, y[0]):
+        return math.nan  # R^2 is undefined on a constant held-out target
+    return float(r2_score(y, p))
+
+
+def run_regression(
+    table: Sequence[Mapping[str, Any]],
+    target: str = "iou",
+    feature_groups: Iterable[str] = ("prompt", "data", "general"),
+    models: Sequence[str] = MODELS,
+    group_by: Sequence[str] | None = None,
+    n_splits: int = 5,
+    seed: int = 0,
+    n_repeats: int = 5,
+    drop_target_derived: bool = True,
+    model_params: Mapping[str, Mapping[str, Any]] | None = None,
+    univariate: bool = True,
+) -> dict[str, Any]:
+    """Grouped cross-validated regression of ``target`` on interpretable features.
+
+    Args:
+        table: feature rows (dicts; values may be numbers, None or numeric strings as read from CSV).
+        target: the column to predict (rows where it is missing are dropped).
+        feature_groups: names from :data:`FEATURE_GROUPS` and/or column names.
+        models: any of ``linear``, ``random_forest``, ``gradient_boosting``.
+        group_by: columns that define the CV groups (see :func:`make_groups`); default
+            ``("image", "annotator")`` when the table has annotators, else ``("image",)``.
+        n_splits: folds; reduced (with a warning) to the number of groups when there are fewer.
+        seed: seeds the fold assignment, the models and the permutations.
+        n_repeats: permutations per feature and fold for the permutation importance.
+        drop_target_derived: leave out the IoU-derived general columns (:data:`TARGET_DERIVED`).
+        model_params: per-model keyword overrides, e.g. ``{"random_forest": {"n_estimators": 50}}``.
+        univariate: also fit each feature alone (linear) under the same folds.
+
+    Returns a dict: ``target``, ``features``, ``dropped`` ({column: reason}), ``n_rows``,
+    ``n_groups``, ``n_splits``, ``group_by``, ``fold`` (held-out fold of each used row),
+    ``groups``, ``rows_used`` (indices into ``table``), ``models`` ({name: {r2_mean, r2_std,
+    r2_pooled, mae_mean, mae_std, mae_pooled, fold_r2, fold_mae, importances: {feature:
+    {permutation_mean, permutation_std, impurity}}}}), ``best_model`` (highest pooled R^2) and
+    ``univariate`` (rows: feature, group, r2_cv, r2_fit, corr, n_valid; best first).
+
+    Raises DataError with fewer than 2 groups or no usable rows; ConfigError for unknown models
+    or features.
+    """
+    from sklearn.inspection import permutation_importance
+    from sklearn.model_selection import GroupKFold
+
+    table = list(table)
+    if not table:
+        raise DataError("the feature table is empty: nothing to regress")
+    for m in models:
+        if m not in MODELS:
+            raise ConfigError(f"unknown regression model {m!r}; use one of {', '.join(MODELS)}")
+    if target not in set().union(*(r.keys() for r in table)):
+        raise ConfigError(f"target column {target!r} is not in the table")
+    features, dropped = _resolve_features(table, feature_groups, target, drop_target_derived)
+    y_all = np.array([_float(r.get(target)) for r in table])
+    used = np.flatnonzero(np.isfinite(y_all))
+    if len(used) == 0:
+        raise DataError(f"no row has a numeric {target!r}")
+    rows = [table[i] for i in used]
+    y = y_all[used]
+    X = np.array([[_float(r.get(c)) for c in features] for r in rows], dtype=np.float64).reshape(len(rows), len(features))
+    # drop columns that carry no information on these rows
+    keep = []
+    for j, c in enumerate(features):
+        col = X[:, j]
+        fin = col[np.isfinite(col)]
+        if fin.size == 0:
+            dropped[c] = "no values (all NaN)"
+        elif np.allclose(fin, fin[0]):
+            # constant where present: also constant after median imputation
+            dropped[c] = "constant" if fin.size == len(col) else "constant where present (NaN elsewhere)"
+        else:
+            keep.append(j)
+    if not keep:
+        raise DataError(f"every feature is empty or constant on these rows: {dropped}")
+    features = [features[j] for j in keep]
+    X = X[:, keep]
+
+    if group_by is None:
+        has_annot = any(r.get("annotator") not in (None, "") for r in rows)
+        group_by = ("image", "annotator") if has_annot else ("image",)
+    group_by = tuple(group_by)
+    for c in group_by:
+        if not any(c in r for r in rows):
+            raise ConfigError(f"group_by column {c!r} is not in the table")
+    groups = make_groups(rows, group_by)
+    n_groups = int(groups.max()) + 1
+    if n_groups < 2:
+        raise DataError(
+            f"only {n_groups} group(s) by {'/'.join(group_by)}: grouped cross-validation needs at least 2 "
+            "(use more images, or group by fewer columns)"
+        )
+    if n_groups < n_splits:
+        log.warning("only %d groups by %s: using %d folds instead of %d", n_groups, "/".join(group_by), n_groups, n_splits)
+        n_splits = n_groups
+    if n_splits < 2:
+        raise ConfigError(f"n_splits must be >= 2, got {n_splits}")
+    cv = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
+    splits = list(cv.split(X, y, groups))
+    fold = np.empty(len(y), np.int64)
+    for k, (_, test) in enumerate(splits):
+        fold[test] = k
+
+    result_models: dict[str, dict[str, Any]] = {}
+    for name in models:
+        oof = np.full(len(y), np.nan)
+        fr2, fmae, perm, imp = [], [], [], []
+        for k, (train, test) in enumerate(splits):
+            model = _make_model(name, seed, (model_params or {}).get(name))
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", UserWarning)
+                model.fit(X[train], y[train])
+            pred = model.predict(X[test])
+            oof[test] = pred
+            fr2.append(_r2(y[test], pred))
+            fmae.append(float(np.mean(np.abs(y[test] - pred))))
+            if n_repeats > 0:
+                if len(test) < 2 or np.allclose(y[test], y[test][0]):
+                    perm.append(np.full(len(features), np.nan))  # R^2 undefined on a constant fold
+                else:
+                    pi = permutation_importance(model, X[test], y[test], n_repeats=n_repeats, random_state=seed + k, n_jobs=1, scoring="r2")
+                    perm.append(pi.importances_mean)
+            est = model.named_steps["model"]
+            if hasattr(est, "feature_importances_"):
+                imp.append(est.feature_importances_)
+        perm_arr = np.array(perm) if perm else np.full((1, len(features)), np.nan)
+        imp_mean = np.mean(imp, axis=0) if imp else np.full(len(features), np.nan)
+        importances = {
+            c: {
+                "permutation_mean": float(np.nanmean(perm_arr[:, j])) if np.isfinite(perm_arr[:, j]).any() else math.nan,
+                "permutation_std": float(np.nanstd(perm_arr[:, j])) if np.isfinite(perm_arr[:, j]).any() else math.nan,
+                "impurity": float(imp_mean[j]),
+            }
+            for j, c in enumerate(features)
+        }
+        fr2a = np.array(fr2)
+        result_models[name] = {
+            "r2_mean": float(np.nanmean(fr2a)) if np.isfinite(fr2a).any() else math.nan,
+            "r2_std": float(np.nanstd(fr2a)) if np.isfinite(fr2a).any() else math.nan,
+            "r2_pooled": _r2(y, oof),
+            "mae_mean": float(np.mean(fmae)),
+            "mae_std": float(np.std(fmae)),
+            "mae_pooled": float(np.mean(np.abs(y - oof))),
+            "fold_r2": fr2,
+            "fold_mae": fmae,
+            "importances": importances,
+        }
+    finite = {m: v["r2_pooled"] for m, v in result_models.items() if not math.isnan(v["r2_pooled"])}
+    best = max(finite, key=finite.get) if finite else (models[0] if models else None)
+
+    uni: list[dict[str, Any]] = []
+    if univariate:
+        group_of = {c: g for g, cols in FEATURE_GROUPS.items() for c in cols}
+        for j, c in enumerate(features):
+            x = X[:, j : j + 1]
+            oof = np.full(len(y), np.nan)
+            for train, test in splits:
+                model = _make_model("linear", seed)
+                model.fit(x[train], y[train])
+                oof[test] = model.predict(x[test])
+            valid = np.isfinite(x[:, 0])
+            corr = math.nan
+            if valid.sum() >= 2 and np.std(x[valid, 0]) > 0 and np.std(y[valid]) > 0:
+                corr = float(np.corrcoef(x[valid, 0], y[valid])[0, 1])
+            uni.append(
+                {
+                    "feature": c,
+                    "group": group_of.get(c, ""),
+                    "r2_cv": _r2(y, oof),
+                    "r2_fit": corr * corr if not math.isnan(corr) else math.nan,
+                    "corr": corr,
+                    "n_valid": int(valid.sum()),
+                }
+            )
+        uni.sort(key=lambda r: -np.inf if math.isnan(r["r2_cv"]) else -r["r2_cv"])
+
+    return {
+        "target": target,
+        "features": features,
+        "dropped": dropped,
+        "n_rows": int(len(y)),
+        "n_groups": n_groups,
+        "n_splits": int(n_splits),
+        "group_by": list(group_by),
+        "seed": seed,
+        "fold": fold.tolist(),
+        "groups": groups.tolist(),
+        "rows_used": used.tolist(),
+        "models": result_models,
+        "best_model": best,
+        "univariate": uni,
+    }
+
+
+# ---------------------------------------------------------------------------------------------
+# report
+
+REGRESSION_COLUMNS = ["model", "r2_mean", "r2_std", "r2_pooled", "mae_mean", "mae_std", "mae_pooled", "n_rows", "n_groups", "n_splits"]
+IMPORTANCE_COLUMNS = ["model", "rank", "feature", "permutation_mean", "permutation_std", "impurity"]
+UNIVARIATE_COLUMNS = ["feature", "group", "r2_cv", "r2_fit", "corr", "n_valid"]
+
+
+def _regression_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {"model": m, **{k: v[k] for k in REGRESSION_COLUMNS[1:7]}, "n_rows": result["n_rows"], "n_groups": result["n_groups"], "n_splits": result["n_splits"]}
+        for m, v in result["models"].items()
+    ]
+
+
+def _importance_rows(result: Mapping[str, Any]) -> list[dict[str, Any]]:
+    out = []
+    for m, v in result["models"].items():
+        items = sorted(v["importances"].items(), key=lambda kv: -np.inf if math.isnan(kv[1]["permutation_mean"]) else -kv[1]["permutation_mean"])
+        for rank, (f, d) in enumerate(items, 1):
+            out.append({"model": m, "rank": rank, "feature": f, **d})
+    return out
+
+
+def _bar_plot(rows: Sequence[Mapping[str, Any]], path: Path, title: str, top: int = 15) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if not math.isnan(r["permutation_mean"])][:top][::-1]
+    fig, ax = plt.subplots(figsize=(6.4, 0.32 * max(len(rows), 3) + 1.2))
+    if rows:
+        ax.barh([r["feature"] for r in rows], [r["permutation_mean"] for r in rows], xerr=[0 if math.isnan(r["permutation_std"]) else r["permutation_std"] for r in rows], color="#4c72b0", alpha=0.85)
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel("permutation importance (drop in held-out R$^2$)")
+    ax.set_title(title, fontsize=10)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def write_regression_report(result: Mapping[str, Any], out_dir: str | Path, top: int = 15, extra: str = "") -> Path:
+    """Write regression.csv, importances.csv, features_r2.csv, regression.md and importances.png into ``out_dir``."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    reg = _regression_rows(result)
+    imp = _importance_rows(result)
+    write_csv(out / "regression.csv", reg, REGRESSION_COLUMNS)
+    write_csv(out / "importances.csv", imp, IMPORTANCE_COLUMNS)
+    write_csv(out / "features_r2.csv", result["univariate"], UNIVARIATE_COLUMNS)
+    best = result["best_model"]
+    best_rows = [r for r in imp if r["model"] == best]
+    plot = _bar_plot(best_rows, out / "importances.png", f"{best}: top features for {result['target']}", top)
+    lines = [
+        f"# Which features predict `{result['target']}`",
+        "",
+        f"{result['n_rows']} rows in {result['n_groups']} groups (by {' / '.join(result['group_by'])}), "
+        f"{result['n_splits']}-fold grouped cross-validation (no group is in both the training and the test part), seed {result['seed']}. "
+        f"{len(result['features'])} features.",
+        "",
+        "R^2 mean / std are over the held-out folds; pooled R^2 is computed on all out-of-fold predictions together. "
+        "The study (PointPrompt) reports R^2 > 0.5 for some features.",
+        "",
+        "## Models",
+        "",
+        markdown_table(reg, REGRESSION_COLUMNS),
+        "",
+        f"## Feature importances ({best}, best pooled R^2)",
+        "",
+        "Permutation importance: mean drop of held-out R^2 when a feature is shuffled, averaged over folds; "
+        "impurity importance (tree models only) averaged over the fold models.",
+        "",
+        markdown_table(best_rows[:top], IMPORTANCE_COLUMNS[1:]),
+        "",
+        f"![importances]({plot.name})",
+        "",
+        "## Single-feature R^2",
+        "",
+        "`r2_cv`: a linear fit on the feature alone, same grouped folds (out-of-fold R^2); `r2_fit`: in-sample R^2 "
+        "(squared Pearson correlation); `corr`: its sign shows the direction.",
+        "",
+        markdown_table(result["univariate"], UNIVARIATE_COLUMNS),
+        "",
+    ]
+    if result["dropped"]:
+        lines += ["## Columns left out", "", markdown_table([{"column": k, "reason": v} for k, v in result["dropped"].items()], ["column", "reason"]), ""]
+    if extra:
+        lines += [extra, ""]
+    atomic_write_text(out / "regression.md", "\n".join(lines))
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# run folders
+
+
+def read_table(path: str | Path) -> list[dict[str, Any]]:
+    """Read a ``features.csv`` back (numbers as floats, other cells as strings, empty as None)."""
+    import csv
+
+    out = []
+    with open(path, newline="") as f:
+        for r in csv.DictReader(f):
+            row: dict[str, Any] = {}
+            for k, v in r.items():
+                if v == "":
+                    row[k] = None
+                    continue
+                try:
+                    row[k] = float(v)
+                except ValueError:
+                    row[k] = v
+            out.append(row)
+    return out
+
+
+def _datasets_of(cfg: Mapping[str, Any], cfg_path: Path) -> list[tuple[str, dict[str, Any]]]:
+    """(name, kwargs) of each dataset a run config names: ``datasets`` + per-name ``dataset_kwargs``, or ``dataset`` + ``dataset_kwargs``."""
+    kwargs = cfg.get("dataset_kwargs") or {}
+    if cfg.get("datasets"):
+        names = [cfg["datasets"]] if isinstance(cfg["datasets"], str) else list(cfg["datasets"])
+        return [(str(n), dict(kwargs.get(n) or {})) for n in names]
+    if cfg.get("dataset"):
+        return [(str(cfg["dataset"]), dict(kwargs))]
+    raise ConfigError(f"{cfg_path} names no dataset; pass dataset= to features_for_run")
+
+
+def run_feature_table(run_dir: str | Path, dataset: Any = None) -> Any:
+    """The :class:`~pointprompt.features.FeatureTable` of a run folder's results (see :func:`features_for_run`)."""
+    import yaml
+
+    from segprompt.data.registry import load_dataset
+
+    from pointprompt.features import FeatureTable
+
+    run = Path(run_dir)
+    cfg_path, res_path = run / "config.yaml", run / "results.jsonl"
+    if not run.is_dir():
+        raise ConfigError(f"{run} is not a folder; give a finished benchmark run folder")
+    if not cfg_path.is_file():
+        raise ConfigError(f"{run} has no config.yaml: not a run folder (run the benchmark into it first)")
+    cfg = yaml.safe_load(cfg_path.read_text()) or {}
+    rows = JsonlLog(res_path).rows() if res_path.is_file() else []
+    if not rows:
+        raise DataError(f"{run} has no results (results.jsonl is missing or empty); run or finish the benchmark first")
+    if dataset is not None:
+        return feature_table(rows, dataset)
+    specs = _datasets_of(cfg, cfg_path)
+    if len(specs) == 1:  # every row belongs to it (older runs named rows by the dataset object's name)
+        name, kw = specs[0]
+        return feature_table(rows, load_dataset(name, **kw))
+    table = FeatureTable()
+    names = {n for n, _ in specs}
+    for name, kw in specs:
+        part = [r for r in rows if r.get("dataset") == name]
+        if part:
+            t = feature_table(part, load_dataset(name, **kw))
+            table.extend(t)
+            table.skipped.extend(t.skipped)
+    for image, n in sorted(Counter(str(r.get("image")) for r in rows if r.get("dataset") not in names).items()):
+        table.skipped.append({"image": image, "reason": "its dataset is not in config.yaml", "rows": n})
+    return table
+
+
+def features_for_run(run_dir: str | Path, target: str = "iou", dataset: Any = None, **regression_kwargs: Any) -> Path:
+    """Feature table and regression report of a finished run folder, written to ``run_dir/features/``.
+
+    Reads ``results.jsonl`` and ``config.yaml``; rebuilds each dataset with
+    ``load_dataset(name, **kwargs)`` from the config (``datasets`` with per-name
+    ``dataset_kwargs``, or a single ``dataset`` with flat ``dataset_kwargs``) unless ``dataset``
+    is given (then used for every row); writes ``features.csv`` (and ``skipped.csv`` when rows
+    were skipped), then the files of :func:`write_regression_report` and ``regression.json``
+    (the headline numbers). ``regression_kwargs`` go to :func:`run_regression`. Returns the
+    ``features`` folder.
+
+    Raises ConfigError when the folder has no config.yaml or no dataset in it, DataError when it
+    has no results or too few images for a grouped cross-validation.
+    """
+    run = Path(run_dir)
+    table = run_feature_table(run, dataset)
+    out = run / "features"
+    out.mkdir(exist_ok=True)
+    write_csv(out / "features.csv", [{k: "" if v is None else v for k, v in r.items()} for r in table], feature_columns(table), floatfmt=".6g")
+    if table.skipped:
+        write_csv(out / "skipped.csv", table.skipped, ["image", "reason", "rows"])
+    elif (out / "skipped.csv").exists():
+        (out / "skipped.csv").unlink()  # left by an earlier call
+    if not table:
+        raise DataError(f"{run}: no results row could be matched to an image of the dataset (see {out / 'skipped.csv'})")
+    result = run_regression(table, target=target, **regression_kwargs)
+    models = sorted({str(r.get("model")) for r in table})
+    strategies = sorted({str(r.get("strategy")) for r in table})
+    extra = (
+        "## Data\n\n"
+        f"Run `{run.name}`: datasets {', '.join(f'`{d}`' for d in sorted({str(r.get('dataset')) for r in table}))}, models {', '.join(f'`{m}`' for m in models)}, "
+        f"strategies {', '.join(f'`{s}`' for s in strategies)} (pooled). "
+        + (f"Skipped: {sum(s['rows'] for s in table.skipped)} rows (see skipped.csv)." if table.skipped else "Skipped rows: none.")
+    )
+    write_regression_report(result, out, extra=extra)
+    summary = {k: result[k] for k in ("target", "features", "dropped", "n_rows", "n_groups", "n_splits", "group_by", "best_model")}
+    summary["models"] = {m: {k: v for k, v in d.items() if k != "importances"} for m, d in result["models"].items()}
+    atomic_write_text(out / "regression.json", json.dumps(summary, indent=1, default=float))
+    return out
