@@ -14,7 +14,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
     return [v.strip() for item in values for v in item.split(",") if v.strip()]
 
 
-@click.command("pointprompt")
+@click.group("pointprompt", invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--dataset", "datasets", multiple=True, default=("synthetic-lesions",), show_default=True, help="Registry name (see `segprompt data list`) or a dataset folder; repeat for several.")
 @click.option("--root", type=click.Path(path_type=Path), default=None, help="Folder of a single registry-named dataset (default: $SEGPROMPT_DATA_ROOT/<folder>).")
 @click.option("--model", "models", multiple=True, default=("sam-tiny",), show_default=True, help="Segmenter name; repeat for several (sam-tiny, sam, classical, grabcut, random-walker).")
@@ -30,9 +30,17 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--limit", type=int, default=None, help="Use only the first N images.")
 @click.option("--cache", type=click.Path(path_type=Path), default=None, help="Embedding cache folder.")
 @click.option("--device", default="cpu", show_default=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (rerun the same command to resume).")
-def pointprompt(datasets, root, models, checkpoint, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, limit, cache, device, out) -> None:
-    """Benchmark point-prompt strategies on a dataset; resumable, deterministic for a seed."""
+@click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (rerun the same command to resume). Required.")
+@click.pass_context
+def pointprompt(ctx, datasets, root, models, checkpoint, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, limit, cache, device, out) -> None:
+    """Benchmark point-prompt strategies on datasets; resumable, deterministic for a seed.
+
+    `segprompt bench pointprompt features RUN_DIR` then fits the prompt-feature regressions.
+    """
+    if ctx.invoked_subcommand is not None:
+        return
+    if out is None:
+        raise click.UsageError("Missing option '--out' (the run folder).")
     from pointprompt.bench import PointBenchConfig, format_summary, run_pointprompt
 
     model_kwargs: dict[str, dict] = {}
@@ -62,3 +70,22 @@ def pointprompt(datasets, root, models, checkpoint, strategies, n_positive, n_ne
     summary = run_pointprompt(cfg, out, cache=cache)
     click.echo(format_summary(summary))
     click.echo(f"\nrun folder: {out}  (summary.csv, curves.csv, matched_budget.csv, report.md, iou_per_step.png)")
+
+
+@pointprompt.command("features")
+@click.argument("run_dir", type=click.Path(path_type=Path))
+@click.option("--target", default="iou", show_default=True, help="Column to predict (iou or dice).")
+@click.option("--splits", "n_splits", type=int, default=5, show_default=True, help="Grouped cross-validation folds.")
+@click.option("--seed", type=int, default=0, show_default=True)
+def features(run_dir: Path, target: str, n_splits: int, seed: int) -> None:
+    """Prompt features of a finished run and regressions predicting IoU (grouped by image)."""
+    import json
+
+    from pointprompt.regression import features_for_run
+
+    out = features_for_run(run_dir, target=target, n_splits=n_splits, seed=seed)
+    summary = json.loads((out / "regression.json").read_text())
+    click.echo(f"{summary['n_rows']} prompts, {summary['n_groups']} image groups, {summary['n_splits']}-fold grouped CV; target {target}")
+    for name, m in summary["models"].items():
+        click.echo(f"  {name:18s} " + "  ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, (int, float))))
+    click.echo(f"report: {out / 'regression.md'}, importances: {out / 'importances.png'}")

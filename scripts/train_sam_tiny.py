@@ -128,7 +128,7 @@ class Pool:
 
     def __init__(self, n: int, seed: int, size: int | None = None) -> None:
         ds = SyntheticLesions(n=n, seed=seed, size=size, style="mixed")
-        self.images, self.masks = [], []
+        self.images, self.masks, self.sizes = [], [], []
         for s in ds:
             tf = LongestSide(ARCH.img_size, s.image.shape[:2])
             img = tf.apply_image(s.image)
@@ -142,14 +142,24 @@ class Pool:
                 continue
             self.images.append(pad_img)
             self.masks.append(pad_mask)
+            self.sizes.append((h, w))
 
     def __len__(self) -> int:
         return len(self.images)
 
 
-def train_step(model, batch_imgs, batch_masks, rng, n_sets: int) -> tuple[torch.Tensor, dict]:
+def normalise_padded(model, batch_imgs, sizes) -> torch.Tensor:
+    """Exactly what ``Sam.preprocess`` gives: normalise the image, then zero the padding."""
     x = torch.from_numpy(np.stack(batch_imgs)).permute(0, 3, 1, 2).float()
     x = (x - model.pixel_mean) / model.pixel_std
+    for i, (h, w) in enumerate(sizes):
+        x[i, :, h:, :] = 0.0
+        x[i, :, :, w:] = 0.0
+    return x
+
+
+def train_step(model, batch_imgs, batch_masks, batch_sizes, rng, n_sets: int) -> tuple[torch.Tensor, dict]:
+    x = normalise_padded(model, batch_imgs, batch_sizes)
     emb = model.image_encoder(x)
     losses, logs = [], []
     pe = model.prompt_encoder
@@ -268,16 +278,16 @@ def main() -> int:
     tick = time.time()
     while step < args.steps and time.time() < deadline:
         idx = rng.choice(len(pool), size=args.batch, replace=False)
-        imgs, masks = [pool.images[i] for i in idx], [pool.masks[i] for i in idx]
+        imgs, masks, sizes = [pool.images[i] for i in idx], [pool.masks[i] for i in idx], [pool.sizes[i] for i in idx]
         for g in opt.param_groups:
             g["lr"] = lr_at(step)
-        loss, log = train_step(model, imgs, masks, rng, args.sets)
+        loss, log = train_step(model, imgs, masks, sizes, rng, args.sets)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         step += 1
-        for k, v in {"loss": float(loss), **log}.items():
+        for k, v in {"loss": float(loss.detach()), **log}.items():
             running[k] = 0.98 * running.get(k, v) + 0.02 * v
         if step % 50 == 0:
             rate = 50 / (time.time() - tick)
