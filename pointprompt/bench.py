@@ -42,6 +42,8 @@ from pointprompt.strategies import check_budget, create_strategy, is_correction
 
 log = logging.getLogger(__name__)
 
+HUMAN = "human"
+
 
 @dataclass
 class PointBenchConfig:
@@ -66,6 +68,7 @@ class PointBenchConfig:
     multimask: str = "best"
     mask_feedback: bool = False
     limit: int | None = None
+    human: str | None = None
 
     def __post_init__(self) -> None:
         if isinstance(self.datasets, str):
@@ -80,6 +83,8 @@ class PointBenchConfig:
         if not self.models or not self.strategies:
             raise ConfigError("give at least one model and one strategy")
         for s in self.strategies:
+            if s == HUMAN:
+                raise ConfigError("'human' is not a strategy: pass recorded human prompts with human=PATH (--human)")
             create_strategy(s)  # unknown names fail now, not after an hour
         if not self.datasets:
             raise ConfigError("give at least one dataset")
@@ -109,7 +114,7 @@ def placement_prefixes(n_total: int, n_steps: int) -> list[int]:
     return [max(1, math.ceil(k * n_total / n_steps)) for k in range(1, n_steps + 1)]
 
 
-def _row(cfg: PointBenchConfig, ds_name: str, model: str, image_id: str, strategy: str, step: int, pts: Points, mask: np.ndarray, gt: np.ndarray, score: float, chosen: int | None) -> dict[str, Any]:
+def _row(cfg: PointBenchConfig, ds_name: str, model: str, image_id: str, strategy: str, step: int, pts: Points, mask: np.ndarray, gt: np.ndarray, score: float, chosen: int | None, **extra: Any) -> dict[str, Any]:
     return {
         "dataset": ds_name,
         "image": image_id,
@@ -124,13 +129,30 @@ def _row(cfg: PointBenchConfig, ds_name: str, model: str, image_id: str, strateg
         "dice": float(dice(mask, gt)),
         "score": None if score is None or np.isnan(score) else round(float(score), 5),
         "candidate": None if chosen is None else int(chosen),
+        **extra,
     }
 
 
-def evaluate_image(cfg: PointBenchConfig, seg: Segmenter, model_name: str, ds_name: str, sample: Sample, budget: tuple[int, int] | None = None, steps: int | None = None) -> list[dict[str, Any]]:
+def row_key(row: dict[str, Any]) -> tuple[str, str, int]:
+    """What identifies a row within one (dataset, model, image): strategy, annotator, step."""
+    return (row["strategy"], row.get("annotator") or "", int(row["step"]))
+
+
+def evaluate_image(
+    cfg: PointBenchConfig,
+    seg: Segmenter,
+    model_name: str,
+    ds_name: str,
+    sample: Sample,
+    budget: tuple[int, int] | None = None,
+    steps: int | None = None,
+    human: Sequence[Any] = (),
+) -> list[dict[str, Any]]:
     """All (strategy, step) rows for one model on one image.
 
-    ``budget`` (positive, negative) and ``steps`` default to the config's.
+    ``budget`` (positive, negative) and ``steps`` default to the config's. ``human``:
+    recorded :class:`~pointprompt.trajectory.Trajectory` objects of this image; each of their
+    steps is replayed with this model (rows with strategy ``"human"`` and the annotator).
     """
     gt = np.asarray(sample.mask, bool)
     if not gt.any():
@@ -160,6 +182,19 @@ def evaluate_image(cfg: PointBenchConfig, seg: Segmenter, model_name: str, ds_na
         for i, (name, step) in enumerate(keys):
             rows.append(_row(cfg, ds_name, model_name, sample.id, name, step, sets[i].points, pred.masks[i, 0], gt, float(pred.scores[i, 0]), None if pred.chosen is None else pred.chosen[i]))
 
+    # recorded human prompts: every step of every annotator in one batched call
+    hsets, hkeys = [], []
+    for traj in human:
+        for k, step in enumerate(traj.steps, 1):
+            if step.points is not None and len(step.points):
+                hsets.append(PromptSet(points=step.points))
+                hkeys.append((traj, k, step))
+    if hsets:
+        pred = seg.segment(state, hsets, multimask=cfg.multimask, targets=gt)
+        for i, (traj, k, step) in enumerate(hkeys):
+            extra = {"annotator": traj.annotator or "", "round": step.round, "recorded_iou": step.iou}
+            rows.append(_row(cfg, ds_name, model_name, sample.id, HUMAN, k, hsets[i].points, pred.masks[i, 0], gt, float(pred.scores[i, 0]), None if pred.chosen is None else pred.chosen[i], **extra))
+
     # correction strategies: one call per step, all strategies together
     corr = {name: s for name, s in strategies.items() if is_correction(s)}
     if corr:
@@ -182,6 +217,31 @@ def evaluate_image(cfg: PointBenchConfig, seg: Segmenter, model_name: str, ds_na
                 if step < K:
                     points[n] = points[n] + corr[n].correct(gt, mask, rngs[n], sample.image)
     return rows
+
+
+def load_human(path: str | Path) -> list[Any]:
+    """Recorded prompt trajectories: a trajectory file (.jsonl / .json) or a PointPrompt human-data folder."""
+    from pointprompt.human_data import read_pointprompt_human
+    from pointprompt.trajectory import load_trajectories
+
+    path = Path(path)
+    if path.is_dir():
+        return read_pointprompt_human(path)
+    if not path.exists():
+        raise DataError(f"{path}: human prompt data not found (a .jsonl/.json trajectory file or a PointPrompt folder)")
+    return load_trajectories(path)
+
+
+def human_for_dataset(trajectories: Sequence[Any], ds_key: str, ds: SegmentationDataset, single: bool) -> dict[str, list[Any]]:
+    """Trajectories of ``ds``'s images, by image id. A trajectory's dataset name must match the
+    dataset (its key, folder name or name) unless the run has a single dataset."""
+    names = {ds_key, Path(ds_key).name, str(getattr(ds, "name", ""))}
+    ids = set(ds.ids)
+    out: dict[str, list[Any]] = defaultdict(list)
+    for t in trajectories:
+        if str(t.image_id) in ids and (single or t.dataset is None or t.dataset in names):
+            out[str(t.image_id)].append(t)
+    return out
 
 
 ModelFactory = Callable[[str], Segmenter]
@@ -217,9 +277,10 @@ def run_pointprompt(
     from segprompt.data.registry import load_dataset
 
     run = RunFolder(out, {"suite": "pointprompt", **asdict(cfg)})
-    done: dict[tuple[str, str, str], set[tuple[str, int]]] = defaultdict(set)
+    done: dict[tuple[str, str, str], set[tuple[str, str, int]]] = defaultdict(set)
     for r in run.results:
-        done[(r["dataset"], r["model"], r["image"])].add((r["strategy"], int(r["step"])))
+        done[(r["dataset"], r["model"], r["image"])].add(row_key(r))
+    trajectories = load_human(cfg.human) if cfg.human else []
     skipped = {(e.get("dataset"), e.get("model"), e.get("item")) for e in run.errors}
     make = model_factory or default_model_factory(cfg, cache)
     models: dict[str, Segmenter] = {}
@@ -229,12 +290,20 @@ def run_pointprompt(
         n_images = len(ds) if cfg.limit is None else min(cfg.limit, len(ds))
         ids = ds.ids[:n_images]
         budget, K = cfg.budget_of(ds_key), cfg.steps_of(ds_key)
-        expected = {(s, k) for s in cfg.strategies for k in range(1, K + 1)}
+        human = human_for_dataset(trajectories, ds_key, ds, single=len(cfg.datasets) == 1)
+        expected_auto = {(s, "", k) for s in cfg.strategies for k in range(1, K + 1)}
+
+        def expected(image_id: str) -> set[tuple[str, str, int]]:
+            keys = set(expected_auto)
+            for t in human.get(image_id, ()):
+                keys |= {(HUMAN, t.annotator or "", k) for k, st in enumerate(t.steps, 1) if st.points is not None and len(st.points)}
+            return keys
+
         for model_name in cfg.models:
             todo = [
                 i
                 for i in range(n_images)
-                if not expected <= done[(ds_key, model_name, ids[i])] and (ds_key, model_name, ids[i]) not in skipped
+                if not expected(ids[i]) <= done[(ds_key, model_name, ids[i])] and (ds_key, model_name, ids[i]) not in skipped
             ]
             if not todo:
                 continue
@@ -245,12 +314,12 @@ def run_pointprompt(
                 image_id = ids[i]
                 try:
                     sample = ds[i]
-                    rows = evaluate_image(cfg, seg, model_name, ds_key, sample, budget, K)
+                    rows = evaluate_image(cfg, seg, model_name, ds_key, sample, budget, K, human.get(image_id, ()))
                 except (DataError, PromptError) as exc:
                     run.record_error(image_id, exc, model=model_name, dataset=ds_key)
                     continue
                 have = done[(ds_key, model_name, image_id)]
-                run.results.extend(r for r in rows if (r["strategy"], r["step"]) not in have)
+                run.results.extend(r for r in rows if row_key(r) not in have)
     elapsed = time.time() - t0
     summary = summarise(run.results.rows(), cfg)
     write_reports(run, summary, cfg, elapsed)
@@ -260,31 +329,33 @@ def run_pointprompt(
 def summarise(rows: Sequence[dict[str, Any]], cfg: PointBenchConfig) -> dict[str, Any]:
     """Aggregate results rows.
 
-    Returns a dict with:
+    A *trajectory* is one (image, annotator) sequence of steps: one per image for automated
+    strategies, one per annotator and image for recorded human prompts. Returns a dict with:
 
-    * ``table``: one row per (dataset, model, strategy): images, IoU after the first and the
-      last step, mean IoU over steps, NoC@85/90 (steps to reach IoU 0.85 / 0.90, counted as
-      K when never reached) and the share of images that never reach 0.85;
+    * ``table``: one row per (dataset, model, strategy): trajectories, mean IoU after the first
+      and the last step, mean over trajectories of their best step's IoU, mean IoU over steps,
+      NoC@85/90 (steps to reach IoU 0.85 / 0.90; counted as the trajectory length, at least
+      the configured steps, when never reached) and the share that never reach 0.85;
     * ``curves``: mean IoU (and std) per (dataset, model, strategy, step);
     * ``matched``: mean IoU per (dataset, model, strategy, number of points), so strategies
-      (and human prompts) are compared at equal point budgets;
-    * ``steps``: steps per dataset.
+      and human prompts are compared at equal point budgets;
+    * ``steps``: configured steps per dataset.
     """
     by_step: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
-    per_image: dict[tuple[str, str, str], dict[str, dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
+    units: dict[tuple[str, str, str], dict[tuple[str, str], dict[int, float]]] = defaultdict(lambda: defaultdict(dict))
     points_at: dict[tuple[str, str, str], dict[int, list[int]]] = defaultdict(lambda: defaultdict(list))
     by_points: dict[tuple[str, str, str], dict[int, list[float]]] = defaultdict(lambda: defaultdict(list))
     for r in rows:
         key = (r["dataset"], r["model"], r["strategy"])
         k = int(r["step"])
         by_step[key][k].append(float(r["iou"]))
-        per_image[key][r["image"]][k] = float(r["iou"])
+        units[key][(r["image"], r.get("annotator") or "")][k] = float(r["iou"])
         points_at[key][k].append(int(r["n_points"]))
         by_points[key][int(r["n_points"])].append(float(r["iou"]))
     steps = {d: cfg.steps_of(d) for d in cfg.datasets}
     dorder = {d: i for i, d in enumerate(cfg.datasets)}
     morder = {m: i for i, m in enumerate(cfg.models)}
-    sorder = {s: i for i, s in enumerate(cfg.strategies)}
+    sorder = {s: i for i, s in enumerate([*cfg.strategies, HUMAN])}
     table, curves, matched = [], [], []
     for key in sorted(by_step, key=lambda k: (dorder.get(k[0], 99), morder.get(k[1], 99), sorder.get(k[2], 99), k)):
         ds, model, strat = key
@@ -295,28 +366,29 @@ def summarise(rows: Sequence[dict[str, Any]], cfg: PointBenchConfig) -> dict[str
         for n_pts in sorted(by_points[key]):
             v = by_points[key][n_pts]
             matched.append({"dataset": ds, "model": model, "strategy": strat, "n_points": n_pts, "iou": float(np.mean(v)), "n": len(v)})
-        full = [[img[k] for k in range(1, K + 1)] for img in per_image[key].values() if all(k in img for k in range(1, K + 1))]
-        nocs85 = [noc(c, 0.85, max_clicks=K) for c in full]
-        nocs90 = [noc(c, 0.90, max_clicks=K) for c in full]
+        curves_u = [[u[k] for k in sorted(u)] for u in units[key].values()]
+        nocs85 = [noc(c, 0.85, max_clicks=max(K, len(c))) for c in curves_u]
+        nocs90 = [noc(c, 0.90, max_clicks=max(K, len(c))) for c in curves_u]
         table.append(
             {
                 "dataset": ds,
                 "model": model,
                 "strategy": strat,
-                "steps": K,
-                "images": len(per_image[key]),
+                "steps": K if strat != HUMAN else float(np.mean([len(c) for c in curves_u])),
+                "trajectories": len(curves_u),
                 "iou@1": float(np.mean(by_step[key][1])) if 1 in by_step[key] else float("nan"),
-                "iou@K": float(np.mean(by_step[key][K])) if K in by_step[key] else float("nan"),
-                "iou_mean": float(np.mean([np.mean(v) for v in by_step[key].values()])),
-                "noc85": float(np.mean(nocs85)) if nocs85 else float("nan"),
-                "noc90": float(np.mean(nocs90)) if nocs90 else float("nan"),
-                "fail85": float(np.mean([max(c) < 0.85 for c in full])) if full else float("nan"),
+                "iou@last": float(np.mean([c[-1] for c in curves_u])),
+                "iou_best": float(np.mean([max(c) for c in curves_u])),
+                "iou_mean": float(np.mean([np.mean(c) for c in curves_u])),
+                "noc85": float(np.mean(nocs85)),
+                "noc90": float(np.mean(nocs90)),
+                "fail85": float(np.mean([max(c) < 0.85 for c in curves_u])),
             }
         )
     return {"table": table, "curves": curves, "matched": matched, "steps": steps}
 
 
-SUMMARY_COLUMNS = ["dataset", "model", "strategy", "steps", "images", "iou@1", "iou@K", "iou_mean", "noc85", "noc90", "fail85"]
+SUMMARY_COLUMNS = ["dataset", "model", "strategy", "steps", "trajectories", "iou@1", "iou@last", "iou_best", "iou_mean", "noc85", "noc90", "fail85"]
 
 
 def pivot(rows: Sequence[dict[str, Any]], row_key: str, col_key: str, value: str, fixed: dict[str, Any] | None = None) -> tuple[list[dict[str, Any]], list[str]]:
@@ -352,8 +424,10 @@ def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig
         "",
         "## Summary",
         "",
-        "IoU@1 and IoU@K are the mean IoU after the first and the last step; NoC85/90 is the mean number of steps "
-        "to reach IoU 0.85 / 0.90 (counted as K when never reached); fail85 is the share of images that never reach 0.85.",
+        "A trajectory is one image (one image and annotator for human prompts). iou@1 and iou@last are the mean IoU "
+        "after its first and last step, iou_best the mean of its best step, iou_mean the mean over its steps; NoC85/90 "
+        "is the mean number of steps to reach IoU 0.85 / 0.90 (counted as the trajectory length, at least the "
+        "configured steps, when never reached); fail85 is the share of trajectories that never reach 0.85.",
         "",
         markdown_table(summary["table"], SUMMARY_COLUMNS),
         "",
@@ -361,7 +435,7 @@ def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig
     if summary["table"]:
         lines += ["## Strategy x dataset (mean IoU at the last step)", ""]
         for model in cfg.models:
-            tab, cols = pivot(summary["table"], "strategy", "dataset", "iou@K", {"model": model})
+            tab, cols = pivot(summary["table"], "strategy", "dataset", "iou@last", {"model": model})
             if tab:
                 lines += [f"Model `{model}`:", "", markdown_table(tab, cols), ""]
     if plot is not None:

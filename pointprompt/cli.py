@@ -28,11 +28,12 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--multimask", type=click.Choice([p for p in MULTIMASK_POLICIES if p != "all"]), default="best", show_default=True)
 @click.option("--mask-feedback/--no-mask-feedback", default=False, help="Feed the previous low-res logits back with each correction click.")
 @click.option("--limit", type=int, default=None, help="Use only the first N images.")
+@click.option("--human", type=click.Path(path_type=Path), default=None, help="Recorded human prompts to replay: a trajectory file (.jsonl/.json) or a PointPrompt human-data folder.")
 @click.option("--cache", type=click.Path(path_type=Path), default=None, help="Embedding cache folder.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (rerun the same command to resume). Required.")
 @click.pass_context
-def pointprompt(ctx, datasets, root, models, checkpoint, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, limit, cache, device, out) -> None:
+def pointprompt(ctx, datasets, root, models, checkpoint, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, limit, human, cache, device, out) -> None:
     """Benchmark point-prompt strategies on datasets; resumable, deterministic for a seed.
 
     `segprompt bench pointprompt features RUN_DIR` then fits the prompt-feature regressions.
@@ -66,6 +67,7 @@ def pointprompt(ctx, datasets, root, models, checkpoint, strategies, n_positive,
         multimask=multimask,
         mask_feedback=mask_feedback,
         limit=limit,
+        human=str(human) if human else None,
     )
     summary = run_pointprompt(cfg, out, cache=cache)
     click.echo(format_summary(summary))

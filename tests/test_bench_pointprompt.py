@@ -141,7 +141,7 @@ def test_bad_items_are_skipped_and_recorded(tmp_path, tiny_model):
     errors = [json.loads(l) for l in (tmp_path / "r" / "errors.jsonl").read_text().splitlines()]
     assert {e["item"] for e in errors} == {"broken", "empty"}
     assert any("truncated" in e["error"] for e in errors) and any("empty ground-truth" in e["error"] for e in errors)
-    assert summary["table"][0]["images"] == 3
+    assert summary["table"][0]["trajectories"] == 3
     # the rerun does not retry or re-record them
     run_pointprompt(cfg, tmp_path / "r", dataset=_Flaky(), model_factory=_factory(tiny_model), progress=False)
     assert len((tmp_path / "r" / "errors.jsonl").read_text().splitlines()) == 2
@@ -161,3 +161,35 @@ def test_config_errors():
         PointBenchConfig(strategies=["centr"])
     with pytest.raises(ConfigError, match="budget"):
         PointBenchConfig(n_positive=0, n_negative=0)
+
+
+def test_human_trajectories_are_replayed(tmp_path, tiny_model):
+    from pointprompt.trajectory import PromptStep, Trajectory, save_trajectories
+    from segprompt.data.synthetic import write_folder
+    from segprompt.prompts import Points
+
+    ds_dir = write_folder(SyntheticLesions(n=2, seed=8, size=(64, 96)), tmp_path / "set")
+    samples = list(SyntheticLesions(n=2, seed=8, size=(64, 96)))
+    trajs = []
+    for s in samples:
+        ys, xs = np.nonzero(s.mask)
+        for annotator, n_steps in (("st1", 2), ("st2", 3)):
+            steps = [PromptStep(points=Points(np.stack([xs[: k + 1], ys[: k + 1]], 1), np.ones(k + 1, int)), iou=0.5, round=0) for k in range(n_steps)]
+            trajs.append(Trajectory(image_id=s.id, source="human", annotator=annotator, dataset=None, image_size=s.mask.shape, steps=steps))
+    save_trajectories(tmp_path / "human.jsonl", trajs)
+    cfg = PointBenchConfig(datasets=[str(ds_dir)], models=["tiny"], strategies=["centre"], n_positive=2, n_negative=0, human=str(tmp_path / "human.jsonl"))
+    summary = run_pointprompt(cfg, tmp_path / "r", model_factory=_factory(tiny_model), progress=False)
+    rows = [json.loads(l) for l in (tmp_path / "r" / "results.jsonl").read_text().splitlines()]
+    human = [r for r in rows if r["strategy"] == "human"]
+    assert len(human) == 2 * (2 + 3)
+    assert {(r["annotator"], r["step"]) for r in human} == {("st1", 1), ("st1", 2), ("st2", 1), ("st2", 2), ("st2", 3)}
+    assert all(r["recorded_iou"] == 0.5 for r in human)
+    row = [t for t in summary["table"] if t["strategy"] == "human"][0]
+    assert row["trajectories"] == 4 and row["steps"] == 2.5
+    assert any(m["strategy"] == "human" and m["n_points"] == 3 for m in summary["matched"])
+    # resumed run: nothing to do
+    calls = []
+    run_pointprompt(cfg, tmp_path / "r", model_factory=lambda n: calls.append(n) or _factory(tiny_model)(n), progress=False)
+    assert calls == []
+    with pytest.raises(ConfigError, match="not a strategy"):
+        PointBenchConfig(strategies=["human"])

@@ -891,3 +891,38 @@ for _name, _cls, _title, _task, _text in (
             text=_text, loader=_synthetic(_cls), needs_root=False,
         ),
     )
+
+
+def _pointprompt_loader(root: Any, split: Any, category: str | None = None, **kwargs: Any) -> SegmentationDataset:
+    from segprompt.data.npy_sets import NpyImageSet
+
+    root = Path(root)
+    if (root / "samples.npy").is_file():
+        return NpyImageSet(root, **kwargs)
+    sets = sorted(p.name for p in root.iterdir() if (p / "samples.npy").is_file()) if root.is_dir() else []
+    if category is None:
+        raise DataError(f"{root}: pass category= (one of: {', '.join(sets) or 'none found'}) to pick a PointPrompt image set")
+    if category not in sets:
+        raise DataError(f"{root}: no image set {category!r} (samples.npy + labels.npy); found: {', '.join(sets) or 'none'}")
+    return NpyImageSet(root / category, **kwargs)
+
+
+DATASETS.add(
+    "pointprompt",
+    DatasetSpec(
+        name="pointprompt",
+        title="PointPrompt image sets (16 sets x 400 images: natural, underwater, medical, seismic)",
+        modality="mixed",
+        task="binary",
+        homepage="https://github.com/olivesgatech/PointPrompt",
+        download="https://zenodo.org/records/11187949",
+        citation="Quesada J, Fowler Z, Alotaibi M, Prabhushankar M, AlRegib G. PointPrompt: A Multi-modal Prompting Dataset "
+        "for Segment Anything Model. CVPR Workshops 2024.",
+        layout="<root>/<set>/samples.npy + labels.npy (pass category='Polyp' etc.), or a single set folder; ids are indices 0..399",
+        text=None,
+        loader=_pointprompt_loader,
+        folder_names=("pointprompt", "PointPrompt", "Datasets"),
+        notes="Object arrays are loaded with allow_pickle: only open files you trust. Human prompt data: pointprompt.human_data.",
+    ),
+)
+
