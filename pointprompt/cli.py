@@ -31,9 +31,10 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--human", type=click.Path(path_type=Path), default=None, help="Recorded human prompts to replay: a trajectory file (.jsonl/.json) or a PointPrompt human-data folder.")
 @click.option("--cache", type=click.Path(path_type=Path), default=None, help="Embedding cache folder.")
 @click.option("--device", default="cpu", show_default=True)
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML of PointBenchConfig fields (see configs/pointprompt/); options given on the command line override it.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (rerun the same command to resume). Required.")
 @click.pass_context
-def pointprompt(ctx, datasets, root, models, checkpoint, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, limit, human, cache, device, out) -> None:
+def pointprompt(ctx, config_file, datasets, root, models, checkpoint, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, limit, human, cache, device, out) -> None:
     """Benchmark point-prompt strategies on datasets; resumable, deterministic for a seed.
 
     `segprompt bench pointprompt features RUN_DIR` then fits the prompt-feature regressions.
@@ -53,7 +54,7 @@ def pointprompt(ctx, datasets, root, models, checkpoint, strategies, n_positive,
     datasets = _split(datasets)
     if root and len(datasets) != 1:
         raise ConfigError("--root names the folder of one dataset; give a folder path as --dataset for the others")
-    cfg = PointBenchConfig(
+    given = dict(
         datasets=datasets,
         dataset_kwargs={datasets[0]: {"root": str(root)}} if root else {},
         models=list(models),
@@ -69,9 +70,48 @@ def pointprompt(ctx, datasets, root, models, checkpoint, strategies, n_positive,
         limit=limit,
         human=str(human) if human else None,
     )
+    if config_file is not None:
+        given = _merge_config(ctx, config_file, given)
+    cfg = PointBenchConfig(**given)
     summary = run_pointprompt(cfg, out, cache=cache)
     click.echo(format_summary(summary))
     click.echo(f"\nrun folder: {out}  (summary.csv, curves.csv, matched_budget.csv, report.md, iou_per_step.png)")
+
+
+# command-line option name -> the PointBenchConfig fields it sets
+_OPTION_FIELDS = {
+    "datasets": ("datasets",), "root": ("dataset_kwargs",), "models": ("models", "model_kwargs"), "checkpoint": ("model_kwargs",),
+    "device": ("model_kwargs",), "strategies": ("strategies",), "n_positive": ("n_positive",), "n_negative": ("n_negative",),
+    "budget": ("budget",), "steps": ("steps",), "seed": ("seed",), "multimask": ("multimask",), "mask_feedback": ("mask_feedback",),
+    "limit": ("limit",), "human": ("human",),
+}
+
+
+def _merge_config(ctx: click.Context, path: Path, given: dict) -> dict:
+    """Fields from a YAML file, overridden by the options that were given on the command line."""
+    import dataclasses
+
+    import yaml
+
+    from pointprompt.bench import PointBenchConfig
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: config file not found")
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
+    data.pop("suite", None)  # a run folder's config.yaml can be reused as is
+    known = {f.name for f in dataclasses.fields(PointBenchConfig)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{path}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    explicit = {f for opt, fields in _OPTION_FIELDS.items() if ctx.get_parameter_source(opt) == click.core.ParameterSource.COMMANDLINE for f in fields}
+    merged = {**data}
+    for key, value in given.items():
+        if key in explicit or key not in data:
+            merged[key] = value
+    return merged
 
 
 @pointprompt.command("features")

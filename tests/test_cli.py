@@ -86,3 +86,20 @@ def test_demo_end_to_end(tmp_path, capsys):
     before = (out / "results.jsonl").read_text()
     assert main(["demo", "--images", "3", "--out", str(out)]) == 0
     assert (out / "results.jsonl").read_text() == before
+
+
+def test_config_file_with_command_line_overrides(tmp_path, capsys):
+    cfg = tmp_path / "preset.yaml"
+    cfg.write_text("datasets: [synthetic-lesions]\nmodels: [random-walker]\nstrategies: [random, centre]\nbudget: one\nseed: 3\n")
+    out = tmp_path / "run"
+    rc = main(["bench", "pointprompt", "--config", str(cfg), "--model", "grabcut", "--strategies", "centre", "--limit", "1", "--out", str(out)])
+    assert rc == 0, capsys.readouterr().err
+    import yaml
+
+    saved = yaml.safe_load((out / "config.yaml").read_text())
+    assert saved["models"] == ["grabcut"] and saved["strategies"] == ["centre"]  # given on the command line
+    assert saved["budget"] == "one" and saved["seed"] == 3  # from the file
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("datasets: [synthetic-lesions]\nstratgies: [centre]\n")
+    rc = main(["bench", "pointprompt", "--config", str(bad), "--out", str(tmp_path / "r2")])
+    assert rc == 2 and "unknown field(s) stratgies" in capsys.readouterr().err

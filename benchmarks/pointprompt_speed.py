@@ -1,0 +1,116 @@
+#!/usr/bin/env python
+"""Point-prompt benchmark speed: segprompt's evaluation vs the study's loop, in one process.
+
+Both evaluate the same strategies, steps, images and model and produce the same IoUs:
+
+* reference: the loop of the PointPrompt scripts, written with segment-anything's
+  ``SamPredictor``: for every image *and every strategy* ``set_image``, then one ``predict``
+  per prompt (multimask output, mask 0 kept, as the study did);
+* ours: :func:`pointprompt.bench.evaluate_image`: encode each image once, decode every
+  strategy's steps in batched ``segment`` calls.
+
+Point selection and IoU are the same code on both sides, so the ratio is the cost of the loop
+itself. The per-prompt IoUs are compared before any number is printed.
+
+    python benchmarks/pointprompt_speed.py                          # sam-tiny on CPU
+    python benchmarks/pointprompt_speed.py --arch vit_b --device cuda --images 8 --size 1024
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+STRATEGIES = ["random", "centre", "kmedoids", "max-distance", "grid", "microsam"]
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="sam-tiny", choices=["sam-tiny", "vit_b", "vit_l", "vit_h"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--images", type=int, default=6)
+    ap.add_argument("--size", type=int, default=384, help="image side (synthetic lesions)")
+    ap.add_argument("--positive", type=int, default=4)
+    ap.add_argument("--negative", type=int, default=2)
+    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--precision", default="fp32")
+    args = ap.parse_args()
+
+    from segment_anything import SamPredictor
+
+    from pointprompt.bench import PointBenchConfig, _rng, evaluate_image, placement_prefixes
+    from pointprompt.strategies import create_strategy, is_correction
+    from segprompt.data.synthetic import SyntheticLesions
+    from segprompt.metrics import iou
+    from segprompt.models import create_segmenter
+    from segprompt.models.sam import SamSegmenter
+    from segprompt.models.sam_arch import OFFICIAL_ARCHS
+
+    strategies = [s for s in args.strategies.split(",") if s]
+    if args.arch == "sam-tiny":
+        seg = create_segmenter("sam-tiny", device=args.device, precision=args.precision)
+    else:
+        torch.manual_seed(0)
+        seg = SamSegmenter(model=OFFICIAL_ARCHS[args.arch].build(), device=args.device, precision=args.precision)
+    cfg = PointBenchConfig(datasets=["synthetic-lesions"], models=[args.arch], strategies=strategies, n_positive=args.positive, n_negative=args.negative, multimask="first")
+    K = cfg.steps_of("synthetic-lesions")
+    samples = list(SyntheticLesions(n=args.images, seed=77, size=args.size))
+    predictor = SamPredictor(seg.model)
+
+    def sync() -> None:
+        if args.device.startswith("cuda"):
+            torch.cuda.synchronize()
+
+    def reference(sample) -> dict[tuple[str, int], float]:
+        gt = sample.mask
+        out = {}
+        for name in strategies:
+            strat = create_strategy(name)
+            rng = _rng(cfg.seed, sample.id, name)
+            predictor.set_image(sample.image)  # the study's scripts: once per image and strategy
+            if is_correction(strat):
+                pts = strat.first(gt, rng)
+                for k in range(1, K + 1):
+                    masks, _, _ = predictor.predict(point_coords=pts.coords, point_labels=pts.labels, multimask_output=True)
+                    out[(name, k)] = iou(masks[0], gt)
+                    if k < K:
+                        pts = pts + strat.correct(gt, masks[0], rng, sample.image)
+            else:
+                pts = strat(gt, sample.image, rng, args.positive, args.negative)
+                for k, n in enumerate(placement_prefixes(len(pts), K), 1):
+                    masks, _, _ = predictor.predict(point_coords=pts.coords[:n], point_labels=pts.labels[:n], multimask_output=True)
+                    out[(name, k)] = iou(masks[0], gt)
+        return out
+
+    def ours(sample) -> dict[tuple[str, int], float]:
+        rows = evaluate_image(cfg, seg, args.arch, "synthetic-lesions", sample, (args.positive, args.negative), K)
+        return {(r["strategy"], r["step"]): r["iou"] for r in rows}
+
+    with torch.inference_mode():
+        reference(samples[0]), ours(samples[0])  # warm-up
+        sync()
+        t0 = time.perf_counter()
+        ref = [reference(s) for s in samples]
+        sync()
+        t_ref = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        got = [ours(s) for s in samples]
+        sync()
+        t_ours = time.perf_counter() - t0
+
+    diffs = [abs(r[k] - g[k]) for r, g in zip(ref, got) for k in r]
+    assert len(diffs) == len(samples) * len(strategies) * K
+    assert max(diffs) < 2e-3, f"IoUs disagree by up to {max(diffs):.4f}"
+    n = len(diffs)
+    device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
+    print(f"{args.arch} ({args.precision}) on {device}: {args.images} images of {args.size}x{args.size}, {len(strategies)} strategies x {K} steps, budget {args.positive}+{args.negative}")
+    print(f"reference loop (set_image per image x strategy, one predict per prompt): {t_ref:8.2f} s  {n / t_ref:8.1f} prompts/s")
+    print(f"segprompt (encode once per image, batched segment):                    {t_ours:8.2f} s  {n / t_ours:8.1f} prompts/s")
+    print(f"speed-up {t_ref / t_ours:.2f}x; max |IoU difference| {max(diffs):.2e} over {n} prompts")
+
+
+if __name__ == "__main__":
+    main()
