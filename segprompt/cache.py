@@ -49,12 +49,13 @@ def image_digest(image: np.ndarray) -> str:
     return h.hexdigest()
 
 
-def _tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
+def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
         h.update(f"{name}|{tuple(t.shape)}|{t.dtype}|".encode())
-        h.update(t.view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+        if t.numel():
+            h.update(t.reshape(-1).view(torch.uint8).numpy())  # buffer protocol: no copy
     return h.hexdigest()
 
 
@@ -112,7 +113,7 @@ class EmbeddingCache:
             return self._reject(path, f"unreadable ({type(exc).__name__}: {exc})")
         if meta.get("signature") != expected:
             return self._reject(path, "stale (its signature differs from this image/model)")
-        if meta.get("checksum") != _tensor_digest(tensors):
+        if meta.get("checksum") != tensor_digest(tensors):
             return self._reject(path, "corrupt (tensor checksum mismatch)")
         try:
             extra = json.loads(meta.get("extra", "{}"))
@@ -137,7 +138,7 @@ class EmbeddingCache:
         data = {k: (v.detach().cpu().to(dtype) if v.is_floating_point() else v.detach().cpu()).contiguous() for k, v in tensors.items()}
         meta = {
             "signature": json.dumps(signature, sort_keys=True, default=str),
-            "checksum": _tensor_digest(data),
+            "checksum": tensor_digest(data),
             "extra": json.dumps(dict(extra), sort_keys=True),
         }
         path = self.path(key)

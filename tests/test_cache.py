@@ -98,12 +98,12 @@ def test_stale_entry_is_recomputed(tmp_path, model_file, images):
         meta = dict(f.metadata())
         tensors = {k: f.get_tensor(k) for k in f.keys()}
     sig = json.loads(meta["signature"])
-    sig["model"]["weights"] = "0" * 64  # as if written by other weights under the same file name
+    sig["model"]["image_encoder"] = "0" * 64  # as if written by other weights under the same file name
     meta["signature"] = json.dumps(sig, sort_keys=True)
     tensors = {k: v + 1 for k, v in tensors.items()}
-    from segprompt.cache import _tensor_digest
+    from segprompt.cache import tensor_digest
 
-    meta["checksum"] = _tensor_digest(tensors)  # a self-consistent but stale file
+    meta["checksum"] = tensor_digest(tensors)  # a self-consistent but stale file
     save_file(tensors, str(path), metadata=meta)
     again = seg.encode(images[0]).features["embeddings"]
     assert CountingSam.calls == 2 and torch.equal(again, good)
@@ -129,3 +129,20 @@ def test_fp16_storage(tmp_path, model_file, images):
     a = seg32.segment(seg32.encode(images[0]), ps).masks
     b = seg16.segment(seg16.encode(images[0]), ps).masks
     assert (a == b).mean() > 0.99
+
+
+def test_decoder_only_change_keeps_cache_valid(tmp_path, model_file, images):
+    CountingSam.calls = 0
+    seg = CountingSam(checkpoint=model_file, cache=tmp_path / "c")
+    seg.encode(images[0])
+    with torch.no_grad():
+        for p in seg.model.mask_decoder.parameters():
+            p.add_(1.0)
+    seg.forget_weights_hash()
+    seg.encode(images[0])
+    assert CountingSam.calls == 1  # embeddings do not depend on the decoder
+    with torch.no_grad():
+        next(seg.model.image_encoder.parameters()).add_(1.0)
+    seg.forget_weights_hash()
+    seg.encode(images[0])
+    assert CountingSam.calls == 2  # a changed encoder is a new key

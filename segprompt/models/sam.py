@@ -121,23 +121,28 @@ class SamSegmenter(Segmenter):
 
     @property
     def weights_hash(self) -> str:
-        """SHA-256 of the checkpoint file (or of the in-memory weights), for cache signatures."""
+        """SHA-256 of the image encoder's weights and pixel statistics: what an embedding depends on.
+
+        Computed once and remembered; call :meth:`forget_weights_hash` after changing the
+        image encoder's weights in place (finetuning), so the cache does not serve stale states.
+        A decoder-only finetune keeps the hash, so cached embeddings stay valid.
+        """
         if self._weights_hash is None:
-            if self.checkpoint_path is not None:
-                from segprompt.weights import sha256_file
+            from segprompt.cache import tensor_digest
 
-                self._weights_hash = sha256_file(self.checkpoint_path)
-            else:
-                from segprompt.cache import _tensor_digest
-
-                self._weights_hash = _tensor_digest(self.model.state_dict())
+            tensors = dict(self.model.image_encoder.state_dict())
+            tensors.update(pixel_mean=self.model.pixel_mean, pixel_std=self.model.pixel_std)
+            self._weights_hash = tensor_digest(tensors)
         return self._weights_hash
+
+    def forget_weights_hash(self) -> None:
+        self._weights_hash = None
 
     def cache_signature(self) -> dict[str, Any]:
         return {
             "model": "segment-anything",
             "arch": self.arch.to_json(),
-            "weights": self.weights_hash,
+            "image_encoder": self.weights_hash,
             "preprocessing": {"resize": "longest-side-pil-bilinear", "target": self.arch.img_size},
             "precision": self.precision,
         }
