@@ -76,3 +76,31 @@ def info(name: str) -> None:
     if spec.notes:
         click.echo("notes:")
         click.echo(wrap(spec.notes))
+
+
+@data.command(name="convert-tunevlseg")
+@click.argument("source")
+@click.argument("out")
+@click.option("--text", "texts", multiple=True, help="Text prompt(s) p0, p1, ... for every sample (default: the dataset's own texts).")
+@click.option("--splits", default="0.8,0.1,0.1", show_default=True, help="train,val,test fractions.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Shuffle seed of the split.")
+@click.option("--link", type=click.Choice(["copy", "symlink"]), default="copy", show_default=True, help="How original image files are placed.")
+@click.option("--overwrite", is_flag=True, help="Write into an OUT that already has anns/.")
+def convert_tunevlseg(source: str, out: str, texts: tuple[str, ...], splits: str, seed: int, link: str, overwrite: bool) -> None:
+    """Write SOURCE (a registered name or a folder of images/ + masks/) in TuneVLSeg's split layout.
+
+    OUT gets images/, masks/ (0/255 PNG) and anns/{train,val,test}.json with prompts p0..pN.
+    """
+    from segprompt.data.registry import load_dataset
+    from segprompt.data.tunevlseg_format import write_tunevlseg_split
+    from segprompt.errors import ConfigError
+
+    try:
+        fractions = [float(v) for v in splits.split(",")]
+    except ValueError:
+        raise ConfigError(f"--splits {splits!r}: expected three comma-separated fractions") from None
+    if len(fractions) != 3:
+        raise ConfigError(f"--splits {splits!r}: expected three fractions (train, val, test)")
+    ds = load_dataset(source)
+    counts = write_tunevlseg_split(ds, out, splits=dict(zip(("train", "val", "test"), fractions)), seed=seed, prompts=list(texts) or None, link=link, overwrite=overwrite)
+    click.echo(f"{out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" ({len(ds)} samples from {source})")
