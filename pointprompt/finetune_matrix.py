@@ -16,6 +16,7 @@ import numpy as np
 
 from segprompt.engine.report import markdown_table, text_table, write_csv
 from segprompt.engine.runfolder import RunFolder
+from segprompt.fileio import atomic_path
 
 from pointprompt.finetune import FinetuneConfig, _load_model, evaluate, finetune_sam, load_split
 
@@ -37,10 +38,9 @@ def _heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], path:
             ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color="white" if values[i, j] < 0.6 else "black", fontsize=8)
     fig.colorbar(im, ax=ax, label="mean IoU")
     fig.tight_layout()
-    tmp = path.with_name(f".{path.name}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    tmp.replace(path)
     return path
 
 

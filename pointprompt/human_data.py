@@ -75,13 +75,13 @@ import io
 import logging
 import os
 import re
-import tempfile
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
 from segprompt.errors import DataError, SegpromptError
+from segprompt.fileio import atomic_write_bytes
 from segprompt.prompts import Points
 
 from pointprompt.trajectory import PromptStep, Trajectory
@@ -462,17 +462,7 @@ def read_pointprompt_human(
 
 
 def _atomic_bytes(path: Path, data: bytes) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    atomic_write_bytes(path, data)
 
 
 def _npy_bytes(arr: np.ndarray) -> bytes:

@@ -22,8 +22,6 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Literal, Mapping
@@ -32,6 +30,7 @@ import numpy as np
 import torch
 
 from segprompt.errors import ConfigError
+from segprompt.fileio import atomic_path
 
 log = logging.getLogger(__name__)
 
@@ -142,15 +141,8 @@ class EmbeddingCache:
             "extra": json.dumps(dict(extra), sort_keys=True),
         }
         path = self.path(key)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=".tmp-", suffix=".safetensors")
-        os.close(fd)
-        try:
-            save_file(data, tmp, metadata=meta)
-            os.replace(tmp, path)
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
+        with atomic_path(path, suffix=".safetensors", prefix=".tmp-") as tmp:
+            save_file(data, str(tmp), metadata=meta)
         return path
 
     # -- high level -----------------------------------------------------------

@@ -277,8 +277,7 @@ def save_sam(model: "torch.nn.Module", path: str | Path, arch: SamArch | None = 
     dict that ``segment_anything.sam_model_registry[...](checkpoint=...)`` loads for official sizes.
     ``dtype`` (e.g. ``torch.float16``) shrinks floating-point tensors for shipping.
     """
-    import os
-    import tempfile
+    from segprompt.fileio import atomic_path
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -286,19 +285,13 @@ def save_sam(model: "torch.nn.Module", path: str | Path, arch: SamArch | None = 
     if dtype is not None:
         sd = {k: v.to(dtype) if v.is_floating_point() else v for k, v in sd.items()}
     arch = arch or SamArch.from_state_dict(sd)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
+    with atomic_path(path) as tmp:
         if path.suffix == ".safetensors":
             from safetensors.torch import save_file
 
-            save_file(sd, tmp, metadata={ARCH_METADATA_KEY: arch.to_json(), "format": "pt"})
+            save_file(sd, str(tmp), metadata={ARCH_METADATA_KEY: arch.to_json(), "format": "pt"})
         else:
             torch.save(sd, tmp)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
     return path
 
 
