@@ -218,7 +218,8 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("runs/sam_tiny_train"))
     ap.add_argument("--minutes", type=float, default=60.0, help="wall-clock budget of this invocation")
-    ap.add_argument("--steps", type=int, default=6000, help="total steps of the schedule")
+    ap.add_argument("--steps", type=int, default=6000, help="total steps of the learning-rate schedule")
+    ap.add_argument("--stop-at", type=int, default=None, help="stop after this step (the schedule still spans --steps)")
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--sets", type=int, default=3, help="prompt sets per image per step")
     ap.add_argument("--lr", type=float, default=6e-4)
@@ -242,7 +243,7 @@ def main() -> int:
             "arch": json.loads(ARCH.to_json()),
             "step": ck["step"],
             "metrics": ck.get("metrics", {}),
-            "trained_with": "python scripts/train_sam_tiny.py " + " ".join(f"--{k} {v}" for k, v in ck.get("args", {}).items() if k in ("steps", "batch", "sets", "lr", "pool", "seed")),
+            "trained_with": "python scripts/train_sam_tiny.py " + " ".join(f"--{k.replace('_', '-')} {v}" for k, v in (ck.get("args", {}) | {"stop_at": ck["step"] if ck["step"] < ck.get("args", {}).get("steps", ck["step"]) else None}).items() if k in ("steps", "stop_at", "batch", "sets", "lr", "pool", "seed") and v is not None),
         }
         args.export.with_suffix(".json").write_text(json.dumps(meta, indent=2) + "\n")
         print(json.dumps(meta, indent=2))
@@ -276,7 +277,8 @@ def main() -> int:
     deadline = time.time() + args.minutes * 60
     running: dict[str, float] = {}
     tick = time.time()
-    while step < args.steps and time.time() < deadline:
+    end = min(args.steps, args.stop_at or args.steps)
+    while step < end and time.time() < deadline:
         idx = rng.choice(len(pool), size=args.batch, replace=False)
         imgs, masks, sizes = [pool.images[i] for i in idx], [pool.masks[i] for i in idx], [pool.sizes[i] for i in idx]
         for g in opt.param_groups:
@@ -293,7 +295,7 @@ def main() -> int:
             rate = 50 / (time.time() - tick)
             tick = time.time()
             print(f"step {step} lr {lr_at(step):.2e} " + " ".join(f"{k} {v:.4f}" for k, v in running.items()) + f" | {rate:.2f} it/s", flush=True)
-        if step % 500 == 0 or step == args.steps:
+        if step % 500 == 0 or step == end:
             metrics = validate(model)
             metrics.update(step=step, **{f"train_{k}": v for k, v in running.items()})
             with open(log_path, "a") as f:

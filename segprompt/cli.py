@@ -27,7 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "segment": ("segprompt.commands.segment:segment", "Segment one image from point or box prompts."),
     "bench": ("segprompt.commands.bench:bench", "Benchmarks (pointprompt, ...)."),
     "finetune": ("pointprompt.finetune_cli:finetune", "Finetune SAM with automated, iterative or box prompts."),
-    "napari": ("segprompt.commands.napari:napari", "Open napari with the segprompt plugin docked."),
+    "napari": ("segprompt.commands.napari:napari", "Open napari with the promptable-segmentation widget docked."),
 }
 
 
