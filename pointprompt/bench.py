@@ -65,7 +65,7 @@ class PointBenchConfig:
     budget: str | None = None
     steps: int | None = None
     seed: int = 0
-    multimask: str = "best"
+    multimask: str = "auto"
     mask_feedback: bool = False
     limit: int | None = None
     human: str | None = None
@@ -77,7 +77,7 @@ class PointBenchConfig:
         if self.budget not in (None, "auto"):
             budget_for(self.budget)
         if self.multimask not in MULTIMASK_POLICIES or self.multimask == "all":
-            raise ConfigError(f"multimask policy must be one of single, first, best, oracle; got {self.multimask!r}")
+            raise ConfigError(f"multimask policy must be one of auto, single, first, best, oracle; got {self.multimask!r}")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if not self.models or not self.strategies:

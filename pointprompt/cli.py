@@ -25,7 +25,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--budget", default=None, help="'auto': the PointPrompt study's per-dataset budget (kvasir 14/2, busi 4/1, ...); or a study set name (polyp, breast, one, ...).")
 @click.option("--steps", type=int, default=None, help="Steps per trajectory (default: positive + negative).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--multimask", type=click.Choice([p for p in MULTIMASK_POLICIES if p != "all"]), default="best", show_default=True)
+@click.option("--multimask", type=click.Choice([p for p in MULTIMASK_POLICIES if p != "all"]), default="auto", show_default=True, help="auto: best of 3 for a lone point, SAM's single head otherwise; first: candidate 0 (the PointPrompt code).")
 @click.option("--mask-feedback/--no-mask-feedback", default=False, help="Feed the previous low-res logits back with each correction click.")
 @click.option("--limit", type=int, default=None, help="Use only the first N images.")
 @click.option("--human", type=click.Path(path_type=Path), default=None, help="Recorded human prompts to replay: a trajectory file (.jsonl/.json) or a PointPrompt human-data folder.")

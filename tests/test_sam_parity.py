@@ -221,3 +221,20 @@ def test_official_registry_loader_reads_our_pth(tmp_path):
     a = dict(model.named_parameters())["mask_decoder.iou_token.weight"]
     b = dict(loaded.named_parameters())["mask_decoder.iou_token.weight"]
     assert torch.equal(a, b)
+
+
+def test_auto_policy_is_best_for_a_lone_point_and_single_otherwise(tiny_checkpoint, image):
+    img, gt = image
+    seg = create_segmenter("sam", checkpoint=tiny_checkpoint[0])
+    assert seg.multimask == "auto"
+    state = seg.encode(img)
+    ys, xs = np.nonzero(gt)
+    lone = PromptSet(points=Points([[xs.mean(), ys.mean()]], [1]))
+    two = PromptSet(points=Points([[xs.mean(), ys.mean()], [5, 5]], [1, 0]))
+    boxed = PromptSet(points=Points([[xs.mean(), ys.mean()]], [1]), box=Box([xs.min(), ys.min(), xs.max(), ys.max()]))
+    auto = seg.segment(state, [two, lone, boxed])
+    best = seg.segment(state, lone, multimask="best")
+    single = seg.segment(state, [two, boxed], multimask="single")
+    assert auto.masks.shape[1] == 1 and auto.chosen.tolist() == [-1, best.chosen[0], -1]
+    assert np.array_equal(auto.masks[1], best.masks[0]) and np.array_equal(auto.masks[[0, 2]], single.masks)
+    np.testing.assert_allclose(auto.scores[[0, 2]], single.scores)

@@ -33,7 +33,7 @@ def demo(out: Path, images: int, seed: int) -> None:
         n_negative=1,
         steps=4,
         seed=seed,
-        multimask="best",
+        multimask="auto",
     )
     click.echo(f"segprompt demo: {images} synthetic lesion images, models sam-tiny (bundled demo model) and grabcut -> {out}")
     t0 = time.time()

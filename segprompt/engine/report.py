@@ -63,6 +63,7 @@ def line_plot(
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
+    import matplotlib.ticker
 
     n = max(1, len(panels))
     fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False, sharey=True)
@@ -70,6 +71,7 @@ def line_plot(
         for label, (xs, ys) in series.items():
             ax.plot(list(xs), list(ys), marker="o", markersize=3, label=label)
         ax.set_title(panel)
+        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel(xlabel)
         if ylim:
             ax.set_ylim(*ylim)

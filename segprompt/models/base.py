@@ -15,7 +15,9 @@ Multimask policy (``multimask=`` on the segmenter or per call):
 * ``"all"``: every candidate (SAM: 3), K = 3;
 * ``"first"``: candidate 0 of the multimask head (what the PointPrompt code used), K = 1;
 * ``"best"``: the candidate with the highest predicted score, K = 1;
-* ``"oracle"``: the candidate with the highest IoU against ``targets``, K = 1.
+* ``"oracle"``: the candidate with the highest IoU against ``targets``, K = 1;
+* ``"auto"``: SAM's own advice: ``"best"`` for an ambiguous prompt (a single point and nothing
+  else), ``"single"`` for everything else, K = 1 (``chosen`` is -1 where the single head answered).
 """
 
 from __future__ import annotations
@@ -33,8 +35,8 @@ from segprompt.prompts import PromptSet, as_prompt_sets
 if TYPE_CHECKING:
     from segprompt.cache import EmbeddingCache
 
-MultimaskPolicy = Literal["single", "all", "first", "best", "oracle"]
-MULTIMASK_POLICIES: tuple[str, ...] = ("single", "all", "first", "best", "oracle")
+MultimaskPolicy = Literal["single", "all", "first", "best", "oracle", "auto"]
+MULTIMASK_POLICIES: tuple[str, ...] = ("single", "all", "first", "best", "oracle", "auto")
 
 
 def check_policy(policy: str) -> str:
@@ -201,11 +203,37 @@ class Segmenter(abc.ABC):
             if s.is_empty():
                 raise PromptError(f"prompt set {i} is empty")
             s.check(state.original_size)
+        if policy == "auto":
+            return self._segment_auto(state, sets)
         want_multi = self.has_multimask and policy != "single"
         pred = self._segment(state, sets, multimask_output=want_multi)
         if want_multi and policy != "all":
             pred = pred.select(policy, targets)
         return pred
+
+    def _segment_auto(self, state: ImageState, sets: list[PromptSet]) -> Prediction:
+        ambiguous = [i for i, s in enumerate(sets) if self.has_multimask and s.kinds == {"points"} and len(s.points) == 1]
+        rest = [i for i in range(len(sets)) if i not in set(ambiguous)]
+        parts: list[tuple[list[int], Prediction]] = []
+        if ambiguous:
+            parts.append((ambiguous, self._segment(state, [sets[i] for i in ambiguous], multimask_output=True).select("best")))
+        if rest:
+            single = self._segment(state, [sets[i] for i in rest], multimask_output=False)
+            single.chosen = np.full(len(rest), -1, np.int64)
+            parts.append((rest, single))
+        if len(parts) == 1 and parts[0][0] == list(range(len(sets))):
+            return parts[0][1]
+        first = parts[0][1]
+        n = len(sets)
+        masks = np.zeros((n, *first.masks.shape[1:]), bool)
+        scores = np.zeros((n, 1), np.float32)
+        logits = None if first.logits is None else np.zeros((n, *first.logits.shape[1:]), np.float32)
+        chosen = np.zeros(n, np.int64)
+        for idx, pred in parts:
+            masks[idx], scores[idx], chosen[idx] = pred.masks, pred.scores, pred.chosen
+            if logits is not None and pred.logits is not None:
+                logits[idx] = pred.logits
+        return Prediction(masks=masks, scores=scores, logits=logits, chosen=chosen)
 
     def predict(self, image: np.ndarray, prompts: PromptSet | Sequence[PromptSet], **kwargs: Any) -> Prediction:
         """``encode`` then ``segment`` in one call."""

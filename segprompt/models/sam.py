@@ -64,7 +64,8 @@ class SamSegmenter(Segmenter):
             state dict in segment-anything's key layout (official, finetuned or tiny).
         model: alternatively an already built ``segment_anything.modeling.Sam``.
         arch_overrides: architecture values that cannot be read from the weights (decoder heads).
-        multimask: ``single``, ``all``, ``first``, ``best`` (default) or ``oracle``.
+        multimask: ``auto`` (default: best of 3 for a lone point, the single head otherwise),
+            ``single``, ``all``, ``first``, ``best`` or ``oracle``.
         device, precision: ``"cpu"``/``"cuda"``; ``"fp32"``, ``"bf16"`` or ``"fp16"`` (autocast).
         cache: an :class:`EmbeddingCache` or a folder for one.
         max_batch: prompt sets per decoder call.
@@ -81,7 +82,7 @@ class SamSegmenter(Segmenter):
         checkpoint: str | Path | None = None,
         model: "torch.nn.Module | None" = None,
         arch_overrides: Mapping[str, Any] | None = None,
-        multimask: MultimaskPolicy = "best",
+        multimask: MultimaskPolicy = "auto",
         device: str = "cpu",
         precision: str = "fp32",
         cache: Any = None,

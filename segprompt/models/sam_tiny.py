@@ -44,5 +44,5 @@ def create_sam_tiny(**kwargs: Any) -> SamSegmenter:
     """The bundled demo SAM; keyword arguments as for :class:`SamSegmenter` (not ``checkpoint``)."""
     if "checkpoint" in kwargs or "model" in kwargs:
         raise WeightsError("sam-tiny uses its bundled weights; for another checkpoint use create_segmenter('sam', checkpoint=...)")
-    kwargs.setdefault("multimask", "best")
+    kwargs.setdefault("multimask", "auto")
     return SamTinySegmenter(checkpoint=sam_tiny_path(), **kwargs)
