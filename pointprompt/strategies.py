@@ -25,6 +25,7 @@ Negatives of the study-derived strategies come from a *ring* of background aroun
 
 from __future__ import annotations
 
+import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol
@@ -93,9 +94,38 @@ def _pick(rows: np.ndarray, cols: np.ndarray, rng: np.random.Generator, n: int) 
     return np.stack([cols[idx], rows[idx]], axis=1).astype(np.float32)
 
 
+class _MaskMemo:
+    """The last few distance maps, keyed by mask content: strategies run one after another on the
+    same ground truth, so each map is computed once per mask instead of once per strategy."""
+
+    def __init__(self, size: int = 8) -> None:
+        self.size = size
+        self.items: dict[tuple, np.ndarray] = {}
+
+    def get(self, kind: str, mask: np.ndarray, compute: Callable[[np.ndarray], np.ndarray]) -> np.ndarray:
+        m = np.ascontiguousarray(mask, dtype=bool)
+        key = (kind, m.shape, hashlib.blake2b(m.view(np.uint8), digest_size=16).digest())
+        hit = self.items.pop(key, None)
+        if hit is None:
+            hit = compute(m)
+            hit.setflags(write=False)
+        self.items[key] = hit
+        while len(self.items) > self.size:
+            self.items.pop(next(iter(self.items)))
+        return hit
+
+
+_MEMO = _MaskMemo()
+
+
 def _distance_inside(mask: np.ndarray) -> np.ndarray:
     """Distance of each mask pixel to the nearest background pixel; the image border counts as background."""
-    return ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    return _MEMO.get("inside", mask, lambda m: ndimage.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1])
+
+
+def _distance_outside(mask: np.ndarray) -> np.ndarray:
+    """Distance of each background pixel to the nearest mask pixel."""
+    return _MEMO.get("outside", mask, lambda m: ndimage.distance_transform_edt(~m))
 
 
 def farthest_points(candidates_rc: np.ndarray, depth: np.ndarray, n: int) -> np.ndarray:
@@ -131,7 +161,7 @@ def farthest_points(candidates_rc: np.ndarray, depth: np.ndarray, n: int) -> np.
 
 def _ring(mask: np.ndarray, width: float) -> np.ndarray:
     """bool: background pixels within ``width`` px of the mask (the place for negative clicks)."""
-    dist_out = ndimage.distance_transform_edt(~mask)
+    dist_out = _distance_outside(mask)
     ring = (~mask) & (dist_out <= width)
     return ring if ring.any() else ~mask
 
@@ -232,25 +262,29 @@ def _subsample(rc: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
     return rc[rng.choice(len(rc), size=n, replace=False)] if n > 0 else rc[:0]
 
 
-def _pairwise(a: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, np.float64)
-    sq = (a * a).sum(1)
-    d2 = sq[:, None] + sq[None, :] - 2.0 * (a @ a.T)
-    return np.sqrt(np.maximum(d2, 0.0)).astype(np.float32)
+def _cross(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """(len(a), len(b)) float32 Euclidean distances between two sets of (n, 2) points."""
+    a = np.asarray(a, np.float32)
+    b = np.asarray(b, np.float32)
+    d2 = (a[:, None, 0] - b[None, :, 0]) ** 2
+    d2 += (a[:, None, 1] - b[None, :, 1]) ** 2
+    return np.sqrt(d2, out=d2)
 
 
-def kmedoids(points: np.ndarray, k: int, *, fixed: np.ndarray | None = None, max_iter: int = 50) -> np.ndarray:
-    """Indices of ``k`` medoids of ``points`` (Euclidean), by PAM's BUILD then alternate refinement.
+def kmedoids(points: np.ndarray, k: int, *, fixed: np.ndarray | None = None, max_iter: int = 50, candidates: int = 256) -> np.ndarray:
+    """Indices of ``k`` medoids of ``points`` (Euclidean): a greedy BUILD start, then alternate refinement.
 
     BUILD (Kaufman & Rousseeuw) is greedy and deterministic: the first medoid is the point with
-    the smallest total distance to all others (the 1-medoid); each next one is the point that
-    lowers the total distance-to-nearest-medoid the most. The *alternate* step (Park & Jun 2009,
-    scikit-learn-extra's default ``method="alternate"``) then repeats until stable: assign every
-    point to its nearest medoid, move each medoid to the member with the smallest total
-    distance to its cluster (only when strictly better). Medoid j keeps BUILD's slot j, so the
-    order is "most useful first". ``fixed`` (F, 2) are medoids that are already placed (they
-    attract points but never move); the k new ones spread away from them. Cost: O(n^2 k)
-    time and one n x n float32 matrix (n = len(points) + F; 13 MB at n = 1800).
+    the smallest total distance to all points (the 1-medoid), each next one the point that
+    lowers the total distance-to-nearest-medoid the most. To keep the cost at O(n c k) instead
+    of PAM's O(n^2 k), BUILD picks among ``candidates`` points (every (n / c)-th point, so a
+    random subsample stays random) while measuring the objective over all n points. The
+    *alternate* step (Park & Jun 2009, scikit-learn-extra's default ``method="alternate"``) then
+    repeats until stable, over all points: assign every point to its nearest medoid, move each
+    medoid to the member with the smallest total distance to its cluster (only when strictly
+    better). Medoid j keeps BUILD's slot j, so the order is "most useful first". ``fixed``
+    (F, 2) are medoids already placed (they attract points but never move); the k new ones
+    spread away from them. No n x n matrix is built (at n = 1800: about 5 ms).
 
     Returns (min(k, len(points)),) int indices into ``points``; the caller handles k > len.
     """
@@ -261,27 +295,32 @@ def kmedoids(points: np.ndarray, k: int, *, fixed: np.ndarray | None = None, max
         return np.zeros(0, np.int64)
     if m <= k:
         return np.arange(m)
-    D = _pairwise(np.concatenate([fx, pts]))
-    nearest = D[:f].min(0) if f else None
+    centre = pts.mean(0)
+    pts32, fx32 = (pts - centre).astype(np.float32), (fx - centre).astype(np.float32)
+    cand = np.arange(m) if m <= candidates else np.unique(np.linspace(0, m - 1, candidates).round().astype(np.int64))
+    Dc = _cross(pts32[cand], pts32)  # (c, m)
+    nearest = _cross(fx32, pts32).min(0) if f else None
     chosen: list[int] = []
     for _ in range(k):
         if nearest is None:
-            c = f + int(np.argmin(D[f:].sum(1)))
+            j = int(np.argmin(Dc.sum(1)))
         else:
-            gain = np.maximum(nearest[None, :] - D[f:], 0.0).sum(1)
-            gain[np.asarray(chosen, np.int64) - f] = -1.0
-            c = f + int(np.argmax(gain))
-        chosen.append(c)
-        nearest = D[c].copy() if nearest is None else np.minimum(nearest, D[c])
-    med = np.array(list(range(f)) + chosen, np.int64)
+            gain = np.maximum(nearest[None, :] - Dc, 0.0).sum(1)
+            gain[[cand.tolist().index(c) for c in chosen]] = -1.0
+            j = int(np.argmax(gain))
+        chosen.append(int(cand[j]))
+        nearest = Dc[j].copy() if nearest is None else np.minimum(nearest, Dc[j])
+    med = np.array(chosen, np.int64)
+    to_fixed = _cross(pts32, fx32) if f else np.zeros((m, 0), np.float32)
     for _ in range(max_iter):
-        labels = np.argmin(D[:, med], axis=1)
+        to_med = np.concatenate([to_fixed, _cross(pts32, pts32[med])], axis=1)
+        labels = np.argmin(to_med, axis=1) - f  # < 0: nearest to a fixed medoid
         new = med.copy()
-        for j in range(f, len(med)):
+        for j in range(k):
             idx = np.flatnonzero(labels == j)
             if len(idx) == 0:
                 continue
-            cost = D[np.ix_(idx, idx)].sum(1)
+            cost = _cross(pts32[idx], pts32[idx]).sum(1)
             best = int(np.argmin(cost))
             current = np.flatnonzero(idx == med[j])
             if len(current) == 0 or cost[best] < cost[current[0]] - 1e-6:
@@ -289,7 +328,7 @@ def kmedoids(points: np.ndarray, k: int, *, fixed: np.ndarray | None = None, max
         if np.array_equal(new, med):
             break
         med = new
-    return med[f:] - f
+    return med
 
 
 def _kmedoid_points(region: np.ndarray, rng: np.random.Generator, n: int, subsample: int, fixed_rc: np.ndarray | None = None) -> np.ndarray:

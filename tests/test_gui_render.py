@@ -48,7 +48,7 @@ def _rect_model():
         def _encode(self, image):
             return ImageState(image.shape[:2], image.shape[:2])
 
-        def _segment(self, state, prompts, multimask_output):
+        def _segment(self, state, prompts, multimask_output, select=None):
             h, w = state.original_size
             m = np.zeros((len(prompts), 1, h, w), bool)
             r0, r1, c0, c1 = RECT

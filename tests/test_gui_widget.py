@@ -254,7 +254,7 @@ class TextModel(Segmenter):
     def _encode(self, image):
         return ImageState(image.shape[:2], image.shape[:2], image=image)
 
-    def _segment(self, state, prompts, multimask_output):
+    def _segment(self, state, prompts, multimask_output, select=None):
         h, w = state.original_size
         masks = np.zeros((len(prompts), 1, h, w), bool)
         for i, p in enumerate(prompts):

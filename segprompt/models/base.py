@@ -206,8 +206,8 @@ class Segmenter(abc.ABC):
         if policy == "auto":
             return self._segment_auto(state, sets)
         want_multi = self.has_multimask and policy != "single"
-        pred = self._segment(state, sets, multimask_output=want_multi)
-        if want_multi and policy != "all":
+        pred = self._segment(state, sets, multimask_output=want_multi, select=policy if policy in ("first", "best") else None)
+        if want_multi and policy != "all" and pred.masks.shape[1] > 1:
             pred = pred.select(policy, targets)
         return pred
 
@@ -216,7 +216,7 @@ class Segmenter(abc.ABC):
         rest = [i for i in range(len(sets)) if i not in set(ambiguous)]
         parts: list[tuple[list[int], Prediction]] = []
         if ambiguous:
-            parts.append((ambiguous, self._segment(state, [sets[i] for i in ambiguous], multimask_output=True).select("best")))
+            parts.append((ambiguous, self._segment(state, [sets[i] for i in ambiguous], multimask_output=True, select="best").select("best")))
         if rest:
             single = self._segment(state, [sets[i] for i in rest], multimask_output=False)
             single.chosen = np.full(len(rest), -1, np.int64)
@@ -244,7 +244,10 @@ class Segmenter(abc.ABC):
     def _encode(self, image: np.ndarray) -> ImageState: ...
 
     @abc.abstractmethod
-    def _segment(self, state: ImageState, prompts: list[PromptSet], multimask_output: bool) -> Prediction: ...
+    def _segment(self, state: ImageState, prompts: list[PromptSet], multimask_output: bool, select: str | None = None) -> Prediction:
+        """Decode ``prompts``. ``select`` (``"first"`` / ``"best"``) lets a model keep one
+        candidate per set before producing full-size masks (cheaper); a model may ignore it
+        and return all K candidates, and the caller then selects."""
 
     def cache_signature(self) -> dict[str, Any] | None:
         """What determines this model's image state (architecture, weights hash, preprocessing).

@@ -265,7 +265,7 @@ class ClassicalSegmenter(Segmenter):
             image=image,
         )
 
-    def _segment(self, state: ImageState, prompts: list[PromptSet], multimask_output: bool) -> ClassicalPrediction:
+    def _segment(self, state: ImageState, prompts: list[PromptSet], multimask_output: bool, select: str | None = None) -> ClassicalPrediction:
         small = state.features.get("image") if isinstance(state.features, dict) else None
         if small is None or tuple(small.shape[:2]) != tuple(state.input_size):
             raise PromptError(

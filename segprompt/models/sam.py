@@ -217,6 +217,17 @@ class SamSegmenter(Segmenter):
                 mask = (2.0 * tf.mask_to_lowres(s.mask.data, lowres) - 1.0) * self.mask_logit_scale
         return xy, lab, box, mask
 
+    def _dense_pe(self) -> torch.Tensor:
+        """The prompt encoder's dense positional encoding: it depends only on a fixed buffer, so
+        it is computed once per device instead of on every decoder call."""
+        pe = self.model.prompt_encoder
+        buf = pe.pe_layer.positional_encoding_gaussian_matrix
+        key = (buf.device, buf.data_ptr(), buf._version, torch.is_autocast_enabled())
+        if getattr(self, "_dense_pe_key", None) != key:
+            self._dense_pe_cache = pe.get_dense_pe()
+            self._dense_pe_key = key
+        return self._dense_pe_cache
+
     @torch.no_grad()
     def _decode(
         self, embeddings: torch.Tensor, inputs: list[tuple], multimask_output: bool
@@ -237,25 +248,29 @@ class SamSegmenter(Segmenter):
             sparse, dense = pe(points=points, boxes=box_t, masks=mask_t)
             low, iou = self.model.mask_decoder(
                 image_embeddings=embeddings,
-                image_pe=pe.get_dense_pe(),
+                image_pe=self._dense_pe(),
                 sparse_prompt_embeddings=sparse,
                 dense_prompt_embeddings=dense,
                 multimask_output=multimask_output,
             )
         return low.float(), iou.float()
 
-    def _segment(self, state: ImageState, prompts: list[PromptSet], multimask_output: bool) -> Prediction:
+    def _segment(self, state: ImageState, prompts: list[PromptSet], multimask_output: bool, select: str | None = None) -> Prediction:
         tf = LongestSide(self.arch.img_size, tuple(state.original_size))
         embeddings = state.features["embeddings"].to(self.device)
         inputs = [self._prompt_inputs(s, tf) for s in prompts]
         groups: dict[tuple, list[int]] = defaultdict(list)
         for i, (xy, _, box, mask) in enumerate(inputs):
             groups[(len(xy), box is not None, mask is not None)].append(i)
-        n, k, (h, w) = len(prompts), 3 if multimask_output else 1, state.original_size
+        # with a first / best policy one candidate per set is kept before upscaling (1/3 of the work)
+        keep_one = multimask_output and select in ("first", "best")
+        n, (h, w) = len(prompts), state.original_size
+        k = 1 if keep_one or not multimask_output else 3
         lowres = self.arch.lowres_size
         out_masks = np.zeros((n, k, h, w), bool)
         out_scores = np.zeros((n, k), np.float32)
         out_logits = np.zeros((n, k, lowres, lowres), np.float32)
+        chosen = np.zeros(n, np.int64) if keep_one else None
         threshold = float(self.model.mask_threshold)
         # upscale a few sets at a time: (B, K, H, W) float32 for big images is large
         upscale_batch = max(1, int(2**25 // max(1, k * h * w)))
@@ -263,9 +278,14 @@ class SamSegmenter(Segmenter):
             for chunk in _chunks(idx, self.max_batch):
                 low, iou = self._decode(embeddings, [inputs[i] for i in chunk], multimask_output)
                 rows = np.asarray(chunk)
+                if keep_one:
+                    pick = torch.zeros(len(chunk), dtype=torch.long) if select == "first" else iou.argmax(dim=1).cpu()
+                    ar = torch.arange(len(chunk))
+                    low, iou = low[ar, pick][:, None], iou[ar, pick][:, None]
+                    chosen[rows] = pick.numpy()
                 out_logits[rows] = low.cpu().numpy()
                 out_scores[rows] = iou.cpu().numpy()
                 for sub in _chunks(list(range(len(chunk))), upscale_batch):
                     full = tf.upscale_logits(low[list(sub)]) > threshold
                     out_masks[rows[list(sub)]] = full.cpu().numpy()
-        return Prediction(masks=out_masks, scores=out_scores, logits=out_logits)
+        return Prediction(masks=out_masks, scores=out_scores, logits=out_logits, chosen=chosen)
