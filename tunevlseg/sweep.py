@@ -1,0 +1,403 @@
+"""The TuneVLSeg grid: VLSMs x methods x depths x datasets x seeds, one resumable run folder.
+
+.. code-block:: python
+
+    from tunevlseg.sweep import SweepConfig, run_sweep
+    cfg = SweepConfig(vlsms=["clipseg"], methods=["coop", "vpt-deep", "maple"], depths=[1, 3, 6, 9, 12],
+                      datasets=["kvasir", "busi"], seeds=[0], train={"epochs": 20, "batch_size": 32})
+    run_sweep(cfg, "runs/tunevlseg/grid", launcher="local", workers=2)     # rerun to resume
+
+Layout::
+
+    <out>/config.yaml                 training settings shared by every cell (+ the grid)
+    <out>/results.jsonl               one ``kind: "cell"`` row per finished cell (its test summary)
+    <out>/errors.jsonl                cells skipped (depth out of range, duplicates) or failed
+    <out>/cells/<vlsm>_<method>_d<depth>_<dataset>_s<seed>/   one train_and_evaluate run each
+    <out>/report.md, table.md, table.tex, summary.csv, params.csv, dice_vs_depth_<dataset>.png
+
+Rerunning the command skips the cells that have a row (or whose own folder already holds its
+summary: a sweep killed after a cell finished) and resumes interrupted cells from their
+``checkpoints/last.pt``. The grid lists may grow between runs (add a method, a dataset, a seed);
+the training settings may not (the folder's config.yaml must match, as for any run folder).
+
+Depth is deduplicated per method, so no cell is trained twice for the same model:
+
+* ``zeroshot`` and ``full`` have no prompts: one cell each, named ``d0``;
+* ``vpt-shallow`` is depth 1 by definition: one cell, ``d1``;
+* ``vpt-deep`` at depth 1 *is* ``vpt-shallow`` (same prompts, same initialisation): when both
+  are in the grid the vpt-deep d1 cell is skipped and the report draws vpt-shallow's result as
+  vpt-deep's depth-1 point;
+* ``coop``, ``cocoop``, ``maple``, ``shared-separate``, ``shared-attention`` and ``vpt-deep``
+  run at every depth of the grid that their prompted towers have (a depth beyond the layers of
+  a tower is skipped and written to errors.jsonl, e.g. depth 12 on a 4-layer tiny model).
+  CLIPSeg's decoder reads three vision layers (3, 6, 9 for ViT-B/16): visual prompts deeper than
+  the last of them cannot change the logits (the report notes it; the cells still run).
+
+Launchers: ``local`` (sequential, or ``workers`` processes through
+:class:`concurrent.futures.ProcessPoolExecutor`), ``submitit`` (SLURM through
+``submitit.AutoExecutor``: partition, time, GPUs, CPUs as options) and ``submitit-local``
+(``submitit.LocalExecutor``: the same job path on this machine, which is how it is tested).
+Results are appended by the launching process only, as jobs finish.
+
+Optuna (``optuna_trials=N``, optional, local launcher): per (VLSM, method, dataset, seed) a TPE
+search over lr, weight decay and (for methods with depth) depth, selecting on validation Dice
+only; the best trial is then tested and written as a ``kind: "optuna"`` row. It complements the
+explicit depth grid, it does not replace it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from concurrent.futures import ProcessPoolExecutor, as_completed
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, Callable
+
+from segprompt.engine.runfolder import JsonlLog, RunFolder
+from segprompt.errors import ConfigError, SegpromptError
+
+log = logging.getLogger(__name__)
+
+__all__ = ["SweepConfig", "Cell", "plan_cells", "run_cell", "run_sweep", "LAUNCHERS"]
+
+LAUNCHERS = ("local", "submitit", "submitit-local")
+#: grid axes: they may change between reruns of the same folder (the cells are independent)
+GRID_KEYS = ("vlsms", "methods", "depths", "datasets", "seeds", "vlsm_kwargs", "dataset_roots")
+
+
+@dataclass
+class SweepConfig:
+    """The grid and the training settings every cell shares (``train``: TrainConfig fields)."""
+
+    vlsms: list[str] = field(default_factory=lambda: ["clipseg-tiny"])
+    methods: list[str] = field(default_factory=lambda: ["coop", "vpt-deep", "maple"])
+    depths: list[int] = field(default_factory=lambda: [1])
+    datasets: list[str] = field(default_factory=list)
+    seeds: list[int] = field(default_factory=lambda: [0])
+    vlsm_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    dataset_roots: dict[str, str] = field(default_factory=dict)
+    train: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        from tunevlseg.learners import LEARNERS
+        from tunevlseg.models import VLSMS
+        from tunevlseg.train import TrainConfig
+
+        for name in ("vlsms", "methods", "depths", "datasets", "seeds"):
+            if not getattr(self, name):
+                raise ConfigError(f"the sweep needs at least one of {name}")
+        self.methods = list(dict.fromkeys(LEARNERS.resolve(m) for m in self.methods))
+        for v in self.vlsms:
+            VLSMS.resolve(v)
+        self.depths = sorted({int(d) for d in self.depths})
+        if any(d < 1 for d in self.depths):
+            raise ConfigError(f"depths are 1-based (1 = prompts at the input only), got {self.depths}")
+        self.seeds = list(dict.fromkeys(int(s) for s in self.seeds))
+        self.datasets = [str(d) for d in self.datasets]
+        known = {f.name for f in fields(TrainConfig)}
+        grid_owned = {"vlsm", "vlsm_kwargs", "method", "depth", "dataset", "dataset_root", "seed"}
+        bad = sorted(set(self.train) - known)
+        if bad:
+            raise ConfigError(f"unknown training setting(s) {', '.join(bad)}; known: {', '.join(sorted(known - grid_owned))}")
+        owned = sorted(set(self.train) & grid_owned)
+        if owned:
+            raise ConfigError(f"{', '.join(owned)} are set by the grid, not by train=")
+
+
+@dataclass(frozen=True)
+class Cell:
+    vlsm: str
+    method: str
+    depth: int
+    dataset: str
+    seed: int
+
+    @property
+    def name(self) -> str:
+        from tunevlseg.data import dataset_label
+
+        return f"{self.vlsm}_{self.method}_d{self.depth}_{dataset_label(self.dataset)}_s{self.seed}"
+
+
+def _tower_layers(vlsm: str, kwargs: dict[str, Any]) -> tuple[int, int]:
+    """(text layers, vision layers) of a VLSM (built once, on the CPU)."""
+    from tunevlseg.models import create_vlsm
+
+    model = create_vlsm(vlsm, **kwargs)
+    layers = (int(model.num_text_layers), int(model.num_vision_layers))
+    _FROZEN[vlsm] = not model.trainable_parameters()
+    del model
+    return layers
+
+
+#: vlsm name -> True when its frozen model has nothing trainable (CLIPSeg: zeroshot trains nothing)
+_FROZEN: dict[str, bool] = {}
+
+
+def plan_cells(cfg: SweepConfig, layers: Callable[[str], tuple[int, int]] | None = None) -> tuple[list[Cell], list[tuple[str, str]]]:
+    """The deduplicated cells of the grid and the skipped (name, reason) pairs."""
+    from tunevlseg.data import dataset_label
+    from tunevlseg.learners import LEARNERS
+    from tunevlseg.train import FIXED_DEPTH, NO_DEPTH_METHODS
+
+    labels: dict[str, str] = {}
+    for d in cfg.datasets:
+        lab = dataset_label(d)
+        if lab in labels and labels[lab] != d:
+            raise ConfigError(f"datasets {labels[lab]!r} and {d!r} share the name {lab!r}; rename one folder")
+        labels[lab] = d
+    cache: dict[str, tuple[int, int]] = {}
+
+    def get_layers(v: str) -> tuple[int, int]:
+        if v not in cache:
+            cache[v] = layers(v) if layers is not None else _tower_layers(v, cfg.vlsm_kwargs.get(v, {}))
+        return cache[v]
+
+    cells: list[Cell] = []
+    skipped: list[tuple[str, str]] = []
+    seen: set[Cell] = set()
+    for vlsm in cfg.vlsms:
+        for method in cfg.methods:
+            cls = LEARNERS.get(method)
+            if method in NO_DEPTH_METHODS:
+                depths = [0]
+            elif method in FIXED_DEPTH:
+                depths = [FIXED_DEPTH[method]]
+            else:
+                text_l, vision_l = get_layers(vlsm)
+                limit = min([n for n, used in ((text_l, cls.uses_text), (vision_l, cls.uses_vision)) if used] or [1])
+                depths = []
+                for d in cfg.depths:
+                    if d > limit:
+                        skipped.append((f"{vlsm}_{method}_d{d}", f"depth {d} exceeds the {limit} layers of the prompted tower(s) of {vlsm}"))
+                    elif method == "vpt-deep" and d == 1 and "vpt-shallow" in cfg.methods:
+                        skipped.append((f"{vlsm}_{method}_d1", "vpt-deep at depth 1 is vpt-shallow (run once, as vpt-shallow)"))
+                    else:
+                        depths.append(d)
+            for depth in depths:
+                for dataset in cfg.datasets:
+                    for seed in cfg.seeds:
+                        cell = Cell(vlsm, method, depth, dataset, seed)
+                        if cell not in seen:
+                            seen.add(cell)
+                            cells.append(cell)
+    return cells, skipped
+
+
+def cell_config(cfg: SweepConfig, cell: Cell) -> Any:
+    from tunevlseg.train import TrainConfig
+
+    return TrainConfig(
+        vlsm=cell.vlsm, vlsm_kwargs=dict(cfg.vlsm_kwargs.get(cell.vlsm, {})), method=cell.method, depth=max(1, cell.depth),
+        dataset=cell.dataset, dataset_root=cfg.dataset_roots.get(cell.dataset), seed=cell.seed, **cfg.train,
+    )
+
+
+def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
+    """Train and test one cell (resuming its folder); the function every launcher runs."""
+    import torch
+
+    from tunevlseg.train import TrainConfig, train_and_evaluate
+
+    threads = payload.get("threads")
+    if threads:
+        torch.set_num_threads(int(threads))
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    return train_and_evaluate(TrainConfig(**payload["config"]), payload["out"], resume=True)
+
+
+def _cell_summary(folder: Path) -> dict[str, Any] | None:
+    path = folder / "results.jsonl"
+    if not path.exists():
+        return None
+    rows = [r for r in JsonlLog(path) if r.get("kind") == "summary"]
+    return rows[-1] if rows else None
+
+
+def _submitit_executor(out: Path, launcher: str, slurm: dict[str, Any]) -> Any:
+    try:
+        import submitit
+    except ImportError as exc:  # pragma: no cover - submitit is a declared extra
+        raise ConfigError("the submitit launchers need submitit: pip install 'segprompt[cluster]'") from exc
+    folder = out / "submitit" / "%j"
+    timeout = int(slurm.get("timeout_min") or 60)
+    if launcher == "submitit-local":
+        ex = submitit.LocalExecutor(folder=folder)
+        ex.update_parameters(timeout_min=timeout)
+        return ex
+    ex = submitit.AutoExecutor(folder=folder, cluster=slurm.get("cluster") or "slurm")
+    params: dict[str, Any] = {"timeout_min": timeout, "name": slurm.get("name") or "tunevlseg"}
+    for key in ("slurm_partition", "gpus_per_node", "cpus_per_task", "mem_gb", "slurm_array_parallelism", "slurm_account", "slurm_qos"):
+        if slurm.get(key) is not None:
+            params[key] = slurm[key]
+    ex.update_parameters(**params)
+    return ex
+
+
+def run_sweep(
+    cfg: SweepConfig,
+    out: str | Path,
+    launcher: str = "local",
+    workers: int = 1,
+    threads: int | None = None,
+    slurm: dict[str, Any] | None = None,
+    executor: Any = None,
+    optuna_trials: int = 0,
+    report: bool = True,
+    layers: Callable[[str], tuple[int, int]] | None = None,
+) -> dict[str, Any]:
+    """Run the grid into ``out`` (resuming); returns counts and the report paths.
+
+    Args:
+        launcher: ``local``, ``submitit`` (SLURM) or ``submitit-local``.
+        workers: local processes (1 = sequential in this process).
+        threads: torch threads per cell (default: all cores / workers for local workers).
+        slurm: submitit settings (``slurm_partition``, ``timeout_min``, ``gpus_per_node``,
+            ``cpus_per_task``, ``mem_gb``, ``slurm_array_parallelism``, ``cluster``, ``name``).
+        executor: a ready submitit executor (tests), instead of building one.
+        optuna_trials: trials of the optional Optuna search per (VLSM, method, dataset, seed).
+        layers: ``vlsm -> (text layers, vision layers)`` (tests); default builds each VLSM once.
+    """
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+    if workers < 1:
+        raise ConfigError(f"workers must be >= 1, got {workers}")
+    out = Path(out)
+    run = RunFolder(out, {"suite": "tunevlseg-sweep", **asdict(cfg)}, volatile=GRID_KEYS)
+    cells, skipped = plan_cells(cfg, layers)
+    have_errors = {(e.get("item"), e.get("error")) for e in run.errors}
+    for name, reason in skipped:
+        if (name, reason) not in have_errors:
+            run.errors.append({"item": name, "error": reason, "type": "skip"})
+    done = {r["cell"] for r in run.results if r.get("kind") == "cell"}
+    pending: list[Cell] = []
+    synced = 0
+    for cell in cells:
+        if cell.name in done:
+            continue
+        summary = _cell_summary(out / "cells" / cell.name)
+        if summary is not None:  # finished, but the sweep stopped before writing its row
+            run.results.append({**summary, "kind": "cell", "cell": cell.name})
+            synced += 1
+        else:
+            pending.append(cell)
+    log.info("%d cells: %d finished, %d to run, %d skipped", len(cells), len(cells) - len(pending), len(pending), len(skipped))
+    if threads is None and launcher == "local" and workers > 1:
+        threads = max(1, (os.cpu_count() or 1) // workers)
+    payloads = {c.name: {"config": asdict(cell_config(cfg, c)), "out": str(out / "cells" / c.name), "threads": threads} for c in pending}
+    failed: list[str] = []
+
+    def record(cell: Cell, result: dict[str, Any] | None, error: BaseException | None) -> None:
+        if error is not None:
+            failed.append(cell.name)
+            run.record_error(cell.name, error)
+            return
+        run.results.append({**(result or {}), "kind": "cell", "cell": cell.name})
+
+    if pending:
+        if launcher == "local" and workers == 1:
+            for cell in pending:
+                try:
+                    result = run_cell(payloads[cell.name])
+                except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the others go on
+                    log.error("cell %s failed: %s", cell.name, exc)
+                    record(cell, None, exc)
+                else:
+                    record(cell, result, None)
+        elif launcher == "local":
+            import multiprocessing
+
+            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
+                futures = {pool.submit(run_cell, payloads[c.name]): c for c in pending}
+                for fut in as_completed(futures):
+                    exc = fut.exception()
+                    record(futures[fut], None if exc else fut.result(), exc)
+        else:
+            ex = executor if executor is not None else _submitit_executor(out, launcher, slurm or {})
+            jobs = ex.map_array(run_cell, [payloads[c.name] for c in pending])
+            log.info("submitted %d jobs (%s)", len(jobs), ", ".join(str(j.job_id) for j in jobs[:5]))
+            for cell, job in zip(pending, jobs):
+                try:
+                    result = job.result()
+                except Exception as exc:  # noqa: BLE001 - a failed job is recorded, the others go on
+                    record(cell, None, exc)
+                else:
+                    record(cell, result, None)
+    optuna_rows = 0
+    if optuna_trials:
+        if launcher != "local":
+            raise ConfigError("the Optuna search runs with the local launcher (trials are sequential)")
+        optuna_rows = run_optuna(cfg, run, optuna_trials, threads)
+    paths: dict[str, Any] = {}
+    if report:
+        from tunevlseg.report import write_report
+
+        paths = write_report(out)
+    return {"cells": len(cells), "ran": len(pending) - len(failed), "synced": synced, "failed": failed,
+            "skipped": skipped, "optuna": optuna_rows, "report": paths}
+
+
+# -- Optuna -----------------------------------------------------------------------------------
+
+
+def run_optuna(cfg: SweepConfig, run: RunFolder, trials: int, threads: int | None = None) -> int:
+    """TPE over lr (1e-5..1e-2, log), weight decay (1e-6..1e-1, log) and depth (1..layers of
+    the prompted towers) per (VLSM, method, dataset, seed), maximising validation Dice; the best
+    trial's checkpoint is then tested. Studies live in ``<out>/optuna.db`` (resumable)."""
+    try:
+        import optuna
+    except ImportError as exc:
+        raise ConfigError("--optuna-trials needs optuna: pip install optuna") from exc
+    from tunevlseg.data import dataset_label
+    from tunevlseg.learners import LEARNERS
+    from tunevlseg.train import FIXED_DEPTH, NO_DEPTH_METHODS, TrainConfig, train_and_evaluate
+
+    if threads:
+        import torch
+
+        torch.set_num_threads(int(threads))
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    storage = f"sqlite:///{(run.path / 'optuna.db').resolve()}"
+    have = {r["study"] for r in run.results if r.get("kind") == "optuna"}
+    written = 0
+    for vlsm in cfg.vlsms:
+        text_l, vision_l = _tower_layers(vlsm, cfg.vlsm_kwargs.get(vlsm, {}))
+        for method in cfg.methods:
+            if method == "zeroshot" and _FROZEN.get(vlsm):
+                continue  # nothing to train, nothing to search
+            for dataset in cfg.datasets:
+                for seed in cfg.seeds:
+                    study_name = f"{vlsm}_{method}_{dataset_label(dataset)}_s{seed}"
+                    if study_name in have:
+                        continue
+                    cls = LEARNERS.get(method)
+                    max_depth = 0
+                    if method not in NO_DEPTH_METHODS and method not in FIXED_DEPTH:
+                        max_depth = min([n for n, u in ((text_l, cls.uses_text), (vision_l, cls.uses_vision)) if u] or [1])
+                    base = cell_config(cfg, Cell(vlsm, method, 1, dataset, seed))
+                    folder = run.path / "optuna" / study_name
+
+                    def make(trial: Any) -> TrainConfig:
+                        depth = trial.suggest_int("depth", 1, max_depth) if max_depth > 1 else base.depth
+                        return replace(base, lr=trial.suggest_float("lr", 1e-5, 1e-2, log=True),
+                                       weight_decay=trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True), depth=depth)
+
+                    def objective(trial: Any) -> float:
+                        tc = make(trial)
+                        res = train_and_evaluate(tc, folder / f"trial_{trial.number:03d}", resume=True, test=False)
+                        trial.set_user_attr("folder", str(folder / f"trial_{trial.number:03d}"))
+                        return float(res["val_dice_best"])
+
+                    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
+                                                sampler=optuna.samplers.TPESampler(seed=seed))
+                    complete = sum(1 for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
+                    if complete < trials:
+                        study.optimize(objective, n_trials=trials - complete, catch=(SegpromptError,))
+                    best = study.best_trial
+                    tc = make(optuna.trial.FixedTrial(best.params))
+                    summary = train_and_evaluate(tc, best.user_attrs["folder"], resume=True, test=True)
+                    run.results.append({**summary, "kind": "optuna", "study": study_name, "trials": len(study.trials),
+                                        "best_params": best.params, "best_val_dice": best.value})
+                    written += 1
+    return written

@@ -1,0 +1,522 @@
+"""Train one prompt learner on one dataset, keep the best checkpoint by validation Dice, test it.
+
+.. code-block:: python
+
+    from tunevlseg.train import TrainConfig, train_and_evaluate
+    cfg = TrainConfig(vlsm="clipseg", vlsm_kwargs={"weights": "clipseg-rd64-refined"}, method="maple",
+                      depth=3, dataset="kvasir", epochs=20, batch_size=32, lr=2e-4)
+    summary = train_and_evaluate(cfg, "runs/tunevlseg/kvasir_maple_d3")   # rerun to resume
+    summary["dice_mean"], summary["dice_std"], summary["trainable_params"]
+
+The recipe is TuneVLSeg's: DiceCE loss (``lambda_dice`` 1, ``lambda_ce`` 0.2), AdamW with decay /
+no-decay groups, ReduceLROnPlateau on validation Dice (factor 0.2, patience 5), early stopping on
+validation Dice, the checkpoint of the best validation Dice kept (written atomically), mixed
+precision as an option. Evaluation fixes two of TuneVLSeg's weak points:
+
+* validation and test items go through the deterministic evaluation resize, never through the
+  training augmentation;
+* predictions are resized to each image's ORIGINAL resolution (bilinear on the logits,
+  threshold 0) and scored per image with :func:`segprompt.metrics.dice` / :func:`~segprompt.metrics.iou`
+  (empty prediction vs empty target = 1); Dice and IoU are both per-image means (never a
+  per-image Dice next to a dataset-global IoU), with their standard deviation over images.
+
+Test-split rule: the test split is used when the dataset has one. The natural sets (Pascal VOC,
+Cityscapes) have no labelled test data; TuneVLSeg silently reported val as test. Here the test
+phase then runs on val and every test row says so (``split: "val"``, ``test_is_val: true`` and a
+``note``), since that split also chose the checkpoint.
+
+The run folder (``out``) follows the project's layout: ``config.yaml``; ``results.jsonl`` with one
+``kind: "epoch"`` row per epoch (epoch 0 = before training, with the zero-shot baseline of the
+bare VLSM), one ``kind: "image"`` row per test image and one ``kind: "summary"`` row; every row
+carries the trainable parameter count. ``checkpoints/last.pt`` (full training state, every RNG)
+and ``checkpoints/best.pt`` (learner + trainable VLSM weights). ``resume=True`` continues an
+interrupted run exactly (data order from (seed, epoch), augmentation and random prompts from
+(seed, epoch, index), the RNG states saved); a finished run returns its summary row.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from segprompt.engine.losses import bce_loss, dice_loss
+from segprompt.engine.runfolder import RunFolder
+from segprompt.engine.training import (
+    EarlyStopping,
+    atomic_torch_save,
+    build_scheduler,
+    load_checkpoint,
+    rng_state,
+    seed_everything,
+    set_rng_state,
+)
+from segprompt.errors import ConfigError, DataError
+from segprompt.metrics import dice as dice_score
+from segprompt.metrics import iou as iou_score
+
+log = logging.getLogger(__name__)
+
+__all__ = [
+    "TrainConfig",
+    "train_and_evaluate",
+    "dice_ce_loss",
+    "decay_groups",
+    "predict",
+    "evaluate",
+    "build_model",
+    "NO_DEPTH_METHODS",
+    "method_depth",
+]
+
+#: methods without prompt depth: they run once, with depth recorded as 0
+NO_DEPTH_METHODS = ("zeroshot", "full")
+#: methods whose depth is fixed by definition
+FIXED_DEPTH = {"vpt-shallow": 1}
+
+
+def method_depth(method: str, depth: int) -> int:
+    """The depth a method actually uses: 0 for methods without prompts, 1 for vpt-shallow."""
+    from tunevlseg.learners import LEARNERS
+
+    name = LEARNERS.resolve(method)
+    if name in NO_DEPTH_METHODS:
+        return 0
+    return FIXED_DEPTH.get(name, int(depth))
+
+
+@dataclass
+class TrainConfig:
+    """Everything that determines a training run (saved as the run's config.yaml)."""
+
+    vlsm: str = "clipseg-tiny"
+    vlsm_kwargs: dict[str, Any] = field(default_factory=dict)
+    method: str = "coop"
+    depth: int = 1
+    n_ctx: int = 4
+    learner_kwargs: dict[str, Any] = field(default_factory=dict)
+    dataset: str = ""
+    dataset_root: str | None = None
+    prompt: str | int = "p0"
+    text: str | None = None
+    augment: bool = True
+    epochs: int = 20
+    batch_size: int = 32
+    lr: float = 2e-4
+    weight_decay: float = 1e-2
+    schedule: str = "plateau"
+    plateau_factor: float = 0.2
+    plateau_patience: int = 5
+    early_stop: int = 10
+    lambda_dice: float = 1.0
+    lambda_ce: float = 0.2
+    grad_clip: float | None = None
+    precision: str = "fp32"
+    device: str = "cpu"
+    seed: int = 0
+    eval_batch_size: int | None = None
+    num_workers: int = 0
+    max_train_samples: int | None = None
+    max_eval_samples: int | None = None
+    test_split: str = "test"
+    checkpoint_every: int = 0
+    max_steps: int | None = None
+
+    def __post_init__(self) -> None:
+        from tunevlseg.learners import LEARNERS
+        from tunevlseg.models import VLSMS
+
+        self.method = LEARNERS.resolve(self.method)
+        VLSMS.resolve(self.vlsm)
+        self.depth = method_depth(self.method, self.depth)
+        if not self.dataset:
+            raise ConfigError("TrainConfig needs dataset= (a TuneVLSeg dataset name or a folder)")
+        self.dataset = str(self.dataset)
+        if self.precision not in ("fp32", "bf16", "fp16"):
+            raise ConfigError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.epochs < 0 or self.batch_size < 1:
+            raise ConfigError("epochs must be >= 0 and batch_size >= 1")
+        if self.schedule not in ("plateau", "cosine", "constant"):
+            raise ConfigError(f"schedule must be plateau, cosine or constant, got {self.schedule!r}")
+        if self.lr <= 0 or self.weight_decay < 0:
+            raise ConfigError("lr must be > 0 and weight_decay >= 0")
+
+    @property
+    def learner_depth(self) -> int:
+        """The depth passed to ``create_learner`` (1 for the methods without depth)."""
+        return max(1, self.depth)
+
+    def identity(self) -> dict[str, Any]:
+        """The fields that name this run in every row."""
+        from tunevlseg.data import dataset_label
+
+        return {"vlsm": self.vlsm, "method": self.method, "depth": self.depth, "n_ctx": self.n_ctx if self.depth else 0,
+                "dataset": dataset_label(self.dataset), "seed": self.seed}
+
+
+# -- loss and optimizer groups -----------------------------------------------------------------
+
+
+def dice_ce_loss(
+    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, lambda_dice: float = 1.0, lambda_ce: float = 0.2
+) -> torch.Tensor:
+    """TuneVLSeg's DiceCE: ``lambda_dice`` x soft Dice + ``lambda_ce`` x binary cross-entropy, means
+    over the batch. ``valid`` (same shape, 1 = counted) removes ignore pixels from both terms;
+    without it this is :func:`segprompt.engine.losses.dice_loss` and ``bce_loss``."""
+    logits = logits.float()
+    target = target.float()
+    if valid is None or bool((valid > 0).all()):
+        return lambda_dice * dice_loss(logits, target).mean() + lambda_ce * bce_loss(logits, target).mean()
+    valid = valid.float()
+    prob = (logits.sigmoid() * valid).flatten(-2)
+    tgt = (target * valid).flatten(-2)
+    d = 1.0 - (2.0 * (prob * tgt).sum(-1) + 1.0) / (prob.sum(-1) + tgt.sum(-1) + 1.0)
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * valid
+    ce = ce.flatten(-2).sum(-1) / valid.flatten(-2).sum(-1).clamp(min=1.0)
+    return lambda_dice * d.mean() + lambda_ce * ce.mean()
+
+
+def _no_decay(name: str, p: torch.Tensor) -> bool:
+    low = name.lower()
+    return (
+        p.ndim < 2
+        or low.endswith(".bias")
+        or "norm" in low
+        or "embed" in low
+        or low.endswith("ctx")  # prompt context vectors are token embeddings
+    )
+
+
+def decay_groups(named: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups: decay for weight matrices; none for biases, norms, embeddings, 1-D tensors
+    and prompt context vectors (the rule of :func:`segprompt.engine.training.param_groups`, plus
+    the learners' ``ctx``)."""
+    decay, no_decay = [], []
+    for name, p in named:
+        (no_decay if _no_decay(name, p) else decay).append(p)
+    groups = []
+    if decay:
+        groups.append({"params": decay, "weight_decay": weight_decay})
+    if no_decay:
+        groups.append({"params": no_decay, "weight_decay": 0.0})
+    return groups
+
+
+# -- model and data ---------------------------------------------------------------------------
+
+
+def build_model(cfg: TrainConfig) -> tuple[Any, Any]:
+    """(vlsm, learner) on ``cfg.device``; the learner is seeded by ``cfg.seed``."""
+    from tunevlseg.learners import create_learner
+    from tunevlseg.models import create_vlsm
+
+    vlsm = create_vlsm(cfg.vlsm, device=cfg.device, **cfg.vlsm_kwargs)
+    settings: dict[str, Any] = dict(cfg.learner_kwargs)
+    if cfg.method not in NO_DEPTH_METHODS:
+        settings.setdefault("n_ctx", cfg.n_ctx)
+    settings.setdefault("depth", cfg.learner_depth)
+    settings.setdefault("seed", cfg.seed)
+    learner = create_learner(cfg.method, vlsm, **settings)
+    return vlsm, learner
+
+
+def _load(cfg: TrainConfig, split: str, limit: int | None):  # noqa: ANN202 - SegmentationDataset
+    from tunevlseg.data import load_benchmark_split
+
+    ds = load_benchmark_split(cfg.dataset, split, root=cfg.dataset_root, check=split == "train")
+    if limit is not None and len(ds) > limit:
+        ds = ds.subset(list(range(limit)))
+    if len(ds) == 0:
+        raise DataError(f"{cfg.dataset}: the {split} split is empty")
+    return ds
+
+
+def _default_text(cfg: TrainConfig) -> str | None:
+    if cfg.text is not None:
+        return cfg.text
+    from tunevlseg.data import BENCHMARKS, _is_path, _key
+
+    key = None if _is_path(cfg.dataset) else _key(cfg.dataset)
+    return BENCHMARKS[key].text if key and "{" not in BENCHMARKS[key].text else None
+
+
+def _autocast(precision: str, device: str) -> contextlib.AbstractContextManager:
+    if precision == "fp32":
+        return contextlib.nullcontext()
+    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    return torch.autocast("cuda" if str(device).startswith("cuda") else "cpu", dtype=dtype)
+
+
+def _loader(ds: Any, batches: Sequence[Sequence[int]], workers: int) -> Iterable[dict[str, Any]]:
+    from tunevlseg.data import collate
+
+    # a private generator: creating the iterator must not draw from the global RNG (dropout of
+    # shared-attention), or a resumed epoch would see other random numbers than an uninterrupted one
+    return torch.utils.data.DataLoader(
+        ds, batch_sampler=[list(b) for b in batches], collate_fn=collate, num_workers=workers, generator=torch.Generator().manual_seed(0)
+    )
+
+
+def _eval_batches(n: int, batch_size: int) -> list[list[int]]:
+    return [list(range(i, min(n, i + batch_size))) for i in range(0, n, batch_size)]
+
+
+@torch.no_grad()
+def predict(vlsm: Any, learner: Any, ds: Any, batch_size: int = 8, precision: str = "fp32", device: str = "cpu", workers: int = 0) -> Iterable[tuple[dict[str, Any], np.ndarray]]:
+    """(item, prediction) per item of an evaluation :class:`~tunevlseg.data.VLSegDataset`: the
+    logits resized bilinearly to the item's original size, thresholded at 0 (bool (H0, W0))."""
+    if ds.train:
+        raise ConfigError("predict() needs an evaluation dataset (train=False): never score on training augmentation")
+    was = (vlsm.training, learner.training if learner is not None else False)
+    vlsm.eval()
+    if learner is not None:
+        learner.eval()
+    try:
+        for batch in _loader(ds, _eval_batches(len(ds), batch_size), workers):
+            images = vlsm.preprocess(batch["image"].to(vlsm.mean.device))
+            with _autocast(precision, device):
+                logits = vlsm(images, batch["text"], learner=learner)
+            logits = logits.float()
+            for i, size in enumerate(batch["size"]):
+                up = F.interpolate(logits[i : i + 1], size=tuple(size), mode="bilinear", align_corners=False)[0, 0]
+                item = {k: v[i] for k, v in batch.items() if k not in ("image", "mask", "valid")}
+                yield item, (up > 0).cpu().numpy()
+    finally:
+        vlsm.train(was[0])
+        if learner is not None:
+            learner.train(was[1])
+
+
+def evaluate(vlsm: Any, learner: Any, ds: Any, cfg: TrainConfig, skip: set[str] = frozenset()) -> list[dict[str, Any]]:  # type: ignore[assignment]
+    """Per-image rows (``id``, ``dice``, ``iou``, ``prompt``, ``height``, ``width``) at the original
+    resolution; ignore pixels count for neither prediction nor target."""
+    rows = []
+    for item, pred in predict(vlsm, learner, ds, cfg.eval_batch_size or cfg.batch_size, cfg.precision, cfg.device, cfg.num_workers):
+        if item["id"] in skip:
+            continue
+        target = item["target"]
+        if item.get("ignore") is not None:
+            pred = pred & ~item["ignore"]
+            target = target & ~item["ignore"]
+        rows.append({"id": item["id"], "dice": dice_score(pred, target), "iou": iou_score(pred, target), "prompt": item["text"],
+                     "height": int(target.shape[0]), "width": int(target.shape[1])})
+    return rows
+
+
+def _mean_std(values: Sequence[float]) -> tuple[float, float]:
+    if not values:
+        return float("nan"), float("nan")
+    arr = np.asarray(values, np.float64)
+    return float(arr.mean()), float(arr.std(ddof=1)) if len(arr) > 1 else 0.0
+
+
+# -- the run ------------------------------------------------------------------------------------
+
+
+def _trainable(vlsm: Any, learner: Any) -> list[tuple[str, torch.nn.Parameter]]:
+    from tunevlseg.learners import trainable_named_parameters
+
+    return trainable_named_parameters(vlsm, learner)
+
+
+def train_and_evaluate(cfg: TrainConfig, out: str | Path, resume: bool = True, test: bool = True, progress: bool = False) -> dict[str, Any]:
+    """Train (or resume) ``cfg`` into ``out``, then test the best checkpoint; returns the summary row.
+
+    ``resume=False`` refuses a folder that already holds this run's checkpoints. ``test=False``
+    stops after training (Optuna trials select on validation only) and returns the training
+    summary (``kind: "trained"``, not written as a row).
+    """
+    from tunevlseg.data import VLSegDataset, has_split
+
+    out = Path(out)
+    last_path, best_path = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
+    if last_path.exists() and not resume:
+        raise ConfigError(f"{out} already holds a training run (checkpoints/last.pt); pass resume=True to continue it, or use another folder")
+    run = RunFolder(out, {"suite": "tunevlseg-train", **asdict(cfg)}, volatile=("device", "max_steps", "num_workers", "eval_batch_size", "checkpoint_every"))
+    for row in run.results:
+        if row.get("kind") == "summary" and test:
+            return row
+
+    seed_everything(cfg.seed)
+    vlsm, learner = build_model(cfg)
+    params = _trainable(vlsm, learner)
+    n_trainable = int(sum(p.numel() for _, p in params))
+    ident = {**cfg.identity(), "trainable_params": n_trainable, "learner_params": int(learner.num_trainable_parameters())}
+    text = _default_text(cfg)
+
+    train_ds = VLSegDataset(_load(cfg, "train", cfg.max_train_samples), vlsm.image_size, train=True, prompt=cfg.prompt, seed=cfg.seed, text=text, augment=cfg.augment)
+    val_ds = VLSegDataset(_load(cfg, "val", cfg.max_eval_samples), vlsm.image_size, train=False, prompt=cfg.prompt, seed=cfg.seed, text=text)
+
+    optimizer = torch.optim.AdamW(decay_groups(params, cfg.weight_decay), lr=cfg.lr) if params else None
+    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
+    scheduler = None
+    if optimizer is not None:
+        scheduler = build_scheduler(optimizer, cfg.schedule, total_steps=steps_per_epoch * cfg.epochs, patience=cfg.plateau_patience, factor=cfg.plateau_factor)
+    scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16" and cfg.device.startswith("cuda"))
+    stopper = EarlyStopping(patience=cfg.early_stop)
+    state = {"epoch": 0, "batch": 0, "global_step": 0, "history": [], "step_seconds": 0.0, "steps_timed": 0, "done": False}
+
+    if last_path.exists():
+        ck = load_checkpoint(last_path)
+        learner.load_state_dict(ck["learner"])
+        vlsm.load_state_dict(ck["vlsm"], strict=False)
+        if optimizer is not None:
+            optimizer.load_state_dict(ck["optimizer"])
+            scheduler.load_state_dict(ck["scheduler"])
+        scaler.load_state_dict(ck["scaler"])
+        stopper.load_state_dict(ck["early_stopping"])
+        state = ck["state"]
+        set_rng_state(ck["rng"])
+        log.info("%s: resumed at epoch %d batch %d (step %d)", out, state["epoch"], state["batch"], state["global_step"])
+
+    def save(path: Path, full: bool = True) -> None:
+        blob: dict[str, Any] = {"learner": learner.state_dict(), "vlsm": vlsm.trainable_state_dict(), "config": asdict(cfg), "identity": ident}
+        if full:
+            blob.update(
+                optimizer=optimizer.state_dict() if optimizer is not None else None,
+                scheduler=scheduler.state_dict() if scheduler is not None else None,
+                scaler=scaler.state_dict(), early_stopping=stopper.state_dict(), state=state, rng=rng_state(),
+            )
+        else:
+            blob.update(epoch=state["epoch"], val_dice=stopper.best)
+        atomic_torch_save(blob, path)
+
+    def sync_results() -> None:
+        have = {r["epoch"] for r in run.results if r.get("kind") == "epoch"}
+        run.results.extend(h for h in state["history"] if h["epoch"] not in have)
+
+    def validate() -> dict[str, float]:
+        rows = evaluate(vlsm, learner, val_ds, cfg)
+        d, ds_ = _mean_std([r["dice"] for r in rows])
+        i, _ = _mean_std([r["iou"] for r in rows])
+        return {"dice": d, "dice_std": ds_, "iou": i}
+
+    if not state["history"]:
+        zero = evaluate(vlsm, None, val_ds, cfg)  # the bare VLSM: zero-shot baseline
+        init = validate()
+        zs = _mean_std([r["dice"] for r in zero])[0]
+        state["history"].append({"kind": "epoch", **ident, "epoch": 0, "train_loss": None, "val_dice": init["dice"], "val_iou": init["iou"],
+                                 "val_dice_zeroshot": zs, "val_iou_zeroshot": _mean_std([r["iou"] for r in zero])[0],
+                                 "lr": cfg.lr, "seconds": 0.0, "ms_per_step": None})
+        if stopper.update(init["dice"]):
+            save(best_path, full=False)
+        save(last_path)
+    sync_results()
+
+    if optimizer is None and not state["done"]:
+        log.info("%s: %s on %s has nothing to train; evaluating the frozen model", out, cfg.method, cfg.vlsm)
+        state["done"] = True
+        save(last_path)
+
+    while not state["done"]:
+        epoch = state["epoch"]
+        if epoch >= cfg.epochs or stopper.should_stop:
+            state["done"] = True
+            state["stopped_early"] = bool(stopper.should_stop and epoch < cfg.epochs)
+            save(last_path)
+            break
+        vlsm.train()
+        learner.train()
+        train_ds.set_epoch(epoch)
+        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_ds))
+        batches = [order[b : b + cfg.batch_size].tolist() for b in range(0, len(order), cfg.batch_size)]
+        start = state["batch"]
+        losses = state.setdefault("epoch_losses", [])
+        t_epoch = time.perf_counter()
+        for batch in _loader(train_ds, batches[start:], cfg.num_workers):
+            t0 = time.perf_counter()
+            images = vlsm.preprocess(batch["image"].to(cfg.device))
+            target, valid = batch["mask"].to(cfg.device), batch["valid"].to(cfg.device)
+            with _autocast(cfg.precision, cfg.device):
+                logits = vlsm(images, batch["text"], learner=learner)
+            loss = dice_ce_loss(logits, target, valid, cfg.lambda_dice, cfg.lambda_ce)
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            if cfg.grad_clip:
+                scaler.unscale_(optimizer)
+                torch.nn.utils.clip_grad_norm_([p for _, p in params], cfg.grad_clip)
+            scaler.step(optimizer)
+            scaler.update()
+            if cfg.schedule != "plateau":
+                scheduler.step()
+            if cfg.device.startswith("cuda"):
+                torch.cuda.synchronize()
+            state["step_seconds"] += time.perf_counter() - t0
+            state["steps_timed"] += 1
+            state["global_step"] += 1
+            state["batch"] += 1
+            losses.append(float(loss.detach()))
+            if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
+                save(last_path)
+            if cfg.max_steps is not None and state["global_step"] >= cfg.max_steps:
+                save(last_path)
+                return {"kind": "interrupted", **ident, "global_step": state["global_step"], "out": str(out)}
+        metrics = validate()
+        if cfg.schedule == "plateau":
+            scheduler.step(metrics["dice"])
+        improved = stopper.update(metrics["dice"])
+        state["history"].append({
+            "kind": "epoch", **ident, "epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
+            "val_dice": metrics["dice"], "val_iou": metrics["iou"], "lr": optimizer.param_groups[0]["lr"],
+            "seconds": round(time.perf_counter() - t_epoch, 3),
+            "ms_per_step": 1000 * state["step_seconds"] / max(1, state["steps_timed"]),
+        })
+        state.update(epoch=epoch + 1, batch=0, epoch_losses=[])
+        if improved:
+            save(best_path, full=False)
+        save(last_path)
+        sync_results()
+        if progress:
+            log.warning("%s epoch %d: loss %.4f, val Dice %.4f", cfg.method, epoch + 1, state["history"][-1]["train_loss"] or float("nan"), metrics["dice"])
+
+    history = state["history"]
+    best_epoch = max(history, key=lambda h: (h["val_dice"], -h["epoch"]))["epoch"]
+    trained = {
+        **ident,
+        "val_dice_best": stopper.best,
+        "best_epoch": best_epoch,
+        "val_dice_zeroshot": history[0]["val_dice_zeroshot"],
+        "val_dice_init": history[0]["val_dice"],
+        "epochs_run": history[-1]["epoch"],
+        "stopped_early": bool(state.get("stopped_early", False)),
+        "steps": state["global_step"],
+        "ms_per_step": 1000 * state["step_seconds"] / state["steps_timed"] if state["steps_timed"] else None,
+        "train_images": len(train_ds),
+        "val_images": len(val_ds),
+    }
+    if not test:
+        return {"kind": "trained", **trained, "out": str(out)}
+
+    # -- test the best checkpoint ------------------------------------------------------------
+    if best_path.exists():
+        best = load_checkpoint(best_path)
+        learner.load_state_dict(best["learner"])
+        vlsm.load_state_dict(best["vlsm"], strict=False)
+    split, note = cfg.test_split, None
+    if not has_split(cfg.dataset, split, cfg.dataset_root):
+        split = "val"
+        note = (f"{cfg.dataset} has no labelled {cfg.test_split} split: these scores are on the validation split, which "
+                "also selected the checkpoint (TuneVLSeg reported them as test)")
+        log.warning("%s", note)
+    test_ds = val_ds if split == "val" else VLSegDataset(_load(cfg, split, cfg.max_eval_samples), vlsm.image_size, train=False, prompt=cfg.prompt, seed=cfg.seed, text=text)
+    split_info = {"split": split, "test_is_val": split == "val", **({"note": note} if note else {})}
+    done = {r["id"]: r for r in run.results if r.get("kind") == "image"}
+    for row in evaluate(vlsm, learner, test_ds, cfg, skip=set(done)):
+        row = {"kind": "image", **ident, **split_info, **row}
+        run.results.append(row)
+        done[row["id"]] = row
+    rows = list(done.values())
+    dm, dsd = _mean_std([r["dice"] for r in rows])
+    im, isd = _mean_std([r["iou"] for r in rows])
+    summary = {"kind": "summary", **trained, **split_info, "n_test": len(rows), "dice_mean": dm, "dice_std": dsd, "iou_mean": im, "iou_std": isd,
+               "train_seconds": round(sum(h["seconds"] for h in history), 3), "out": str(out)}
+    run.results.append(summary)
+    return summary
