@@ -24,14 +24,23 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=320)
     ap.add_argument("--batch-size", type=int, default=4)
     ap.add_argument("--steps", type=int, default=30)
+    ap.add_argument("--prompts", default="mixed", help="training prompts: a strategy, iterative, box-jitter or mixed")
+    ap.add_argument("--arch", default=None, choices=[None, "vit_b", "vit_l", "vit_h"], help="random-weight official architecture instead of --model")
     args = ap.parse_args()
 
     from pointprompt.finetune import FinetuneConfig, SamTrainStep, _load_model, _prepare_model, to_frame
     from segprompt.data.synthetic import SyntheticLesions
     from segprompt.engine.training import param_groups
 
-    cfg = FinetuneConfig(model=None if args.checkpoint else args.model, checkpoint=args.checkpoint, train=["mask_decoder"], prompts="mixed", iterations=2, device=args.device)
-    seg = _load_model(cfg)
+    cfg = FinetuneConfig(model=None if args.checkpoint else args.model, checkpoint=args.checkpoint, train=["mask_decoder"], prompts=args.prompts, iterations=2, device=args.device)
+    if args.arch:
+        from segprompt.models.sam import SamSegmenter
+        from segprompt.models.sam_arch import OFFICIAL_ARCHS
+
+        torch.manual_seed(0)
+        seg = SamSegmenter(model=OFFICIAL_ARCHS[args.arch].build(), device=args.device)
+    else:
+        seg = _load_model(cfg)
     _prepare_model(seg, cfg)
     seg.model.to(args.device)
     samples = list(SyntheticLesions(n=args.images, seed=5, size=args.size))
@@ -62,7 +71,7 @@ def main() -> None:
     with_cache = run(emb)
     without = run(None)
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.checkpoint or args.model} on {device}; mask decoder trained, batch {args.batch_size}, mixed prompts, images {args.size}px")
+    print(f"{args.arch or args.checkpoint or args.model} on {device}; mask decoder trained, batch {args.batch_size}, {args.prompts} prompts, images {args.size}px")
     print(f"encoder run every step (no cache): {without:7.2f} steps/s")
     print(f"embeddings from the cache:         {with_cache:7.2f} steps/s   (one-off encoding of {args.images} images: {t_encode:.1f} s)")
     print(f"speed-up: {with_cache / without:.1f}x")
