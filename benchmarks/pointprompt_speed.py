@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import time
 
-import numpy as np
 import torch
 
 STRATEGIES = ["random", "centre", "kmedoids", "max-distance", "grid", "microsam"]

@@ -32,7 +32,7 @@ import numpy as np
 from segprompt.data.sample import Sample, SegmentationDataset
 from segprompt.engine.report import line_plot, markdown_table, text_table, write_csv
 from segprompt.engine.runfolder import RunFolder
-from segprompt.errors import ConfigError, DataError, PromptError, SegpromptError
+from segprompt.errors import ConfigError, DataError, PromptError
 from segprompt.metrics import dice, iou, noc
 from segprompt.models.base import MULTIMASK_POLICIES, Segmenter
 from segprompt.prompts import MaskPrompt, Points, PromptSet

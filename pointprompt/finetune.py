@@ -58,11 +58,9 @@ from segprompt.data.sample import Sample, SegmentationDataset
 from segprompt.engine.losses import sam_loss
 from segprompt.engine.runfolder import RunFolder, atomic_write_text
 from segprompt.engine.training import (
-    DistInfo,
     EarlyStopping,
     atomic_torch_save,
     build_scheduler,
-    count_trainable,
     init_distributed,
     load_checkpoint,
     param_groups,

@@ -201,25 +201,10 @@ def dataset_label(dataset: str | os.PathLike[str]) -> str:
 
 def resolve_benchmark_root(name: str, root: str | os.PathLike[str] | None = None) -> Path:
     """The folder of benchmark dataset ``name``: ``root``, else ``$SEGPROMPT_DATA_ROOT/<folder>``."""
+    from segprompt.data.registry import find_data_folder
+
     spec = benchmark_info(name)
-    if root is not None:
-        path = Path(root).expanduser()
-        if not path.is_dir():
-            raise DataError(f"{path}: folder not found for dataset {spec.name!r} ({spec.title})")
-        return path
-    base = os.environ.get(ENV_VAR)
-    if not base:
-        raise DataError(
-            f"dataset {spec.name!r} needs its folder: pass a path (--datasets PATH) or root=, or set {ENV_VAR} to the "
-            f"folder holding {spec.folder_names[0]}/"
-        )
-    for folder in spec.folder_names:
-        cand = Path(base).expanduser() / folder
-        if cand.is_dir():
-            return cand
-    raise DataError(
-        f"{ENV_VAR}={base}: no folder for dataset {spec.name!r} (looked for {', '.join(f + '/' for f in spec.folder_names)})"
-    )
+    return find_data_folder(spec.name, spec.folder_names, root, hint=spec.title)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -184,30 +184,12 @@ def dice_ce_loss(
     return lambda_dice * d.mean() + lambda_ce * ce.mean()
 
 
-def _no_decay(name: str, p: torch.Tensor) -> bool:
-    low = name.lower()
-    return (
-        p.ndim < 2
-        or low.endswith(".bias")
-        or "norm" in low
-        or "embed" in low
-        or low.endswith("ctx")  # prompt context vectors are token embeddings
-    )
-
-
 def decay_groups(named: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay for weight matrices; none for biases, norms, embeddings, 1-D tensors
-    and prompt context vectors (the rule of :func:`segprompt.engine.training.param_groups`, plus
-    the learners' ``ctx``)."""
-    decay, no_decay = [], []
-    for name, p in named:
-        (no_decay if _no_decay(name, p) else decay).append(p)
-    groups = []
-    if decay:
-        groups.append({"params": decay, "weight_decay": weight_decay})
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+    """AdamW groups of (name, parameter) pairs: :func:`segprompt.engine.training.param_groups`'s
+    rule (no decay for biases, norms, embeddings, 1-D tensors and prompt context vectors)."""
+    from segprompt.engine.training import param_groups
+
+    return param_groups(named, weight_decay)
 
 
 # -- model and data ---------------------------------------------------------------------------

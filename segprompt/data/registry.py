@@ -527,34 +527,37 @@ def _layout_loader(name: str) -> Builder:
     return loader
 
 
+def find_data_folder(name: str, folder_names: Sequence[str], root: str | os.PathLike[str] | None = None, hint: str = "") -> Path:
+    """``root`` if given (it must exist), else the first ``$SEGPROMPT_DATA_ROOT/<folder name>`` that exists.
+
+    Shared by every dataset registry; ``hint`` (e.g. the download address) ends each error.
+    """
+    tail = f" ({hint})" if hint else ""
+    if root is not None:
+        path = Path(root).expanduser()
+        if not path.exists():
+            raise DataError(f"{path}: folder not found for dataset {name!r}{tail}")
+        return path
+    base = os.environ.get(ENV_VAR)
+    if not base:
+        raise DataError(f"dataset {name!r} needs its folder: pass root=... or set {ENV_VAR} to the folder holding {folder_names[0]}/{tail}")
+    for n in folder_names:
+        cand = Path(base).expanduser() / n
+        if cand.is_dir():
+            return cand
+    raise DataError(f"{ENV_VAR}={base}: no folder for dataset {name!r} (looked for {', '.join(n + '/' for n in folder_names)}); pass root=... or put it there{tail}")
+
+
 def resolve_root(name: str, root: str | os.PathLike[str] | None = None) -> Path:
-    """The folder of dataset ``name``: ``root`` if given, else the first of
+    """The folder of registered dataset ``name``: ``root`` if given, else the first of
     ``$SEGPROMPT_DATA_ROOT/<folder name>`` that exists.
 
     Raises:
         DataError: ``root`` does not exist, the variable is unset, or no folder is found.
     """
     spec = DATASETS.get(name)
-    if root is not None:
-        path = Path(root).expanduser()
-        if not path.exists():
-            raise DataError(f"{path}: folder not found for dataset {spec.name!r} ({spec.title}); download: {spec.download}")
-        return path
-    base = os.environ.get(ENV_VAR)
-    if not base:
-        raise DataError(
-            f"dataset {spec.name!r} needs its folder: pass root=... or set {ENV_VAR} to the folder holding "
-            f"{spec.folder_names[0] if spec.folder_names else spec.name}/ (download: {spec.download})"
-        )
     names = list(dict.fromkeys([*spec.folder_names, spec.name, spec.name.replace("-", "_"), *spec.aliases]))
-    for n in names:
-        cand = Path(base).expanduser() / n
-        if cand.is_dir():
-            return cand
-    raise DataError(
-        f"{ENV_VAR}={base}: no folder for dataset {spec.name!r} (looked for {', '.join(n + '/' for n in names)}); "
-        f"pass root=... or put it there (download: {spec.download})"
-    )
+    return find_data_folder(spec.name, names, root, hint=f"{spec.title}; download: {spec.download}")
 
 
 def load_dataset(name: str | os.PathLike[str], root: str | os.PathLike[str] | None = None, split: str | None = None, **kwargs: Any) -> SegmentationDataset:

@@ -63,16 +63,22 @@ def count_trainable(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
-    """AdamW groups: decay for weight matrices, none for biases, norms, embeddings and 1-D tensors."""
+def no_weight_decay(name: str, p: torch.Tensor) -> bool:
+    """True for parameters AdamW should not decay: biases, norms, embeddings (token, position,
+    relative position), prompt context vectors (``...ctx``) and every 1-D tensor."""
+    low = name.lower()
+    return p.ndim < 2 or low.endswith(".bias") or "norm" in low or "embed" in low or "rel_pos" in low or low.endswith("ctx")
+
+
+def param_groups(params: nn.Module | Iterable[tuple[str, nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
+    """AdamW groups of a model's trainable parameters (or of ``(name, parameter)`` pairs):
+    decay for weight matrices, none where :func:`no_weight_decay` says so."""
+    named = params.named_parameters() if isinstance(params, nn.Module) else params
     decay, no_decay = [], []
-    for name, p in model.named_parameters():
+    for name, p in named:
         if not p.requires_grad:
             continue
-        if p.ndim < 2 or name.endswith(".bias") or "norm" in name.lower() or "pos_embed" in name or "rel_pos" in name or "embed.weight" in name:
-            no_decay.append(p)
-        else:
-            decay.append(p)
+        (no_decay if no_weight_decay(name, p) else decay).append(p)
     groups = []
     if decay:
         groups.append({"params": decay, "weight_decay": weight_decay})
