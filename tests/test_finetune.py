@@ -174,3 +174,25 @@ def test_cli_finetune_and_resume_flag(tiny_ckpt, tmp_path, capsys):
     assert main([*args, "--resume"]) == 0
     assert main(["finetune", "sam", "--checkpoint", tiny_ckpt, "--train", "decoder", "--out", str(tmp_path / "x")]) == 2
     assert "no submodule 'decoder'" in capsys.readouterr().err
+
+
+def test_strategy_matrix(tiny_ckpt, tmp_path, capsys):
+    from segprompt.cli import main
+
+    out = tmp_path / "matrix"
+    args = ["finetune", "matrix", "--dataset", "synthetic-lesions", "--checkpoint", tiny_ckpt, "--limit", "6", "--epochs", "1",
+            "--batch-size", "2", "--lr", "1e-3", "--strategies", "random,centre", "--positive", "2", "--negative", "1", "--out", str(out)]
+    assert main(args) == 0, capsys.readouterr().err
+    rows = [json.loads(l) for l in (out / "results.jsonl").read_text().splitlines()]
+    assert {(r["train"], r["test"]) for r in rows} == {(a, b) for a in ("none", "random", "centre") for b in ("random", "centre")}
+    assert all(0.0 <= r["iou"] <= 1.0 for r in rows)
+    assert (out / "train_random" / "sam_best.pth").exists() and (out / "matrix.png").stat().st_size > 0
+    report = (out / "report.md").read_text()
+    assert "| trained with" in report and "| none" in report
+    # the models differ from the base model: each was trained with its own prompts
+    none = {r["test"]: r["iou"] for r in rows if r["train"] == "none"}
+    assert any(r["iou"] != none[r["test"]] for r in rows if r["train"] != "none")
+    # rerun: no training, no evaluation
+    before = (out / "results.jsonl").read_text()
+    assert main(args) == 0
+    assert (out / "results.jsonl").read_text() == before
