@@ -492,6 +492,15 @@ def _read_preprocessor(folder: Path) -> dict[str, Any]:
         return {}
 
 
+def tiny_clip_tower_configs(width: int, layers: int, image_size: int, patch_size: int) -> dict[str, dict]:
+    """``text_config`` / ``vision_config`` of a tiny CLIP-style model (CLIP's BPE vocabulary, 4 heads)."""
+    tower = dict(hidden_size=width, intermediate_size=2 * width, num_hidden_layers=layers, num_attention_heads=4)
+    return {
+        "text_config": dict(vocab_size=49408, max_position_embeddings=77, **tower),
+        "vision_config": dict(image_size=image_size, patch_size=patch_size, **tower),
+    }
+
+
 def tiny_clipseg(
     seed: int = 0,
     image_size: int = 64,
@@ -505,22 +514,7 @@ def tiny_clipseg(
     from transformers import CLIPSegConfig, CLIPSegForImageSegmentation
 
     config = CLIPSegConfig(
-        text_config=dict(
-            vocab_size=49408,
-            hidden_size=width,
-            intermediate_size=2 * width,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-        ),
-        vision_config=dict(
-            hidden_size=width,
-            intermediate_size=2 * width,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            image_size=image_size,
-            patch_size=patch_size,
-        ),
+        **tiny_clip_tower_configs(width, layers, image_size, patch_size),
         projection_dim=width,
         extract_layers=list(extract_layers),
         reduce_dim=16,

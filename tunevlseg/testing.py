@@ -19,7 +19,7 @@ from typing import Any
 from torch import nn
 
 from segprompt.backbones import HFTokenizer, PromptTokenizer
-from tunevlseg.models import _seeded
+from tunevlseg.models import _seeded, tiny_clip_tower_configs
 
 __all__ = ["tiny_hf_clip", "tiny_custom_text_clip", "tiny_biomedclip_like", "TINY_BERT_WORDS"]
 
@@ -48,22 +48,7 @@ def tiny_hf_clip(
     from transformers import CLIPConfig, CLIPModel
 
     config = CLIPConfig(
-        text_config=dict(
-            vocab_size=49408,
-            hidden_size=width,
-            intermediate_size=2 * width,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            max_position_embeddings=77,
-        ),
-        vision_config=dict(
-            hidden_size=width,
-            intermediate_size=2 * width,
-            num_hidden_layers=layers,
-            num_attention_heads=4,
-            image_size=image_size,
-            patch_size=patch_size,
-        ),
+        **tiny_clip_tower_configs(width, layers, image_size, patch_size),
         projection_dim=16,
     )
     with _seeded(seed):

@@ -16,14 +16,13 @@ from __future__ import annotations
 
 import contextlib
 import io
-import json
 import warnings
 from pathlib import Path
 from typing import Any, Literal, Sequence
 
 import numpy as np
 
-from segprompt.data.io import read_image
+from segprompt.data.io import read_json, read_image
 from segprompt.data.sample import IGNORE_INDEX, Sample, SegmentationDataset
 from segprompt.errors import ConfigError, DataError
 
@@ -31,15 +30,7 @@ __all__ = ["CocoDataset"]
 
 
 def _load_json(path: Path) -> dict[str, Any]:
-    try:
-        with open(path, encoding="utf-8") as fp:
-            data = json.load(fp)
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: annotation file not found") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the annotation file ({exc})") from exc
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+    data = read_json(path, "annotation file")
     if not isinstance(data, dict):
         raise DataError(f"{path}: a COCO annotation file is a JSON object, got a {type(data).__name__}")
     missing = [k for k in ("images", "annotations", "categories") if not isinstance(data.get(k), list)]

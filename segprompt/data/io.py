@@ -13,7 +13,7 @@ way:
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 from PIL import Image, UnidentifiedImageError
@@ -171,6 +171,22 @@ def write_image(path: str | Path, image: np.ndarray) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(to_rgb_uint8(image)).save(path)
+
+
+def read_json(path: str | Path, what: str = "JSON file") -> Any:
+    """Parse a JSON file; DataError naming the file (and line / column) for every failure."""
+    import json
+
+    path = Path(path)
+    try:
+        with open(path, encoding="utf-8") as fp:
+            return json.load(fp)
+    except FileNotFoundError as exc:
+        raise DataError(f"{path}: {what} not found") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: cannot read the {what} ({exc})") from exc
+    except json.JSONDecodeError as exc:
+        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
 
 
 def list_images(folder: str | Path) -> list[Path]:

@@ -46,7 +46,7 @@ from typing import Any, Callable, Iterable, Mapping, Sequence
 import numpy as np
 
 from segprompt.data.folder import mask_threshold_for
-from segprompt.data.io import read_binary_mask, read_image, write_image, write_mask
+from segprompt.data.io import read_json, read_binary_mask, read_image, write_image, write_mask
 from segprompt.data.sample import Sample, SegmentationDataset
 from segprompt.errors import ConfigError, DataError
 
@@ -74,15 +74,7 @@ def read_split_file(path: str | Path) -> list[dict[str, Any]]:
         DataError: the file is missing, not JSON, or an entry does not follow the schema.
     """
     path = Path(path)
-    try:
-        with open(path, encoding="utf-8") as fp:
-            data = json.load(fp)
-    except FileNotFoundError as exc:
-        raise DataError(f"{path}: split file not found") from exc
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataError(f"{path}: cannot read the split file ({exc})") from exc
-    except json.JSONDecodeError as exc:
-        raise DataError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno}, column {exc.colno})") from exc
+    data = read_json(path, "split file")
     if not isinstance(data, list):
         raise DataError(f"{path}: a TuneVLSeg split file is a JSON list of entries, got a {type(data).__name__}")
     for i, entry in enumerate(data):
