@@ -26,7 +26,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -38,6 +37,7 @@ from scipy import ndimage
 
 from segprompt.data.synthetic import SyntheticLesions
 from segprompt.engine.losses import sam_loss
+from segprompt.engine.training import atomic_torch_save
 from segprompt.models.resize import LongestSide
 from segprompt.models.sam_arch import SamArch, save_sam
 
@@ -208,12 +208,6 @@ def validate(model, n: int = 64, policy: str = "best") -> dict:
     return {f"val_iou_{k}": float(np.mean(v)) for k, v in ious.items()}
 
 
-def atomic_save(obj, path: Path) -> None:
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(obj, tmp)
-    os.replace(tmp, path)
-
-
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", type=Path, default=Path("runs/sam_tiny_train"))
@@ -305,8 +299,8 @@ def main() -> int:
             state = {"model": model.state_dict(), "opt": opt.state_dict(), "step": step, "best_iou": max(best_iou, score), "args": vars(args) | {"work": str(args.work), "export": None}, "metrics": metrics}
             if score > best_iou:
                 best_iou = score
-                atomic_save(state, best)
-            atomic_save(state, last)
+                atomic_torch_save(state, best)
+            atomic_torch_save(state, last)
     print(f"stopped at step {step}; best val IoU {best_iou:.3f}", flush=True)
     return 0
 
