@@ -11,7 +11,6 @@ exception prints one line too and asks for ``--debug``, which shows the tracebac
 from __future__ import annotations
 
 import importlib
-import logging
 import sys
 from typing import Any
 
@@ -57,15 +56,17 @@ class LazyGroup(click.Group):
 
 @click.group(cls=LazyGroup, lazy=COMMANDS, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--debug", is_flag=True, help="Show full tracebacks and debug logging.")
-@click.option("-v", "--verbose", is_flag=True, help="Info-level logging.")
+@click.option("-q", "--quiet", is_flag=True, help="Warnings and errors only (no progress lines).")
+@click.option("-v", "--verbose", is_flag=True, hidden=True, help="Kept for old scripts: progress lines are on by default.")
 @click.version_option(package_name="segprompt")
 @click.pass_context
-def cli(ctx: click.Context, debug: bool, verbose: bool) -> None:
+def cli(ctx: click.Context, debug: bool, quiet: bool, verbose: bool) -> None:
     """segprompt: a workbench for promptable segmentation."""
+    from segprompt.logs import setup_cli_logging
+
     ctx.ensure_object(dict)
     ctx.obj["debug"] = debug
-    level = logging.DEBUG if debug else logging.INFO if verbose else logging.WARNING
-    logging.basicConfig(level=level, format="%(levelname)s %(name)s: %(message)s")
+    setup_cli_logging("debug" if debug else "quiet" if quiet else "info")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import io
 import math
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -50,39 +51,142 @@ def text_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], floatf
     return "\n".join(out)
 
 
-def line_plot(
-    panels: Mapping[str, Mapping[str, tuple[Sequence[float], Sequence[float]]]],
-    path: str | Path,
+@dataclass
+class Series:
+    """One line of a :func:`line_plot` panel.
+
+    ``spread``: half-width of a band drawn around ``ys`` (e.g. a std or a 95 % CI half-width);
+    ``n``: the number of values behind each point (an int for all, or one per point), shown in
+    the legend as ``n=...``.
+    """
+
+    xs: Sequence[float]
+    ys: Sequence[float]
+    spread: Sequence[float] | None = None
+    n: int | Sequence[int] | None = None
+
+
+def short_name(name: str | Path, width: int = 32) -> str:
+    """A title-sized name: every path in ``name`` replaced by its last part, cut to ``width``
+    characters with an ellipsis (``"sam on /data/sets/kvasir_seg"`` -> ``"sam on kvasir_seg"``)."""
+    words = [Path(w.rstrip("/\\")).name or w if ("/" in w or "\\" in w) else w for w in str(name).split(" ")]
+    text = " ".join(words)
+    return text if len(text) <= width else text[: width - 1] + "\u2026"
+
+
+def panel_grid(n: int, max_cols: int = 3) -> tuple[int, int]:
+    """(rows, cols) of a grid holding ``n`` panels, at most ``max_cols`` wide."""
+    cols = max(1, min(n, max_cols))
+    return math.ceil(max(n, 1) / cols), cols
+
+
+def place_legend(fig: Any, axes: Sequence[Any], **kwargs: Any) -> Any:
+    """One legend for the whole figure, to the right of the axes, so that it covers no data.
+
+    Collects each labelled artist once (first occurrence) from ``axes``. Returns the legend
+    (None when nothing is labelled). Save the figure with ``bbox_inches="tight"`` to keep it.
+    """
+    handles, labels = [], []
+    for ax in axes:
+        for h, lab in zip(*ax.get_legend_handles_labels()):
+            if lab not in labels and not lab.startswith("_"):
+                handles.append(h)
+                labels.append(lab)
+    if not handles:
+        return None
+    opts = {"loc": "upper left", "bbox_to_anchor": (1.0, 1.0), "fontsize": 8, "frameon": False, "borderaxespad": 0.5}
+    opts.update(kwargs)
+    return fig.legend(handles, labels, **opts)
+
+
+def save_figure(fig: Any, path: str | Path, dpi: int = 110) -> Path:
+    """Save ``fig`` atomically as PNG (tight box, so an outside legend is kept) and close it."""
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    with atomic_path(path, suffix=".png") as tmp:
+        fig.savefig(tmp, dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return path
+
+
+def line_figure(
+    panels: Mapping[str, Mapping[str, Series | tuple[Sequence[float], Sequence[float]]]],
     xlabel: str,
     ylabel: str,
     title: str = "",
     ylim: tuple[float, float] | None = (0.0, 1.0),
-) -> Path:
-    """One subplot per panel, one line per series: ``{panel: {series: (xs, ys)}}``; saved as PNG."""
+    references: Mapping[str, Mapping[str, float]] | None = None,
+    spread_label: str | None = None,
+    max_cols: int = 3,
+) -> Any:
+    """The figure of :func:`line_plot` (not saved): panels in a grid, one legend outside the axes.
+
+    ``panels``: ``{panel title: {series label: Series or (xs, ys)}}``; panel titles are cut with
+    :func:`short_name` and end with the series' ``n`` (``n=12``, or a range). ``references``: ``{panel title: {label: y}}`` dashed horizontal lines
+    (e.g. a zero-shot score), labelled in the legend. ``spread_label``: what the bands are
+    (``"± 1 std"``), added to the title.
+    """
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
     import matplotlib.ticker
 
-    n = max(1, len(panels))
-    fig, axes = plt.subplots(1, n, figsize=(4.2 * n, 3.4), squeeze=False, sharey=True)
-    for ax, (panel, series) in zip(axes[0], panels.items()):
-        for label, (xs, ys) in series.items():
-            ax.plot(list(xs), list(ys), marker="o", markersize=3, label=label)
-        ax.set_title(panel)
+    names = list(panels) or [""]
+    rows, cols = panel_grid(len(names), max_cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(3.9 * cols, 3.1 * rows + 0.5), squeeze=False, sharey=True)
+    flat = [ax for row in axes for ax in row]
+    colours = plt.rcParams["axes.prop_cycle"].by_key().get("color", ["C0"])
+    labels_seen: dict[str, str] = {}
+    for ax, panel in zip(flat, names):
+        ns: list[int] = []
+        for label, series in (panels.get(panel) or {}).items():
+            if not isinstance(series, Series):
+                series = Series(*series)
+            colour = labels_seen.setdefault(label, colours[len(labels_seen) % len(colours)])
+            if series.n is not None:
+                ns += [int(v) for v in (series.n if isinstance(series.n, Sequence) else [series.n])]
+            xs, ys = list(series.xs), list(series.ys)
+            ax.plot(xs, ys, marker="o", markersize=3, color=colour, label=label)
+            if series.spread is not None:
+                sp = [float(v) for v in series.spread]
+                ax.fill_between(xs, [y - s for y, s in zip(ys, sp)], [y + s for y, s in zip(ys, sp)], color=colour, alpha=0.15, linewidth=0)
+        for j, (label, y) in enumerate((references or {}).get(panel, {}).items()):
+            ax.axhline(float(y), color="0.3", linestyle=("--", ":", "-.")[j % 3], linewidth=1.1, label=label)
+        n_text = "" if not ns else f" (n={min(ns)})" if min(ns) == max(ns) else f" (n={min(ns)}-{max(ns)})"
+        ax.set_title(short_name(panel) + n_text, fontsize=10)
         ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
         ax.set_xlabel(xlabel)
         if ylim:
             ax.set_ylim(*ylim)
         ax.grid(alpha=0.3)
-    axes[0][0].set_ylabel(ylabel)
-    axes[0][-1].legend(fontsize=8, loc="lower right")
-    if title:
-        fig.suptitle(title)
+    for ax in flat[len(names):]:
+        ax.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel(ylabel)
+    full_title = title + (f" (bands: {spread_label})" if spread_label else "")
+    if full_title:
+        fig.suptitle(full_title)
     fig.tight_layout()
-    path = Path(path)
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    place_legend(fig, flat[: len(names)])
+    return fig
+
+
+def line_plot(
+    panels: Mapping[str, Mapping[str, Series | tuple[Sequence[float], Sequence[float]]]],
+    path: str | Path,
+    xlabel: str,
+    ylabel: str,
+    title: str = "",
+    ylim: tuple[float, float] | None = (0.0, 1.0),
+    references: Mapping[str, Mapping[str, float]] | None = None,
+    spread_label: str | None = None,
+    max_cols: int = 3,
+) -> Path:
+    """One subplot per panel (a grid at most ``max_cols`` wide), one line per series, saved as PNG.
+
+    See :func:`line_figure` for the arguments; the legend sits outside the axes.
+    """
+    fig = line_figure(panels, xlabel, ylabel, title, ylim, references, spread_label, max_cols)
+    return save_figure(fig, path)

@@ -144,8 +144,10 @@ class Segmenter(abc.ABC):
         precision: str = "fp32",
         cache: "EmbeddingCache | str | Path | None" = None,
     ) -> None:
+        from segprompt.devices import check_device
+
         self.multimask: MultimaskPolicy = check_policy(multimask)  # type: ignore[assignment]
-        self.device = device
+        self.device = check_device(device)
         self.precision = check_precision(precision)
         self.cache: EmbeddingCache | None = None
         if cache is not None:
