@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import logging
 import math
-import time
 import zlib
 from collections import defaultdict
 from dataclasses import asdict, dataclass, field
@@ -30,11 +29,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from segprompt.data.sample import Sample, SegmentationDataset
-from segprompt.engine.report import line_plot, markdown_table, text_table, write_csv
+from segprompt.engine.report import Series, line_plot, markdown_table, short_name, text_table, write_csv
 from segprompt.engine.runfolder import RunFolder
 from segprompt.errors import ConfigError, DataError, PromptError
 from segprompt.metrics import dice, iou, noc
-from segprompt.models.base import MULTIMASK_POLICIES, Segmenter
+from segprompt.models.base import SINGLE_MASK_POLICIES, Segmenter
 from segprompt.prompts import MaskPrompt, Points, PromptSet
 
 from pointprompt.budgets import budget_for
@@ -76,8 +75,8 @@ class PointBenchConfig:
         check_budget(self.n_positive, self.n_negative)
         if self.budget not in (None, "auto"):
             budget_for(self.budget)
-        if self.multimask not in MULTIMASK_POLICIES or self.multimask == "all":
-            raise ConfigError(f"multimask policy must be one of auto, single, first, best, oracle; got {self.multimask!r}")
+        if self.multimask not in SINGLE_MASK_POLICIES:
+            raise ConfigError(f"--multimask must be one of {', '.join(SINGLE_MASK_POLICIES)}; got {self.multimask!r}")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if not self.models or not self.strategies:
@@ -260,6 +259,14 @@ def default_model_factory(cfg: PointBenchConfig, cache: str | Path | None = None
     return make
 
 
+def _expected_keys(cfg: PointBenchConfig, steps: int, human: Sequence[Any]) -> set[tuple[str, str, int]]:
+    """Row keys one (model, image) pair must have: every strategy's steps and every replayed human step."""
+    keys = {(s, "", k) for s in cfg.strategies for k in range(1, steps + 1)}
+    for t in human:
+        keys |= {(HUMAN, t.annotator or "", k) for k, st in enumerate(t.steps, 1) if st.points is not None and len(st.points)}
+    return keys
+
+
 def run_pointprompt(
     cfg: PointBenchConfig,
     out: str | Path,
@@ -268,7 +275,8 @@ def run_pointprompt(
     cache: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run (or resume) the benchmark into ``out``; returns the summary (see :func:`summarise`).
+    """Run (or resume) the benchmark into ``out``; returns the summary (see :func:`summarise`)
+    plus ``"timing"``, the run folder's timing sentence (first invocation and this one).
 
     ``dataset`` overrides loading ``cfg.datasets[0]`` by name (for datasets built in code).
     """
@@ -284,33 +292,40 @@ def run_pointprompt(
     skipped = {(e.get("dataset"), e.get("model"), e.get("item")) for e in run.errors}
     make = model_factory or default_model_factory(cfg, cache)
     models: dict[str, Segmenter] = {}
-    t0 = time.time()
+
+    # plan: which (model, image) pairs of each dataset still miss rows
+    plans = []
     for ds_key in cfg.datasets:
         ds = dataset if dataset is not None else load_dataset(ds_key, **cfg.dataset_kwargs.get(ds_key, {}))
         n_images = len(ds) if cfg.limit is None else min(cfg.limit, len(ds))
         ids = ds.ids[:n_images]
-        budget, K = cfg.budget_of(ds_key), cfg.steps_of(ds_key)
+        K = cfg.steps_of(ds_key)
         human = human_for_dataset(trajectories, ds_key, ds, single=len(cfg.datasets) == 1)
-        expected_auto = {(s, "", k) for s in cfg.strategies for k in range(1, K + 1)}
-
-        def expected(image_id: str) -> set[tuple[str, str, int]]:
-            keys = set(expected_auto)
-            for t in human.get(image_id, ()):
-                keys |= {(HUMAN, t.annotator or "", k) for k, st in enumerate(t.steps, 1) if st.points is not None and len(st.points)}
-            return keys
-
-        for model_name in cfg.models:
-            todo = [
+        work = {
+            model_name: [
                 i
                 for i in range(n_images)
-                if not expected(ids[i]) <= done[(ds_key, model_name, ids[i])] and (ds_key, model_name, ids[i]) not in skipped
+                if not _expected_keys(cfg, K, human.get(ids[i], ())) <= done[(ds_key, model_name, ids[i])]
+                and (ds_key, model_name, ids[i]) not in skipped
             ]
+            for model_name in cfg.models
+        }
+        plans.append((ds_key, ds, ids, K, human, work))
+    n_pairs = sum(len(p[2]) for p in plans) * len(cfg.models)
+    n_todo = sum(len(t) for p in plans for t in p[5].values())
+    run.announce(done=n_pairs - n_todo, todo=n_todo, unit="(model, image) pairs")
+
+    new_rows = 0
+    for ds_key, ds, ids, K, human, work in plans:
+        budget = cfg.budget_of(ds_key)
+        for model_name in cfg.models:
+            todo = work[model_name]
             if not todo:
                 continue
             if model_name not in models:
                 models[model_name] = make(model_name)
             seg = models[model_name]
-            for i in tqdm(todo, desc=f"{model_name} on {ds_key}", disable=not progress, leave=False):
+            for i in tqdm(todo, desc=f"{model_name} on {short_name(ds_key)}", disable=not progress, leave=False):
                 image_id = ids[i]
                 try:
                     sample = ds[i]
@@ -319,10 +334,13 @@ def run_pointprompt(
                     run.record_error(image_id, exc, model=model_name, dataset=ds_key)
                     continue
                 have = done[(ds_key, model_name, image_id)]
-                run.results.extend(r for r in rows if row_key(r) not in have)
-    elapsed = time.time() - t0
+                fresh = [r for r in rows if row_key(r) not in have]
+                run.results.extend(fresh)
+                new_rows += len(fresh)
+    run.finish(new_rows)
     summary = summarise(run.results.rows(), cfg)
-    write_reports(run, summary, cfg, elapsed)
+    write_reports(run, summary, cfg)
+    summary["timing"] = run.timing_text()
     return summary
 
 
@@ -405,29 +423,72 @@ def pivot(rows: Sequence[dict[str, Any]], row_key: str, col_key: str, value: str
     return list(table.values()), [row_key, *cols]
 
 
-def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig, elapsed: float) -> None:
+#: what a reader should know about a model named in a report (others: see its describe())
+MODEL_NOTES = {
+    "sam-tiny": "the bundled demo model: a 1.9 M-parameter SAM-architecture model trained from scratch on synthetic "
+    "lesions (scripts/train_sam_tiny.py); not a foundation model, it knows nothing of real anatomy",
+    "grabcut": "OpenCV GrabCut, a weight-free classical baseline (no score: its predicted quality is empty)",
+    "random-walker": "scikit-image's random walker, a weight-free classical baseline",
+    "classical": "a weight-free classical baseline (GrabCut or the random walker)",
+    "sam": "Segment Anything with the checkpoint given in config.yaml (model_kwargs)",
+}
+
+MULTIMASK_NOTES = {
+    "auto": "`auto`: SAM's three candidates for a lone point, keeping the one with the highest predicted IoU; the single-mask "
+    "head for two or more points (SAM's own recommendation). `candidate` is the kept candidate (0-2), or -1 where the "
+    "single-mask head answered.",
+    "single": "`single`: always SAM's single-mask head (`candidate` -1).",
+    "first": "`first`: always candidate 0 of the three (what the PointPrompt code does).",
+    "best": "`best`: of the three candidates, the one with the highest predicted IoU.",
+    "oracle": "`oracle`: of the three candidates, the one with the highest IoU against the ground truth (an upper bound).",
+}
+
+
+def iou_curve_panels(curves: Sequence[dict[str, Any]]) -> dict[str, dict[str, Series]]:
+    """``{"model on dataset": {strategy: Series}}`` of mean IoU against the mean number of points
+    placed at each step, with a std band and n, for :func:`line_plot`."""
+    panels: dict[str, dict[str, Series]] = defaultdict(dict)
+    for c in curves:
+        panel = f"{c['model']} on {short_name(c['dataset'], 18)}"
+        series = panels[panel].setdefault(c["strategy"], Series([], [], [], []))
+        series.xs.append(c["mean_points"])  # type: ignore[attr-defined]
+        series.ys.append(c["iou"])  # type: ignore[attr-defined]
+        series.spread.append(c["iou_std"])  # type: ignore[union-attr]
+        series.n.append(c["n"])  # type: ignore[union-attr]
+    return dict(panels)
+
+
+def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig) -> None:
     write_csv(run.path / "summary.csv", summary["table"], SUMMARY_COLUMNS)
     write_csv(run.path / "curves.csv", summary["curves"], ["dataset", "model", "strategy", "step", "mean_points", "iou", "iou_std", "n"])
     write_csv(run.path / "matched_budget.csv", summary["matched"], ["dataset", "model", "strategy", "n_points", "iou", "n"])
-    panels: dict[str, dict[str, tuple[list[float], list[float]]]] = defaultdict(dict)
-    for c in summary["curves"]:
-        xs, ys = panels[f"{c['model']} on {c['dataset']}"].setdefault(c["strategy"], ([], []))
-        xs.append(c["step"])
-        ys.append(c["iou"])
-    plot = line_plot(panels, run.path / "iou_per_step.png", xlabel="step", ylabel="mean IoU", title="IoU per step") if panels else None
+    panels = iou_curve_panels(summary["curves"])
+    plot = (
+        line_plot(panels, run.path / "iou_per_step.png", xlabel="points placed (mean per image)", ylabel="mean IoU", title="IoU by points placed", spread_label="± 1 std")
+        if panels
+        else None
+    )
     budgets = ", ".join(f"{d}: {p} positive + {n} negative over {cfg.steps_of(d)} steps" for d in cfg.datasets for p, n in [cfg.budget_of(d)])
+    models = [f"- `{m}`: {MODEL_NOTES.get(m.split('@')[0], 'see config.yaml')}" for m in cfg.models]
     lines = [
         "# Point-prompt benchmark",
         "",
-        f"Models {', '.join(f'`{m}`' for m in cfg.models)}; strategies {', '.join(f'`{s}`' for s in cfg.strategies)}; "
-        f"multimask policy `{cfg.multimask}`; seed {cfg.seed}. Point budgets: {budgets}.",
+        f"Strategies {', '.join(f'`{s}`' for s in cfg.strategies)}; seed {cfg.seed}. Point budgets: {budgets}.",
+        "",
+        "Models:",
+        "",
+        *models,
+        "",
+        f"Multimask policy {MULTIMASK_NOTES.get(cfg.multimask, f'`{cfg.multimask}`')}",
         "",
         "## Summary",
         "",
         "A trajectory is one image (one image and annotator for human prompts). iou@1 and iou@last are the mean IoU "
         "after its first and last step, iou_best the mean of its best step, iou_mean the mean over its steps; NoC85/90 "
         "is the mean number of steps to reach IoU 0.85 / 0.90 (counted as the trajectory length, at least the "
-        "configured steps, when never reached); fail85 is the share of trajectories that never reach 0.85.",
+        "configured steps, when never reached); fail85 is the share of trajectories that never reach 0.85. A step adds "
+        "one point for placement strategies and the strategy's correction clicks (two for `microsam`) for correction "
+        "strategies; the plot's x axis counts points.",
         "",
         markdown_table(summary["table"], SUMMARY_COLUMNS),
         "",
@@ -439,7 +500,7 @@ def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig
             if tab:
                 lines += [f"Model `{model}`:", "", markdown_table(tab, cols), ""]
     if plot is not None:
-        lines += ["## IoU per step", "", f"![IoU per step]({plot.name})", ""]
+        lines += ["## IoU by points placed", "", "Mean IoU over images; the band is ± 1 standard deviation, n images per panel.", "", f"![IoU by points placed]({plot.name})", ""]
     lines += ["## IoU at matched point budgets", "", "Mean IoU by the number of points in the prompt (all steps pooled).", ""]
     for ds in cfg.datasets:
         for model in cfg.models:
@@ -447,7 +508,7 @@ def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig
             if tab:
                 lines += [f"`{model}` on `{ds}`:", "", markdown_table(tab, cols), ""]
     n_err = len(run.errors.rows())
-    lines += [f"Skipped inputs: {n_err} (see errors.jsonl)." if n_err else "Skipped inputs: none.", "", f"This invocation took {elapsed:.1f} s.", ""]
+    lines += [f"Skipped inputs: {n_err} (see errors.jsonl)." if n_err else "Skipped inputs: none.", "", run.timing_text(), ""]
     run.write_text("report.md", "\n".join(lines))
 
 

@@ -67,6 +67,17 @@ class Registry(Generic[T]):
     def names(self) -> list[str]:
         return sorted(self._items)
 
+    def expand(self, names: "list[str] | tuple[str, ...]") -> list[str]:
+        """``names`` with ``"all"`` replaced by every registered name (in sorted order), each name
+        once, the given order kept; unknown names raise :class:`ConfigError` as in :meth:`resolve`."""
+        out: list[str] = []
+        for name in names:
+            for item in (self.names() if _normalise(name) == "all" else [name]):
+                self.resolve(item)
+                if item not in out and self.resolve(item) not in {self.resolve(o) for o in out}:
+                    out.append(item)
+        return out
+
     def items(self) -> Iterator[tuple[str, T]]:
         for key in sorted(self._items):
             yield key, self._items[key]

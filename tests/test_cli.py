@@ -70,8 +70,10 @@ def test_segment_command_writes_mask(tmp_path, capsys):
 def test_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--images", "3", "--out", str(out)]) == 0
-    printed = capsys.readouterr().out
+    captured = capsys.readouterr()
+    printed = captured.out
     assert "sam-tiny" in printed and "grabcut" in printed
+    assert f"{out}: new run, 6 (model, image) pairs to do" in captured.err
     with open(out / "summary.csv") as f:
         table = list(csv.DictReader(f))
     assert {r["model"] for r in table} == {"sam-tiny", "grabcut"}
@@ -81,11 +83,26 @@ def test_demo_end_to_end(tmp_path, capsys):
     sam_centre = [r for r in table if r["model"] == "sam-tiny" and r["strategy"] == "centre"][0]
     assert float(sam_centre["iou@1"]) > 0.7  # the trained demo model segments from one click
     assert (out / "iou_per_step.png").stat().st_size > 5000
-    assert "![IoU per step](iou_per_step.png)" in (out / "report.md").read_text()
-    # rerun: nothing recomputed
+    report = (out / "report.md").read_text()
+    assert "![IoU by points placed](iou_per_step.png)" in report and "The run took" in report
+    assert "`sam-tiny`: the bundled demo model" in report and "-1 where the single-mask head answered" in report
+    # rerun: nothing recomputed, and it says so; the report keeps the first run's time
+    first_seconds = json.loads((out / "invocations.jsonl").read_text().splitlines()[0])["seconds"]
     before = (out / "results.jsonl").read_text()
     assert main(["demo", "--images", "3", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
     assert (out / "results.jsonl").read_text() == before
+    assert "already finished (6 (model, image) pairs done); nothing to recompute" in captured.err
+    report = (out / "report.md").read_text()
+    assert f"{first_seconds:.1f} s; this invocation" in report and "nothing new computed; 2 invocations" in report
+    # a demo killed before its last grabcut image resumes that image only, with the same rows
+    lines = before.splitlines()
+    last = json.loads(lines[-1])
+    kept = [l for l in lines if not (json.loads(l)["model"] == last["model"] and json.loads(l)["image"] == last["image"])]
+    (out / "results.jsonl").write_text("\n".join(kept) + "\n")
+    assert main(["demo", "--images", "3", "--out", str(out)]) == 0
+    assert f"resuming {out}: 5 (model, image) pairs already done, 1 to do" in capsys.readouterr().err
+    assert sorted((out / "results.jsonl").read_text().splitlines()) == sorted(lines)
 
 
 def test_config_file_with_command_line_overrides(tmp_path, capsys):

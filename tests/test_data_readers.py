@@ -99,12 +99,31 @@ def test_folder_errors_name_the_folder(tmp_path, lesion_folder):
         FolderDataset(tmp_path / "only_images")
     victim = sorted((lesion_folder / "masks").iterdir())[0]
     victim.unlink()
-    with pytest.raises(DataError) as err:
-        FolderDataset(lesion_folder)
-    msg = str(err.value)
-    assert str(lesion_folder / "masks") in msg and f"{victim.stem}.png" in msg and "1 of 10 images have no mask" in msg
     ds = FolderDataset(lesion_folder, allow_missing=True)
     assert len(ds) == 10 and ds[0].mask is None
+
+
+def test_folder_image_without_mask_is_one_bad_item(lesion_folder, caplog):
+    """One image lacking its mask: the dataset loads, warns once, and only that item raises."""
+    victim = sorted((lesion_folder / "masks").iterdir())[3]
+    victim.unlink()
+    with caplog.at_level("WARNING", logger="segprompt.data.folder"):
+        ds = FolderDataset(lesion_folder)
+    assert len(ds) == 10 and ds.missing == [victim.stem]
+    warned = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warned) == 1 and "1 of 10 images have no mask" in warned[0] and "skipped" in warned[0]
+    i = ds.ids.index(victim.stem)
+    with pytest.raises(DataError) as err:
+        ds[i]
+    msg = str(err.value)
+    assert str(lesion_folder / "images") in msg and "no mask" in msg and str(lesion_folder / "masks" / victim.stem) in msg
+    good = [ds[j] for j in range(10) if j != i]
+    assert all(s.mask is not None and s.mask.any() for s in good)
+    # no image has a mask: that is a wrong folder, an error at once
+    for m in (lesion_folder / "masks").iterdir():
+        m.unlink()
+    with pytest.raises(DataError, match="10 of 10 images have no mask"):
+        FolderDataset(lesion_folder)
 
 
 def test_multi_mask_table(tmp_path):
@@ -132,7 +151,13 @@ def test_multi_mask_table(tmp_path):
     # the same folder through load_dataset(path)
     assert isinstance(load_dataset(str(root)), MultiMaskFolderDataset)
     (root / "masks" / "ct2_aorta_000.png").unlink()
-    with pytest.raises(DataError, match=r"1 listed files do not exist \(masks/ct2_aorta_000.png\)"):
+    ds = MultiMaskFolderDataset(root)
+    assert ds.missing == ["ct2_aorta_000"] and len(ds) == 3
+    with pytest.raises(DataError, match=r"ct2_aorta_000.png: listed in labels.csv but does not exist"):
+        ds[ds.ids.index("ct2_aorta_000")]
+    for stem in ("ct1_liver_000", "ct1_inferior_vena_cava_000"):
+        (root / "masks" / f"{stem}.png").unlink()
+    with pytest.raises(DataError, match=r"3 listed files do not exist \(masks/ct1_liver_000.png"):
         MultiMaskFolderDataset(root)
 
 

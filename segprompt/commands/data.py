@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import textwrap
 
+from pathlib import Path
+
 import click
 
 
@@ -103,4 +105,6 @@ def convert_tunevlseg(source: str, out: str, texts: tuple[str, ...], splits: str
         raise ConfigError(f"--splits {splits!r}: expected three fractions (train, val, test)")
     ds = load_dataset(source)
     counts = write_tunevlseg_split(ds, out, splits=dict(zip(("train", "val", "test"), fractions)), seed=seed, prompts=list(texts) or None, link=link, overwrite=overwrite)
-    click.echo(f"{out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" ({len(ds)} samples from {source})")
+    written = sum(counts.values())
+    note = f"; {len(ds) - written} skipped (see {Path(out) / 'errors.jsonl'})" if written < len(ds) else ""
+    click.echo(f"{out}: " + ", ".join(f"{k} {v}" for k, v in counts.items()) + f" ({written} of {len(ds)} samples from {source}{note})")

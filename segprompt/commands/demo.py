@@ -20,8 +20,6 @@ import click
 @click.option("--seed", type=int, default=0, show_default=True)
 def demo(out: Path, images: int, seed: int) -> None:
     """Benchmark point prompts on synthetic lesions with sam-tiny and GrabCut (no download)."""
-    import time
-
     from pointprompt.bench import PointBenchConfig, format_summary, run_pointprompt
 
     cfg = PointBenchConfig(
@@ -36,8 +34,7 @@ def demo(out: Path, images: int, seed: int) -> None:
         multimask="auto",
     )
     click.echo(f"segprompt demo: {images} synthetic lesion images, models sam-tiny (bundled demo model) and grabcut -> {out}")
-    t0 = time.time()
     summary = run_pointprompt(cfg, out)
     click.echo("")
     click.echo(format_summary(summary))
-    click.echo(f"\nfinished in {time.time() - t0:.1f} s; report: {out / 'report.md'}, plot: {out / 'iou_per_step.png'}")
+    click.echo(f"\n{summary['timing']}\nreport: {out / 'report.md'}, plot: {out / 'iou_per_step.png'}")

@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from segprompt.errors import PromptError
+from segprompt.models.base import MULTIMASK_POLICIES, multimask_help
 
 
 def _numbers(text: str, n: tuple[int, ...], what: str) -> list[float]:
@@ -25,7 +26,7 @@ def _numbers(text: str, n: tuple[int, ...], what: str) -> list[float]:
 @click.option("--checkpoint", default=None, help="Checkpoint for --model sam (file or registry name).")
 @click.option("--point", "points", multiple=True, help="x,y or x,y,label (label 1 positive, 0 negative); repeat.")
 @click.option("--box", default=None, help="x0,y0,x1,y1 in pixels.")
-@click.option("--multimask", default=None, help="single, first, best or oracle (default: the model's).")
+@click.option("--multimask", type=click.Choice(MULTIMASK_POLICIES), default=None, help="Default: the model's. " + multimask_help() + " With all, --out gets the best-scoring candidate and OUT_0, OUT_1, OUT_2 each candidate.")
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Mask PNG to write (0/255).")
 @click.option("--overlay", type=click.Path(path_type=Path), default=None, help="Also write the image with the mask and prompts drawn.")
 @click.option("--device", default="cpu", show_default=True)
@@ -35,8 +36,10 @@ def segment(image: Path, model: str, checkpoint: str | None, points: tuple[str, 
 
     from segprompt.data.io import read_image, write_image, write_mask
     from segprompt.models import create_segmenter
+    from segprompt.devices import check_device
     from segprompt.prompts import Box, Points, PromptSet
 
+    check_device(device)
     img = read_image(image)
     size = img.shape[:2]
     rows = []
@@ -52,20 +55,49 @@ def segment(image: Path, model: str, checkpoint: str | None, points: tuple[str, 
         kwargs["checkpoint"] = checkpoint
     seg = create_segmenter(model, **kwargs)
     pred = seg.predict(img, PromptSet(points=pts, box=bx), **({"multimask": multimask} if multimask else {}))
-    mask = pred.masks[0, 0]
+    mask = pred.best[0]
     write_mask(out, mask)
-    score = float(pred.scores[0, 0])
-    click.echo(f"{out}: {int(mask.sum())} foreground pixels ({mask.mean():.1%}); predicted quality {score:.3f}")
+    if pred.masks.shape[1] > 1:
+        for k in range(pred.masks.shape[1]):
+            cand = out.with_name(f"{out.stem}_{k}{out.suffix}")
+            write_mask(cand, pred.masks[0, k])
+            click.echo(f"{cand}: candidate {k}, predicted quality {_quality(float(pred.scores[0, k]))}")
+    score = float(np.nan_to_num(pred.scores[0], nan=-np.inf).max()) if np.isfinite(pred.scores[0]).any() else float("nan")
+    click.echo(f"{out}: {int(mask.sum())} foreground pixels ({mask.mean():.1%}); predicted quality {_quality(score, model)}")
     if overlay:
-        import cv2
-
-        vis = img.copy()
-        vis[mask] = (0.5 * vis[mask] + 0.5 * np.array([0, 120, 255])).astype(np.uint8)
-        if pts is not None:
-            for (x, y), l in zip(pts.coords, pts.labels):
-                cv2.circle(vis, (int(round(x)), int(round(y))), 4, (0, 255, 0) if l else (255, 0, 0), -1)
-        if bx is not None:
-            x0, y0, x1, y1 = (int(round(v)) for v in bx.xyxy)
-            cv2.rectangle(vis, (x0, y0), (x1, y1), (255, 255, 0), 2)
-        write_image(overlay, vis)
+        write_image(overlay, draw_overlay(img, mask, pts, bx))
         click.echo(f"overlay: {overlay}")
+
+
+def _quality(score: float, model: str = "") -> str:
+    if score != score:  # NaN: the model has no quality estimate
+        return f"none ({model} has no quality estimate)" if model else "none"
+    return f"{score:.3f}"
+
+
+def draw_overlay(image, mask, points=None, box=None):  # noqa: ANN001, ANN201
+    """(H, W, 3) uint8: ``image`` with ``mask`` tinted and outlined and the prompts drawn.
+
+    Points are discs of radius ~1 % of the image diagonal (at least 5 px) with a white rim,
+    green for positive and red for negative, so they stay visible on large images; the box is
+    yellow. Coordinates are (x, y) pixels.
+    """
+    import cv2
+    import numpy as np
+
+    vis = image.copy()
+    vis[mask] = (0.55 * vis[mask] + 0.45 * np.array([0, 120, 255])).astype(np.uint8)
+    diag = float(np.hypot(*image.shape[:2]))
+    thick = max(1, int(round(diag / 400)))
+    contours, _ = cv2.findContours(mask.astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
+    cv2.drawContours(vis, contours, -1, (0, 120, 255), thick)
+    if box is not None:
+        x0, y0, x1, y1 = (int(round(v)) for v in box.xyxy)
+        cv2.rectangle(vis, (x0, y0), (x1, y1), (255, 255, 0), max(2, thick))
+    if points is not None:
+        r = max(5, int(round(0.01 * diag)))
+        for (x, y), lab in zip(points.coords, points.labels):
+            c = (int(round(x)), int(round(y)))
+            cv2.circle(vis, c, r + max(1, r // 4), (255, 255, 255), -1, lineType=cv2.LINE_AA)
+            cv2.circle(vis, c, r, (0, 200, 0) if lab else (230, 0, 0), -1, lineType=cv2.LINE_AA)
+    return vis

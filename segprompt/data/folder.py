@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import csv
 import fnmatch
+import logging
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
@@ -30,6 +31,8 @@ import numpy as np
 from segprompt.data.io import IMAGE_SUFFIXES, list_images, read_binary_mask, read_image
 from segprompt.data.sample import Sample, SegmentationDataset
 from segprompt.errors import DataError
+
+log = logging.getLogger(__name__)
 
 JPEG_SUFFIXES = (".jpg", ".jpeg")
 JPEG_MASK_THRESHOLD = 127
@@ -124,6 +127,11 @@ class PairedDataset(SegmentationDataset):
     ``masks`` of one record are OR-merged; ``masks=None`` (or ``[]`` with ``allow_unlabelled``)
     gives ``Sample.mask = None``. ``texts`` is the text prompt of every sample unless a record
     carries its own ``"texts"``.
+
+    A record with a ``"missing"`` reason (an image whose mask file is absent, a listed file that
+    does not exist) stays in the dataset, so that ids and indices do not shift, but loading it
+    raises :class:`DataError` with that reason: a long run skips it, records it in its
+    ``errors.jsonl`` and goes on. :attr:`missing` lists those ids.
     """
 
     task = "binary"
@@ -158,7 +166,14 @@ class PairedDataset(SegmentationDataset):
         assert merged is not None
         return merged
 
+    @property
+    def missing(self) -> list[str]:
+        """Ids of the records that cannot be loaded (their ``"missing"`` reason says why)."""
+        return [str(r["id"]) for r in self.records if r.get("missing")]
+
     def load(self, record: Mapping[str, Any]) -> Sample:
+        if record.get("missing"):
+            raise DataError(str(record["missing"]))
         image_path = Path(record["image"])
         image = read_image(image_path)
         masks = record.get("masks")
@@ -191,10 +206,13 @@ class FolderDataset(PairedDataset):
         labels: per-image label CSV with an ``id`` column merged into ``Sample.meta``;
             ``"auto"`` uses ``root/labels.csv`` when it has an ``id`` column, None disables.
         exclude: glob patterns of image file names to skip (e.g. ``"*_superpixels*"``).
-        allow_missing: images without a mask give ``Sample.mask = None`` instead of an error.
+        allow_missing: images without a mask give ``Sample.mask = None``. Otherwise such an
+            image stays in the dataset but loading it raises :class:`DataError` naming the image
+            and the expected mask file (a benchmark skips it into ``errors.jsonl``); a warning
+            at construction lists them.
 
     Raises:
-        DataError: a folder is missing, holds no images, or an image has no mask (the message
+        DataError: a folder is missing, holds no images, or no image has a mask (the message
             names the folder and the expected mask file names).
     """
 
@@ -239,18 +257,21 @@ class FolderDataset(PairedDataset):
         records, missing = [], []
         for stem, img in images_by_stem.items():
             m = masks_by_stem.get(stem + mask_suffix)
+            record: dict[str, Any] = {"id": stem, "image": img, "masks": [m] if m else None, "meta": dict(table.get(stem, {}))}
             if m is None:
                 missing.append(img.name)
                 if not allow_missing:
-                    continue
-            meta = dict(table.get(stem, {}))
-            records.append({"id": stem, "image": img, "masks": [m] if m else None, "meta": meta})
+                    record["missing"] = f"{img}: no mask (expected {mask_dir / (stem + mask_suffix)}.png or another image suffix)"
+            records.append(record)
         if missing and not allow_missing:
             shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise DataError(
+            message = (
                 f"{mask_dir}: {len(missing)} of {len(images_by_stem)} images have no mask ({shown}); "
                 f"expected {masks}/<image stem>{mask_suffix}.png (or another image suffix)"
             )
+            if len(missing) == len(images_by_stem):
+                raise DataError(message)
+            log.warning("%s; they will be skipped", message)
         super().__init__(records, threshold=threshold, texts=texts, name=name or root.name, root=root)
         self.image_dir, self.mask_dir, self.mask_suffix = image_dir, mask_dir, mask_suffix
 
@@ -313,21 +334,24 @@ class MultiMaskFolderDataset(PairedDataset):
             if not mask_name:
                 continue
             mask_path, image_path = root / masks / mask_name, root / images / image_name
-            for p in (mask_path, image_path):
-                if not p.is_file():
-                    missing.append(str(p.relative_to(root)))
+            absent = [p for p in (mask_path, image_path) if not p.is_file()]
+            missing += [str(p.relative_to(root)) for p in absent]
             text = (row.get(text_column) or "").strip()
             if not text and (row.get(structure_column) or "").strip():
                 text = row[structure_column].strip().replace("_", " ")
             meta = {k: _coerce(v or "") for k, v in row.items() if k not in (mask_column, image_column)}
             meta["image_id"] = Path(image_name).stem
-            records.append(
-                {"id": Path(mask_name).stem, "image": image_path, "masks": [mask_path], "meta": meta, "texts": (text,) if text else default}
-            )
-        if missing:
-            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
-            raise DataError(f"{table_path}: {len(missing)} listed files do not exist ({shown})")
+            record = {"id": Path(mask_name).stem, "image": image_path, "masks": [mask_path], "meta": meta, "texts": (text,) if text else default}
+            if absent:
+                record["missing"] = f"{absent[0]}: listed in {table_path.name} but does not exist"
+            records.append(record)
         if not records:
             raise DataError(f"{table_path}: the table lists no masks; {hint}")
+        if missing:
+            shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
+            message = f"{table_path}: {len(missing)} listed files do not exist ({shown})"
+            if all(r.get("missing") for r in records):
+                raise DataError(message)
+            log.warning("%s; those samples will be skipped", message)
         super().__init__(records, threshold=threshold, texts=texts, name=name or root.name, root=root)
         self.table_path = table_path

@@ -249,14 +249,13 @@ def _busi_layout() -> Layout:
                     (p for n, p in files.items() if n == f"{stem}_mask.png" or re.fullmatch(re.escape(stem) + r"_mask_\d+\.png", n)),
                     key=lambda p: p.name,
                 )
-                if not masks:
-                    raise DataError(f"{folder}: {fname} has no mask (expected '{stem}_mask.png')")
                 records.append(
                     {
                         "id": f"{m.group(1).lower()}_{int(m.group(2))}",
                         "image": path,
                         "masks": masks,
                         "meta": {"class": m.group(1).lower(), "original_file": fname, "n_mask_files_merged": len(masks)},
+                        **({} if masks else {"missing": f"{path}: no mask (expected {folder / (stem + '_mask.png')})"}),
                     }
                 )
         if not records:

@@ -38,6 +38,7 @@ file, so a seed always gives the same prompts.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import shutil
 from pathlib import Path
@@ -49,6 +50,8 @@ from segprompt.data.folder import mask_threshold_for
 from segprompt.data.io import read_json, read_binary_mask, read_image, write_image, write_mask
 from segprompt.data.sample import Sample, SegmentationDataset
 from segprompt.errors import ConfigError, DataError
+
+log = logging.getLogger(__name__)
 
 SPLITS = ("train", "val", "test")
 
@@ -253,6 +256,15 @@ def _prompts_for(sample: Sample, prompts: Callable[[Sample], Any] | Sequence[str
     return {f"p{k}": v for k, v in enumerate(values)}
 
 
+def _skip(errors: Any, item: str, dataset: Any, index: int) -> None:
+    """Record a sample the dataset already knows it cannot load."""
+    try:
+        dataset[index]
+    except DataError as exc:
+        log.warning("skipped %s: %s", item, exc)
+        errors.append({"item": item, "error": str(exc), "type": type(exc).__name__})
+
+
 def write_tunevlseg_split(
     dataset: Iterable[Sample] | SegmentationDataset,
     out_root: str | Path,
@@ -276,32 +288,51 @@ def write_tunevlseg_split(
             (``meta["image_path"]``), ``"symlink"`` links it; otherwise the image is written as PNG.
             Masks are always written as 0/255 PNG ``masks/<id>.png``.
         overwrite: allow writing into an ``out_root`` that already has ``anns/``.
+
+    A sample that cannot be read (a missing mask, an unreadable image: :class:`DataError`) or
+    has no binary mask is skipped, with the reason in ``out_root/errors.jsonl``; the split
+    fractions apply to the samples that remain (those the dataset already knows to be missing,
+    ``dataset.missing``, are left out before splitting).
     """
     if link not in ("copy", "symlink"):
         raise ConfigError(f"link must be 'copy' or 'symlink', got {link!r}")
     out_root = Path(out_root)
     if (out_root / "anns").exists() and not overwrite:
-        raise DataError(f"{out_root}: already holds anns/; pass overwrite=True or choose another folder")
+        raise DataError(f"{out_root}: already holds anns/; pass --overwrite (overwrite=True) or choose another folder")
+    from segprompt.engine.runfolder import JsonlLog
+
     samples_src = dataset
-    n = len(samples_src) if hasattr(samples_src, "__len__") else None  # type: ignore[arg-type]
-    if n is None:
+    if not hasattr(samples_src, "__len__"):
         samples_src = list(samples_src)
-        n = len(samples_src)
+    known_bad = set(getattr(samples_src, "missing", ()))
+    ids = getattr(samples_src, "ids", None)
+    errors = JsonlLog(out_root / "errors.jsonl")
+    usable = [i for i in range(len(samples_src)) if ids is None or ids[i] not in known_bad]  # type: ignore[arg-type]
+    for i in range(len(samples_src)):  # type: ignore[arg-type]
+        if ids is not None and ids[i] in known_bad:
+            _skip(errors, ids[i], samples_src, i)
+    n = len(usable)
     counts = _split_counts(n, splits)
     order = np.random.default_rng(seed).permutation(n)
     split_of: dict[int, str] = {}
     start = 0
     for name, c in counts.items():
         for j in order[start : start + c]:
-            split_of[int(j)] = name
+            split_of[usable[int(j)]] = name
         start += c
     entries: dict[str, list[dict[str, Any]]] = {name: [] for name in splits}
     (out_root / "images").mkdir(parents=True, exist_ok=True)
     (out_root / "masks").mkdir(parents=True, exist_ok=True)
-    for i in range(n):
-        sample = samples_src[i]  # type: ignore[index]
-        if sample.mask is None or sample.mask.dtype != bool:
-            raise DataError(f"sample {sample.id!r}: the TuneVLSeg layout needs a binary (bool) mask")
+    for i in usable:
+        try:
+            sample = samples_src[i]  # type: ignore[index]
+            if sample.mask is None or sample.mask.dtype != bool:
+                raise DataError(f"sample {sample.id!r}: the TuneVLSeg layout needs a binary (bool) mask")
+        except DataError as exc:
+            item = ids[i] if ids is not None else str(i)
+            log.warning("skipped %s: %s", item, exc)
+            errors.append({"item": item, "error": str(exc), "type": type(exc).__name__})
+            continue
         src = sample.meta.get("image_path")
         if src and Path(src).is_file():
             img_name = f"{sample.id}{Path(src).suffix.lower()}"

@@ -12,9 +12,16 @@ from typing import Any, Mapping, Sequence
 from segprompt.fileio import atomic_path, atomic_write_text
 
 
-def _fmt(value: Any, floatfmt: str) -> str:
+#: how a missing value (None, NaN) is shown in Markdown and terminal tables
+MISSING = "\u2013"
+
+
+def _fmt(value: Any, floatfmt: str, missing: str = "") -> str:
+    """A cell: floats with ``floatfmt``, None and NaN as ``missing`` (never a literal ``None``)."""
+    if value is None:
+        return missing
     if isinstance(value, float):
-        return "nan" if math.isnan(value) else format(value, floatfmt)
+        return missing if math.isnan(value) else format(value, floatfmt)
     return str(value)
 
 
@@ -23,7 +30,7 @@ def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], floatfmt
     w = csv.writer(buf, lineterminator="\n")
     w.writerow(columns)
     for r in rows:
-        w.writerow([_fmt(r.get(c, ""), floatfmt) for c in columns])
+        w.writerow([_fmt(r.get(c), floatfmt) for c in columns])
     return buf.getvalue()
 
 
@@ -34,7 +41,7 @@ def write_csv(path: str | Path, rows: Sequence[Mapping[str, Any]], columns: Sequ
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], floatfmt: str = ".3f", headers: Sequence[str] | None = None) -> str:
     """A GitHub-flavoured Markdown table of ``rows`` restricted to ``columns``."""
     headers = list(headers or columns)
-    cells = [[_fmt(r.get(c, ""), floatfmt) for c in columns] for r in rows]
+    cells = [[_fmt(r.get(c), floatfmt, MISSING) for c in columns] for r in rows]
     widths = [max(len(h), *(len(row[i]) for row in cells)) if cells else len(h) for i, h in enumerate(headers)]
     line = lambda vals: "| " + " | ".join(v.ljust(w) for v, w in zip(vals, widths)) + " |"  # noqa: E731
     out = [line(headers), "|" + "|".join("-" * (w + 2) for w in widths) + "|"]
@@ -44,7 +51,7 @@ def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], fl
 
 def text_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], floatfmt: str = ".3f") -> str:
     """A plain aligned table for terminals."""
-    cells = [[_fmt(r.get(c, ""), floatfmt) for c in columns] for r in rows]
+    cells = [[_fmt(r.get(c), floatfmt, MISSING) for c in columns] for r in rows]
     widths = [max(len(c), *(len(row[i]) for row in cells)) if cells else len(c) for i, c in enumerate(columns)]
     out = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)), "  ".join("-" * w for w in widths)]
     out += ["  ".join(v.ljust(w) for v, w in zip(row, widths)) for row in cells]

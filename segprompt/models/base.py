@@ -37,6 +37,22 @@ if TYPE_CHECKING:
 
 MultimaskPolicy = Literal["single", "all", "first", "best", "oracle", "auto"]
 MULTIMASK_POLICIES: tuple[str, ...] = ("single", "all", "first", "best", "oracle", "auto")
+#: the policies that keep one mask per prompt set (benchmarks, finetuning): all but ``"all"``
+SINGLE_MASK_POLICIES: tuple[str, ...] = tuple(p for p in MULTIMASK_POLICIES if p != "all")
+#: one line per policy, for ``--help`` texts and reports (the module docstring has the details)
+MULTIMASK_DESCRIPTIONS: dict[str, str] = {
+    "auto": "best of 3 for a lone point, the single-mask head otherwise (SAM's advice)",
+    "single": "the single-mask head",
+    "all": "all 3 candidates",
+    "first": "candidate 0 (what the PointPrompt code uses)",
+    "best": "the candidate with the highest predicted IoU",
+    "oracle": "the candidate with the highest IoU against the ground truth",
+}
+
+
+def multimask_help(policies: Sequence[str] = MULTIMASK_POLICIES) -> str:
+    """A ``--help`` text listing ``policies`` with one phrase each, in one order everywhere."""
+    return "; ".join(f"{p}: {MULTIMASK_DESCRIPTIONS[p]}" for p in MULTIMASK_POLICIES if p in policies) + "."
 
 
 def check_policy(policy: str) -> str:
