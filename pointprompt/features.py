@@ -498,7 +498,9 @@ def feature_table(rows: Iterable[Mapping[str, Any]], dataset: Any, levels: int =
         dataset: gives images and masks by id: a SegmentationDataset, a mapping id -> Sample, or
             a sequence of Samples. Each image is loaded once and its data features computed once.
         levels: grey levels of the GLCM features.
+        progress: show a progress bar over the prompts (rows).
 
+    Logs at INFO how many prompts and images it computes features for, and what it skipped.
     Rows whose image is missing from ``dataset``, cannot be read, has no binary mask, or whose
     points do not fit the image are skipped; ``result.skipped`` says which and why.
     """
@@ -512,18 +514,18 @@ def feature_table(rows: Iterable[Mapping[str, Any]], dataset: Any, levels: int =
         traj[trajectory_key(r)].append(r)
         by_image[str(r["image"])].append(n)
     general = {k: trajectory_features(v) for k, v in traj.items()}
+    log.info("computing features for %d prompts on %d images (%d trajectories)", len(rows), len(by_image), len(traj))
+
+    from tqdm.auto import tqdm
 
     out: list[dict[str, Any] | None] = [None] * len(rows)
     skipped: list[dict[str, Any]] = []
-    items = list(by_image.items())
-    if progress:
-        from tqdm.auto import tqdm
-
-        items = tqdm(items, desc="features", leave=False)
-    for image_id, idx in items:
+    bar = tqdm(total=len(rows), desc="features", unit="prompt", leave=False, disable=not progress)
+    for image_id, idx in by_image.items():
         def skip(reason: str, which: list[int] = idx) -> None:
             log.warning("features: skipped image %s (%d rows): %s", image_id, len(which), reason)
             skipped.append({"image": image_id, "reason": reason, "rows": len(which)})
+            bar.update(len(which))
 
         if image_id not in index:
             skip("image not in the dataset")
@@ -562,6 +564,10 @@ def feature_table(rows: Iterable[Mapping[str, Any]], dataset: Any, levels: int =
             row.update(data)
             row.update(general[trajectory_key(r)])
             out[n] = row
+        bar.update(len(idx))
         if bad:
             log.warning("features: %d rows of image %s skipped (bad points)", len(bad), image_id)
-    return FeatureTable([r for r in out if r is not None], skipped)
+    bar.close()
+    done = [r for r in out if r is not None]
+    log.info("features: %d of %d prompts done%s", len(done), len(rows), f", {sum(s['rows'] for s in skipped)} skipped" if skipped else "")
+    return FeatureTable(done, skipped)

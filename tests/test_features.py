@@ -239,3 +239,17 @@ def test_human_rows_one_trajectory_per_annotator():
     assert by[("st1", 1)]["best_step"] == 2 and by[("st1", 1)]["n_rounds"] == 2
     assert by[("st2", 3)]["best_step"] == 1 and by[("st2", 3)]["n_rounds"] == 1
     assert by[("st1", 3)]["round"] == 1 and "annotator" in feature_columns(table)
+
+
+def test_feature_table_logs_progress(caplog, capsys):
+    img = np.zeros((64, 64, 3), np.uint8)
+    ds = {"a": Sample("a", img, square()), "b": Sample("b", img, square(r0=30))}
+    rows = [{"image": i, "strategy": "centre", "step": k, "points": [[15, 15, 1]], "iou": 0.5} for i in ("a", "b", "ghost") for k in (1, 2)]
+    with caplog.at_level("INFO", logger="pointprompt.features"):
+        table = feature_table(rows, ds, progress=True)
+    assert len(table) == 4
+    info = [r.getMessage() for r in caplog.records if r.levelname == "INFO"]
+    assert "computing features for 6 prompts on 3 images (3 trajectories)" in info
+    assert "features: 4 of 6 prompts done, 2 skipped" in info
+    err = capsys.readouterr().err
+    assert "/6 " in err and "prompt/s" in err  # the bar counts prompts (6), skipped ones included

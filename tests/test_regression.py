@@ -6,6 +6,7 @@ import csv
 import json
 import logging
 import math
+import re
 import shutil
 
 import numpy as np
@@ -13,7 +14,18 @@ import pytest
 
 from pointprompt.bench import PointBenchConfig, run_pointprompt
 from pointprompt.features import FEATURE_GROUPS
-from pointprompt.regression import _datasets_of, features_for_run, make_groups, read_table, run_regression, write_regression_report
+import pointprompt.regression as R
+from pointprompt.regression import (
+    _datasets_of,
+    features_for_run,
+    format_r2,
+    format_summary,
+    importance_figure,
+    make_groups,
+    read_table,
+    run_regression,
+    write_regression_report,
+)
 from segprompt.errors import ConfigError, DataError
 from segprompt.models import create_segmenter
 
@@ -164,10 +176,14 @@ def test_features_for_run(tiny_run):
     assert {r["image"] for r in table} == {f"lesion_0_{i:05d}" for i in range(6)}
     assert all(0 <= r["coverage"] <= 1 for r in table)
     assert all(r["score"] is None or isinstance(r["score"], float) for r in table)  # no "None" strings
-    for name in ("regression.csv", "importances.csv", "features_r2.csv", "regression.md", "importances.png"):
+    for name in ("regression.csv", "importances.csv", "features_r2.csv", "regression.md"):
         assert (out / name).stat().st_size > 0
     summary = json.loads((out / "regression.json").read_text())
     assert summary["n_groups"] == 6 and summary["n_splits"] == 5 and summary["n_rows"] == 24
+    # 6 images for 5 folds: flagged; the plot exists only when a model beats the mean
+    assert any(w.startswith("too few images") for w in summary["warnings"])
+    assert (out / "importances.png").is_file() == (summary["importance_model"] is not None)
+    assert summary["importances_plot"] == ("importances.png" if summary["importance_model"] else None)
     assert not (out / "skipped.csv").exists()
 
 
@@ -201,3 +217,160 @@ def test_features_for_run_errors(tiny_run, tmp_path):
         features_for_run(one, n_repeats=0)
     with open(one / "features" / "skipped.csv") as f:
         assert list(csv.DictReader(f))[0]["reason"] == "image not in the dataset"
+
+
+# ---------------------------------------------------------------------------------------------
+# reports a reader can trust: caveats first, no ranking from a model worse than the mean
+
+
+def linear_table(n_images=40, per_image=6, seed=0):
+    """IoU = 0.2 + 0.6 * max_spread + N(0, 0.03): a real, linear signal in one feature, plus distractors."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_images):
+        mask_size = rng.uniform(0.05, 0.5)
+        for s in range(per_image):
+            spread = rng.uniform(0, 1)
+            rows.append(
+                {
+                    "dataset": "syn",
+                    "image": f"img{i:03d}",
+                    "strategy": "random",
+                    "step": s + 1,
+                    "iou": 0.2 + 0.6 * spread + rng.normal(0, 0.03),
+                    "coverage": rng.uniform(0, 1),
+                    "max_spread": spread,
+                    "chamfer_dist": rng.uniform(0, 1) if s else None,
+                    "n_points": float(rng.integers(1, 10)),
+                    "mask_size": mask_size,
+                }
+            )
+    return rows
+
+
+def md_paragraphs(md):
+    return [p for p in md.split("\n\n") if p.strip()]
+
+
+def test_r2_display():
+    assert format_r2(-110101.3) == "< -1" and format_r2(-1.0) == "-1.000" and format_r2(0.8234) == "0.823"
+    assert format_r2(math.nan) == R.MISSING and R.format_spread(3.4e6) == "> 1" and R.format_spread(0.05) == "0.050"
+
+
+def test_negative_r2_caveat_first_and_no_ranking(tmp_path):
+    # 6 images, random targets: every model is worse than predicting the mean (seed 1)
+    res = run_regression(synthetic_table(n_images=6, per_image=4, noise_target=True, seed=1), n_splits=5, n_repeats=2, model_params=FAST)
+    assert all(m["r2_pooled"] < 0 and not m["ranked"] for m in res["models"].values())
+    assert res["importance_model"] is None and res["best_model"] in R.MODELS  # the least bad is still named
+    w = res["warnings"]
+    assert w[0].startswith("too few images") and "6 images for 5 folds" in w[0] and "at least 10" in w[0]
+    assert len(res["features"]) == 6  # coverage, max_spread, chamfer_dist, n_points, mask_size, step
+    assert any(x.startswith("too few rows per feature: 24 rows for 6 features (at least 10 per feature") for x in w)
+    assert any(x.startswith("worse than predicting the mean") and "no feature importance is ranked" in x for x in w)
+    out = tmp_path / "rep"
+    out.mkdir()
+    (out / "importances.png").write_bytes(b"stale")  # from an earlier call: must not survive
+    write_regression_report(res, out)
+    md = (out / "regression.md").read_text()
+    paras = md_paragraphs(md)
+    assert paras[0] == "# Which features predict `iou`" and paras[1].startswith("> **Caveat")
+    assert all(x in paras[1] for x in w)
+    assert "Not ranked: no model predicts better than the mean" in md and "![importances]" not in md
+    assert not (out / "importances.png").exists()
+    with open(out / "importances.csv") as f:
+        imp = list(csv.DictReader(f))
+    assert imp and all(r["rank"] == "" and r["note"] == "not ranked: R^2 < 0" for r in imp)
+    # summary for the terminal: the warnings come first, then the numbers
+    summary = {**res, "importances_plot": None}
+    lines = format_summary(summary, out).splitlines()
+    assert [l for l in lines[: len(w)]] == [f"warning: {x}" for x in w]
+    assert "importances.png" not in lines[-1] and "not ranked" in lines[-1]
+
+
+def test_noise_on_few_images_can_look_predictive_but_carries_the_caveat(tmp_path):
+    # seed 0: with 6 images the tree models score R^2 > 0 on pure noise; the few-images caveat is what warns
+    res = run_regression(synthetic_table(n_images=6, per_image=4, noise_target=True, seed=0), n_splits=5, n_repeats=2, model_params=FAST)
+    ranked = {m for m, v in res["models"].items() if v["ranked"]}
+    assert ranked and ranked != set(res["models"]) and res["importance_model"] in ranked
+    assert res["warnings"][0].startswith("too few images")
+    write_regression_report(res, tmp_path)
+    md = (tmp_path / "regression.md").read_text()
+    assert md_paragraphs(md)[1].startswith("> **Caveat")
+    assert "Not ranked, no better than predicting the mean: linear (pooled R^2" in md
+    with open(tmp_path / "importances.csv") as f:
+        imp = list(csv.DictReader(f))
+    assert all(r["rank"] == "" for r in imp if r["model"] == "linear")
+    assert sorted(int(r["rank"]) for r in imp if r["model"] == res["importance_model"]) == list(range(1, len(res["features"]) + 1))
+
+
+def test_real_signal_no_caveat_and_right_top_feature(tmp_path):
+    res = run_regression(linear_table(), n_splits=5, n_repeats=2, model_params=FAST)
+    assert res["n_groups"] == 40 and res["n_rows"] == 240
+    for name, m in res["models"].items():
+        assert m["r2_pooled"] > 0.5 and m["r2_mean"] > 0.5 and m["ranked"], name
+        assert max(m["importances"], key=lambda f: m["importances"][f]["permutation_mean"]) == "max_spread", name
+    assert res["warnings"] == [] and res["importance_model"] == res["best_model"]
+    assert res["univariate"][0]["feature"] == "max_spread" and res["univariate"][0]["r2_cv"] > 0.9
+    write_regression_report(res, tmp_path)
+    md = (tmp_path / "regression.md").read_text()
+    assert "Caveat" not in md and md_paragraphs(md)[1].startswith("240 rows in 40 groups")
+    assert "![importances](importances.png)" in md and (tmp_path / "importances.png").is_file()
+    with open(tmp_path / "importances.csv") as f:
+        top = [r for r in csv.DictReader(f) if r["rank"] == "1"]
+    assert {r["feature"] for r in top} == {"max_spread"} and len(top) == 3
+    text = format_summary({**res, "importances_plot": "importances.png"}, tmp_path)
+    assert "warning" not in text and text.splitlines()[-1].endswith(str(tmp_path / "importances.png"))
+
+
+def test_importance_plot_title_and_legend_fit():
+    res = run_regression(linear_table(), models=("gradient_boosting",), n_splits=5, n_repeats=2, model_params=FAST, univariate=False)
+    rows = [r for r in R._importance_rows(res) if r["model"] == "gradient_boosting"]
+    fig = importance_figure(rows, res, "gradient_boosting")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    (ax,) = fig.axes
+    title = ax.title.get_text()
+    assert title.startswith("gradient_boosting: top features for iou") and "\u2026" not in title
+    assert "n = 240 rows, 40 images" in title and "5-fold" in title
+    tb, fb = ax.title.get_window_extent(renderer), fig.bbox
+    assert tb.x0 >= fb.x0 and tb.x1 <= fb.x1 and tb.y1 <= fb.y1  # whole title inside the figure, no tight crop needed
+    (legend,) = fig.legends
+    lb, axb = legend.get_window_extent(renderer), ax.get_window_extent(renderer)
+    assert lb.x0 >= axb.x1 and not lb.overlaps(axb)  # legend right of the data, covering none of it
+    tight = fig.get_tightbbox(renderer)  # what save_figure keeps (inches)
+    assert lb.x1 <= tight.x1 * fig.dpi + 1
+    labels = [t.get_text() for t in ax.get_yticklabels()]
+    assert labels[-1] == "max_spread"  # the top bar is the strongest feature
+    import matplotlib.pyplot as plt
+
+    plt.close(fig)
+
+
+def test_cli_features_warns_before_the_numbers(tiny_run, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from pointprompt.cli import pointprompt
+
+    run = tmp_path / "random"
+    run.mkdir()
+    shutil.copy(tiny_run / "config.yaml", run / "config.yaml")
+    rng = np.random.default_rng(3)
+    rows = [json.loads(l) for l in (tiny_run / "results.jsonl").read_text().splitlines()]
+    (run / "results.jsonl").write_text("".join(json.dumps(dict(r, iou=float(rng.uniform()))) + "\n" for r in rows))  # random targets
+    for name, params in FAST.items():
+        monkeypatch.setitem(R.DEFAULT_PARAMS, name, {**R.DEFAULT_PARAMS[name], **params})
+    res = CliRunner().invoke(pointprompt, ["features", str(run)])
+    assert res.exit_code == 0, res.output
+    lines = res.stdout.splitlines()
+    table_at = next(i for i, l in enumerate(lines) if l.startswith("model "))
+    head = lines[:table_at]
+    assert head[0].startswith("warning: too few images for reliable cross-validation: 6 images for 5 folds")
+    assert any(l.startswith("warning: worse than predicting the mean") for l in head)
+    summary = json.loads((run / "features" / "regression.json").read_text())
+    assert [f"warning: {w}" for w in summary["warnings"]] == [l for l in head if l.startswith("warning:")]
+    assert all(m["r2_pooled"] < 0 for m in summary["models"].values()) and summary["importance_model"] is None
+    # sane numbers on screen: no R^2 below -1 printed (shown as "< -1"); the exact values stay in the JSON
+    for line in lines[table_at + 2 : table_at + 5]:
+        assert all(float(v) >= -1 for v in re.findall(r"-?\d+\.\d+", line)), line
+        assert line.rstrip().endswith("not ranked: R^2 < 0")
+    assert "importances.png" not in res.stdout and not (run / "features" / "importances.png").exists()
