@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from segprompt.errors import ConfigError
-from segprompt.models.base import MULTIMASK_POLICIES
+from segprompt.models.base import SINGLE_MASK_POLICIES, multimask_help
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -19,13 +19,13 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--root", type=click.Path(path_type=Path), default=None, help="Folder of a single registry-named dataset (default: $SEGPROMPT_DATA_ROOT/<folder>).")
 @click.option("--model", "models", multiple=True, default=("sam-tiny",), show_default=True, help="Segmenter name; repeat for several (sam-tiny, sam, classical, grabcut, random-walker).")
 @click.option("--checkpoint", default=None, help="Checkpoint file or registry name for the `sam` model.")
-@click.option("--strategies", multiple=True, default=("centre,random,microsam",), show_default=True, help="Comma-separated strategy names.")
+@click.option("--strategies", multiple=True, default=("centre,random,microsam",), show_default=True, help="Comma-separated strategy names, or 'all' for every registered one.")
 @click.option("--positive", "n_positive", type=int, default=3, show_default=True)
 @click.option("--negative", "n_negative", type=int, default=1, show_default=True)
 @click.option("--budget", default=None, help="'auto': the PointPrompt study's per-dataset budget (kvasir 14/2, busi 4/1, ...); or a study set name (polyp, breast, one, ...).")
 @click.option("--steps", type=int, default=None, help="Steps per trajectory (default: positive + negative).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--multimask", type=click.Choice([p for p in MULTIMASK_POLICIES if p != "all"]), default="auto", show_default=True, help="auto: best of 3 for a lone point, SAM's single head otherwise; first: candidate 0 (the PointPrompt code).")
+@click.option("--multimask", type=click.Choice(SINGLE_MASK_POLICIES), default="auto", show_default=True, help=multimask_help(SINGLE_MASK_POLICIES))
 @click.option("--mask-feedback/--no-mask-feedback", default=False, help="Feed the previous low-res logits back with each correction click.")
 @click.option("--limit", type=int, default=None, help="Use only the first N images.")
 @click.option("--human", type=click.Path(path_type=Path), default=None, help="Recorded human prompts to replay: a trajectory file (.jsonl/.json) or a PointPrompt human-data folder.")
@@ -44,7 +44,10 @@ def pointprompt(ctx, config_file, datasets, root, models, checkpoint, strategies
     if out is None:
         raise click.UsageError("Missing option '--out' (the run folder).")
     from pointprompt.bench import PointBenchConfig, format_summary, run_pointprompt
+    from pointprompt.strategies import STRATEGIES
+    from segprompt.devices import check_device
 
+    check_device(device)
     model_kwargs: dict[str, dict] = {}
     for m in models:
         kw = {"device": device} if m not in ("classical", "grabcut", "random-walker") else {}
@@ -59,7 +62,7 @@ def pointprompt(ctx, config_file, datasets, root, models, checkpoint, strategies
         dataset_kwargs={datasets[0]: {"root": str(root)}} if root else {},
         models=list(models),
         model_kwargs=model_kwargs,
-        strategies=_split(strategies),
+        strategies=STRATEGIES.expand(_split(strategies)),
         n_positive=n_positive,
         n_negative=n_negative,
         budget=budget,
@@ -75,7 +78,7 @@ def pointprompt(ctx, config_file, datasets, root, models, checkpoint, strategies
     cfg = PointBenchConfig(**given)
     summary = run_pointprompt(cfg, out, cache=cache)
     click.echo(format_summary(summary))
-    click.echo(f"\nrun folder: {out}  (summary.csv, curves.csv, matched_budget.csv, report.md, iou_per_step.png)")
+    click.echo(f"\n{summary['timing']}\nrun folder: {out}  (summary.csv, curves.csv, matched_budget.csv, report.md, iou_per_step.png)")
 
 
 # command-line option name -> the PointBenchConfig fields it sets
@@ -120,14 +123,14 @@ def _merge_config(ctx: click.Context, path: Path, given: dict) -> dict:
 @click.option("--splits", "n_splits", type=int, default=5, show_default=True, help="Grouped cross-validation folds.")
 @click.option("--seed", type=int, default=0, show_default=True)
 def features(run_dir: Path, target: str, n_splits: int, seed: int) -> None:
-    """Prompt features of a finished run and regressions predicting IoU (grouped by image)."""
+    """Prompt features of a finished run and regressions predicting IoU (grouped by image).
+
+    Prints warnings first when the numbers are not to be trusted (too few images for the folds,
+    too few rows per feature, a model no better than predicting the mean), then the models.
+    """
     import json
 
-    from pointprompt.regression import features_for_run
+    from pointprompt.regression import features_for_run, format_summary
 
-    out = features_for_run(run_dir, target=target, n_splits=n_splits, seed=seed)
-    summary = json.loads((out / "regression.json").read_text())
-    click.echo(f"{summary['n_rows']} prompts, {summary['n_groups']} image groups, {summary['n_splits']}-fold grouped CV; target {target}")
-    for name, m in summary["models"].items():
-        click.echo(f"  {name:18s} " + "  ".join(f"{k} {v:.3f}" for k, v in m.items() if isinstance(v, (int, float))))
-    click.echo(f"report: {out / 'regression.md'}, importances: {out / 'importances.png'}")
+    out = features_for_run(run_dir, target=target, n_splits=n_splits, seed=seed, progress=True)
+    click.echo(format_summary(json.loads((out / "regression.json").read_text()), out))
