@@ -69,7 +69,7 @@ def info(name: str) -> None:
     click.echo(f"  homepage:  {spec.homepage}")
     click.echo(f"  download:  {spec.download}")
     if spec.needs_root:
-        click.echo(f"  folder:    ${ENV_VAR}/{spec.folder_names[0] if spec.folder_names else spec.name} (or root=...)")
+        click.echo(f"  folder:    ${ENV_VAR}/{spec.folder_names[0] if spec.folder_names else spec.name} (or --root FOLDER)")
     click.echo("layouts (tried in order):")
     for line in spec.layout.splitlines():
         click.echo(textwrap.fill(line, width=100, initial_indent="  ", subsequent_indent="     "))

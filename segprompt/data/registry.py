@@ -539,12 +539,12 @@ def find_data_folder(name: str, folder_names: Sequence[str], root: str | os.Path
         return path
     base = os.environ.get(ENV_VAR)
     if not base:
-        raise DataError(f"dataset {name!r} needs its folder: pass root=... or set {ENV_VAR} to the folder holding {folder_names[0]}/{tail}")
+        raise DataError(f"dataset {name!r} needs its folder: give --root FOLDER (root= in Python) or set {ENV_VAR} to the folder holding {folder_names[0]}/{tail}")
     for n in folder_names:
         cand = Path(base).expanduser() / n
         if cand.is_dir():
             return cand
-    raise DataError(f"{ENV_VAR}={base}: no folder for dataset {name!r} (looked for {', '.join(n + '/' for n in folder_names)}); pass root=... or put it there{tail}")
+    raise DataError(f"{ENV_VAR}={base}: no folder for dataset {name!r} (looked for {', '.join(n + '/' for n in folder_names)}); give --root FOLDER (root= in Python) or put it there{tail}")
 
 
 def resolve_root(name: str, root: str | os.PathLike[str] | None = None) -> Path:
@@ -576,7 +576,7 @@ def load_dataset(name: str | os.PathLike[str], root: str | os.PathLike[str] | No
     text = os.fspath(name)
     if isinstance(name, os.PathLike) or (text not in DATASETS and Path(text).expanduser().is_dir()):
         if root is not None:
-            raise ConfigError(f"{text!r} is a folder; do not pass root= as well")
+            raise ConfigError(f"{text!r} is a folder; do not give --root (root=) as well")
         return load_path(Path(text).expanduser(), split=split, **kwargs)
     try:
         spec = DATASETS.get(text)
