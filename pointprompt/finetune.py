@@ -32,9 +32,13 @@ head. Parts to train (``train=``): ``prompt_encoder``, ``mask_decoder``, ``image
 any dotted submodule name; a wrong name raises. When the image encoder is frozen, embeddings
 come from the embedding cache and the encoder never runs during training.
 
-Runs are resumable exactly (``resume=True``): the data order depends on (seed, epoch), each
+Rerunning on the same folder resumes, exactly: the data order depends on (seed, epoch), each
 sample's prompts on (seed, epoch, sample), and checkpoints hold every optimizer, scheduler and
-RNG state. Under ``torchrun`` the loop runs DistributedDataParallel (gloo on CPU, nccl on CUDA).
+RNG state; a finished run is not retrained (only its report is rewritten), and a different
+configuration in the same folder is a ConfigError. An image that cannot be read, or whose mask
+is missing or empty, is skipped and recorded in ``errors.jsonl``. Progress (one line per epoch)
+is logged at INFO. Under ``torchrun`` the loop runs DistributedDataParallel (gloo on CPU, nccl
+on CUDA).
 """
 
 from __future__ import annotations
@@ -53,8 +57,10 @@ import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+from tqdm.auto import tqdm
 
 from segprompt.data.sample import Sample, SegmentationDataset
+from segprompt.devices import check_device
 from segprompt.engine.losses import sam_loss
 from segprompt.engine.runfolder import RunFolder, atomic_write_text
 from segprompt.engine.training import (
@@ -85,6 +91,13 @@ TRAIN_PARTS = {
     "all": ["image_encoder", "prompt_encoder", "mask_decoder"],
     "lora": ["mask_decoder"],  # plus the LoRA adapters
 }
+
+
+def _check_strategy(name: str, flag: str, more: str = "") -> None:
+    try:
+        create_strategy(name)
+    except ConfigError as exc:
+        raise ConfigError(f"{flag}: {exc}{more}") from None
 
 
 @dataclass
@@ -132,19 +145,19 @@ class FinetuneConfig:
         if isinstance(self.train, str):
             self.train = [t for t in self.train.split(",") if t]
         if (self.model is None) == (self.checkpoint is None):
-            raise ConfigError("give exactly one of model= (e.g. sam-tiny) or checkpoint= (a SAM checkpoint file or registry name)")
+            raise ConfigError("give exactly one of --model (model=, e.g. sam-tiny) or --checkpoint (checkpoint=, a SAM checkpoint file or registry name)")
         if self.prompts not in PROMPT_MODES:
-            create_strategy(self.prompts)  # a strategy name; raises with the known names
-        create_strategy(self.strategy)
-        create_strategy(self.eval_strategy)
+            _check_strategy(self.prompts, "--prompts", f" (or one of {', '.join(PROMPT_MODES)})")
+        _check_strategy(self.strategy, "--strategy")
+        _check_strategy(self.eval_strategy, "eval_strategy")
         if self.loss not in ("dice+bce", "dice+focal"):
-            raise ConfigError(f"loss must be dice+bce or dice+focal, got {self.loss!r}")
+            raise ConfigError(f"--loss must be dice+bce or dice+focal, got {self.loss!r}")
         if not 0 < self.val_fraction < 1:
-            raise ConfigError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
+            raise ConfigError(f"--val-fraction must be in (0, 1), got {self.val_fraction}")
         if self.epochs < 1 or self.batch_size < 1:
-            raise ConfigError("epochs and batch_size must be >= 1")
+            raise ConfigError(f"--epochs and --batch-size must be >= 1, got {self.epochs} and {self.batch_size}")
         if not 0 <= self.mask_feedback <= 1:
-            raise ConfigError("mask_feedback is a probability in [0, 1]")
+            raise ConfigError(f"mask_feedback is a probability in [0, 1], got {self.mask_feedback}")
 
     @property
     def placement_strategy(self) -> str:
@@ -310,7 +323,7 @@ def _load_model(cfg: FinetuneConfig) -> SamSegmenter:
     else:
         seg = create_segmenter(cfg.model, device=cfg.device)
     if not isinstance(seg, SamSegmenter):
-        raise ConfigError(f"finetuning needs a SAM model; {cfg.model!r} is {type(seg).__name__}")
+        raise ConfigError(f"finetuning needs a SAM model; --model {cfg.model} is a {type(seg).__name__}")
     return seg
 
 
@@ -326,43 +339,79 @@ def _prepare_model(seg: SamSegmenter, cfg: FinetuneConfig) -> int:
     return set_trainable(seg.model, sorted(set(modules)), extra)
 
 
-def _usable_samples(ds: SegmentationDataset, cfg: FinetuneConfig, run: RunFolder | None) -> list[Sample]:
+def skip_input(run: RunFolder | None, item: str, exc: BaseException, **extra: Any) -> None:
+    """Record a skipped input in ``errors.jsonl`` once per run folder (a resumed run, or the next
+    epoch's validation, meets the same bad file again: that is logged at DEBUG only)."""
+    if run is None:
+        log.warning("skipped %s: %s", item, exc)
+    elif any(e.get("item") == item and e.get("error") == str(exc) for e in run.errors):
+        log.debug("skipped %s again: %s", item, exc)
+    else:
+        run.record_error(item, exc, **extra)
+
+
+def _usable_samples(ds: SegmentationDataset, cfg: FinetuneConfig, run: RunFolder | None, progress: bool = False) -> list[Sample]:
     n = len(ds) if cfg.limit is None else min(cfg.limit, len(ds))
+    ids = ds.ids
     out = []
-    for i in range(n):
+    for i in tqdm(range(n), desc="loading images", unit="image", disable=not progress, leave=False, delay=2.0):
         try:
-            s = ds[i]
+            s = ds[i]  # a missing mask or an unreadable image raises DataError here
             if s.mask is None or not np.asarray(s.mask).any():
                 raise PromptError("empty ground-truth mask: no prompt can be drawn (image skipped)")
             out.append(s)
         except (DataError, PromptError) as exc:
-            if run is not None:
-                run.record_error(ds.ids[i], exc)
+            skip_input(run, ids[i], exc, stage="loading")
     return out
 
 
-def load_split(cfg: FinetuneConfig, dataset: SegmentationDataset | None = None, run: RunFolder | None = None) -> tuple[list[Sample], list[int], list[int]]:
-    """The usable samples (non-empty masks) and the deterministic train / validation indices."""
+def load_split(
+    cfg: FinetuneConfig, dataset: SegmentationDataset | None = None, run: RunFolder | None = None, progress: bool = False
+) -> tuple[list[Sample], list[int], list[int]]:
+    """The usable samples (readable, non-empty masks) and the deterministic train / validation indices.
+
+    Images that cannot be used are skipped and recorded in ``run``'s errors.jsonl.
+    """
     from segprompt.data.registry import load_dataset
 
     ds = dataset if dataset is not None else load_dataset(cfg.dataset, **cfg.dataset_kwargs)
-    samples = _usable_samples(ds, cfg, run)
+    samples = _usable_samples(ds, cfg, run, progress)
     train_idx, val_idx = split_ids(len(samples), cfg.val_fraction, cfg.split_seed)
     return samples, train_idx, val_idx
 
 
+def _frames(samples: Sequence[Sample], indices: Sequence[int], seg: SamSegmenter, run: RunFolder | None) -> list[FrameSample]:
+    """The training samples in the model frame; one that cannot be converted is skipped."""
+    out = []
+    for i in indices:
+        try:
+            out.append(to_frame(samples[i], i, seg.arch.img_size, seg.arch.lowres_size))
+        except DataError as exc:
+            skip_input(run, samples[i].id, exc, stage="training")
+    return out
+
+
 @torch.no_grad()
-def evaluate(seg: SamSegmenter, samples: Sequence[Sample], cfg: FinetuneConfig) -> dict[str, float]:
-    """Mean IoU and Dice of ``eval_strategy`` prompts on ``samples`` (original resolution)."""
+def evaluate(seg: SamSegmenter, samples: Sequence[Sample], cfg: FinetuneConfig, run: RunFolder | None = None, progress: bool = False) -> dict[str, float]:
+    """Mean IoU and Dice of ``eval_strategy`` prompts on ``samples`` (original resolution).
+
+    An image that cannot be evaluated is skipped (recorded in ``run``'s errors.jsonl); ``n`` is
+    the number of images evaluated.
+    """
     from pointprompt.bench import PointBenchConfig, evaluate_image
 
     bench = PointBenchConfig(datasets=["eval"], models=["sam"], strategies=[cfg.eval_strategy], n_positive=cfg.eval_positive, n_negative=cfg.eval_negative, steps=1, seed=cfg.seed, multimask=cfg.eval_multimask)
     was_training = seg.model.training
     seg.model.eval()
     rows = []
-    for s in samples:
-        rows += evaluate_image(bench, seg, "sam", "eval", s, (cfg.eval_positive, cfg.eval_negative), 1)
+    for s in tqdm(samples, desc="evaluating", unit="image", disable=not progress, leave=False, delay=2.0):
+        try:
+            rows += evaluate_image(bench, seg, "sam", "eval", s, (cfg.eval_positive, cfg.eval_negative), 1)
+        except (DataError, PromptError) as exc:
+            skip_input(run, s.id, exc, stage="evaluation")
     seg.model.train(was_training)
+    if not rows:
+        raise DataError(f"none of the {len(samples)} evaluation images could be evaluated (see errors.jsonl)")
     return {"iou": float(np.mean([r["iou"] for r in rows])), "dice": float(np.mean([r["dice"] for r in rows])), "n": len(rows)}
 
 
@@ -384,27 +433,78 @@ def export_checkpoint(seg: SamSegmenter, path: str | Path) -> Path:
     return save_sam(model, path, seg.arch)
 
 
-def finetune_sam(cfg: FinetuneConfig, out: str | Path, resume: bool = False, dataset: SegmentationDataset | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) a finetuning run into ``out``; returns the final metrics and paths."""
+# -- words for logs and reports -------------------------------------------------------------------
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``3 epochs``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def format_lr(lr: float | None) -> str:
+    """A learning rate as ``1e-04`` / ``2.5e-05`` (``0`` at the end of a cosine schedule)."""
+    if lr is None:
+        return ""
+    return "0" if lr == 0 else f"{lr:.1e}".replace(".0e", "e")
+
+
+def _epoch_line(out: Path, row: dict[str, Any], epochs: int) -> str:
+    scores = f"val IoU {row['val_iou']:.4f}, val Dice {row['val_dice']:.4f}"
+    if row["epoch"] == 0:
+        return f"{out.name}: before finetuning: {scores}"
+    loss = "" if row["train_loss"] is None else f"train loss {row['train_loss']:.4f}, "
+    return f"{out.name}: epoch {row['epoch']}/{epochs}: {loss}{scores}, lr {format_lr(row['lr'])}, {row['seconds']:.1f} s"
+
+
+def _resume_line(out: Path, cfg: FinetuneConfig, epoch: int, batch: int, steps_per_epoch: int, global_step: int, stopped: bool) -> str:
+    if epoch >= cfg.epochs or (stopped and batch == 0):
+        return f"resuming {out}: training finished after {plural(epoch, 'epoch')}; writing the final checkpoints and report"
+    return (
+        f"resuming {out}: epoch {epoch + 1} batch {batch + 1} of {plural(cfg.epochs, 'epoch')} "
+        f"({steps_per_epoch} batches each; {global_step} of {steps_per_epoch * cfg.epochs} steps already done)"
+    )
+
+
+def _already_finished(run: RunFolder | None, out: Path, cfg: FinetuneConfig) -> dict[str, Any]:
+    """The rerun of a finished run: nothing is trained or evaluated; the report is rewritten."""
+    result = json.loads((out / "summary.json").read_text())
+    if run is not None:
+        early = ", stopped early" if result.get("stopped_early") else ""
+        log.info("%s: already finished (%s%s); nothing to train, rewriting the report", out, plural(result["epochs_run"], "epoch"), early)
+        run.finish(0)
+        _write_report(run, result, sorted(run.results.rows(), key=lambda r: r["epoch"]), cfg)
+    return result
+
+
+def finetune_sam(cfg: FinetuneConfig, out: str | Path, resume: bool | None = None, dataset: SegmentationDataset | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run a finetuning run into ``out``, or resume the one there; returns the final metrics and paths.
+
+    Running again on the same folder continues where the run stopped (bit-identical to an
+    uninterrupted run); a finished run is not retrained, only its report is rewritten.
+    ``resume`` is ignored (kept for old callers: resuming is automatic). ``progress``: progress
+    bars over batches and images (shown only when a loop takes more than a few seconds); the
+    per-epoch lines are logged at INFO either way.
+    """
+    check_device(cfg.device)
     dist = init_distributed(cfg.device)
     out = Path(out)
     ckpt_dir = out / "checkpoints"
     last_path = ckpt_dir / "last.pt"
-    if dist.is_main:
-        if last_path.exists() and not resume:
-            raise ConfigError(f"{out} already holds a training run (checkpoints/last.pt); pass --resume to continue it, or use another --out")
-        run = RunFolder(out, {"suite": "finetune-sam", **asdict(cfg)}, volatile=("device", "max_steps"))
-    else:
-        run = None
-    seed_everything(cfg.seed)
-    seg = _load_model(cfg)
+    finished = (out / "summary.json").exists()
+    if not finished:  # a wrong --dataset, --root, --model or --checkpoint fails before the run folder is made
+        from segprompt.data.registry import load_dataset
+
+        dataset = dataset if dataset is not None else load_dataset(cfg.dataset, **cfg.dataset_kwargs)
+        seed_everything(cfg.seed)
+        seg = _load_model(cfg)
+    run = RunFolder(out, {"suite": "finetune-sam", **asdict(cfg)}, volatile=("device", "max_steps")) if dist.is_main else None
+    if finished:
+        return _already_finished(run, out, cfg)
     n_trainable = _prepare_model(seg, cfg)
-    log.info("trainable parameters: %d", n_trainable)
+    if run is not None:
+        log.info("%s: %s trainable parameters (%s)", out.name, f"{n_trainable:,}", ", ".join(cfg.train))
     seg.model.to(cfg.device)
 
-    samples, train_idx, val_idx = load_split(cfg, dataset, run)
-    lowres = seg.arch.lowres_size
-    train = [to_frame(samples[i], i, seg.arch.img_size, lowres) for i in train_idx]
+    samples, train_idx, val_idx = load_split(cfg, dataset, run, progress=progress and dist.is_main)
+    train = _frames(samples, train_idx, seg, run)
     val = [samples[i] for i in val_idx]
 
     embeddings = None
@@ -435,7 +535,7 @@ def finetune_sam(cfg: FinetuneConfig, out: str | Path, resume: bool = False, dat
     start_epoch, start_batch, global_step = 0, 0, 0
     history: list[dict[str, Any]] = []
 
-    if resume and last_path.exists():
+    if last_path.exists():
         ck = load_checkpoint(last_path)
         seg.model.load_state_dict(ck["model"])
         optimizer.load_state_dict(ck["optimizer"])
@@ -445,7 +545,10 @@ def finetune_sam(cfg: FinetuneConfig, out: str | Path, resume: bool = False, dat
         start_epoch, start_batch, global_step = ck["epoch"], ck["batch"], ck["global_step"]
         history = ck["history"]
         set_rng_state(ck["rng"])
-        log.info("resumed at epoch %d batch %d (step %d)", start_epoch, start_batch, global_step)
+        if run is not None:
+            log.info(_resume_line(out, cfg, start_epoch, start_batch, steps_per_epoch, global_step, stopper.should_stop))
+    elif run is not None:
+        run.announce(done=0, todo=cfg.epochs, unit="epoch" if cfg.epochs == 1 else "epochs")
 
     def save(path: Path, epoch: int, batch: int) -> None:
         if not dist.is_main:
@@ -467,16 +570,21 @@ def finetune_sam(cfg: FinetuneConfig, out: str | Path, resume: bool = False, dat
             path,
         )
 
-    def sync_results() -> None:
-        """Append the epochs of ``history`` that results.jsonl lacks (it is append-only)."""
-        if dist.is_main:
-            have = {r["epoch"] for r in run.results}
-            run.results.extend(h for h in history if h["epoch"] not in have)
+    def sync_results() -> int:
+        """Append the epochs of ``history`` that results.jsonl lacks (it is append-only); returns how many."""
+        if not dist.is_main:
+            return 0
+        have = {r["epoch"] for r in run.results}
+        new = [h for h in history if h["epoch"] not in have]
+        run.results.extend(new)
+        return len(new)
 
     if not history:
-        base = evaluate(seg, val, cfg)
+        base = evaluate(seg, val, cfg, run, progress=progress and dist.is_main)
         history.append({"epoch": 0, "train_loss": None, "val_iou": base["iou"], "val_dice": base["dice"], "lr": optimizer.param_groups[0]["lr"], "seconds": 0.0})
-    sync_results()
+        if dist.is_main:
+            log.info(_epoch_line(out, history[0], cfg.epochs))
+    new_rows = sync_results()
     stopped_early = False
     t_train = 0.0
     for epoch in range(start_epoch, cfg.epochs):
@@ -489,7 +597,8 @@ def finetune_sam(cfg: FinetuneConfig, out: str | Path, resume: bool = False, dat
         batches = [mine[b : b + cfg.batch_size] for b in range(0, len(mine), cfg.batch_size)]
         losses = []
         t0 = time.time()
-        for b, batch in enumerate(batches):
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not (progress and dist.is_main), leave=False, delay=2.0)
+        for b, batch in enumerate(bar):
             if epoch == start_epoch and b < start_batch:
                 continue
             with _autocast(cfg):
@@ -504,15 +613,19 @@ def finetune_sam(cfg: FinetuneConfig, out: str | Path, resume: bool = False, dat
                 scheduler.step()
             global_step += 1
             losses.append(float(loss.detach()))
+            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
             if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
                 save(last_path, epoch, b + 1)
             if cfg.max_steps is not None and global_step >= cfg.max_steps:
                 save(last_path, epoch, b + 1)
+                bar.close()
+                if run is not None:
+                    run.finish(new_rows)
                 return {"stopped_at_step": global_step, "out": str(out)}
         t_train += time.time() - t0
         start_batch = 0
         seg.forget_weights_hash()
-        metrics = evaluate(seg, val, cfg)
+        metrics = evaluate(seg, val, cfg, run, progress=progress and dist.is_main)
         if cfg.schedule == "plateau":
             scheduler.step(metrics["dice"])
         improved = stopper.update(metrics["dice"])
@@ -522,9 +635,9 @@ def finetune_sam(cfg: FinetuneConfig, out: str | Path, resume: bool = False, dat
             save(ckpt_dir / "best.pt", epoch + 1, 0)
             export_checkpoint(seg, out / "sam_best.pth")
         save(last_path, epoch + 1, 0)
-        sync_results()
-        if progress and dist.is_main:
-            log.warning("epoch %d: train loss %.4f, val IoU %.4f, val Dice %.4f", epoch + 1, row["train_loss"] or float("nan"), metrics["iou"], metrics["dice"])
+        new_rows += sync_results()
+        if dist.is_main:
+            log.info(_epoch_line(out, row, cfg.epochs))
     else:
         stopped_early = stopper.should_stop
     result = {
@@ -543,31 +656,73 @@ def finetune_sam(cfg: FinetuneConfig, out: str | Path, resume: bool = False, dat
     if dist.is_main:
         export_checkpoint(seg, out / "sam_last.pth")
         atomic_write_text(out / "summary.json", json.dumps(result, indent=2))
+        run.finish(new_rows)
         _write_report(run, result, history, cfg)
     return result
 
 
-def _write_report(run: RunFolder, result: dict[str, Any], history: list[dict[str, Any]], cfg: FinetuneConfig) -> None:
-    from segprompt.engine.report import line_plot, markdown_table, write_csv
+# -- the report ---------------------------------------------------------------------------------
+HISTORY_COLUMNS = ["epoch", "train_loss", "val_iou", "val_dice", "lr", "seconds"]
 
-    write_csv(run.path / "summary.csv", history, ["epoch", "train_loss", "val_iou", "val_dice", "lr", "seconds"])
-    panels = {"validation": {"IoU": ([h["epoch"] for h in history], [h["val_iou"] for h in history]), "Dice": ([h["epoch"] for h in history], [h["val_dice"] for h in history])}}
-    line_plot(panels, run.path / "validation.png", xlabel="epoch (0 = before finetuning)", ylabel="score", title="Validation")
+
+def _table_rows(history: Sequence[dict[str, Any]], missing: str) -> list[dict[str, Any]]:
+    """History rows for tables: lr as ``1e-04``, seconds to 0.1 s, the baseline's absent train loss as ``missing``."""
+    return [
+        {**h, "train_loss": missing if h.get("train_loss") is None else h["train_loss"], "lr": format_lr(h.get("lr")), "seconds": f"{h.get('seconds') or 0:.1f}"}
+        for h in history
+    ]
+
+
+def describe_model(cfg: FinetuneConfig) -> str:
+    """What the finetuned model is, for a report (sam-tiny is a demo model, not SAM)."""
+    from pointprompt.bench import MODEL_NOTES
+
+    if cfg.model is None:
+        return f"SAM checkpoint `{cfg.checkpoint}`"
+    note = MODEL_NOTES.get(cfg.model)
+    return f"`{cfg.model}` \u2014 {note}" if note else f"`{cfg.model}`"
+
+
+def _validation_plot(run: RunFolder, history: Sequence[dict[str, Any]], cfg: FinetuneConfig, n_val: int) -> None:
+    from segprompt.engine.report import Series, line_plot, short_name
+
+    xs = [h["epoch"] for h in history]
+    series = {"IoU": Series(xs, [h["val_iou"] for h in history], n=n_val), "Dice": Series(xs, [h["val_dice"] for h in history], n=n_val)}
+    title = f"Validation while finetuning {short_name(cfg.model or cfg.checkpoint, 24)}"
+    line_plot({short_name(cfg.dataset): series}, run.path / "validation.png", xlabel="epoch (0 = before finetuning)", ylabel="mean over validation images", title=title)
+
+
+def _write_report(run: RunFolder, result: dict[str, Any], history: list[dict[str, Any]], cfg: FinetuneConfig) -> None:
+    from segprompt.engine.report import markdown_table, write_csv
+
+    write_csv(run.path / "summary.csv", _table_rows(history, ""), HISTORY_COLUMNS)
+    _validation_plot(run, history, cfg, result["val_images"])
     base, best = result["baseline"], max(history, key=lambda h: h["val_dice"])
+    n_err = len(run.errors.rows())
+    ran = plural(result["epochs_run"], "epoch")
+    if result["stopped_early"]:
+        ran += f" of {cfg.epochs} (stopped early: no better validation Dice for {plural(cfg.early_stop, 'epoch')})"
     lines = [
         "# SAM finetuning",
         "",
-        f"Model `{cfg.model or cfg.checkpoint}`, training {', '.join(cfg.train)} ({result['trainable_parameters']:,} trainable parameters), "
-        f"prompts `{cfg.prompts}`; {result['train_images']} training and {result['val_images']} validation images of `{cfg.dataset}`.",
+        f"Model {describe_model(cfg)}.",
+        "",
+        f"Trained {', '.join(cfg.train)} ({result['trainable_parameters']:,} trainable parameters) with `{cfg.prompts}` prompts for "
+        f"{ran}, lr {format_lr(cfg.lr)} ({cfg.schedule} schedule), batch size {cfg.batch_size}, "
+        f"seed {cfg.seed}; {result['train_images']} training and {result['val_images']} validation images of `{cfg.dataset}`.",
         "",
         f"Validation ({cfg.eval_strategy} prompts, {cfg.eval_positive} + {cfg.eval_negative} points): IoU {base['val_iou']:.4f} before, "
         f"{best['val_iou']:.4f} at the best epoch ({best['epoch']}); Dice {base['val_dice']:.4f} -> {best['val_dice']:.4f}.",
         "",
-        markdown_table(history, ["epoch", "train_loss", "val_iou", "val_dice", "lr", "seconds"], floatfmt=".4f"),
+        markdown_table(_table_rows(history, "\u2013"), HISTORY_COLUMNS, floatfmt=".4f"),
         "",
         "![validation](validation.png)",
         "",
         "Checkpoints (segment-anything layout, LoRA merged): `sam_best.pth`, `sam_last.pth`; training state: `checkpoints/`.",
+        "",
+        f"Skipped inputs: {n_err} (see errors.jsonl)." if n_err else "Skipped inputs: none.",
+        "",
+        run.timing_text(),
         "",
     ]
     run.write_text("report.md", "\n".join(lines))

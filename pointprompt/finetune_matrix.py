@@ -2,9 +2,10 @@
 
 The PointPrompt study trained SAM's prompt encoder once per automated strategy and compared the
 models across strategies. :func:`run_matrix` does that: ``<out>/train_<strategy>/`` holds each
-finetuning run (resumable), and ``<out>`` the matrix (``matrix.csv``, ``report.md``,
-``matrix.png``), evaluated on the shared validation split, with the un-finetuned model as the
-``none`` row.
+finetuning run, and ``<out>`` the matrix (``matrix.csv``, ``report.md``, ``matrix.png``),
+evaluated on the shared validation split (the test images of the matrix), with the
+un-finetuned model as the ``none`` row. Rerunning resumes: finished trainings are not retrained
+and finished cells are not re-evaluated.
 """
 
 from __future__ import annotations
@@ -14,20 +15,21 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from segprompt.engine.report import markdown_table, text_table, write_csv
+from segprompt.devices import check_device
+from segprompt.engine.report import markdown_table, save_figure, short_name, text_table, write_csv
 from segprompt.engine.runfolder import RunFolder
-from segprompt.fileio import atomic_path
 
-from pointprompt.finetune import FinetuneConfig, _load_model, evaluate, finetune_sam, load_split
+from pointprompt.finetune import FinetuneConfig, _load_model, describe_model, evaluate, finetune_sam, format_lr, load_split, plural
 
 
-def _heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], path: Path) -> Path:
+def heatmap_figure(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], n_test: int, dataset: str = "") -> Any:
+    """The matrix as a figure: rows = trained with, columns = tested with, cells = mean IoU."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
     import matplotlib.pyplot as plt
 
-    fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 2.2, 0.8 * len(rows) + 1.6))
+    fig, ax = plt.subplots(figsize=(1.1 * len(cols) + 2.6, 0.8 * len(rows) + 1.9))
     im = ax.imshow(values, cmap="viridis", vmin=0.0, vmax=1.0)
     ax.set_xticks(range(len(cols)), cols, rotation=30, ha="right")
     ax.set_yticks(range(len(rows)), rows)
@@ -36,60 +38,86 @@ def _heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], path:
     for i in range(len(rows)):
         for j in range(len(cols)):
             ax.text(j, i, f"{values[i, j]:.2f}", ha="center", va="center", color="white" if values[i, j] < 0.6 else "black", fontsize=8)
+    where = f"{short_name(dataset, 24)}, " if dataset else ""
+    ax.set_title(f"Train on A, test on B\n{where}n={n_test} test images", fontsize=10)
     fig.colorbar(im, ax=ax, label="mean IoU")
     fig.tight_layout()
-    with atomic_path(path, suffix=".png") as tmp:
-        fig.savefig(tmp, dpi=110)
-    plt.close(fig)
-    return path
+    return fig
 
 
-def run_matrix(strategies: Sequence[str], out: str | Path, base: dict[str, Any], train: Sequence[str] = ("prompt_encoder",), n_positive: int = 3, n_negative: int = 1) -> dict[str, Any]:
-    """Finetune one model per strategy (resuming finished or interrupted runs) and test each on all."""
+def _heatmap(values: np.ndarray, rows: Sequence[str], cols: Sequence[str], path: Path, n_test: int, dataset: str = "") -> Path:
+    return save_figure(heatmap_figure(values, rows, cols, n_test, dataset), path)
+
+
+def _evaluate_cells(run: RunFolder, todo: Sequence[tuple[str, str]], configs: dict[str, FinetuneConfig], out: Path, device: str, progress: bool) -> None:
+    """Evaluate the (trained with, tested with) cells still missing; one results row each."""
     from segprompt.models import create_segmenter
 
+    first = next(iter(configs.values()))
+    samples, _, val_idx = load_split(first, run=run, progress=progress)
+    val = [samples[i] for i in val_idx]
+    models: dict[str, Any] = {}
+    for train_name, test in todo:
+        if train_name not in models:
+            models[train_name] = _load_model(first) if train_name == "none" else create_segmenter("sam", checkpoint=str(out / f"train_{train_name}" / "sam_best.pth"), device=device)
+        m = evaluate(models[train_name], val, configs[test], run, progress=progress)
+        run.results.append({"train": train_name, "test": test, "iou": m["iou"], "dice": m["dice"], "n": m["n"]})
+
+
+def run_matrix(
+    strategies: Sequence[str], out: str | Path, base: dict[str, Any], train: Sequence[str] = ("prompt_encoder",), n_positive: int = 3, n_negative: int = 1, progress: bool = True
+) -> dict[str, Any]:
+    """Finetune one model per strategy (resuming finished or interrupted runs) and test each on all."""
+    from segprompt.data.registry import load_dataset
+
+    check_device(base.get("device", "cpu"))
     out = Path(out)
-    run = RunFolder(out, {"suite": "finetune-matrix", "strategies": list(strategies), "train": list(train), "n_positive": n_positive, "n_negative": n_negative, **base}, volatile=("device",))
     configs = {
         s: FinetuneConfig(**base, train=list(train), prompts=s, n_positive=n_positive, n_negative=n_negative, eval_strategy=s, eval_positive=n_positive, eval_negative=n_negative)
         for s in strategies
     }
+    load_dataset(base["dataset"], **base.get("dataset_kwargs", {}))  # a wrong --dataset or --root fails before the folder is made
+    run = RunFolder(out, {"suite": "finetune-matrix", "strategies": list(strategies), "train": list(train), "n_positive": n_positive, "n_negative": n_negative, **base}, volatile=("device",))
     for s, cfg in configs.items():
-        folder = out / f"train_{s}"
-        if (folder / "summary.json").exists():
-            continue
-        finetune_sam(cfg, folder, resume=(folder / "checkpoints" / "last.pt").exists(), progress=False)
-    samples, _, val_idx = load_split(next(iter(configs.values())))
-    val = [samples[i] for i in val_idx]
+        finetune_sam(cfg, out / f"train_{s}", progress=progress)
+    row_names = ["none", *strategies]
     done = {(r["train"], r["test"]) for r in run.results}
-    models = {"none": _load_model(next(iter(configs.values())))}
-    for s in strategies:
-        models[s] = create_segmenter("sam", checkpoint=str(out / f"train_{s}" / "sam_best.pth"), device=base.get("device", "cpu"))
-    for train_name, seg in models.items():
-        for test in strategies:
-            if (train_name, test) in done:
-                continue
-            m = evaluate(seg, val, configs[test])
-            run.results.append({"train": train_name, "test": test, "iou": m["iou"], "dice": m["dice"], "n": m["n"]})
+    todo = [(a, b) for a in row_names for b in strategies if (a, b) not in done]
+    run.announce(done=len(row_names) * len(strategies) - len(todo), todo=len(todo), unit="(model, strategy) cells")
+    if todo:
+        _evaluate_cells(run, todo, configs, out, base.get("device", "cpu"), progress)
+    run.finish(len(todo))
     rows = run.results.rows()
     table = {(r["train"], r["test"]): r["iou"] for r in rows}
-    row_names = ["none", *strategies]
+    n_test = max(int(r["n"]) for r in rows)
     values = np.array([[table[(a, b)] for b in strategies] for a in row_names])
     write_csv(out / "matrix.csv", rows, ["train", "test", "iou", "dice", "n"])
     pivot = [{"trained with": a, **{b: table[(a, b)] for b in strategies}} for a in row_names]
     cols = ["trained with", *strategies]
-    _heatmap(values, row_names, list(strategies), out / "matrix.png")
+    _heatmap(values, row_names, list(strategies), out / "matrix.png", n_test, base["dataset"])
+    _write_report(run, pivot, cols, configs, train, n_test)
+    return {"matrix": pivot, "table_text": text_table(pivot, cols), "values": values.tolist()}
+
+
+def _write_report(run: RunFolder, pivot: list[dict[str, Any]], cols: list[str], configs: dict[str, FinetuneConfig], train: Sequence[str], n_test: int) -> None:
+    cfg = next(iter(configs.values()))
+    n_err = len(run.errors.rows())
     report = [
         "# Train-on-A / test-on-B prompt-strategy matrix",
         "",
-        f"Each row is a SAM finetuned ({', '.join(train)}) with one strategy's prompts ({n_positive} + {n_negative} points); "
-        f"each column tests it with one strategy on the {len(val)} validation images of `{base['dataset']}`. Mean IoU; "
-        "`none` is the model before finetuning.",
+        f"Model {describe_model(cfg)}.",
+        "",
+        f"Each row is that model finetuned ({', '.join(train)}) with one strategy's prompts ({cfg.n_positive} + {cfg.n_negative} points) "
+        f"for up to {plural(cfg.epochs, 'epoch')} at lr {format_lr(cfg.lr)} (runs in `train_<strategy>/`); each column tests it with one "
+        f"strategy on the same {plural(n_test, 'held-out image')} of `{cfg.dataset}`. Mean IoU; `none` is the model before finetuning.",
         "",
         markdown_table(pivot, cols),
         "",
         "![matrix](matrix.png)",
         "",
+        f"Skipped inputs: {n_err} (see errors.jsonl)." if n_err else "Skipped inputs: none.",
+        "",
+        run.timing_text(),
+        "",
     ]
     run.write_text("report.md", "\n".join(report))
-    return {"matrix": pivot, "table_text": text_table(pivot, cols), "values": values.tolist()}

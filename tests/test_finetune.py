@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -74,14 +75,16 @@ def test_only_trained_parts_change_and_cache_replaces_encoder(tiny_ckpt, tmp_pat
     assert len(list((tmp_path / "run" / "embeddings").glob("*/*.safetensors"))) == 10  # 8 train + 2 val images cached
 
 
-def test_resume_after_interruption_is_exact(tiny_ckpt, tmp_path):
+def test_resume_after_interruption_is_exact(tiny_ckpt, tmp_path, caplog):
     cfg = _cfg(tiny_ckpt, train=["mask_decoder", "prompt_encoder"], prompts="mixed", epochs=3, checkpoint_every=1)
     full = finetune_sam(cfg, tmp_path / "a", progress=False)
     stopped = finetune_sam(_cfg(tiny_ckpt, train=["mask_decoder", "prompt_encoder"], prompts="mixed", epochs=3, checkpoint_every=1, max_steps=5), tmp_path / "b", progress=False)
     assert stopped["stopped_at_step"] == 5  # mid-epoch 2 (4 steps per epoch)
-    with pytest.raises(ConfigError, match="--resume"):
-        finetune_sam(cfg, tmp_path / "b", progress=False)
-    resumed = finetune_sam(cfg, tmp_path / "b", resume=True, progress=False)
+    # the same call on the same folder resumes (no resume=True), and says where it starts
+    with caplog.at_level(logging.INFO, logger="pointprompt.finetune"):
+        resumed = finetune_sam(cfg, tmp_path / "b", progress=False)
+    starts = [r.getMessage() for r in caplog.records if r.getMessage().startswith("resuming")]
+    assert starts == [f"resuming {tmp_path / 'b'}: epoch 2 batch 2 of 3 epochs (4 batches each; 5 of 12 steps already done)"]
     a = torch.load(tmp_path / "a" / "sam_last.pth", weights_only=True)
     b = torch.load(tmp_path / "b" / "sam_last.pth", weights_only=True)
     assert all(torch.equal(a[k], b[k]) for k in a)
@@ -169,8 +172,9 @@ def test_cli_finetune_and_resume_flag(tiny_ckpt, tmp_path, capsys):
     assert main(args) == 0, capsys.readouterr().err
     printed = capsys.readouterr().out
     assert "trainable parameters" in printed and "validation IoU" in printed
-    assert main(args) == 2
-    assert "pass --resume" in capsys.readouterr().err
+    # rerunning the finished run trains nothing and says so; --resume is still accepted (a no-op)
+    assert main(args) == 0
+    assert f"{tmp_path / 'cli'}: already finished (1 epoch); nothing to train" in capsys.readouterr().err
     assert main([*args, "--resume"]) == 0
     assert main(["finetune", "sam", "--checkpoint", tiny_ckpt, "--train", "decoder", "--out", str(tmp_path / "x")]) == 2
     assert "no submodule 'decoder'" in capsys.readouterr().err
