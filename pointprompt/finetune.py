@@ -43,7 +43,6 @@ on CUDA).
 
 from __future__ import annotations
 
-import contextlib
 import json
 import logging
 import math
@@ -62,19 +61,9 @@ from tqdm.auto import tqdm
 from segprompt.data.sample import Sample, SegmentationDataset
 from segprompt.devices import check_device
 from segprompt.engine.losses import sam_loss
+from segprompt.engine.loop import FitConfig, FitTask, checkpoint_from_parts, fit
 from segprompt.engine.runfolder import RunFolder, atomic_write_text
-from segprompt.engine.training import (
-    EarlyStopping,
-    atomic_torch_save,
-    build_scheduler,
-    init_distributed,
-    load_checkpoint,
-    param_groups,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-    set_trainable,
-)
+from segprompt.engine.training import init_distributed, load_checkpoint, param_groups, seed_everything, set_trainable
 from segprompt.errors import ConfigError, DataError, PromptError
 from segprompt.models.resize import LongestSide
 from segprompt.models.sam import SamSegmenter
@@ -415,13 +404,6 @@ def evaluate(seg: SamSegmenter, samples: Sequence[Sample], cfg: FinetuneConfig, 
     return {"iou": float(np.mean([r["iou"] for r in rows])), "dice": float(np.mean([r["dice"] for r in rows])), "n": len(rows)}
 
 
-def _autocast(cfg: FinetuneConfig) -> contextlib.AbstractContextManager:
-    if cfg.precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[cfg.precision]
-    return torch.autocast("cuda" if cfg.device.startswith("cuda") else "cpu", dtype=dtype)
-
-
 def export_checkpoint(seg: SamSegmenter, path: str | Path) -> Path:
     """Write the model in segment-anything's state-dict layout (LoRA merged): .pth or .safetensors."""
     import copy
@@ -474,20 +456,67 @@ def _already_finished(run: RunFolder | None, out: Path, cfg: FinetuneConfig) -> 
     return result
 
 
+def fit_config(cfg: FinetuneConfig, progress: bool = False) -> FitConfig:
+    """The training loop's settings for ``cfg``: AdamW, clip 1.0, early stopping and the best
+    checkpoint on validation Dice of the trained epochs (the untrained baseline never counts)."""
+    return FitConfig(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, grad_clip=1.0, precision=cfg.precision, device=cfg.device,
+        schedule=cfg.schedule, warmup_steps=cfg.warmup_steps, monitor="val_dice", monitor_mode="max", patience=cfg.early_stop,
+        baseline_counts=False, checkpoint_every=cfg.checkpoint_every or None, max_steps=cfg.max_steps, progress=progress,
+    )
+
+
+def _upgrade_checkpoint(cfg: FinetuneConfig) -> Any:
+    """``last.pt`` as finetune_sam wrote it before the shared loop -> the loop's layout."""
+
+    def upgrade(ck: dict[str, Any]) -> dict[str, Any]:
+        es = ck["early_stopping"]
+        return checkpoint_from_parts(
+            fit_config(cfg), ck["model"], ck["optimizer"], ck["scheduler"], ck["scaler"], ck["rng"], ck["epoch"], ck["batch"],
+            ck["global_step"], ck["history"], es.get("best"), es.get("bad_checks", 0),
+        )
+
+    return upgrade
+
+
+def _fit_task(seg: SamSegmenter, cfg: FinetuneConfig, train: list[FrameSample], val: list[Sample], out: Path, run: RunFolder | None, dist: Any, progress: bool) -> FitTask:
+    """The finetuning's part of the loop: the SAM training step (DDP-wrapped under torchrun),
+    validation through the real inference path, epoch lines and the best-checkpoint export."""
+    embeddings = None
+    if cfg.encoder_frozen:
+        from segprompt.cache import EmbeddingCache
+
+        seg.cache = EmbeddingCache(out / "embeddings")
+        embeddings = {fs.id: seg.encode(fs.original.image).features["embeddings"].cpu() for fs in train}
+    trainer: nn.Module = SamTrainStep(seg.model, cfg, embeddings)
+    if dist.enabled:
+        from torch.nn.parallel import DistributedDataParallel
+
+        trainer = DistributedDataParallel(trainer, find_unused_parameters=True, device_ids=[dist.local_rank] if cfg.device.startswith("cuda") else None)
+
+    def evaluate_epoch(epoch: int) -> dict[str, float]:
+        seg.forget_weights_hash()
+        m = evaluate(seg, val, cfg, run, progress=progress and dist.is_main)
+        return {"val_iou": m["iou"], "val_dice": m["dice"]}
+
+    return FitTask(
+        seg.model, lambda batch, epoch: trainer(batch, epoch), evaluate_epoch, params=param_groups(seg.model, cfg.weight_decay),
+        on_best=lambda row: export_checkpoint(seg, out / "sam_best.pth"), describe_epoch=lambda row: _epoch_line(out, row, cfg.epochs),
+    )
+
+
 def finetune_sam(cfg: FinetuneConfig, out: str | Path, resume: bool | None = None, dataset: SegmentationDataset | None = None, progress: bool = True) -> dict[str, Any]:
     """Run a finetuning run into ``out``, or resume the one there; returns the final metrics and paths.
 
     Running again on the same folder continues where the run stopped (bit-identical to an
     uninterrupted run); a finished run is not retrained, only its report is rewritten.
     ``resume`` is ignored (kept for old callers: resuming is automatic). ``progress``: progress
-    bars over batches and images (shown only when a loop takes more than a few seconds); the
-    per-epoch lines are logged at INFO either way.
+    bars over images (shown only when a loop takes more than a few seconds); the per-epoch lines
+    are logged at INFO either way. The loop itself is :func:`segprompt.engine.loop.fit`.
     """
     check_device(cfg.device)
     dist = init_distributed(cfg.device)
     out = Path(out)
-    ckpt_dir = out / "checkpoints"
-    last_path = ckpt_dir / "last.pt"
     finished = (out / "summary.json").exists()
     if not finished:  # a wrong --dataset, --root, --model or --checkpoint fails before the run folder is made
         from segprompt.data.registry import load_dataset
@@ -502,156 +531,26 @@ def finetune_sam(cfg: FinetuneConfig, out: str | Path, resume: bool | None = Non
     if run is not None:
         log.info("%s: %s trainable parameters (%s)", out.name, f"{n_trainable:,}", ", ".join(cfg.train))
     seg.model.to(cfg.device)
-
     samples, train_idx, val_idx = load_split(cfg, dataset, run, progress=progress and dist.is_main)
     train = _frames(samples, train_idx, seg, run)
     val = [samples[i] for i in val_idx]
-
-    embeddings = None
-    t_cache = 0.0
-    if cfg.encoder_frozen:
-        from segprompt.cache import EmbeddingCache
-
-        seg.cache = EmbeddingCache(out / "embeddings")
-        t0 = time.time()
-        embeddings = {fs.id: seg.encode(fs.original.image).features["embeddings"].cpu() for fs in train}
-        t_cache = time.time() - t0
-    step_module = SamTrainStep(seg.model, cfg, embeddings)
-    trainer: nn.Module = step_module
-    if dist.enabled:
-        from torch.nn.parallel import DistributedDataParallel
-
-        trainer = DistributedDataParallel(step_module, find_unused_parameters=True, device_ids=[dist.local_rank] if cfg.device.startswith("cuda") else None)
-
-    optimizer = torch.optim.AdamW(param_groups(seg.model, cfg.weight_decay), lr=cfg.lr)
-    # every rank gets the same number of samples (DDP steps in lock-step): the remainder is dropped
-    shard = len(train) // dist.world_size
-    if shard == 0:
-        raise DataError(f"{len(train)} training images cannot be shared by {dist.world_size} processes")
-    steps_per_epoch = math.ceil(shard / cfg.batch_size)
-    scheduler = build_scheduler(optimizer, cfg.schedule, total_steps=steps_per_epoch * cfg.epochs, warmup=cfg.warmup_steps)
-    scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16")
-    stopper = EarlyStopping(patience=cfg.early_stop)
-    start_epoch, start_batch, global_step = 0, 0, 0
-    history: list[dict[str, Any]] = []
-
-    if last_path.exists():
-        ck = load_checkpoint(last_path)
-        seg.model.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        scheduler.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
-        stopper.load_state_dict(ck["early_stopping"])
-        start_epoch, start_batch, global_step = ck["epoch"], ck["batch"], ck["global_step"]
-        history = ck["history"]
-        set_rng_state(ck["rng"])
+    t0 = time.time()
+    task = _fit_task(seg, cfg, train, val, out, run, dist, progress)
+    t_cache = time.time() - t0
+    if run is not None:
+        _announce(run, out, cfg, len(train) // dist.world_size)
+    n_rows = len(run.results.rows()) if run is not None else 0
+    fitted = fit(task, train, fit_config(cfg, progress and dist.is_main), out, run=run, dist=dist, upgrade=_upgrade_checkpoint(cfg))
+    new_rows = (len(run.results.rows()) - n_rows) if run is not None else 0
+    if fitted.interrupted:
         if run is not None:
-            log.info(_resume_line(out, cfg, start_epoch, start_batch, steps_per_epoch, global_step, stopper.should_stop))
-    elif run is not None:
-        run.announce(done=0, todo=cfg.epochs, unit="epoch" if cfg.epochs == 1 else "epochs")
-
-    def save(path: Path, epoch: int, batch: int) -> None:
-        if not dist.is_main:
-            return
-        atomic_torch_save(
-            {
-                "model": seg.model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "scaler": scaler.state_dict(),
-                "early_stopping": stopper.state_dict(),
-                "epoch": epoch,
-                "batch": batch,
-                "global_step": global_step,
-                "history": history,
-                "rng": rng_state(),
-                "config": asdict(cfg),
-            },
-            path,
-        )
-
-    def sync_results() -> int:
-        """Append the epochs of ``history`` that results.jsonl lacks (it is append-only); returns how many."""
-        if not dist.is_main:
-            return 0
-        have = {r["epoch"] for r in run.results}
-        new = [h for h in history if h["epoch"] not in have]
-        run.results.extend(new)
-        return len(new)
-
-    if not history:
-        base = evaluate(seg, val, cfg, run, progress=progress and dist.is_main)
-        history.append({"epoch": 0, "train_loss": None, "val_iou": base["iou"], "val_dice": base["dice"], "lr": optimizer.param_groups[0]["lr"], "seconds": 0.0})
-        if dist.is_main:
-            log.info(_epoch_line(out, history[0], cfg.epochs))
-    new_rows = sync_results()
-    stopped_early = False
-    t_train = 0.0
-    for epoch in range(start_epoch, cfg.epochs):
-        if stopper.should_stop:
-            stopped_early = True
-            break
-        seg.model.train()
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train))
-        mine = [train[i] for i in order[: shard * dist.world_size][dist.rank :: dist.world_size]]
-        batches = [mine[b : b + cfg.batch_size] for b in range(0, len(mine), cfg.batch_size)]
-        losses = []
-        t0 = time.time()
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", unit="batch", disable=not (progress and dist.is_main), leave=False, delay=2.0)
-        for b, batch in enumerate(bar):
-            if epoch == start_epoch and b < start_batch:
-                continue
-            with _autocast(cfg):
-                loss, parts = trainer(batch, epoch)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            torch.nn.utils.clip_grad_norm_([p for p in seg.model.parameters() if p.requires_grad], 1.0)
-            scaler.step(optimizer)
-            scaler.update()
-            if cfg.schedule != "plateau":
-                scheduler.step()
-            global_step += 1
-            losses.append(float(loss.detach()))
-            bar.set_postfix(loss=f"{losses[-1]:.4f}", refresh=False)
-            if cfg.checkpoint_every and global_step % cfg.checkpoint_every == 0:
-                save(last_path, epoch, b + 1)
-            if cfg.max_steps is not None and global_step >= cfg.max_steps:
-                save(last_path, epoch, b + 1)
-                bar.close()
-                if run is not None:
-                    run.finish(new_rows)
-                return {"stopped_at_step": global_step, "out": str(out)}
-        t_train += time.time() - t0
-        start_batch = 0
-        seg.forget_weights_hash()
-        metrics = evaluate(seg, val, cfg, run, progress=progress and dist.is_main)
-        if cfg.schedule == "plateau":
-            scheduler.step(metrics["dice"])
-        improved = stopper.update(metrics["dice"])
-        row = {"epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None, "val_iou": metrics["iou"], "val_dice": metrics["dice"], "lr": optimizer.param_groups[0]["lr"], "seconds": round(time.time() - t0, 3)}
-        history.append(row)
-        if improved and dist.is_main:
-            save(ckpt_dir / "best.pt", epoch + 1, 0)
-            export_checkpoint(seg, out / "sam_best.pth")
-        save(last_path, epoch + 1, 0)
-        new_rows += sync_results()
-        if dist.is_main:
-            log.info(_epoch_line(out, row, cfg.epochs))
-    else:
-        stopped_early = stopper.should_stop
+            run.finish(new_rows)
+        return {"stopped_at_step": fitted.global_step, "out": str(out)}
+    history = [{k: h[k] for k in HISTORY_COLUMNS} for h in fitted.history]
     result = {
-        "out": str(out),
-        "trainable_parameters": n_trainable,
-        "train_images": len(train),
-        "val_images": len(val),
-        "baseline": history[0],
-        "final": history[-1],
-        "best_val_dice": stopper.best,
-        "epochs_run": len(history) - 1,
-        "stopped_early": stopped_early,
-        "embedding_seconds": round(t_cache, 3),
-        "checkpoint": str(out / "sam_best.pth"),
+        "out": str(out), "trainable_parameters": n_trainable, "train_images": len(train), "val_images": len(val),
+        "baseline": history[0], "final": history[-1], "best_val_dice": fitted.best, "epochs_run": len(history) - 1,
+        "stopped_early": fitted.stopped_early, "embedding_seconds": round(t_cache, 3), "checkpoint": str(out / "sam_best.pth"),
     }
     if dist.is_main:
         export_checkpoint(seg, out / "sam_last.pth")
@@ -659,6 +558,18 @@ def finetune_sam(cfg: FinetuneConfig, out: str | Path, resume: bool | None = Non
         run.finish(new_rows)
         _write_report(run, result, history, cfg)
     return result
+
+
+def _announce(run: RunFolder, out: Path, cfg: FinetuneConfig, shard: int) -> None:
+    """Say whether this is a new run or where it resumes (the loop itself says it only at DEBUG)."""
+    last = out / "checkpoints" / "last.pt"
+    if not last.exists():
+        run.announce(done=0, todo=cfg.epochs, unit="epoch" if cfg.epochs == 1 else "epochs")
+        return
+    ck = load_checkpoint(last)
+    state = ck.get("state") or {"epoch": ck.get("epoch", 0), "batch": ck.get("batch", 0), "global_step": ck.get("global_step", 0)}
+    steps_per_epoch = math.ceil(shard / cfg.batch_size)
+    log.info(_resume_line(out, cfg, state["epoch"], state["batch"], steps_per_epoch, state["global_step"], bool(state.get("stopped_early"))))
 
 
 # -- the report ---------------------------------------------------------------------------------

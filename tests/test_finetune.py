@@ -49,7 +49,7 @@ def test_freezing_by_explicit_names(tiny_ckpt):
     dim = arch.encoder_embed_dim
     expected = sum(p.numel() for p in seg.model.mask_decoder.parameters()) + arch.encoder_depth * 2 * (dim + 3 * dim)
     assert n == expected
-    with pytest.raises(ConfigError, match="no submodule 'mask_decodr'.*mask_decoder"):
+    with pytest.raises(ConfigError, match=r"no submodule 'mask_decodr' to train \(--train\).*mask_decoder"):
         _prepare_model(_load_model(_cfg(tiny_ckpt)), _cfg(tiny_ckpt, train=["mask_decodr"]))
     with pytest.raises(ConfigError, match="matches no linear layer"):
         inject_lora(_load_model(_cfg(tiny_ckpt)).model, ["image_encoder.blocks.*.attn.qkvv"])
@@ -93,6 +93,33 @@ def test_resume_after_interruption_is_exact(tiny_ckpt, tmp_path, caplog):
     rows_b = [json.loads(l) for l in (tmp_path / "b" / "results.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows_b] == [0, 1, 2, 3]
     assert [r["val_dice"] for r in rows_a] == [r["val_dice"] for r in rows_b]
+
+
+def test_a_checkpoint_of_the_old_layout_still_resumes(tiny_ckpt, tmp_path):
+    """A run folder written before the shared loop (last.pt with the old keys) resumes and ends
+    with the same weights; only the interrupted epoch's train loss, whose first batches the old
+    layout did not keep, may differ."""
+    from segprompt.engine.training import atomic_torch_save, load_checkpoint
+
+    kw = dict(train=["mask_decoder"], prompts="mixed", epochs=2, checkpoint_every=1)
+    full = finetune_sam(_cfg(tiny_ckpt, **kw), tmp_path / "a", progress=False)
+    finetune_sam(_cfg(tiny_ckpt, max_steps=5, **kw), tmp_path / "b", progress=False)
+    last = tmp_path / "b" / "checkpoints" / "last.pt"
+    ck = load_checkpoint(last)
+    st = ck["state"]
+    old = {
+        "model": ck["model"], "optimizer": ck["optimizer"], "scheduler": ck["scheduler"], "scaler": ck["scaler"],
+        "early_stopping": {"best": ck["stopper"]["best"] if ck["stopper"]["best"] is not None else float("-inf"), "bad_checks": ck["stopper"]["bad_epochs"]},
+        "epoch": st["epoch"], "batch": st["batch"], "global_step": st["global_step"],
+        "history": [{k: h[k] for k in ("epoch", "train_loss", "val_iou", "val_dice", "lr", "seconds")} for h in st["history"]],
+        "rng": ck["rng"], "config": ck["config"],
+    }
+    atomic_torch_save(old, last)
+    resumed = finetune_sam(_cfg(tiny_ckpt, **kw), tmp_path / "b", progress=False)
+    a = torch.load(tmp_path / "a" / "sam_last.pth", weights_only=True)
+    b = torch.load(tmp_path / "b" / "sam_last.pth", weights_only=True)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert resumed["final"]["val_dice"] == full["final"]["val_dice"] and resumed["best_val_dice"] == full["best_val_dice"]
 
 
 def test_lora_merge_and_official_layout(tiny_ckpt, tmp_path):

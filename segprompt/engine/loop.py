@@ -182,6 +182,8 @@ class FitTask:
             are indices); default: each list of items is the batch.
         state_dict / load_state_dict: override the model's (e.g. to save only trainable tensors).
         on_epoch_end: ``on_epoch_end(row)`` after each epoch's row is written (plots).
+        describe_epoch: ``describe_epoch(row) -> str``, the epoch's INFO line (default: loss,
+            the ``val...`` metrics, lr and seconds).
         on_best: ``on_best(row)`` when ``best_by`` improves (exports).
     """
 
@@ -194,6 +196,7 @@ class FitTask:
     load_state_dict: Callable[[dict[str, Any]], Any] | None = None
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None
     on_best: Callable[[dict[str, Any]], None] | None = None
+    describe_epoch: Callable[[dict[str, Any]], str] | None = None
 
     def model_state(self) -> dict[str, Any]:
         return self.state_dict() if self.state_dict else self.model.state_dict()
@@ -232,8 +235,8 @@ def autocast(precision: str, device: str) -> contextlib.AbstractContextManager:
 class _Trainer:
     """The state of one :func:`fit` call; methods are the loop's stages."""
 
-    def __init__(self, task: FitTask, items: Sequence[Any], cfg: FitConfig, out: Path, run: Any, dist: DistInfo) -> None:
-        self.task, self.items, self.cfg, self.out, self.run, self.dist = task, items, cfg, out, run, dist
+    def __init__(self, task: FitTask, items: Sequence[Any], cfg: FitConfig, out: Path, run: Any, dist: DistInfo, upgrade: Any = None) -> None:
+        self.task, self.items, self.cfg, self.out, self.run, self.dist, self.upgrade = task, items, cfg, out, run, dist, upgrade
         self.last_path, self.best_path = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
         params = list(task.params) if task.params is not None else [p for p in task.model.parameters() if p.requires_grad]
         self.params = [p for g in params for p in (g["params"] if isinstance(g, dict) else [g])]
@@ -280,6 +283,9 @@ class _Trainer:
         if not self.last_path.exists():
             return None
         ck = load_checkpoint(self.last_path)
+        if ck.get("format") != CHECKPOINT_FORMAT and self.upgrade is not None:
+            ck = self.upgrade(ck)
+            log.info("%s: a checkpoint of the layout before segprompt.engine.loop, converted", self.last_path)
         if ck.get("format") != CHECKPOINT_FORMAT:
             raise ConfigError(
                 f"{self.last_path}: a checkpoint of an older layout (no {CHECKPOINT_FORMAT!r} format tag); "
@@ -335,11 +341,18 @@ class _Trainer:
         self.sync_rows()
         if self.task.on_epoch_end and self.dist.is_main:
             self.task.on_epoch_end(row)
-        if epoch > 0 and self.dist.is_main:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in metrics.items() if isinstance(v, (int, float)))
-            log.info("%s epoch %d/%d: train loss %s, %s, lr %s, %.1f s", self.out.name, epoch, cfg.epochs,
-                     "–" if row["train_loss"] is None else f"{row['train_loss']:.4f}", shown, "–" if row["lr"] is None else f"{row['lr']:.2e}", seconds)
+        if self.dist.is_main:
+            log.info((self.task.describe_epoch or self.describe_epoch)(row))
         return row
+
+    def describe_epoch(self, row: dict[str, Any]) -> str:
+        """The default INFO line of an epoch: ``run: epoch 3/10: train loss 0.4121, val_dice 0.8012, lr 1e-04, 2.1 s``."""
+        metrics = ", ".join(f"{k} {v:.4f}" for k, v in row.items() if k.startswith("val") and isinstance(v, (int, float)))
+        if row["epoch"] == 0:
+            return f"{self.out.name}: before training: {metrics}"
+        loss = "" if row["train_loss"] is None else f"train loss {row['train_loss']:.4f}, "
+        lr = "" if row["lr"] is None else f", lr {row['lr']:.0e}"
+        return f"{self.out.name}: epoch {row['epoch']}/{self.cfg.epochs}: {loss}{metrics}{lr}, {row['seconds']:.1f} s"
 
     def should_stop(self, epoch: int) -> bool:
         cfg = self.cfg
@@ -394,25 +407,35 @@ def _progress(it: Iterable[int], desc: str, enabled: bool, total: int, initial: 
         return it
     from tqdm.auto import tqdm
 
-    return tqdm(it, desc=desc, total=total, initial=initial, leave=False)
+    return tqdm(it, desc=desc, total=total, initial=initial, unit="batch", leave=False, delay=2.0)
 
 
-def fit(task: FitTask, items: Sequence[Any], cfg: FitConfig, out: str | Path, run: Any = None, dist: DistInfo = DistInfo()) -> FitResult:
+def fit(
+    task: FitTask,
+    items: Sequence[Any],
+    cfg: FitConfig,
+    out: str | Path,
+    run: Any = None,
+    dist: DistInfo = DistInfo(),
+    upgrade: Callable[[dict[str, Any]], dict[str, Any]] | None = None,
+) -> FitResult:
     """Train ``task`` on ``items`` under ``cfg`` into ``out`` (checkpoints), resuming from
     ``out/checkpoints/last.pt`` when it is there; returns the history and how the run ended.
 
     ``run``: the suite's :class:`~segprompt.engine.runfolder.RunFolder` (epoch rows are appended
-    to its results); ``dist``: this process's place in a DDP group (only rank 0 writes).
+    to its results); ``dist``: this process's place in a DDP group (only rank 0 writes);
+    ``upgrade``: converts a ``last.pt`` of a suite's older layout to this one (see
+    :func:`checkpoint_from_parts`); without it such a checkpoint is a ConfigError.
     """
-    trainer = _Trainer(task, items, cfg, Path(out), run, dist)
+    trainer = _Trainer(task, items, cfg, Path(out), run, dist, upgrade)
     resumed = trainer.restore()
     state = trainer.state
     if state["done"]:
-        log.info("%s: already finished (%d epochs); nothing to train", out, state["epoch"])
+        log.debug("%s: already finished (%d epochs); nothing to train", out, state["epoch"])
         trainer.sync_rows()
         return _result(trainer, resumed, already_finished=True)
     if resumed:
-        log.info("resuming %s: epoch %d, batch %d of %d (step %d)", out, state["epoch"] + 1, state["batch"], trainer.batches_per_epoch, state["global_step"])
+        log.debug("resuming %s: epoch %d, batch %d of %d (step %d)", out, state["epoch"] + 1, state["batch"], trainer.batches_per_epoch, state["global_step"])
     if not state["history"] and cfg.eval_before:
         trainer.record_epoch(0, 0.0)
     if trainer.optimizer is None:
@@ -447,6 +470,43 @@ def _result(trainer: _Trainer, resumed: dict[str, int] | None, interrupted: bool
     )
 
 
+def checkpoint_from_parts(
+    cfg: FitConfig,
+    model: dict[str, Any],
+    optimizer: dict[str, Any] | None,
+    scheduler: dict[str, Any] | None,
+    scaler: dict[str, Any],
+    rng: dict[str, Any],
+    epoch: int,
+    batch: int,
+    global_step: int,
+    history: list[dict[str, Any]],
+    stopper_best: float | None,
+    bad_epochs: int,
+) -> dict[str, Any]:
+    """A checkpoint in :func:`fit`'s layout from the parts any training checkpoint holds (for a
+    suite's ``upgrade`` of its older layout). The losses of an epoch interrupted mid-way are not in
+    old layouts: that epoch's ``train_loss`` then averages only the batches run after the resume."""
+    history = [{"kind": "epoch", **h} for h in history]
+    counted = [h for h in history if h["epoch"] > 0 or cfg.baseline_counts]
+    best = Monitor(cfg.best_direction)
+    for h in counted:
+        best.update(h.get(cfg.best_key), h["epoch"])
+    stopper = Monitor(cfg.monitor_mode, cfg.min_delta, None if stopper_best is None or not math.isfinite(stopper_best) else float(stopper_best), None, int(bad_epochs))
+    return {
+        "format": CHECKPOINT_FORMAT,
+        "model": model,
+        "optimizer": optimizer,
+        "scheduler": scheduler,
+        "scaler": scaler,
+        "stopper": stopper.state_dict(),
+        "best": best.state_dict(),
+        "state": {"epoch": int(epoch), "batch": int(batch), "global_step": int(global_step), "history": history, "losses": [], "parts": {}, "done": False, "stopped_early": False},
+        "rng": rng,
+        "config": asdict(cfg),
+    }
+
+
 def load_best(task: FitTask, out: str | Path) -> dict[str, Any] | None:
     """Load ``out/checkpoints/best.pt``'s model state into ``task``; returns that checkpoint's
     best-monitor state (None when there is no best checkpoint)."""
@@ -458,4 +518,4 @@ def load_best(task: FitTask, out: str | Path) -> dict[str, Any] | None:
     return ck["best"]
 
 
-__all__ = ["CHECKPOINT_FORMAT", "FitConfig", "FitResult", "FitTask", "Monitor", "autocast", "epoch_order", "fit", "load_best"]
+__all__ = ["CHECKPOINT_FORMAT", "checkpoint_from_parts", "FitConfig", "FitResult", "FitTask", "Monitor", "autocast", "epoch_order", "fit", "load_best"]

@@ -45,7 +45,7 @@ def set_trainable(model: nn.Module, modules: Sequence[str], extra_params: Iterab
             subs.append(model.get_submodule(name))
         except AttributeError:
             children = ", ".join(n for n, _ in model.named_children())
-            raise ConfigError(f"no submodule {name!r} to train in {type(model).__name__}; its parts are: {children}") from None
+            raise ConfigError(f"no submodule {name!r} to train (--train) in {type(model).__name__}; its parts are: {children}") from None
     for p in model.parameters():
         p.requires_grad_(False)
     for sub in subs:
