@@ -148,3 +148,29 @@ def test_optuna_search_selects_on_validation(datasets, tmp_path):
     assert row["kind"] == "optuna" and 0 <= row["dice_mean"] <= 1 and row["val_dice_best"] == row["best_val_dice"]
     assert "Optuna search" in (out / "report.md").read_text()
     assert run_sweep(cfg, out, optuna_trials=2)["optuna"] == 0  # finished studies are not rerun
+
+
+def test_a_missing_mask_is_one_skipped_item_and_the_cell_finishes(tmp_path):
+    root = tmp_path / "derm"
+    write_tunevlseg_split(SyntheticLesions(n=12, seed=1, size=48), root, splits={"train": 0.5, "val": 0.25, "test": 0.25}, prompts=["lesion"])
+    missing = {}
+    for split in ("train", "test"):
+        entry = json.loads((root / "anns" / f"{split}.json").read_text())[0]
+        (root / "masks" / entry["mask_name"]).unlink()
+        missing[split] = str(root / "masks" / entry["mask_name"])
+    cfg = SweepConfig(vlsms=["openclip-tiny"], methods=["vpt-shallow"], depths=[1], datasets=[str(root)], train={**SMALL, "epochs": 2})
+    out = tmp_path / "sweep"
+    result = run_sweep(cfg, out, progress=False)
+    assert result["ran"] == 1 and not result["failed"], result
+    (row,) = _rows(out)
+    assert row["n_test"] == 2 and row["skipped_items"] == 2 and row["skipped_test"] == 1  # 3 test items, 1 unreadable
+    assert row["epochs_run"] == 2 and row["train_images"] == 4
+    errors = list(JsonlLog(out / "errors.jsonl"))
+    assert len(errors) == 2  # once each, although the training item failed in both epochs
+    assert sorted(e["split"] for e in errors) == ["test", "train"]
+    assert all(missing[e["split"]] in e["error"] for e in errors)  # the message names the missing file
+    assert {e["cell"] for e in errors} == {row["cell"]} and all(e["type"] == "DataError" for e in errors)
+    assert len(list(JsonlLog(out / "cells" / row["cell"] / "errors.jsonl"))) == 2
+    assert "| derm    | 4     | 3   | 3    | 2" in (out / "report.md").read_text()
+    again = run_sweep(cfg, out, progress=False)
+    assert again["ran"] == 0 and len(list(JsonlLog(out / "errors.jsonl"))) == 2

@@ -210,3 +210,32 @@ def test_unknown_layout_says_how_to_convert(tmp_path):
         load_benchmark_split(tmp_path, "train")
     with pytest.raises(ConfigError, match="unknown TuneVLSeg dataset"):
         load_benchmark_split("kvasirr", "train")
+
+
+def test_an_unreadable_item_raises_or_becomes_an_error_item(lesions, tmp_path):
+    import shutil
+
+    root = tmp_path / "lesions"
+    shutil.copytree(lesions, root)
+    entry = json.loads((root / "anns" / "train.json").read_text())[1]
+    (root / "masks" / entry["mask_name"]).unlink()
+    base = load_benchmark_split(root, "train")  # the split still loads (nothing is read yet)
+    assert len(base) == 6
+    with pytest.raises(DataError, match=entry["mask_name"]):
+        VLSegDataset(base, (32, 32), train=False)[1]
+    ds = VLSegDataset(base, (32, 32), train=True, skip_errors=True)
+    bad = ds[1]
+    assert set(bad) == {"error", "id", "index"} and bad["index"] == 1 and bad["id"] == base.ids[1]
+    assert str(root / "masks" / entry["mask_name"]) in bad["error"]
+    batch = collate([ds[0], bad, ds[2]])
+    assert batch["image"].shape[0] == 2 and batch["id"] == [base.ids[0], base.ids[2]] and batch["errors"] == [bad]
+    assert "image" not in collate([bad]) and "errors" not in collate([ds[0]])
+
+
+def test_a_label_map_that_cannot_be_read_leaves_its_image_out(tmp_path):
+    root = tmp_path / "VOC2012"
+    _voc(root, {"train": ["a", "b", "c"], "val": ["d"]})
+    (root / "SegmentationClass" / "b.png").unlink()
+    ds = load_benchmark_split(root, "train")
+    assert sorted(ds.ids) == ["a__dog", "a__person", "c__dog", "c__person"]
+    assert [i for i, _ in ds.skipped] == ["b"] and "b.png" in ds.skipped[0][1]

@@ -63,6 +63,7 @@ __all__ = [
     "resolve_benchmark_root",
     "split_counts",
     "check_split_counts",
+    "check_dataset",
     "has_split",
     "load_benchmark_split",
     "LabelMapSplit",
@@ -204,7 +205,46 @@ def resolve_benchmark_root(name: str, root: str | os.PathLike[str] | None = None
     from segprompt.data.registry import find_data_folder
 
     spec = benchmark_info(name)
-    return find_data_folder(spec.name, spec.folder_names, root, hint=spec.title)
+    try:
+        return find_data_folder(spec.name, spec.folder_names, root, hint=spec.title)
+    except DataError as exc:  # say it with the command line's words (--root NAME=FOLDER)
+        if root is not None:
+            raise DataError(f"--root {spec.name}={root}: folder not found ({spec.title})") from exc
+        base = os.environ.get(ENV_VAR)
+        looked = ", ".join(n + "/" for n in spec.folder_names)
+        where = f"{ENV_VAR}={base} has none of {looked}" if base else f"{ENV_VAR} is not set (it names the folder holding {spec.folder_names[0]}/)"
+        raise DataError(f"dataset {spec.name!r} ({spec.title}) not found: {where}; pass --root {spec.name}=FOLDER, or put the folder there") from exc
+
+
+def check_dataset(dataset: str | os.PathLike[str], root: str | os.PathLike[str] | None = None) -> tuple[Path, list[str]]:
+    """Check, before any training, that ``dataset`` can be loaded: its folder exists, has a known
+    layout and train and val splits. Returns (folder, split-count messages); reads no pixels.
+
+    Raises:
+        DataError: naming the ``--dataset`` / ``--root`` value at fault and what to do.
+    """
+    spec = None
+    if _is_path(dataset):
+        folder = Path(str(dataset)).expanduser()
+        if not folder.is_dir():
+            raise DataError(f"--dataset {dataset}: no such folder (and not a TuneVLSeg dataset name: {', '.join(BENCHMARKS)})")
+    else:
+        spec = benchmark_info(str(dataset))
+        folder = resolve_benchmark_root(spec.name, root)
+    layout = _layout_of(folder)
+    if layout is None and spec is not None and spec.layout == "voc" and (folder / "VOC2012").is_dir():
+        folder, layout = folder / "VOC2012", "voc"
+    if layout is None:
+        raise DataError(
+            f"--dataset {dataset}: {folder} is not a TuneVLSeg split folder (images/, masks/, anns/{{train,val,test}}.json), "
+            f"Pascal VOC, Cityscapes or label-map (classes.json) folder; convert a binary folder dataset with "
+            f"`segprompt data convert-tunevlseg {folder} OUT --text <class>`"
+        )
+    for split in ("train", "val"):
+        if not has_split(folder, split):
+            raise DataError(f"--dataset {dataset}: {folder} has no {split} split (prompt tuning needs train and val)")
+    messages = check_split_counts(spec.name, folder, warn=False) if spec is not None else []
+    return folder, messages
 
 
 # ---------------------------------------------------------------------------------------------
@@ -247,9 +287,13 @@ def split_counts(root: str | os.PathLike[str]) -> dict[str, int]:
 
 
 def check_split_counts(name: str, root: str | os.PathLike[str], warn: bool = True) -> list[str]:
-    """Compare the split counts at ``root`` with benchmark ``name``'s; one message per difference,
-    each also issued as a :class:`SplitCountWarning` (``warn=True``). A subset or another split
-    is allowed (a warning, not an error): results are then not comparable with TuneVLSeg's."""
+    """Compare the split counts at ``root`` with benchmark ``name``'s; one message per difference.
+
+    ``warn=True`` (loading data) issues each message once as a :class:`SplitCountWarning` (the
+    CLI shows Python warnings as ``warning:`` lines); ``warn=False`` only returns them, for a
+    caller that reports them itself (``segprompt bench tunevlseg datasets --check``). A subset or
+    another split is allowed when loading (a warning, not an error): results are then not
+    comparable with TuneVLSeg's."""
     spec = benchmark_info(name)
     found = split_counts(root)
     messages = []
@@ -261,9 +305,8 @@ def check_split_counts(name: str, root: str | os.PathLike[str], warn: bool = Tru
             messages.append(f"{root}: no {split} split (TuneVLSeg's {spec.name} has {expected})")
         elif have != expected:
             messages.append(f"{root}: {split} has {have} entries, TuneVLSeg's {spec.name} has {expected}; results are not comparable")
-    for m in messages:
-        log.warning("%s", m)
-        if warn:
+    if warn:
+        for m in messages:
             warnings.warn(m, SplitCountWarning, stacklevel=2)
     return messages
 
@@ -278,6 +321,9 @@ def has_split(dataset: str | os.PathLike[str], split: str, root: str | os.PathLi
     else:
         folder = Path(str(dataset)).expanduser()
     layout = _layout_of(folder)
+    if layout is None and (folder / "VOC2012").is_dir():  # a VOCdevkit-style parent, as load_benchmark_split accepts
+        folder = folder / "VOC2012"
+        layout = _layout_of(folder)
     if layout == "tunevlseg":
         return (folder / "anns" / f"{split}.json").is_file()
     if layout == "voc":
@@ -321,6 +367,8 @@ class LabelMapSplit(SegmentationDataset):
         self.lut = lut
         self.name, self.root = name, root
         self.background = background
+        #: (id, message) of images left out because their labels could not be found or read
+        self.skipped: list[tuple[str, str]] = []
 
     def read_labels(self, path: Path) -> np.ndarray:
         raw = read_mask_array(path).astype(np.int64)
@@ -370,6 +418,7 @@ class LabelMapSplit(SegmentationDataset):
         identity = np.full(256, IGNORE_INDEX, np.int64)
         identity[: len(CITYSCAPES_CLASSES)] = np.arange(len(CITYSCAPES_CLASSES))
         records, luts = [], set()
+        missing: list[tuple[str, str]] = []
         for image in sorted(folder.glob("*/*_leftImg8bit.png")):
             stem = image.name[: -len("_leftImg8bit.png")]
             gt = root / "gtFine" / split / image.parent.name
@@ -381,13 +430,15 @@ class LabelMapSplit(SegmentationDataset):
             elif label_ids.is_file():
                 records.append({"id": stem, "image": image, "mask": label_ids})
                 luts.add("label")
-            else:
-                raise DataError(f"{gt}: no gtFine label map for {image.name} (expected {label_ids.name})")
+            else:  # one image without labels: skipped (and reported), the split still loads
+                missing.append((stem, f"{label_ids}: no gtFine label map for {image.name} (expected {label_ids.name} or {train_ids.name})"))
         if not records:
-            raise DataError(f"{folder}: no *_leftImg8bit.png images")
+            raise DataError(f"{folder}: no *_leftImg8bit.png images with a gtFine label map")
         if len(luts) > 1:
             raise DataError(f"{root / 'gtFine' / split}: mixes labelTrainIds and labelIds files; keep one kind")
-        return cls(records, CITYSCAPES_CLASSES, identity if luts == {"train"} else lut, "cityscapes", root, background=None)
+        out = cls(records, CITYSCAPES_CLASSES, identity if luts == {"train"} else lut, "cityscapes", root, background=None)
+        out.skipped = missing
+        return out
 
     @classmethod
     def folder(cls, root: str | os.PathLike[str], split: str | None) -> "LabelMapSplit":
@@ -411,7 +462,9 @@ class BinarisedDataset(SegmentationDataset):
 
     The background class and classes with fewer than ``min_pixels`` pixels are skipped; ignore
     pixels (void, unlabelled) stay in ``meta["ignore"]`` and count neither in the loss nor in the
-    metrics. The label maps are read once here to index the pairs.
+    metrics. The label maps are read once here to index the pairs; an image whose label map
+    cannot be read is left out and listed in ``skipped`` as ``(id, message)`` (the training run
+    writes it to errors.jsonl), so one bad file does not stop a split from loading.
     """
 
     task = "binary"
@@ -428,8 +481,13 @@ class BinarisedDataset(SegmentationDataset):
                 raise ConfigError(f"unknown class(es) {unknown} for {base.name}; classes: {', '.join(names)}")
             wanted &= {names.index(c) for c in classes}
         reader = getattr(base, "_labelmap", None)
+        self.skipped: list[tuple[str, str]] = list(getattr(base, "skipped", []))
         for i, rec in enumerate(base.records):
-            labels = reader.read_labels(rec["mask"]) if reader is not None else base.read_labels(rec["mask"])
+            try:
+                labels = reader.read_labels(rec["mask"]) if reader is not None else base.read_labels(rec["mask"])
+            except DataError as exc:
+                self.skipped.append((str(rec["id"]), str(exc)))
+                continue
             values, counts = np.unique(labels, return_counts=True)
             for v, c in zip(values.tolist(), counts.tolist()):
                 if v in wanted and c >= min_pixels:
@@ -582,6 +640,10 @@ class VLSegDataset(torch.utils.data.Dataset):
         seed: seeds augmentation and random prompts (with the epoch and the index).
         text: the prompt of samples without texts.
         augment: False makes training items use the evaluation resize too.
+        skip_errors: an item that cannot be read (missing or unreadable image or mask, no such
+            prompt: a :class:`~segprompt.errors.DataError`) becomes an error item ``{"error":
+            message, "id", "index"}`` instead of raising; :func:`collate` moves such items to
+            ``batch["errors"]``, so a training or evaluation loop skips them and records them.
 
     An item is a dict: ``image`` float (3, H, W) in [0, 1] (normalise with ``vlsm.preprocess``),
     ``mask`` float (1, H, W), ``valid`` float (1, H, W) (0 on ignore pixels), ``text``, ``id``,
@@ -596,6 +658,7 @@ class VLSegDataset(torch.utils.data.Dataset):
     seed: int = 0
     text: str | None = None
     augment: bool = True
+    skip_errors: bool = False
     epoch: int = field(default=0, init=False)
 
     def __post_init__(self) -> None:
@@ -613,7 +676,22 @@ class VLSegDataset(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def item_id(self, index: int) -> str:
+        """The id of item ``index`` without reading it."""
+        records = getattr(self.dataset, "records", None)
+        if records is not None and 0 <= index < len(records):
+            return self.dataset.record_id(records[index])
+        return str(index)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
+        if not self.skip_errors:
+            return self._item(index)
+        try:
+            return self._item(index)
+        except DataError as exc:
+            return {"error": str(exc), "id": self.item_id(index), "index": int(index)}
+
+    def _item(self, index: int) -> dict[str, Any]:
         sample = self.dataset[index]
         if sample.mask is None or sample.mask.dtype != bool:
             raise DataError(f"sample {sample.id!r}: a binary (bool) mask is needed")
@@ -647,9 +725,17 @@ class VLSegDataset(torch.utils.data.Dataset):
 
 
 def collate(items: Sequence[dict[str, Any]]) -> dict[str, Any]:
-    """Stack tensors; keep texts, ids, sizes, original targets as lists."""
+    """Stack tensors; keep texts, ids, sizes, original targets as lists.
+
+    Error items (``VLSegDataset(skip_errors=True)``) go to ``batch["errors"]`` (a list, present
+    only when there are some); a batch made of error items only has no ``"image"`` key."""
+    good = [it for it in items if "error" not in it]
     out: dict[str, Any] = {}
-    for key in items[0]:
-        values = [it[key] for it in items]
-        out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    if good:
+        for key in good[0]:
+            values = [it[key] for it in good]
+            out[key] = torch.stack(values) if isinstance(values[0], torch.Tensor) else values
+    errors = [it for it in items if "error" in it]
+    if errors:
+        out["errors"] = errors
     return out

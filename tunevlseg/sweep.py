@@ -11,7 +11,9 @@ Layout::
 
     <out>/config.yaml                 training settings shared by every cell (+ the grid)
     <out>/results.jsonl               one ``kind: "cell"`` row per finished cell (its test summary)
-    <out>/errors.jsonl                cells skipped (depth out of range, duplicates) or failed
+    <out>/errors.jsonl                cells skipped (depth out of range, duplicates) or failed, and the
+                                      unreadable items of every cell (with its name)
+    <out>/invocations.jsonl           one row per invocation (start, seconds, new rows)
     <out>/cells/<vlsm>_<method>_d<depth>_<dataset>_s<seed>/   one train_and_evaluate run each
     <out>/report.md, table.md, table.tex, summary.csv, params.csv, dice_vs_depth_<dataset>.png
 
@@ -33,6 +35,15 @@ Depth is deduplicated per method, so no cell is trained twice for the same model
   CLIPSeg's decoder reads three vision layers (3, 6, 9 for ViT-B/16): visual prompts deeper than
   the last of them cannot change the logits (the report notes it; the cells still run).
 
+Progress (logged at INFO; the CLI shows it): where the run starts (:meth:`RunFolder.announce`:
+"resuming <out>: N cells already done, M to do"), a progress bar over the cells, one line per
+finished cell (test Dice, seconds) and, for cells trained in this process, one line per epoch.
+Each invocation is recorded (:meth:`RunFolder.finish`) and the report shows the first
+invocation's time next to the last one's.
+
+Unreadable items (a missing mask, a broken image) are skipped inside each cell and written to
+the cell's errors.jsonl and to the sweep's (with the cell name); the cell still finishes.
+
 Launchers: ``local`` (sequential, or ``workers`` processes through
 :class:`concurrent.futures.ProcessPoolExecutor`), ``submitit`` (SLURM through
 ``submitit.AutoExecutor``: partition, time, GPUs, CPUs as options) and ``submitit-local``
@@ -49,6 +60,8 @@ from __future__ import annotations
 
 import logging
 import os
+import re
+import time
 from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
@@ -59,7 +72,7 @@ from segprompt.errors import ConfigError, SegpromptError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SweepConfig", "Cell", "plan_cells", "run_cell", "run_sweep", "LAUNCHERS"]
+__all__ = ["SweepConfig", "Cell", "plan_cells", "run_cell", "run_sweep", "expand_methods", "LAUNCHERS"]
 
 LAUNCHERS = ("local", "submitit", "submitit-local")
 #: grid axes: they may change between reruns of the same folder (the cells are independent)
@@ -80,29 +93,79 @@ class SweepConfig:
     train: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        from tunevlseg.learners import LEARNERS
+        # the messages name the command line's options (segprompt bench tunevlseg)
+        from tunevlseg.data import _is_path, _key, benchmark_info
         from tunevlseg.models import VLSMS
         from tunevlseg.train import TrainConfig
 
-        for name in ("vlsms", "methods", "depths", "datasets", "seeds"):
+        for name, flag in (("vlsms", "--vlsm"), ("methods", "--methods"), ("depths", "--depths"), ("datasets", "--dataset"), ("seeds", "--seed")):
             if not getattr(self, name):
-                raise ConfigError(f"the sweep needs at least one of {name}")
-        self.methods = list(dict.fromkeys(LEARNERS.resolve(m) for m in self.methods))
+                raise ConfigError(f"the sweep needs at least one of {name} ({flag})")
+        self.methods = expand_methods(self.methods)
         for v in self.vlsms:
-            VLSMS.resolve(v)
-        self.depths = sorted({int(d) for d in self.depths})
+            try:
+                VLSMS.resolve(v)
+            except ConfigError as exc:
+                raise ConfigError(f"--vlsm: {exc}") from None
+        try:
+            self.depths = sorted({int(d) for d in self.depths})
+            self.seeds = list(dict.fromkeys(int(s) for s in self.seeds))
+        except (TypeError, ValueError):
+            raise ConfigError(f"--depths and --seed take integers, got depths {self.depths}, seeds {self.seeds}") from None
         if any(d < 1 for d in self.depths):
-            raise ConfigError(f"depths are 1-based (1 = prompts at the input only), got {self.depths}")
-        self.seeds = list(dict.fromkeys(int(s) for s in self.seeds))
-        self.datasets = [str(d) for d in self.datasets]
+            raise ConfigError(f"--depths are 1-based (1 = prompts at the input only), got {','.join(map(str, self.depths))}")
+        self.datasets = list(dict.fromkeys(str(d) for d in self.datasets))
+        for d in self.datasets:
+            if not _is_path(d) and _key(d) is None:
+                raise ConfigError(f"--dataset {d}: not a TuneVLSeg dataset name ({', '.join(list_names())}) and no such folder")
+        roots: dict[str, str] = {}
+        for name, folder in dict(self.dataset_roots).items():
+            if _key(str(name)) is None:
+                raise ConfigError(f"--root {name}={folder}: --root names the folder of a TuneVLSeg dataset ({', '.join(list_names())}); "
+                                  "give any other folder directly as --dataset")
+            match = [d for d in self.datasets if not _is_path(d) and _key(d) == _key(str(name))]
+            if not match:
+                raise ConfigError(f"--root {name}={folder}: {benchmark_info(str(name)).name} is not among the --dataset values ({', '.join(self.datasets)})")
+            roots[match[0]] = str(folder)
+        self.dataset_roots = roots
+        extra = sorted(set(self.vlsm_kwargs) - set(self.vlsms))
+        if extra:
+            raise ConfigError(f"--vlsm-kwargs names {', '.join(extra)}, which {'is' if len(extra) == 1 else 'are'} not among the --vlsm values ({', '.join(self.vlsms)})")
         known = {f.name for f in fields(TrainConfig)}
         grid_owned = {"vlsm", "vlsm_kwargs", "method", "depth", "dataset", "dataset_root", "seed"}
         bad = sorted(set(self.train) - known)
         if bad:
-            raise ConfigError(f"unknown training setting(s) {', '.join(bad)}; known: {', '.join(sorted(known - grid_owned))}")
+            raise ConfigError(f"--train-kwargs: unknown training setting(s) {', '.join(bad)}; known: {', '.join(sorted(known - grid_owned))}")
         owned = sorted(set(self.train) & grid_owned)
         if owned:
-            raise ConfigError(f"{', '.join(owned)} are set by the grid, not by train=")
+            raise ConfigError(f"--train-kwargs: {', '.join(owned)} {'is' if len(owned) == 1 else 'are'} set by the grid (--vlsm, --vlsm-kwargs, --methods, --depths, --dataset, "
+                              "--root, --seed), not by --train-kwargs")
+        # every training setting checked now, before a run folder or a model exists
+        TrainConfig(vlsm=self.vlsms[0], method=self.methods[0], dataset=self.datasets[0], **self.train)
+
+
+def list_names() -> list[str]:
+    from tunevlseg.data import BENCHMARKS
+
+    return list(BENCHMARKS)
+
+
+def expand_methods(methods: list[str] | tuple[str, ...]) -> list[str]:
+    """Canonical learner names, without duplicates; ``all`` = every registered prompt learner
+    (in the report's order: zeroshot, coop, cocoop, vpt-shallow, vpt-deep, maple, shared-*, full)."""
+    from tunevlseg.learners import LEARNERS
+    from tunevlseg.report import _order
+
+    out: list[str] = []
+    for m in methods:
+        if str(m).strip().lower() == "all":
+            out += sorted(LEARNERS.names(), key=_order)
+            continue
+        try:
+            out.append(LEARNERS.resolve(str(m)))
+        except ConfigError as exc:
+            raise ConfigError(f"--methods: {exc}, or all") from None
+    return list(dict.fromkeys(out))
 
 
 @dataclass(frozen=True)
@@ -124,7 +187,14 @@ def _tower_layers(vlsm: str, kwargs: dict[str, Any]) -> tuple[int, int]:
     """(text layers, vision layers) of a VLSM (built once, on the CPU)."""
     from tunevlseg.models import create_vlsm
 
-    model = create_vlsm(vlsm, **kwargs)
+    try:
+        model = create_vlsm(vlsm, **kwargs)
+    except TypeError as exc:  # a keyword the VLSM does not take
+        raise ConfigError(f"--vlsm-kwargs for {vlsm}: {exc}") from None
+    except SegpromptError as exc:  # missing weights, ...: say where a VLSM's keywords go on the command line
+        names_kwargs = re.search(r"(?<![-\w])[a-z_]+=", str(exc)) is not None  # "pass pretrained=<file>"
+        hint = "" if not names_kwargs else f" (keyword arguments of a VLSM go in --vlsm-kwargs '{{\"{vlsm}\": {{...}}}}')"
+        raise type(exc)(f"--vlsm {vlsm}: {exc}{hint}") from exc
     layers = (int(model.num_text_layers), int(model.num_vision_layers))
     _FROZEN[vlsm] = not model.trainable_parameters()
     del model
@@ -145,7 +215,7 @@ def plan_cells(cfg: SweepConfig, layers: Callable[[str], tuple[int, int]] | None
     for d in cfg.datasets:
         lab = dataset_label(d)
         if lab in labels and labels[lab] != d:
-            raise ConfigError(f"datasets {labels[lab]!r} and {d!r} share the name {lab!r}; rename one folder")
+            raise ConfigError(f"--dataset {labels[lab]} and --dataset {d} share the name {lab!r} (cell and report names); rename one folder")
         labels[lab] = d
     cache: dict[str, tuple[int, int]] = {}
 
@@ -195,7 +265,13 @@ def cell_config(cfg: SweepConfig, cell: Cell) -> Any:
 
 
 def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
-    """Train and test one cell (resuming its folder); the function every launcher runs."""
+    """Train and test one cell (resuming its folder); the function every launcher runs.
+
+    ``payload``: ``config`` (TrainConfig fields), ``out`` (the cell folder), ``threads`` (torch
+    threads), ``progress`` (batch bars), ``log_level`` (set in a process of its own: worker
+    processes log warnings, submitit jobs their epochs into the job log). The summary row comes
+    back with ``cell_seconds``, the wall time of this call.
+    """
     import torch
 
     from tunevlseg.train import TrainConfig, train_and_evaluate
@@ -203,8 +279,13 @@ def run_cell(payload: dict[str, Any]) -> dict[str, Any]:
     threads = payload.get("threads")
     if threads:
         torch.set_num_threads(int(threads))
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    return train_and_evaluate(TrainConfig(**payload["config"]), payload["out"], resume=True)
+    level = payload.get("log_level")
+    if level:
+        logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+        logging.getLogger("tunevlseg").setLevel(level)
+    t0 = time.perf_counter()
+    result = train_and_evaluate(TrainConfig(**payload["config"]), payload["out"], resume=True, progress=bool(payload.get("progress")), check_counts=False)
+    return {**result, "cell_seconds": round(time.perf_counter() - t0, 2)}
 
 
 def _cell_summary(folder: Path) -> dict[str, Any] | None:
@@ -235,6 +316,35 @@ def _submitit_executor(out: Path, launcher: str, slurm: dict[str, Any]) -> Any:
     return ex
 
 
+def _check_before_work(cfg: SweepConfig, launcher: str, workers: int, optuna_trials: int) -> None:
+    """Everything that can be wrong before the first cell: launcher, device, dataset folders."""
+    from segprompt.devices import check_device
+    from tunevlseg.data import check_dataset
+
+    if launcher not in LAUNCHERS:
+        raise ConfigError(f"--launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
+    if workers < 1:
+        raise ConfigError(f"--workers must be >= 1, got {workers}")
+    if optuna_trials < 0:
+        raise ConfigError(f"--optuna-trials must be >= 0, got {optuna_trials}")
+    if optuna_trials and launcher != "local":
+        raise ConfigError("--optuna-trials runs with --launcher local (trials are sequential)")
+    check_device(cfg.train.get("device", "cpu"))
+    for d in cfg.datasets:
+        _, messages = check_dataset(d, cfg.dataset_roots.get(d))
+        for m in messages:  # once per dataset here, not once per cell
+            log.warning("%s", m)
+
+
+def _cell_line(done: int, total: int, name: str, result: dict[str, Any]) -> str:
+    seconds = result.get("cell_seconds")
+    skipped = int(result.get("skipped_items") or 0)
+    return (f"[{done}/{total}] {name}: test Dice {result['dice_mean']:.3f} \u00b1 {result['dice_std']:.3f} "
+            f"({result['n_test']} {result.get('split', 'test')} image{'' if result['n_test'] == 1 else 's'}"
+            + (f"; {skipped} unreadable item{'' if skipped == 1 else 's'} skipped" if skipped else "") + ")"
+            + (f", {seconds:.1f} s" if seconds is not None else ""))
+
+
 def run_sweep(
     cfg: SweepConfig,
     out: str | Path,
@@ -246,6 +356,7 @@ def run_sweep(
     optuna_trials: int = 0,
     report: bool = True,
     layers: Callable[[str], tuple[int, int]] | None = None,
+    progress: bool = True,
 ) -> dict[str, Any]:
     """Run the grid into ``out`` (resuming); returns counts and the report paths.
 
@@ -258,18 +369,31 @@ def run_sweep(
         executor: a ready submitit executor (tests), instead of building one.
         optuna_trials: trials of the optional Optuna search per (VLSM, method, dataset, seed).
         layers: ``vlsm -> (text layers, vision layers)`` (tests); default builds each VLSM once.
+        progress: progress bars (cells; batches of the cells trained in this process).
+
+    The device, the datasets' folders and the launcher settings are checked before any work;
+    progress is logged at INFO (see the module doc).
     """
-    if launcher not in LAUNCHERS:
-        raise ConfigError(f"launcher must be one of {', '.join(LAUNCHERS)}, got {launcher!r}")
-    if workers < 1:
-        raise ConfigError(f"workers must be >= 1, got {workers}")
+    from tqdm import tqdm
+
+    _check_before_work(cfg, launcher, workers, optuna_trials)
     out = Path(out)
-    run = RunFolder(out, {"suite": "tunevlseg-sweep", **asdict(cfg)}, volatile=GRID_KEYS)
     cells, skipped = plan_cells(cfg, layers)
+    run = RunFolder(out, {"suite": "tunevlseg-sweep", **asdict(cfg)}, volatile=GRID_KEYS)
     have_errors = {(e.get("item"), e.get("error")) for e in run.errors}
     for name, reason in skipped:
         if (name, reason) not in have_errors:
             run.errors.append({"item": name, "error": reason, "type": "skip"})
+    copied = {(e["cell"], e.get("split"), e.get("item")) for e in run.errors if "cell" in e}
+
+    def copy_item_errors(cell: Cell) -> None:
+        """The cell's unreadable items, into the sweep's errors.jsonl (once each)."""
+        for e in JsonlLog(out / "cells" / cell.name / "errors.jsonl"):
+            key = (cell.name, e.get("split"), e.get("item"))
+            if key not in copied:
+                copied.add(key)
+                run.errors.append({**e, "cell": cell.name})
+
     done = {r["cell"] for r in run.results if r.get("kind") == "cell"}
     pending: list[Cell] = []
     synced = 0
@@ -279,33 +403,46 @@ def run_sweep(
         summary = _cell_summary(out / "cells" / cell.name)
         if summary is not None:  # finished, but the sweep stopped before writing its row
             run.results.append({**summary, "kind": "cell", "cell": cell.name})
+            copy_item_errors(cell)
             synced += 1
         else:
             pending.append(cell)
-    log.info("%d cells: %d finished, %d to run, %d skipped", len(cells), len(cells) - len(pending), len(pending), len(skipped))
+    n_done = len(cells) - len(pending)
+    counted = len(pending) if not run.resumed and n_done == 0 else n_done  # the number the message puts the unit after
+    run.announce(done=n_done, todo=len(pending), unit="cell" if counted == 1 else "cells")
+    if skipped:
+        log.info("%d grid point%s not run (depth beyond the prompted towers, or vpt-deep d1 = vpt-shallow); listed in %s",
+                 len(skipped), "" if len(skipped) == 1 else "s", run.errors.path)
     if threads is None and launcher == "local" and workers > 1:
         threads = max(1, (os.cpu_count() or 1) // workers)
-    payloads = {c.name: {"config": asdict(cell_config(cfg, c)), "out": str(out / "cells" / c.name), "threads": threads} for c in pending}
+    in_process = launcher == "local" and workers == 1
+    extra: dict[str, Any] = {"progress": progress} if in_process else {"log_level": "WARNING" if launcher == "local" else "INFO"}
+    payloads = {c.name: {"config": asdict(cell_config(cfg, c)), "out": str(out / "cells" / c.name), "threads": threads, **extra} for c in pending}
     failed: list[str] = []
+    finished = [len(cells) - len(pending)]
+    bar = tqdm(total=len(pending), desc="cells", unit="cell", disable=not progress or not pending, leave=False)
 
     def record(cell: Cell, result: dict[str, Any] | None, error: BaseException | None) -> None:
+        bar.update(1)
         if error is not None:
             failed.append(cell.name)
-            run.record_error(cell.name, error)
+            run.record_error(cell.name, error, stage="cell")  # logs it
             return
         run.results.append({**(result or {}), "kind": "cell", "cell": cell.name})
+        copy_item_errors(cell)
+        finished[0] += 1
+        log.info("%s", _cell_line(finished[0], len(cells), cell.name, result or {}))
 
-    if pending:
-        if launcher == "local" and workers == 1:
+    try:
+        if pending and in_process:
             for cell in pending:
                 try:
                     result = run_cell(payloads[cell.name])
                 except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the others go on
-                    log.error("cell %s failed: %s", cell.name, exc)
                     record(cell, None, exc)
                 else:
                     record(cell, result, None)
-        elif launcher == "local":
+        elif pending and launcher == "local":
             import multiprocessing
 
             with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
@@ -313,10 +450,10 @@ def run_sweep(
                 for fut in as_completed(futures):
                     exc = fut.exception()
                     record(futures[fut], None if exc else fut.result(), exc)
-        else:
+        elif pending:
             ex = executor if executor is not None else _submitit_executor(out, launcher, slurm or {})
             jobs = ex.map_array(run_cell, [payloads[c.name] for c in pending])
-            log.info("submitted %d jobs (%s)", len(jobs), ", ".join(str(j.job_id) for j in jobs[:5]))
+            log.info("submitted %d job%s (%s)", len(jobs), "" if len(jobs) == 1 else "s", ", ".join(str(j.job_id) for j in jobs[:5]))
             for cell, job in zip(pending, jobs):
                 try:
                     result = job.result()
@@ -324,18 +461,24 @@ def run_sweep(
                     record(cell, None, exc)
                 else:
                     record(cell, result, None)
+    finally:
+        bar.close()
     optuna_rows = 0
     if optuna_trials:
-        if launcher != "local":
-            raise ConfigError("the Optuna search runs with the local launcher (trials are sequential)")
         optuna_rows = run_optuna(cfg, run, optuna_trials, threads)
+    ran = len(pending) - len(failed)
+    run.finish(new_rows=ran + synced + optuna_rows)
+    timing = run.timing_text()
     paths: dict[str, Any] = {}
     if report:
-        from tunevlseg.report import write_report
+        from tunevlseg.report import load_cells, write_report
 
-        paths = write_report(out)
-    return {"cells": len(cells), "ran": len(pending) - len(failed), "synced": synced, "failed": failed,
-            "skipped": skipped, "optuna": optuna_rows, "report": paths}
+        if load_cells(out):
+            paths = write_report(out, timing=timing)
+        else:
+            log.warning("%s: no finished cell, no report written", out)
+    return {"cells": len(cells), "ran": ran, "synced": synced, "failed": failed, "skipped": skipped, "optuna": optuna_rows,
+            "report": paths, "timing": timing, "errors": run.errors.path if run.errors.path.exists() else None}
 
 
 # -- Optuna -----------------------------------------------------------------------------------
@@ -385,7 +528,7 @@ def run_optuna(cfg: SweepConfig, run: RunFolder, trials: int, threads: int | Non
 
                     def objective(trial: Any) -> float:
                         tc = make(trial)
-                        res = train_and_evaluate(tc, folder / f"trial_{trial.number:03d}", resume=True, test=False)
+                        res = train_and_evaluate(tc, folder / f"trial_{trial.number:03d}", resume=True, test=False, check_counts=False)
                         trial.set_user_attr("folder", str(folder / f"trial_{trial.number:03d}"))
                         return float(res["val_dice_best"])
 
@@ -396,8 +539,9 @@ def run_optuna(cfg: SweepConfig, run: RunFolder, trials: int, threads: int | Non
                         study.optimize(objective, n_trials=trials - complete, catch=(SegpromptError,))
                     best = study.best_trial
                     tc = make(optuna.trial.FixedTrial(best.params))
-                    summary = train_and_evaluate(tc, best.user_attrs["folder"], resume=True, test=True)
+                    summary = train_and_evaluate(tc, best.user_attrs["folder"], resume=True, test=True, check_counts=False)
                     run.results.append({**summary, "kind": "optuna", "study": study_name, "trials": len(study.trials),
                                         "best_params": best.params, "best_val_dice": best.value})
+                    log.info("optuna %s: %d trials, best val Dice %.3f, its test Dice %.3f", study_name, len(study.trials), best.value, summary["dice_mean"])
                     written += 1
     return written

@@ -39,10 +39,11 @@ from __future__ import annotations
 import contextlib
 import logging
 import math
+import re
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Iterable, Sequence
+from typing import Any, Callable, Iterable, Sequence
 
 import numpy as np
 import torch
@@ -134,20 +135,34 @@ class TrainConfig:
         from tunevlseg.learners import LEARNERS
         from tunevlseg.models import VLSMS
 
+        # the messages name the command line's options (``segprompt bench tunevlseg``); the
+        # fields without an option of their own are set through --train-kwargs
         self.method = LEARNERS.resolve(self.method)
         VLSMS.resolve(self.vlsm)
         self.depth = method_depth(self.method, self.depth)
         if not self.dataset:
-            raise ConfigError("TrainConfig needs dataset= (a TuneVLSeg dataset name or a folder)")
+            raise ConfigError("no dataset given: pass --dataset (a TuneVLSeg dataset name or a folder)")
         self.dataset = str(self.dataset)
         if self.precision not in ("fp32", "bf16", "fp16"):
-            raise ConfigError(f"precision must be fp32, bf16 or fp16, got {self.precision!r}")
-        if self.epochs < 0 or self.batch_size < 1:
-            raise ConfigError("epochs must be >= 0 and batch_size >= 1")
+            raise ConfigError(f"--precision must be fp32, bf16 or fp16, got {self.precision!r}")
+        if self.epochs < 0:
+            raise ConfigError(f"--epochs must be >= 0, got {self.epochs}")
+        if self.batch_size < 1:
+            raise ConfigError(f"--batch-size must be >= 1, got {self.batch_size}")
         if self.schedule not in ("plateau", "cosine", "constant"):
-            raise ConfigError(f"schedule must be plateau, cosine or constant, got {self.schedule!r}")
-        if self.lr <= 0 or self.weight_decay < 0:
-            raise ConfigError("lr must be > 0 and weight_decay >= 0")
+            raise ConfigError(f"schedule (in --train-kwargs) must be plateau, cosine or constant, got {self.schedule!r}")
+        if self.lr <= 0:
+            raise ConfigError(f"--lr must be > 0, got {self.lr}")
+        if self.weight_decay < 0:
+            raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
+        if self.n_ctx < 1:
+            raise ConfigError(f"--n-ctx must be >= 1, got {self.n_ctx}")
+        for name, value in (("--max-train-samples", self.max_train_samples), ("--max-eval-samples", self.max_eval_samples)):
+            if value is not None and value < 1:
+                raise ConfigError(f"{name} (or --limit) must be >= 1, got {value}")
+        prompt = f"p{self.prompt}" if isinstance(self.prompt, int) and not isinstance(self.prompt, bool) else str(self.prompt)
+        if prompt != "random" and not re.fullmatch(r"p\d+", prompt):
+            raise ConfigError(f"--prompt must be p<k> (a prompt of the split files, e.g. p0), k or random, got {self.prompt!r}")
 
     @property
     def learner_depth(self) -> int:
@@ -210,10 +225,10 @@ def build_model(cfg: TrainConfig) -> tuple[Any, Any]:
     return vlsm, learner
 
 
-def _load(cfg: TrainConfig, split: str, limit: int | None):  # noqa: ANN202 - SegmentationDataset
+def _load(cfg: TrainConfig, split: str, limit: int | None, check: bool = True):  # noqa: ANN202 - SegmentationDataset
     from tunevlseg.data import load_benchmark_split
 
-    ds = load_benchmark_split(cfg.dataset, split, root=cfg.dataset_root, check=split == "train")
+    ds = load_benchmark_split(cfg.dataset, split, root=cfg.dataset_root, check=check and split == "train")
     if limit is not None and len(ds) > limit:
         ds = ds.subset(list(range(limit)))
     if len(ds) == 0:
@@ -252,9 +267,24 @@ def _eval_batches(n: int, batch_size: int) -> list[list[int]]:
 
 
 @torch.no_grad()
-def predict(vlsm: Any, learner: Any, ds: Any, batch_size: int = 8, precision: str = "fp32", device: str = "cpu", workers: int = 0) -> Iterable[tuple[dict[str, Any], np.ndarray]]:
+def predict(
+    vlsm: Any,
+    learner: Any,
+    ds: Any,
+    batch_size: int = 8,
+    precision: str = "fp32",
+    device: str = "cpu",
+    workers: int = 0,
+    on_error: Callable[[dict[str, Any]], None] | None = None,
+    loss_fn: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], torch.Tensor] | None = None,
+) -> Iterable[tuple[dict[str, Any], np.ndarray]]:
     """(item, prediction) per item of an evaluation :class:`~tunevlseg.data.VLSegDataset`: the
-    logits resized bilinearly to the item's original size, thresholded at 0 (bool (H0, W0))."""
+    logits resized bilinearly to the item's original size, thresholded at 0 (bool (H0, W0)).
+
+    ``on_error``: called with each unreadable item of a dataset built with ``skip_errors=True``
+    (``{"error", "id", "index"}``), which is then left out; without it such an item raises
+    :class:`DataError`. ``loss_fn(logits, mask, valid)``: adds ``item["loss"]``, the item's loss
+    at the model input size (the validation loss)."""
     if ds.train:
         raise ConfigError("predict() needs an evaluation dataset (train=False): never score on training augmentation")
     was = (vlsm.training, learner.training if learner is not None else False)
@@ -263,6 +293,12 @@ def predict(vlsm: Any, learner: Any, ds: Any, batch_size: int = 8, precision: st
         learner.eval()
     try:
         for batch in _loader(ds, _eval_batches(len(ds), batch_size), workers):
+            for err in batch.pop("errors", []):
+                if on_error is None:
+                    raise DataError(err["error"])
+                on_error(err)
+            if "image" not in batch:
+                continue
             images = vlsm.preprocess(batch["image"].to(vlsm.mean.device))
             with _autocast(precision, device):
                 logits = vlsm(images, batch["text"], learner=learner)
@@ -270,6 +306,9 @@ def predict(vlsm: Any, learner: Any, ds: Any, batch_size: int = 8, precision: st
             for i, size in enumerate(batch["size"]):
                 up = F.interpolate(logits[i : i + 1], size=tuple(size), mode="bilinear", align_corners=False)[0, 0]
                 item = {k: v[i] for k, v in batch.items() if k not in ("image", "mask", "valid")}
+                if loss_fn is not None:
+                    dev = logits.device
+                    item["loss"] = float(loss_fn(logits[i : i + 1], batch["mask"][i : i + 1].to(dev), batch["valid"][i : i + 1].to(dev)))
                 yield item, (up > 0).cpu().numpy()
     finally:
         vlsm.train(was[0])
@@ -277,11 +316,26 @@ def predict(vlsm: Any, learner: Any, ds: Any, batch_size: int = 8, precision: st
             learner.train(was[1])
 
 
-def evaluate(vlsm: Any, learner: Any, ds: Any, cfg: TrainConfig, skip: set[str] = frozenset()) -> list[dict[str, Any]]:  # type: ignore[assignment]
+def evaluate(
+    vlsm: Any,
+    learner: Any,
+    ds: Any,
+    cfg: TrainConfig,
+    skip: set[str] = frozenset(),  # type: ignore[assignment]
+    on_error: Callable[[dict[str, Any]], None] | None = None,
+    losses: list[float] | None = None,
+) -> list[dict[str, Any]]:
     """Per-image rows (``id``, ``dice``, ``iou``, ``prompt``, ``height``, ``width``) at the original
-    resolution; ignore pixels count for neither prediction nor target."""
+    resolution; ignore pixels count for neither prediction nor target. ``on_error``: see
+    :func:`predict`; ``losses``: receives each item's DiceCE loss (``cfg``'s weights)."""
     rows = []
-    for item, pred in predict(vlsm, learner, ds, cfg.eval_batch_size or cfg.batch_size, cfg.precision, cfg.device, cfg.num_workers):
+    loss_fn = None
+    if losses is not None:
+        def loss_fn(logits: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+            return dice_ce_loss(logits, mask, valid, cfg.lambda_dice, cfg.lambda_ce)
+    for item, pred in predict(vlsm, learner, ds, cfg.eval_batch_size or cfg.batch_size, cfg.precision, cfg.device, cfg.num_workers, on_error, loss_fn):
+        if losses is not None:
+            losses.append(item["loss"])
         if item["id"] in skip:
             continue
         target = item["target"]
@@ -309,16 +363,29 @@ def _trainable(vlsm: Any, learner: Any) -> list[tuple[str, torch.nn.Parameter]]:
     return trainable_named_parameters(vlsm, learner)
 
 
-def train_and_evaluate(cfg: TrainConfig, out: str | Path, resume: bool = True, test: bool = True, progress: bool = False) -> dict[str, Any]:
+def train_and_evaluate(
+    cfg: TrainConfig, out: str | Path, resume: bool = True, test: bool = True, progress: bool = False, check_counts: bool = True
+) -> dict[str, Any]:
     """Train (or resume) ``cfg`` into ``out``, then test the best checkpoint; returns the summary row.
 
     ``resume=False`` refuses a folder that already holds this run's checkpoints. ``test=False``
     stops after training (Optuna trials select on validation only) and returns the training
     summary (``kind: "trained"``, not written as a row).
+
+    Progress is logged at INFO: one line before training (the bare VLSM's validation Dice) and
+    one per epoch (train loss, val loss, val Dice, learning rate, seconds); ``progress=True``
+    adds a progress bar over each epoch's batches. ``check_counts=False`` skips the split-count
+    comparison with the TuneVLSeg benchmark (a sweep does it once per dataset).
+
+    An item that cannot be read (a missing mask, an unreadable image: :class:`DataError`) is
+    skipped in training, validation and test, and written once to ``out/errors.jsonl`` with its
+    split and the file named in the message; the summary counts them (``skipped_items``).
     """
     from tunevlseg.data import VLSegDataset, has_split
+    from tunevlseg.report import format_lr
 
     out = Path(out)
+    name = out.name
     last_path, best_path = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
     if last_path.exists() and not resume:
         raise ConfigError(f"{out} already holds a training run (checkpoints/last.pt); pass resume=True to continue it, or use another folder")
@@ -327,6 +394,21 @@ def train_and_evaluate(cfg: TrainConfig, out: str | Path, resume: bool = True, t
         if row.get("kind") == "summary" and test:
             return row
 
+    skipped: set[tuple[str, str]] = {(str(e["split"]), str(e.get("item"))) for e in run.errors if "split" in e}
+
+    def skip_item(err: dict[str, Any], split: str) -> None:
+        """Record an unreadable item once per run folder (it fails again every epoch)."""
+        key = (split, str(err["id"]))
+        if key not in skipped:
+            skipped.add(key)
+            run.record_error(str(err["id"]), DataError(err["error"]), split=split)
+
+    def load(split: str, limit: int | None) -> Any:
+        ds = _load(cfg, split, limit, check=check_counts)
+        for item_id, message in getattr(ds, "skipped", []):  # left out while indexing (label maps)
+            skip_item({"id": item_id, "error": message}, split)
+        return ds
+
     seed_everything(cfg.seed)
     vlsm, learner = build_model(cfg)
     params = _trainable(vlsm, learner)
@@ -334,8 +416,9 @@ def train_and_evaluate(cfg: TrainConfig, out: str | Path, resume: bool = True, t
     ident = {**cfg.identity(), "trainable_params": n_trainable, "learner_params": int(learner.num_trainable_parameters())}
     text = _default_text(cfg)
 
-    train_ds = VLSegDataset(_load(cfg, "train", cfg.max_train_samples), vlsm.image_size, train=True, prompt=cfg.prompt, seed=cfg.seed, text=text, augment=cfg.augment)
-    val_ds = VLSegDataset(_load(cfg, "val", cfg.max_eval_samples), vlsm.image_size, train=False, prompt=cfg.prompt, seed=cfg.seed, text=text)
+    common = dict(prompt=cfg.prompt, seed=cfg.seed, text=text, skip_errors=True)
+    train_ds = VLSegDataset(load("train", cfg.max_train_samples), vlsm.image_size, train=True, augment=cfg.augment, **common)
+    val_ds = VLSegDataset(load("val", cfg.max_eval_samples), vlsm.image_size, train=False, **common)
 
     optimizer = torch.optim.AdamW(decay_groups(params, cfg.weight_decay), lr=cfg.lr) if params else None
     steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
@@ -375,26 +458,34 @@ def train_and_evaluate(cfg: TrainConfig, out: str | Path, resume: bool = True, t
         have = {r["epoch"] for r in run.results if r.get("kind") == "epoch"}
         run.results.extend(h for h in state["history"] if h["epoch"] not in have)
 
-    def validate() -> dict[str, float]:
-        rows = evaluate(vlsm, learner, val_ds, cfg)
+    def on_val_error(err: dict[str, Any]) -> None:
+        skip_item(err, "val")
+
+    def validate(model_learner: Any = learner) -> dict[str, float]:
+        losses: list[float] = []
+        rows = evaluate(vlsm, model_learner, val_ds, cfg, on_error=on_val_error, losses=losses)
+        if not rows:
+            raise DataError(f"{cfg.dataset}: no readable item in the val split ({len(val_ds)} listed; see {run.errors.path})")
         d, ds_ = _mean_std([r["dice"] for r in rows])
         i, _ = _mean_std([r["iou"] for r in rows])
-        return {"dice": d, "dice_std": ds_, "iou": i}
+        return {"dice": d, "dice_std": ds_, "iou": i, "loss": float(np.mean(losses)) if losses else float("nan")}
 
     if not state["history"]:
-        zero = evaluate(vlsm, None, val_ds, cfg)  # the bare VLSM: zero-shot baseline
+        zero = validate(None)  # the bare VLSM: zero-shot baseline
         init = validate()
-        zs = _mean_std([r["dice"] for r in zero])[0]
-        state["history"].append({"kind": "epoch", **ident, "epoch": 0, "train_loss": None, "val_dice": init["dice"], "val_iou": init["iou"],
-                                 "val_dice_zeroshot": zs, "val_iou_zeroshot": _mean_std([r["iou"] for r in zero])[0],
+        state["history"].append({"kind": "epoch", **ident, "epoch": 0, "train_loss": None, "val_loss": init["loss"], "val_dice": init["dice"],
+                                 "val_iou": init["iou"], "val_dice_zeroshot": zero["dice"], "val_iou_zeroshot": zero["iou"],
                                  "lr": cfg.lr, "seconds": 0.0, "ms_per_step": None})
+        log.info("%s: before training: val loss %.4f, val Dice %.4f (bare %s: %.4f); %d train / %d val items, %d %s of %d %s",
+                 name, init["loss"], init["dice"], cfg.vlsm, zero["dice"], len(train_ds), len(val_ds), cfg.epochs,
+                 "epoch" if cfg.epochs == 1 else "epochs", steps_per_epoch, "step" if steps_per_epoch == 1 else "steps")
         if stopper.update(init["dice"]):
             save(best_path, full=False)
         save(last_path)
     sync_results()
 
     if optimizer is None and not state["done"]:
-        log.info("%s: %s on %s has nothing to train; evaluating the frozen model", out, cfg.method, cfg.vlsm)
+        log.info("%s: %s on %s has nothing to train; evaluating the frozen model", name, cfg.method, cfg.vlsm)
         state["done"] = True
         save(last_path)
 
@@ -403,6 +494,8 @@ def train_and_evaluate(cfg: TrainConfig, out: str | Path, resume: bool = True, t
         if epoch >= cfg.epochs or stopper.should_stop:
             state["done"] = True
             state["stopped_early"] = bool(stopper.should_stop and epoch < cfg.epochs)
+            if state["stopped_early"]:
+                log.info("%s: stopped early after epoch %d (no better val Dice for %d epochs)", name, epoch, cfg.early_stop)
             save(last_path)
             break
         vlsm.train()
@@ -413,7 +506,17 @@ def train_and_evaluate(cfg: TrainConfig, out: str | Path, resume: bool = True, t
         start = state["batch"]
         losses = state.setdefault("epoch_losses", [])
         t_epoch = time.perf_counter()
-        for batch in _loader(train_ds, batches[start:], cfg.num_workers):
+        loader: Iterable[dict[str, Any]] = _loader(train_ds, batches[start:], cfg.num_workers)
+        if progress:
+            from tqdm import tqdm
+
+            loader = tqdm(loader, total=len(batches) - start, desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, delay=2.0)
+        for batch in loader:
+            for err in batch.pop("errors", []):
+                skip_item(err, "train")
+            if "image" not in batch:  # every item of this batch was unreadable
+                state["batch"] += 1
+                continue
             t0 = time.perf_counter()
             images = vlsm.preprocess(batch["image"].to(cfg.device))
             target, valid = batch["mask"].to(cfg.device), batch["valid"].to(cfg.device)
@@ -445,10 +548,12 @@ def train_and_evaluate(cfg: TrainConfig, out: str | Path, resume: bool = True, t
         if cfg.schedule == "plateau":
             scheduler.step(metrics["dice"])
         improved = stopper.update(metrics["dice"])
+        seconds = round(time.perf_counter() - t_epoch, 3)
+        train_loss = float(np.mean(losses)) if losses else None
+        lr_now = optimizer.param_groups[0]["lr"]
         state["history"].append({
-            "kind": "epoch", **ident, "epoch": epoch + 1, "train_loss": float(np.mean(losses)) if losses else None,
-            "val_dice": metrics["dice"], "val_iou": metrics["iou"], "lr": optimizer.param_groups[0]["lr"],
-            "seconds": round(time.perf_counter() - t_epoch, 3),
+            "kind": "epoch", **ident, "epoch": epoch + 1, "train_loss": train_loss, "val_loss": metrics["loss"],
+            "val_dice": metrics["dice"], "val_iou": metrics["iou"], "lr": lr_now, "seconds": seconds,
             "ms_per_step": 1000 * state["step_seconds"] / max(1, state["steps_timed"]),
         })
         state.update(epoch=epoch + 1, batch=0, epoch_losses=[])
@@ -456,8 +561,9 @@ def train_and_evaluate(cfg: TrainConfig, out: str | Path, resume: bool = True, t
             save(best_path, full=False)
         save(last_path)
         sync_results()
-        if progress:
-            log.warning("%s epoch %d: loss %.4f, val Dice %.4f", cfg.method, epoch + 1, state["history"][-1]["train_loss"] or float("nan"), metrics["dice"])
+        log.info("%s epoch %d/%d: train loss %s, val loss %.4f, val Dice %.4f%s, lr %s (%.1f s)", name, epoch + 1, cfg.epochs,
+                 "\u2013" if train_loss is None else f"{train_loss:.4f}", metrics["loss"], metrics["dice"], " (best)" if improved else "",
+                 format_lr(lr_now), seconds)
 
     history = state["history"]
     best_epoch = max(history, key=lambda h: (h["val_dice"], -h["epoch"]))["epoch"]
@@ -475,7 +581,7 @@ def train_and_evaluate(cfg: TrainConfig, out: str | Path, resume: bool = True, t
         "val_images": len(val_ds),
     }
     if not test:
-        return {"kind": "trained", **trained, "out": str(out)}
+        return {"kind": "trained", **trained, "skipped_items": len(skipped), "out": str(out)}
 
     # -- test the best checkpoint ------------------------------------------------------------
     if best_path.exists():
@@ -488,17 +594,22 @@ def train_and_evaluate(cfg: TrainConfig, out: str | Path, resume: bool = True, t
         note = (f"{cfg.dataset} has no labelled {cfg.test_split} split: these scores are on the validation split, which "
                 "also selected the checkpoint (TuneVLSeg reported them as test)")
         log.warning("%s", note)
-    test_ds = val_ds if split == "val" else VLSegDataset(_load(cfg, split, cfg.max_eval_samples), vlsm.image_size, train=False, prompt=cfg.prompt, seed=cfg.seed, text=text)
+    test_ds = val_ds if split == "val" else VLSegDataset(load(split, cfg.max_eval_samples), vlsm.image_size, train=False, **common)
     split_info = {"split": split, "test_is_val": split == "val", **({"note": note} if note else {})}
     done = {r["id"]: r for r in run.results if r.get("kind") == "image"}
-    for row in evaluate(vlsm, learner, test_ds, cfg, skip=set(done)):
+    for row in evaluate(vlsm, learner, test_ds, cfg, skip=set(done), on_error=lambda err: skip_item(err, split)):
         row = {"kind": "image", **ident, **split_info, **row}
         run.results.append(row)
         done[row["id"]] = row
     rows = list(done.values())
+    if not rows:
+        raise DataError(f"{cfg.dataset}: no readable item in the {split} split ({len(test_ds)} listed; see {run.errors.path})")
     dm, dsd = _mean_std([r["dice"] for r in rows])
     im, isd = _mean_std([r["iou"] for r in rows])
     summary = {"kind": "summary", **trained, **split_info, "n_test": len(rows), "dice_mean": dm, "dice_std": dsd, "iou_mean": im, "iou_std": isd,
+               "skipped_items": len(skipped), "skipped_test": sum(1 for sp, _ in skipped if sp == split),
                "train_seconds": round(sum(h["seconds"] for h in history), 3), "out": str(out)}
     run.results.append(summary)
+    log.debug("%s: test Dice %.4f \u00b1 %.4f over %d %s images%s", name, dm, dsd, len(rows), split,
+             f" ({summary['skipped_test']} unreadable, skipped)" if summary["skipped_test"] else "")
     return summary
