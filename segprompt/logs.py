@@ -10,7 +10,9 @@ fragments. Python warnings (``warnings.warn``) go the same way.
 from __future__ import annotations
 
 import logging
+import re
 import sys
+from pathlib import Path
 
 #: the packages whose INFO lines the CLI shows by default
 PROJECT_LOGGERS = ("segprompt", "pointprompt", "tunevlseg", "viewers")
@@ -38,6 +40,8 @@ class CliFormatter(logging.Formatter):
 
     def format(self, record: logging.LogRecord) -> str:
         msg = record.getMessage()
+        if record.name == "py.warnings" and not self.debug:
+            msg = _warning_text(msg)
         if record.exc_info and self.debug:
             msg += "\n" + self.formatException(record.exc_info)
         if self.debug:
@@ -45,6 +49,20 @@ class CliFormatter(logging.Formatter):
         if record.levelno >= logging.WARNING:
             return f"{record.levelname.lower()}: {msg}"
         return msg
+
+
+_WARNING_LINE = re.compile(r"^(?P<where>.+?):(?P<line>\d+): (?P<category>\w+): (?P<message>.*)$")
+
+
+def _warning_text(text: str) -> str:
+    """``warnings.warn``'s two-line ``file:line: Category: message\\n  source`` as one line:
+    ``message (Category from module)``."""
+    first = text.strip().splitlines()[0] if text.strip() else text
+    m = _WARNING_LINE.match(first)
+    if not m:
+        return first
+    module = Path(m["where"]).stem
+    return f"{m['message']} ({m['category']} from {module})"
 
 
 def setup_cli_logging(verbosity: str = "info") -> None:

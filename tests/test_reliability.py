@@ -230,3 +230,23 @@ def test_tables_show_missing_values_as_a_dash_not_none():
     for text in (markdown_table(rows, ["a", "b", "c"]), text_table(rows, ["a", "b", "c"])):
         assert "None" not in text and "nan" not in text and "\u2013" in text and "0.500" in text
     assert csv_text(rows, ["a", "b", "c"]).splitlines()[1] == ",,0.5000"
+
+
+def test_python_warnings_are_one_line():
+    from segprompt.logs import CliFormatter
+
+    record = logging.LogRecord("py.warnings", logging.WARNING, "x", 1, "/a/b/tunevlseg/data.py:88: UserWarning: 3 split counts differ\n  warnings.warn(msg)\n", None, None)
+    assert CliFormatter().format(record) == "warning: 3 split counts differ (UserWarning from data)"
+
+
+def test_one_panel_legend_clear_of_a_long_title():
+    from segprompt.engine.report import Series, line_figure
+
+    fig = line_figure({"clipseg-tiny": {"coop": Series([1, 3, 6], [0.2, 0.3, 0.4]), "maple": Series([1, 3, 6], [0.25, 0.35, 0.3])}}, "prompt depth", "test Dice",
+                      "kvasir_tunevlseg_converted: test Dice vs prompt depth", references={"clipseg-tiny": {"zeroshot": 0.1}}, spread_label="± 1 std over 3 seeds")
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    legend = fig.legends[0].get_window_extent(renderer)
+    title = fig._suptitle.get_window_extent(renderer)
+    axes = fig.axes[0].get_window_extent(renderer)
+    assert _bbox_overlap(legend, title) == 0 and _bbox_overlap(legend, axes) == 0

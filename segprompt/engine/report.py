@@ -101,7 +101,10 @@ def place_legend(fig: Any, axes: Sequence[Any], **kwargs: Any) -> Any:
                 labels.append(lab)
     if not handles:
         return None
-    opts = {"loc": "upper left", "bbox_to_anchor": (1.0, 1.0), "fontsize": 8, "frameon": False, "borderaxespad": 0.5}
+    # beside the top of the highest axes, right of the rightmost one: clear of data and of a suptitle
+    right = max(ax.get_position().x1 for ax in axes)
+    top = max(ax.get_position().y1 for ax in axes)
+    opts = {"loc": "upper left", "bbox_to_anchor": (right + 0.01, top), "fontsize": 8, "frameon": False, "borderaxespad": 0.0}
     opts.update(kwargs)
     return fig.legend(handles, labels, **opts)
 

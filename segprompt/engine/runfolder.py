@@ -175,7 +175,7 @@ class RunFolder:
         total = sum(float(r.get("seconds") or 0) for r in rows)
         computed = sum(float(r.get("seconds") or 0) for r in rows if r.get("new_rows"))
         new = this.get("new_rows")
-        what = "nothing new computed" if not new else f"{new} new rows"
+        what = "nothing new computed" if not new else f"{new} new row" + ("" if new == 1 else "s")
         return (
             f"First invocation ({first['started']}): {_secs(first['seconds'])}; this invocation ({this['started']}, "
             f"a resume): {_secs(this['seconds'])}, {what}; {len(rows)} invocations, {_secs(total)} in all "
