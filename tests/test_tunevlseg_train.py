@@ -164,6 +164,28 @@ def test_resume_gives_the_same_result_as_an_uninterrupted_run(lesion_data, tmp_p
         train_and_evaluate(TrainConfig(**{**base, "lr": 1e-3}), tmp_path / "full")
 
 
+def test_a_run_folder_from_before_the_shared_loop_still_resumes(lesion_data, tmp_path):
+    """last.pt in the layout train_and_evaluate wrote before segprompt.engine.loop: converted, resumed,
+    and the run ends as an uninterrupted one (the interrupted epoch's losses were kept in that layout)."""
+    from segprompt.engine.training import atomic_torch_save, load_checkpoint
+
+    base = dict(vlsm="openclip-tiny", method="coop", depth=1, dataset=str(lesion_data), epochs=2, batch_size=4,
+                lr=5e-3, max_train_samples=12, max_eval_samples=6, early_stop=0, prompt="random")
+    full = train_and_evaluate(TrainConfig(**base), tmp_path / "full")
+    train_and_evaluate(TrainConfig(**base, max_steps=4), tmp_path / "old")
+    last = tmp_path / "old" / "checkpoints" / "last.pt"
+    ck = load_checkpoint(last)
+    st = ck["state"]
+    old_state = {"epoch": st["epoch"], "batch": st["batch"], "global_step": st["global_step"], "history": st["history"], "epoch_losses": st["losses"],
+                 "step_seconds": st["step_seconds"], "steps_timed": st["steps_timed"], "done": False}
+    best = ck["stopper"]["best"]
+    atomic_torch_save({"learner": ck["model"]["learner"], "vlsm": ck["model"]["vlsm"], "optimizer": ck["optimizer"], "scheduler": ck["scheduler"],
+                       "scaler": ck["scaler"], "early_stopping": {"best": float("-inf") if best is None else best, "bad_checks": ck["stopper"]["bad_epochs"]},
+                       "state": old_state, "rng": ck["rng"], "config": ck["config"]}, last)
+    resumed = train_and_evaluate(TrainConfig(**base), tmp_path / "old")
+    assert _strip(resumed) == _strip(full)
+
+
 def test_dice_ce_loss_and_parameter_groups():
     g = torch.Generator().manual_seed(0)
     logits, target = torch.randn(3, 1, 8, 8, generator=g), (torch.rand(3, 1, 8, 8, generator=g) > 0.5).float()

@@ -36,7 +36,6 @@ interrupted run exactly (data order from (seed, epoch), augmentation and random 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
 import re
@@ -51,15 +50,8 @@ import torch.nn.functional as F
 
 from segprompt.engine.losses import bce_loss, dice_loss
 from segprompt.engine.runfolder import RunFolder
-from segprompt.engine.training import (
-    EarlyStopping,
-    atomic_torch_save,
-    build_scheduler,
-    load_checkpoint,
-    rng_state,
-    seed_everything,
-    set_rng_state,
-)
+from segprompt.engine.loop import FitConfig, FitTask, autocast as _autocast, checkpoint_from_parts, fit
+from segprompt.engine.training import load_checkpoint, seed_everything
 from segprompt.errors import ConfigError, DataError
 from segprompt.metrics import dice as dice_score
 from segprompt.metrics import iou as iou_score
@@ -245,13 +237,6 @@ def _default_text(cfg: TrainConfig) -> str | None:
     return BENCHMARKS[key].text if key and "{" not in BENCHMARKS[key].text else None
 
 
-def _autocast(precision: str, device: str) -> contextlib.AbstractContextManager:
-    if precision == "fp32":
-        return contextlib.nullcontext()
-    dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}[precision]
-    return torch.autocast("cuda" if str(device).startswith("cuda") else "cpu", dtype=dtype)
-
-
 def _loader(ds: Any, batches: Sequence[Sequence[int]], workers: int) -> Iterable[dict[str, Any]]:
     from tunevlseg.data import collate
 
@@ -363,6 +348,117 @@ def _trainable(vlsm: Any, learner: Any) -> list[tuple[str, torch.nn.Parameter]]:
     return trainable_named_parameters(vlsm, learner)
 
 
+class _SkipLog:
+    """Unreadable items, recorded once per run folder (an item fails again every epoch)."""
+
+    def __init__(self, run: RunFolder) -> None:
+        self.run = run
+        self.seen: set[tuple[str, str]] = {(str(e["split"]), str(e.get("item"))) for e in run.errors if "split" in e}
+
+    def __call__(self, err: dict[str, Any], split: str) -> None:
+        key = (split, str(err["id"]))
+        if key not in self.seen:
+            self.seen.add(key)
+            self.run.record_error(str(err["id"]), DataError(err["error"]), split=split)
+
+    def load(self, cfg: TrainConfig, split: str, limit: int | None, check: bool) -> Any:
+        ds = _load(cfg, split, limit, check=check)
+        for item_id, message in getattr(ds, "skipped", []):  # left out while indexing (label maps)
+            self({"id": item_id, "error": message}, split)
+        return ds
+
+
+def fit_config(cfg: TrainConfig, progress: bool = False) -> FitConfig:
+    """The shared loop's settings for ``cfg``: early stopping, plateau and the best checkpoint on
+    validation Dice, the untrained model (epoch 0) included as a candidate for the best."""
+    return FitConfig(
+        epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, grad_clip=cfg.grad_clip or None, precision=cfg.precision,
+        device=cfg.device, schedule=cfg.schedule, plateau_patience=cfg.plateau_patience, plateau_factor=cfg.plateau_factor,
+        monitor="val_dice", monitor_mode="max", patience=cfg.early_stop, baseline_counts=True,
+        checkpoint_every=cfg.checkpoint_every or None, max_steps=cfg.max_steps, progress=progress,
+    )
+
+
+class _Model(torch.nn.Module):
+    """The VLSM and its prompt learner as one module: train/eval modes for both; the state is the
+    learner's plus the VLSM's trainable tensors (what best.pt and last.pt have always held)."""
+
+    def __init__(self, vlsm: Any, learner: Any) -> None:
+        super().__init__()
+        self.vlsm, self.learner = vlsm, learner
+
+    def trained_state(self) -> dict[str, Any]:
+        return {"learner": self.learner.state_dict(), "vlsm": self.vlsm.trainable_state_dict()}
+
+    def load_trained_state(self, state: dict[str, Any]) -> None:
+        self.learner.load_state_dict(state["learner"])
+        self.vlsm.load_state_dict(state["vlsm"], strict=False)
+
+
+def _upgrade_checkpoint(cfg: TrainConfig) -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """``last.pt`` as train_and_evaluate wrote it before the shared loop -> the loop's layout."""
+
+    def upgrade(ck: dict[str, Any]) -> dict[str, Any]:
+        st, es = ck["state"], ck["early_stopping"]
+        return checkpoint_from_parts(
+            fit_config(cfg), {"learner": ck["learner"], "vlsm": ck["vlsm"]}, ck["optimizer"], ck["scheduler"], ck["scaler"], ck["rng"],
+            st["epoch"], st["batch"], st["global_step"], st["history"], es.get("best"), es.get("bad_checks", 0),
+            done=bool(st.get("done")), stopped_early=bool(st.get("stopped_early", False)), losses=list(st.get("epoch_losses", [])),
+            step_seconds=float(st.get("step_seconds", 0.0)), steps_timed=int(st.get("steps_timed", 0)),
+        )
+
+    return upgrade
+
+
+def _fit_task(cfg: TrainConfig, model: _Model, params: list, train_ds: Any, val_ds: Any, skip: _SkipLog, ident: dict[str, Any], name: str) -> FitTask:
+    """TuneVLSeg's part of the loop: the DiceCE step, validation (with the zero-shot baseline at
+    epoch 0) and the epoch lines."""
+    from tunevlseg.report import format_lr
+
+    vlsm, learner = model.vlsm, model.learner
+
+    def step(batch: dict[str, Any], epoch: int) -> tuple[torch.Tensor | None, dict[str, float]]:
+        for err in batch.pop("errors", []):
+            skip(err, "train")
+        if "image" not in batch:  # every item of this batch was unreadable
+            return None, {}
+        images = vlsm.preprocess(batch["image"].to(cfg.device))
+        logits = vlsm(images, batch["text"], learner=learner)
+        return dice_ce_loss(logits, batch["mask"].to(cfg.device), batch["valid"].to(cfg.device), cfg.lambda_dice, cfg.lambda_ce), {}
+
+    def validate(model_learner: Any) -> dict[str, float]:
+        losses: list[float] = []
+        rows = evaluate(vlsm, model_learner, val_ds, cfg, on_error=lambda err: skip(err, "val"), losses=losses)
+        if not rows:
+            raise DataError(f"{cfg.dataset}: no readable item in the val split ({len(val_ds)} listed; see {skip.run.errors.path})")
+        d, d_std = _mean_std([r["dice"] for r in rows])
+        return {"val_loss": float(np.mean(losses)) if losses else float("nan"), "val_dice": d, "val_dice_std": d_std, "val_iou": _mean_std([r["iou"] for r in rows])[0]}
+
+    def evaluate_epoch(epoch: int) -> dict[str, float]:
+        metrics = validate(learner)
+        if epoch == 0:  # the bare VLSM: the zero-shot baseline
+            zero = validate(None)
+            metrics.update(val_dice_zeroshot=zero["val_dice"], val_iou_zeroshot=zero["val_iou"])
+        return metrics
+
+    def describe(row: dict[str, Any]) -> str:
+        if row["epoch"] == 0:
+            steps = math.ceil(len(train_ds) / cfg.batch_size)
+            return (f"{name}: before training: val loss {row['val_loss']:.4f}, val Dice {row['val_dice']:.4f} (bare {cfg.vlsm}: "
+                    f"{row['val_dice_zeroshot']:.4f}); {len(train_ds)} train / {len(val_ds)} val items, {cfg.epochs} "
+                    f"{'epoch' if cfg.epochs == 1 else 'epochs'} of {steps} {'step' if steps == 1 else 'steps'}")
+        loss = "\u2013" if row["train_loss"] is None else f"{row['train_loss']:.4f}"
+        return (f"{name} epoch {row['epoch']}/{cfg.epochs}: train loss {loss}, val loss {row['val_loss']:.4f}, val Dice {row['val_dice']:.4f}"
+                f"{' (best)' if row['best'] else ''}, lr {format_lr(row['lr'])} ({row['seconds']:.1f} s)")
+
+    return FitTask(
+        model, step, evaluate_epoch, params=decay_groups(params, cfg.weight_decay), state_dict=model.trained_state,
+        load_state_dict=model.load_trained_state, load_batches=lambda batches: _loader(train_ds, batches, cfg.num_workers),
+        on_epoch_start=train_ds.set_epoch, describe_epoch=describe, row_extra=ident,
+        best_state=lambda row: {**model.trained_state(), "config": asdict(cfg), "identity": ident, "epoch": row["epoch"], "val_dice": row["val_dice"]},
+    )
+
+
 def train_and_evaluate(
     cfg: TrainConfig, out: str | Path, resume: bool = True, test: bool = True, progress: bool = False, check_counts: bool = True
 ) -> dict[str, Any]:
@@ -375,229 +471,86 @@ def train_and_evaluate(
     Progress is logged at INFO: one line before training (the bare VLSM's validation Dice) and
     one per epoch (train loss, val loss, val Dice, learning rate, seconds); ``progress=True``
     adds a progress bar over each epoch's batches. ``check_counts=False`` skips the split-count
-    comparison with the TuneVLSeg benchmark (a sweep does it once per dataset).
+    comparison with the TuneVLSeg benchmark (a sweep does it once per dataset). The loop itself
+    is :func:`segprompt.engine.loop.fit`.
 
     An item that cannot be read (a missing mask, an unreadable image: :class:`DataError`) is
     skipped in training, validation and test, and written once to ``out/errors.jsonl`` with its
     split and the file named in the message; the summary counts them (``skipped_items``).
     """
-    from tunevlseg.data import VLSegDataset, has_split
-    from tunevlseg.report import format_lr
+    from tunevlseg.data import VLSegDataset
 
     out = Path(out)
-    name = out.name
-    last_path, best_path = out / "checkpoints" / "last.pt", out / "checkpoints" / "best.pt"
-    if last_path.exists() and not resume:
-        raise ConfigError(f"{out} already holds a training run (checkpoints/last.pt); pass resume=True to continue it, or use another folder")
+    if (out / "checkpoints" / "last.pt").exists() and not resume:
+        raise ConfigError(f"{out} already holds a training run (checkpoints/last.pt); rerun with resuming on (resume=True) to continue it, or use another folder")
     run = RunFolder(out, {"suite": "tunevlseg-train", **asdict(cfg)}, volatile=("device", "max_steps", "num_workers", "eval_batch_size", "checkpoint_every"))
     for row in run.results:
         if row.get("kind") == "summary" and test:
             return row
-
-    skipped: set[tuple[str, str]] = {(str(e["split"]), str(e.get("item"))) for e in run.errors if "split" in e}
-
-    def skip_item(err: dict[str, Any], split: str) -> None:
-        """Record an unreadable item once per run folder (it fails again every epoch)."""
-        key = (split, str(err["id"]))
-        if key not in skipped:
-            skipped.add(key)
-            run.record_error(str(err["id"]), DataError(err["error"]), split=split)
-
-    def load(split: str, limit: int | None) -> Any:
-        ds = _load(cfg, split, limit, check=check_counts)
-        for item_id, message in getattr(ds, "skipped", []):  # left out while indexing (label maps)
-            skip_item({"id": item_id, "error": message}, split)
-        return ds
-
+    skip = _SkipLog(run)
     seed_everything(cfg.seed)
     vlsm, learner = build_model(cfg)
     params = _trainable(vlsm, learner)
-    n_trainable = int(sum(p.numel() for _, p in params))
-    ident = {**cfg.identity(), "trainable_params": n_trainable, "learner_params": int(learner.num_trainable_parameters())}
-    text = _default_text(cfg)
+    ident = {**cfg.identity(), "trainable_params": int(sum(p.numel() for _, p in params)), "learner_params": int(learner.num_trainable_parameters())}
+    common = dict(prompt=cfg.prompt, seed=cfg.seed, text=_default_text(cfg), skip_errors=True)
+    train_ds = VLSegDataset(skip.load(cfg, "train", cfg.max_train_samples, check_counts), vlsm.image_size, train=True, augment=cfg.augment, **common)
+    val_ds = VLSegDataset(skip.load(cfg, "val", cfg.max_eval_samples, check_counts), vlsm.image_size, train=False, **common)
+    model = _Model(vlsm, learner)
+    if not params:
+        log.info("%s: %s on %s has nothing to train; evaluating the frozen model", out.name, cfg.method, cfg.vlsm)
+    fitted = fit(_fit_task(cfg, model, params, train_ds, val_ds, skip, ident, out.name), list(range(len(train_ds))),
+                 fit_config(cfg, progress), out, run=run, upgrade=_upgrade_checkpoint(cfg))
+    if fitted.interrupted:
+        return {"kind": "interrupted", **ident, "global_step": fitted.global_step, "out": str(out)}
+    if fitted.stopped_early and not fitted.already_finished:
+        log.info("%s: stopped early after epoch %d (no better val Dice for %d epochs)", out.name, fitted.history[-1]["epoch"], cfg.early_stop)
+    trained = _trained_summary(fitted, ident, train_ds, val_ds)
+    if not test:
+        return {"kind": "trained", **trained, "skipped_items": len(skip.seen), "out": str(out)}
+    return _test_best(cfg, model, run, skip, trained, val_ds, common, fitted)
 
-    common = dict(prompt=cfg.prompt, seed=cfg.seed, text=text, skip_errors=True)
-    train_ds = VLSegDataset(load("train", cfg.max_train_samples), vlsm.image_size, train=True, augment=cfg.augment, **common)
-    val_ds = VLSegDataset(load("val", cfg.max_eval_samples), vlsm.image_size, train=False, **common)
 
-    optimizer = torch.optim.AdamW(decay_groups(params, cfg.weight_decay), lr=cfg.lr) if params else None
-    steps_per_epoch = math.ceil(len(train_ds) / cfg.batch_size)
-    scheduler = None
-    if optimizer is not None:
-        scheduler = build_scheduler(optimizer, cfg.schedule, total_steps=steps_per_epoch * cfg.epochs, patience=cfg.plateau_patience, factor=cfg.plateau_factor)
-    scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16" and cfg.device.startswith("cuda"))
-    stopper = EarlyStopping(patience=cfg.early_stop)
-    state = {"epoch": 0, "batch": 0, "global_step": 0, "history": [], "step_seconds": 0.0, "steps_timed": 0, "done": False}
-
-    if last_path.exists():
-        ck = load_checkpoint(last_path)
-        learner.load_state_dict(ck["learner"])
-        vlsm.load_state_dict(ck["vlsm"], strict=False)
-        if optimizer is not None:
-            optimizer.load_state_dict(ck["optimizer"])
-            scheduler.load_state_dict(ck["scheduler"])
-        scaler.load_state_dict(ck["scaler"])
-        stopper.load_state_dict(ck["early_stopping"])
-        state = ck["state"]
-        set_rng_state(ck["rng"])
-        log.info("%s: resumed at epoch %d batch %d (step %d)", out, state["epoch"], state["batch"], state["global_step"])
-
-    def save(path: Path, full: bool = True) -> None:
-        blob: dict[str, Any] = {"learner": learner.state_dict(), "vlsm": vlsm.trainable_state_dict(), "config": asdict(cfg), "identity": ident}
-        if full:
-            blob.update(
-                optimizer=optimizer.state_dict() if optimizer is not None else None,
-                scheduler=scheduler.state_dict() if scheduler is not None else None,
-                scaler=scaler.state_dict(), early_stopping=stopper.state_dict(), state=state, rng=rng_state(),
-            )
-        else:
-            blob.update(epoch=state["epoch"], val_dice=stopper.best)
-        atomic_torch_save(blob, path)
-
-    def sync_results() -> None:
-        have = {r["epoch"] for r in run.results if r.get("kind") == "epoch"}
-        run.results.extend(h for h in state["history"] if h["epoch"] not in have)
-
-    def on_val_error(err: dict[str, Any]) -> None:
-        skip_item(err, "val")
-
-    def validate(model_learner: Any = learner) -> dict[str, float]:
-        losses: list[float] = []
-        rows = evaluate(vlsm, model_learner, val_ds, cfg, on_error=on_val_error, losses=losses)
-        if not rows:
-            raise DataError(f"{cfg.dataset}: no readable item in the val split ({len(val_ds)} listed; see {run.errors.path})")
-        d, ds_ = _mean_std([r["dice"] for r in rows])
-        i, _ = _mean_std([r["iou"] for r in rows])
-        return {"dice": d, "dice_std": ds_, "iou": i, "loss": float(np.mean(losses)) if losses else float("nan")}
-
-    if not state["history"]:
-        zero = validate(None)  # the bare VLSM: zero-shot baseline
-        init = validate()
-        state["history"].append({"kind": "epoch", **ident, "epoch": 0, "train_loss": None, "val_loss": init["loss"], "val_dice": init["dice"],
-                                 "val_iou": init["iou"], "val_dice_zeroshot": zero["dice"], "val_iou_zeroshot": zero["iou"],
-                                 "lr": cfg.lr, "seconds": 0.0, "ms_per_step": None})
-        log.info("%s: before training: val loss %.4f, val Dice %.4f (bare %s: %.4f); %d train / %d val items, %d %s of %d %s",
-                 name, init["loss"], init["dice"], cfg.vlsm, zero["dice"], len(train_ds), len(val_ds), cfg.epochs,
-                 "epoch" if cfg.epochs == 1 else "epochs", steps_per_epoch, "step" if steps_per_epoch == 1 else "steps")
-        if stopper.update(init["dice"]):
-            save(best_path, full=False)
-        save(last_path)
-    sync_results()
-
-    if optimizer is None and not state["done"]:
-        log.info("%s: %s on %s has nothing to train; evaluating the frozen model", name, cfg.method, cfg.vlsm)
-        state["done"] = True
-        save(last_path)
-
-    while not state["done"]:
-        epoch = state["epoch"]
-        if epoch >= cfg.epochs or stopper.should_stop:
-            state["done"] = True
-            state["stopped_early"] = bool(stopper.should_stop and epoch < cfg.epochs)
-            if state["stopped_early"]:
-                log.info("%s: stopped early after epoch %d (no better val Dice for %d epochs)", name, epoch, cfg.early_stop)
-            save(last_path)
-            break
-        vlsm.train()
-        learner.train()
-        train_ds.set_epoch(epoch)
-        order = np.random.default_rng([cfg.seed, epoch]).permutation(len(train_ds))
-        batches = [order[b : b + cfg.batch_size].tolist() for b in range(0, len(order), cfg.batch_size)]
-        start = state["batch"]
-        losses = state.setdefault("epoch_losses", [])
-        t_epoch = time.perf_counter()
-        loader: Iterable[dict[str, Any]] = _loader(train_ds, batches[start:], cfg.num_workers)
-        if progress:
-            from tqdm import tqdm
-
-            loader = tqdm(loader, total=len(batches) - start, desc=f"{name} epoch {epoch + 1}/{cfg.epochs}", unit="batch", leave=False, delay=2.0)
-        for batch in loader:
-            for err in batch.pop("errors", []):
-                skip_item(err, "train")
-            if "image" not in batch:  # every item of this batch was unreadable
-                state["batch"] += 1
-                continue
-            t0 = time.perf_counter()
-            images = vlsm.preprocess(batch["image"].to(cfg.device))
-            target, valid = batch["mask"].to(cfg.device), batch["valid"].to(cfg.device)
-            with _autocast(cfg.precision, cfg.device):
-                logits = vlsm(images, batch["text"], learner=learner)
-            loss = dice_ce_loss(logits, target, valid, cfg.lambda_dice, cfg.lambda_ce)
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            if cfg.grad_clip:
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_([p for _, p in params], cfg.grad_clip)
-            scaler.step(optimizer)
-            scaler.update()
-            if cfg.schedule != "plateau":
-                scheduler.step()
-            if cfg.device.startswith("cuda"):
-                torch.cuda.synchronize()
-            state["step_seconds"] += time.perf_counter() - t0
-            state["steps_timed"] += 1
-            state["global_step"] += 1
-            state["batch"] += 1
-            losses.append(float(loss.detach()))
-            if cfg.checkpoint_every and state["global_step"] % cfg.checkpoint_every == 0:
-                save(last_path)
-            if cfg.max_steps is not None and state["global_step"] >= cfg.max_steps:
-                save(last_path)
-                return {"kind": "interrupted", **ident, "global_step": state["global_step"], "out": str(out)}
-        metrics = validate()
-        if cfg.schedule == "plateau":
-            scheduler.step(metrics["dice"])
-        improved = stopper.update(metrics["dice"])
-        seconds = round(time.perf_counter() - t_epoch, 3)
-        train_loss = float(np.mean(losses)) if losses else None
-        lr_now = optimizer.param_groups[0]["lr"]
-        state["history"].append({
-            "kind": "epoch", **ident, "epoch": epoch + 1, "train_loss": train_loss, "val_loss": metrics["loss"],
-            "val_dice": metrics["dice"], "val_iou": metrics["iou"], "lr": lr_now, "seconds": seconds,
-            "ms_per_step": 1000 * state["step_seconds"] / max(1, state["steps_timed"]),
-        })
-        state.update(epoch=epoch + 1, batch=0, epoch_losses=[])
-        if improved:
-            save(best_path, full=False)
-        save(last_path)
-        sync_results()
-        log.info("%s epoch %d/%d: train loss %s, val loss %.4f, val Dice %.4f%s, lr %s (%.1f s)", name, epoch + 1, cfg.epochs,
-                 "\u2013" if train_loss is None else f"{train_loss:.4f}", metrics["loss"], metrics["dice"], " (best)" if improved else "",
-                 format_lr(lr_now), seconds)
-
-    history = state["history"]
-    best_epoch = max(history, key=lambda h: (h["val_dice"], -h["epoch"]))["epoch"]
-    trained = {
+def _trained_summary(fitted: Any, ident: dict[str, Any], train_ds: Any, val_ds: Any) -> dict[str, Any]:
+    history = fitted.history
+    timed = [h["ms_per_step"] for h in history if h.get("ms_per_step") is not None]
+    return {
         **ident,
-        "val_dice_best": stopper.best,
-        "best_epoch": best_epoch,
+        "val_dice_best": fitted.best,
+        "best_epoch": max(history, key=lambda h: (h["val_dice"], -h["epoch"]))["epoch"],
         "val_dice_zeroshot": history[0]["val_dice_zeroshot"],
         "val_dice_init": history[0]["val_dice"],
         "epochs_run": history[-1]["epoch"],
-        "stopped_early": bool(state.get("stopped_early", False)),
-        "steps": state["global_step"],
-        "ms_per_step": 1000 * state["step_seconds"] / state["steps_timed"] if state["steps_timed"] else None,
+        "stopped_early": fitted.stopped_early,
+        "steps": fitted.global_step,
+        "ms_per_step": timed[-1] if timed else None,
         "train_images": len(train_ds),
         "val_images": len(val_ds),
     }
-    if not test:
-        return {"kind": "trained", **trained, "skipped_items": len(skipped), "out": str(out)}
 
-    # -- test the best checkpoint ------------------------------------------------------------
-    if best_path.exists():
-        best = load_checkpoint(best_path)
-        learner.load_state_dict(best["learner"])
-        vlsm.load_state_dict(best["vlsm"], strict=False)
+
+def _load_best_weights(model: _Model, out: Path) -> None:
+    """The best checkpoint's weights (``learner`` and ``vlsm`` state, as best.pt has always held them)."""
+    path = out / "checkpoints" / "best.pt"
+    if path.exists():
+        model.load_trained_state(load_checkpoint(path))
+
+
+def _test_best(cfg: TrainConfig, model: _Model, run: RunFolder, skip: _SkipLog, trained: dict[str, Any], val_ds: Any, common: dict[str, Any], fitted: Any) -> dict[str, Any]:
+    """Test the best checkpoint on the test split (val where there is none, said in every row)."""
+    from tunevlseg.data import VLSegDataset, has_split
+
+    _load_best_weights(model, run.path)
     split, note = cfg.test_split, None
     if not has_split(cfg.dataset, split, cfg.dataset_root):
         split = "val"
         note = (f"{cfg.dataset} has no labelled {cfg.test_split} split: these scores are on the validation split, which "
                 "also selected the checkpoint (TuneVLSeg reported them as test)")
         log.warning("%s", note)
-    test_ds = val_ds if split == "val" else VLSegDataset(load(split, cfg.max_eval_samples), vlsm.image_size, train=False, **common)
+    test_ds = val_ds if split == "val" else VLSegDataset(skip.load(cfg, split, cfg.max_eval_samples, False), model.vlsm.image_size, train=False, **common)
+    ident = {k: trained[k] for k in (*cfg.identity(), "trainable_params", "learner_params")}
     split_info = {"split": split, "test_is_val": split == "val", **({"note": note} if note else {})}
     done = {r["id"]: r for r in run.results if r.get("kind") == "image"}
-    for row in evaluate(vlsm, learner, test_ds, cfg, skip=set(done), on_error=lambda err: skip_item(err, split)):
+    for row in evaluate(model.vlsm, model.learner, test_ds, cfg, skip=set(done), on_error=lambda err: skip(err, split)):
         row = {"kind": "image", **ident, **split_info, **row}
         run.results.append(row)
         done[row["id"]] = row
@@ -607,9 +560,9 @@ def train_and_evaluate(
     dm, dsd = _mean_std([r["dice"] for r in rows])
     im, isd = _mean_std([r["iou"] for r in rows])
     summary = {"kind": "summary", **trained, **split_info, "n_test": len(rows), "dice_mean": dm, "dice_std": dsd, "iou_mean": im, "iou_std": isd,
-               "skipped_items": len(skipped), "skipped_test": sum(1 for sp, _ in skipped if sp == split),
-               "train_seconds": round(sum(h["seconds"] for h in history), 3), "out": str(out)}
+               "skipped_items": len(skip.seen), "skipped_test": sum(1 for sp, _ in skip.seen if sp == split),
+               "train_seconds": round(sum(h["seconds"] for h in fitted.history), 3), "out": str(run.path)}
     run.results.append(summary)
-    log.debug("%s: test Dice %.4f \u00b1 %.4f over %d %s images%s", name, dm, dsd, len(rows), split,
-             f" ({summary['skipped_test']} unreadable, skipped)" if summary["skipped_test"] else "")
+    log.debug("%s: test Dice %.4f \u00b1 %.4f over %d %s images%s", run.path.name, dm, dsd, len(rows), split,
+              f" ({summary['skipped_test']} unreadable, skipped)" if summary["skipped_test"] else "")
     return summary

@@ -184,6 +184,14 @@ class FitTask:
         on_epoch_end: ``on_epoch_end(row)`` after each epoch's row is written (plots).
         describe_epoch: ``describe_epoch(row) -> str``, the epoch's INFO line (default: loss,
             the ``val...`` metrics, lr and seconds).
+        on_epoch_start: ``on_epoch_start(epoch)`` before an epoch's batches are loaded (e.g. to
+            seed augmentation by epoch); called again for the rest of an epoch after a resume.
+        row_extra: fields added to every epoch row (e.g. the run's identity for a sweep).
+        best_state: ``best_state(row) -> dict`` written as ``best.pt`` in the suite's own layout
+            (default: ``{"model", "best", "epoch", "config"}``, read back by :func:`load_best`).
+
+    ``step`` may return ``(None, parts)`` for a batch with nothing to learn from (every item
+    unreadable): no backward, but the batch and its optimizer step are counted as usual.
         on_best: ``on_best(row)`` when ``best_by`` improves (exports).
     """
 
@@ -197,6 +205,9 @@ class FitTask:
     on_epoch_end: Callable[[dict[str, Any]], None] | None = None
     on_best: Callable[[dict[str, Any]], None] | None = None
     describe_epoch: Callable[[dict[str, Any]], str] | None = None
+    on_epoch_start: Callable[[int], None] | None = None
+    row_extra: Mapping[str, Any] | None = None
+    best_state: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def model_state(self) -> dict[str, Any]:
         return self.state_dict() if self.state_dict else self.model.state_dict()
@@ -257,7 +268,10 @@ class _Trainer:
         self.scaler = torch.amp.GradScaler(enabled=cfg.precision == "fp16" and str(cfg.device).startswith("cuda"))
         self.stopper = Monitor(cfg.monitor_mode, cfg.min_delta)
         self.best = Monitor(cfg.best_direction)
-        self.state: dict[str, Any] = {"epoch": 0, "batch": 0, "global_step": 0, "history": [], "losses": [], "parts": {}, "done": False, "stopped_early": False}
+        self.state: dict[str, Any] = {
+            "epoch": 0, "batch": 0, "global_step": 0, "history": [], "losses": [], "parts": {}, "done": False, "stopped_early": False,
+            "step_seconds": 0.0, "steps_timed": 0,
+        }
 
     # -- checkpoints -------------------------------------------------------------------------
     def save(self, path: Path) -> None:
@@ -278,6 +292,15 @@ class _Trainer:
             },
             path,
         )
+
+    def save_best(self, row: dict[str, Any]) -> None:
+        """``best.pt``: the model state and the monitor, or the suite's own layout (``best_state``)."""
+        if not self.dist.is_main:
+            return
+        blob = self.task.best_state(row) if self.task.best_state else {
+            "format": CHECKPOINT_FORMAT, "model": self.task.model_state(), "best": self.best.state_dict(), "epoch": row["epoch"], "config": asdict(self.cfg),
+        }
+        atomic_torch_save(blob, self.best_path)
 
     def restore(self) -> dict[str, int] | None:
         if not self.last_path.exists():
@@ -319,11 +342,13 @@ class _Trainer:
             if key not in metrics:
                 raise ConfigError(f"the evaluation returned {sorted(metrics)}, not the monitored {key!r}")
         losses, parts = self.state["losses"], self.state["parts"]
-        row: dict[str, Any] = {"kind": "epoch", "epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None}
+        row: dict[str, Any] = {"kind": "epoch", **(self.task.row_extra or {}), "epoch": epoch, "train_loss": float(np.mean(losses)) if losses else None}
         row.update({f"train_{k}": float(np.mean(v)) for k, v in parts.items()})
         row.update(metrics)
         row["lr"] = self.optimizer.param_groups[0]["lr"] if self.optimizer else None
         row["seconds"] = round(seconds, 3)
+        timed = self.state.get("steps_timed", 0)
+        row["ms_per_step"] = 1000 * self.state.get("step_seconds", 0.0) / timed if timed else None
         if epoch > 0 and self.scheduler is not None and cfg.schedule == "plateau":
             self.scheduler.step(metrics[cfg.monitor])
         counts = epoch > 0 or cfg.baseline_counts
@@ -334,7 +359,7 @@ class _Trainer:
         self.state["history"].append(row)
         self.state.update(epoch=epoch, batch=0, losses=[], parts={})
         if improved:
-            self.save(self.best_path)
+            self.save_best(row)
             if self.task.on_best and self.dist.is_main:
                 self.task.on_best(row)
         self.save(self.last_path)
@@ -360,11 +385,12 @@ class _Trainer:
 
     def optimizer_step(self) -> None:
         cfg = self.cfg
-        if cfg.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
+        if any(p.grad is not None for p in self.params):  # else every batch of the group was empty
+            if cfg.grad_clip:
+                self.scaler.unscale_(self.optimizer)
+                torch.nn.utils.clip_grad_norm_(self.params, cfg.grad_clip)
+            self.scaler.step(self.optimizer)
+            self.scaler.update()
         self.optimizer.zero_grad(set_to_none=True)
         if self.scheduler is not None and cfg.schedule != "plateau":
             self.scheduler.step()
@@ -378,6 +404,8 @@ class _Trainer:
         start = self.state["batch"]
         task.model.train()
         self.optimizer.zero_grad(set_to_none=True)
+        if task.on_epoch_start:
+            task.on_epoch_start(epoch)
         todo = [[self.items[i] for i in ib] for ib in index_batches[start:]]
         loaded = task.load_batches(todo) if task.load_batches else iter(todo)
         bar = _progress(range(start, len(index_batches)), f"{self.out.name} epoch {epoch + 1}/{cfg.epochs}", cfg.progress and self.dist.is_main, len(index_batches), start)
@@ -385,10 +413,16 @@ class _Trainer:
             group_start = (b // cfg.accumulate) * cfg.accumulate
             group = index_batches[group_start : group_start + cfg.accumulate]
             weight = len(index_batches[b]) / sum(len(g) for g in group)
+            t0 = time.perf_counter()
             with autocast(cfg.precision, cfg.device):
                 loss, parts = task.step(batch, epoch)
-            self.scaler.scale(loss.float() * weight).backward()
-            self.state["losses"].append(float(loss.detach()))
+            if loss is not None:
+                self.scaler.scale(loss.float() * weight).backward()
+                self.state["losses"].append(float(loss.detach()))
+            if str(cfg.device).startswith("cuda"):
+                torch.cuda.synchronize()
+            self.state["step_seconds"] = self.state.get("step_seconds", 0.0) + time.perf_counter() - t0
+            self.state["steps_timed"] = self.state.get("steps_timed", 0) + 1
             for k, v in (parts or {}).items():
                 self.state["parts"].setdefault(k, []).append(float(v))
             if b + 1 == group_start + len(group):
@@ -483,9 +517,11 @@ def checkpoint_from_parts(
     history: list[dict[str, Any]],
     stopper_best: float | None,
     bad_epochs: int,
+    **state: Any,
 ) -> dict[str, Any]:
     """A checkpoint in :func:`fit`'s layout from the parts any training checkpoint holds (for a
-    suite's ``upgrade`` of its older layout). The losses of an epoch interrupted mid-way are not in
+    suite's ``upgrade`` of its older layout); ``state`` overrides loop-state fields (``done``,
+    ``losses``, ``step_seconds``, ...). The losses of an epoch interrupted mid-way are not in
     old layouts: that epoch's ``train_loss`` then averages only the batches run after the resume."""
     history = [{"kind": "epoch", **h} for h in history]
     counted = [h for h in history if h["epoch"] > 0 or cfg.baseline_counts]
@@ -501,7 +537,10 @@ def checkpoint_from_parts(
         "scaler": scaler,
         "stopper": stopper.state_dict(),
         "best": best.state_dict(),
-        "state": {"epoch": int(epoch), "batch": int(batch), "global_step": int(global_step), "history": history, "losses": [], "parts": {}, "done": False, "stopped_early": False},
+        "state": {
+            "epoch": int(epoch), "batch": int(batch), "global_step": int(global_step), "history": history, "losses": [], "parts": {},
+            "done": False, "stopped_early": False, "step_seconds": 0.0, "steps_timed": 0, **state,
+        },
         "rng": rng,
         "config": asdict(cfg),
     }
