@@ -275,8 +275,7 @@ def run_pointprompt(
     cache: str | Path | None = None,
     progress: bool = True,
 ) -> dict[str, Any]:
-    """Run (or resume) the benchmark into ``out``; returns the summary (see :func:`summarise`)
-    plus ``"timing"``, the run folder's timing sentence (first invocation and this one).
+    """Run (or resume) the benchmark into ``out``; returns the summary (see :func:`summarise`).
 
     ``dataset`` overrides loading ``cfg.datasets[0]`` by name (for datasets built in code).
     """
@@ -340,7 +339,6 @@ def run_pointprompt(
     run.finish(new_rows)
     summary = summarise(run.results.rows(), cfg)
     write_reports(run, summary, cfg)
-    summary["timing"] = run.timing_text()
     return summary
 
 

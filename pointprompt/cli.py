@@ -16,7 +16,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 
 @click.group("pointprompt", invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--dataset", "datasets", multiple=True, default=("synthetic-lesions",), show_default=True, help="Registry name (see `segprompt data list`) or a dataset folder; repeat for several.")
-@click.option("--root", type=click.Path(path_type=Path), default=None, help="Folder of a single registry-named dataset (default: $SEGPROMPT_DATA_ROOT/<folder>).")
+@click.option("--root", "roots", multiple=True, help="Folder of a registry-named --dataset: FOLDER (one dataset) or NAME=FOLDER; repeat for several (default: $SEGPROMPT_DATA_ROOT/<folder>).")
 @click.option("--model", "models", multiple=True, default=("sam-tiny",), show_default=True, help="Segmenter name; repeat for several (sam-tiny, sam, classical, grabcut, random-walker).")
 @click.option("--checkpoint", default=None, help="Checkpoint file or registry name for the `sam` model.")
 @click.option("--strategies", multiple=True, default=("centre,random,microsam",), show_default=True, help="Comma-separated strategy names, or 'all' for every registered one.")
@@ -34,7 +34,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML of PointBenchConfig fields (see configs/pointprompt/); options given on the command line override it.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (rerun the same command to resume). Required.")
 @click.pass_context
-def pointprompt(ctx, config_file, datasets, root, models, checkpoint, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, limit, human, cache, device, out) -> None:
+def pointprompt(ctx, config_file, datasets, roots, models, checkpoint, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, limit, human, cache, device, out) -> None:
     """Benchmark point-prompt strategies on datasets; resumable, deterministic for a seed.
 
     `segprompt bench pointprompt features RUN_DIR` then fits the prompt-feature regressions.
@@ -44,7 +44,9 @@ def pointprompt(ctx, config_file, datasets, root, models, checkpoint, strategies
     if out is None:
         raise click.UsageError("Missing option '--out' (the run folder).")
     from pointprompt.bench import PointBenchConfig, format_summary, run_pointprompt
+    from segprompt.engine.runfolder import timing_text
     from pointprompt.strategies import STRATEGIES
+    from segprompt.data.registry import parse_root_options
     from segprompt.devices import check_device
 
     check_device(device)
@@ -55,11 +57,9 @@ def pointprompt(ctx, config_file, datasets, root, models, checkpoint, strategies
             kw["checkpoint"] = checkpoint
         model_kwargs[m] = kw
     datasets = _split(datasets)
-    if root and len(datasets) != 1:
-        raise ConfigError("--root names the folder of one dataset; give a folder path as --dataset for the others")
     given = dict(
         datasets=datasets,
-        dataset_kwargs={datasets[0]: {"root": str(root)}} if root else {},
+        dataset_kwargs={name: {"root": folder} for name, folder in parse_root_options(roots, datasets).items()},
         models=list(models),
         model_kwargs=model_kwargs,
         strategies=STRATEGIES.expand(_split(strategies)),
@@ -78,12 +78,12 @@ def pointprompt(ctx, config_file, datasets, root, models, checkpoint, strategies
     cfg = PointBenchConfig(**given)
     summary = run_pointprompt(cfg, out, cache=cache)
     click.echo(format_summary(summary))
-    click.echo(f"\n{summary['timing']}\nrun folder: {out}  (summary.csv, curves.csv, matched_budget.csv, report.md, iou_per_step.png)")
+    click.echo(f"\n{timing_text(out)}\nrun folder: {out}  (summary.csv, curves.csv, matched_budget.csv, report.md, iou_per_step.png)")
 
 
 # command-line option name -> the PointBenchConfig fields it sets
 _OPTION_FIELDS = {
-    "datasets": ("datasets",), "root": ("dataset_kwargs",), "models": ("models", "model_kwargs"), "checkpoint": ("model_kwargs",),
+    "datasets": ("datasets",), "roots": ("dataset_kwargs",), "models": ("models", "model_kwargs"), "checkpoint": ("model_kwargs",),
     "device": ("model_kwargs",), "strategies": ("strategies",), "n_positive": ("n_positive",), "n_negative": ("n_negative",),
     "budget": ("budget",), "steps": ("steps",), "seed": ("seed",), "multimask": ("multimask",), "mask_feedback": ("mask_feedback",),
     "limit": ("limit",), "human": ("human",),
@@ -120,9 +120,10 @@ def _merge_config(ctx: click.Context, path: Path, given: dict) -> dict:
 @pointprompt.command("features")
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--target", default="iou", show_default=True, help="Column to predict (iou or dice).")
-@click.option("--splits", "n_splits", type=int, default=5, show_default=True, help="Grouped cross-validation folds.")
+@click.option("--folds", "n_splits", type=int, default=5, show_default=True, help="Grouped cross-validation folds.")
+@click.option("--splits", "old_splits", type=int, hidden=True, default=None, help="Old name of --folds.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def features(run_dir: Path, target: str, n_splits: int, seed: int) -> None:
+def features(run_dir: Path, target: str, n_splits: int, old_splits: int | None, seed: int) -> None:
     """Prompt features of a finished run and regressions predicting IoU (grouped by image).
 
     Prints warnings first when the numbers are not to be trusted (too few images for the folds,
@@ -132,5 +133,6 @@ def features(run_dir: Path, target: str, n_splits: int, seed: int) -> None:
 
     from pointprompt.regression import features_for_run, format_summary
 
+    n_splits = old_splits if old_splits is not None else n_splits
     out = features_for_run(run_dir, target=target, n_splits=n_splits, seed=seed, progress=True)
     click.echo(format_summary(json.loads((out / "regression.json").read_text()), out))

@@ -25,7 +25,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 def _common(f):  # noqa: ANN001, ANN202 - click decorator stack
     options = [
         click.option("--dataset", default="synthetic-lesions", show_default=True, help="Registry name (see `segprompt data list`) or a dataset folder."),
-        click.option("--root", type=click.Path(path_type=Path), default=None, help="Folder of a registry-named dataset (default: $SEGPROMPT_DATA_ROOT/<folder>)."),
+        click.option("--root", type=str, default=None, help="Folder of a registry-named dataset (default: $SEGPROMPT_DATA_ROOT/<folder>)."),
         click.option("--model", default=None, help="Segmenter name, e.g. sam-tiny (default when no --checkpoint)."),
         click.option("--checkpoint", default=None, help="SAM checkpoint file or registry name (official or finetuned)."),
         click.option("--epochs", type=int, default=10, show_default=True),

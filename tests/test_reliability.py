@@ -250,3 +250,68 @@ def test_one_panel_legend_clear_of_a_long_title():
     title = fig._suptitle.get_window_extent(renderer)
     axes = fig.axes[0].get_window_extent(renderer)
     assert _bbox_overlap(legend, title) == 0 and _bbox_overlap(legend, axes) == 0
+
+
+# ------------------------------------------------------------------------------ one name, one meaning
+
+
+def _commands():
+    import click
+
+    from segprompt.cli import cli
+
+    ctx = click.Context(cli)
+    out = {}
+
+    def walk(cmd, path):
+        if isinstance(cmd, click.Group):
+            for name in cmd.list_commands(ctx):
+                walk(cmd.get_command(ctx, name), path + [name])
+        if path:
+            out[" ".join(path)] = cmd
+
+    walk(cli, [])
+    return out
+
+
+def test_option_names_mean_one_thing_across_commands():
+    """Every visible single-valued option name has one type everywhere; the plural spellings are hidden aliases;
+    run-writing commands take --out; device options default to the CPU."""
+    import click
+
+    seen: dict[str, tuple[str, str]] = {}
+    visible: dict[str, set[str]] = {}
+    for path, cmd in _commands().items():
+        for p in cmd.params:
+            if not isinstance(p, click.Option) or p.hidden:
+                continue
+            for name in p.opts:
+                if not name.startswith("--"):
+                    continue
+                visible.setdefault(name, set()).add(path)
+                if p.multiple:  # repeatable (comma lists allowed): values are parsed by the command
+                    continue
+                kind = type(p.type).__name__ if not isinstance(p.type, click.types.FuncParamType) else "func"
+                if name in seen:
+                    assert seen[name][1] == kind, f"{name}: {kind} in '{path}' but {seen[name][1]} in '{seen[name][0]}'"
+                else:
+                    seen[name] = (path, kind)
+                if name == "--device":
+                    assert p.default in ("cpu", None), (path, p.default)
+    for plural in ("--datasets", "--seeds", "--models"):
+        assert plural not in visible, f"{plural} is visible in {visible.get(plural)}; the documented name is the singular"
+    for name in ("--dataset", "--seed", "--limit", "--root", "--device", "--out"):
+        assert len(visible[name]) >= 3, (name, visible[name])
+    assert visible["--splits"] == {"data convert-tunevlseg"}  # fractions there; CV folds are --folds
+    for path in ("bench pointprompt", "bench tunevlseg", "finetune sam", "finetune matrix", "demo"):
+        assert path in visible["--out"]
+
+
+def test_repeated_and_comma_separated_datasets_parse_the_same(tmp_path):
+    import yaml
+
+    a, b = tmp_path / "a", tmp_path / "b"
+    for out, argv in ((a, ["--dataset", "synthetic-lesions", "--dataset", "synthetic-scenes"]), (b, ["--dataset", "synthetic-lesions,synthetic-scenes"])):
+        assert main(["bench", "pointprompt", *argv, "--model", "grabcut", "--strategies", "centre", "--limit", "0", "--out", str(out)]) == 0
+    assert yaml.safe_load((a / "config.yaml").read_text()) == yaml.safe_load((b / "config.yaml").read_text())
+    assert yaml.safe_load((a / "config.yaml").read_text())["datasets"] == ["synthetic-lesions", "synthetic-scenes"]

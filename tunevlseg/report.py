@@ -347,17 +347,11 @@ def _read_config(run_dir: Path) -> dict[str, Any]:
 
 
 def _timing(run_dir: Path, config: Mapping[str, Any]) -> str:
-    """The run folder's timing sentence (:meth:`RunFolder.timing_text`): the first invocation's
-    time next to the last one's; empty when no invocation was recorded."""
-    from segprompt.engine.runfolder import RunFolder
-    from segprompt.errors import SegpromptError
+    """The run folder's timing sentence (:func:`segprompt.engine.runfolder.timing_text`): the first
+    invocation's time next to the last one's; empty when no invocation was recorded."""
+    from segprompt.engine.runfolder import timing_text
 
-    if not config or not (run_dir / "invocations.jsonl").is_file():
-        return ""
-    try:
-        return RunFolder(run_dir, config).timing_text()
-    except SegpromptError:
-        return ""
+    return timing_text(run_dir)
 
 
 def _settings_rows(train: Mapping[str, Any], seeds: Sequence[int]) -> list[dict[str, str]]:

@@ -70,8 +70,10 @@ def launch(
     from viewers.sample_data import synthetic_lesion
     from viewers.widget import SegpromptWidget
 
-    if checkpoint is not None and not Path(checkpoint).is_file():
-        raise DataError(f"{checkpoint}: checkpoint file not found")
+    if checkpoint is not None:
+        from segprompt.weights import find_weights
+
+        checkpoint = find_weights(checkpoint)  # a file, or a registry name such as sam_vit_b (clear error if absent)
     arrays = [(Path(p).stem, *read_any(p)) for p in images]  # read first: a bad file fails before a window opens
     if viewer is None:
         # load torch (and with it triton, on CUDA builds) before the window's OpenGL loads Mesa's

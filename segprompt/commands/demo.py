@@ -21,6 +21,7 @@ import click
 def demo(out: Path, images: int, seed: int) -> None:
     """Benchmark point prompts on synthetic lesions with sam-tiny and GrabCut (no download)."""
     from pointprompt.bench import PointBenchConfig, format_summary, run_pointprompt
+    from segprompt.engine.runfolder import timing_text
 
     cfg = PointBenchConfig(
         datasets=["synthetic-lesions"],
@@ -37,4 +38,4 @@ def demo(out: Path, images: int, seed: int) -> None:
     summary = run_pointprompt(cfg, out)
     click.echo("")
     click.echo(format_summary(summary))
-    click.echo(f"\n{summary['timing']}\nreport: {out / 'report.md'}, plot: {out / 'iou_per_step.png'}")
+    click.echo(f"\n{timing_text(out)}\nreport: {out / 'report.md'}, plot: {out / 'iou_per_step.png'}")

@@ -18,10 +18,10 @@ from segprompt.errors import ConfigError
 @click.command("napari")
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path))
 @click.option("--model", default="sam-tiny", show_default=True, help="Model to load: sam-tiny, classical, random-walker, or a checkpoint file name in the weights cache.")
-@click.option("--checkpoint", type=click.Path(path_type=Path), default=None, help="A SAM checkpoint file to load instead (official or finetuned; architecture read from the file).")
+@click.option("--checkpoint", default=None, help="A SAM checkpoint file or registry name (sam_vit_b, ...) to load instead (official or finetuned; architecture read from the file).")
 @click.option("--sample", is_flag=True, help="Also open the synthetic sample image.")
 @click.option("--device", default=None, help="cpu or cuda (default: the first available).")
-def napari(images: tuple[Path, ...], model: str, checkpoint: Path | None, sample: bool, device: str | None) -> None:
+def napari(images: tuple[Path, ...], model: str, checkpoint: str | None, sample: bool, device: str | None) -> None:
     """Open IMAGES (2-D of any dtype, or 3-D stacks) in napari with the prompting widget docked."""
     problem = display_problem(os.environ, sys.platform)
     if problem:

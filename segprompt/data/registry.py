@@ -928,3 +928,27 @@ DATASETS.add(
     ),
 )
 
+
+
+def parse_root_options(items: Sequence[str], datasets: Sequence[str]) -> dict[str, str]:
+    """``--root`` values -> ``{dataset: folder}``, one rule for every command.
+
+    Each value is ``NAME=FOLDER`` (the folder of the named ``--dataset``) or a plain ``FOLDER``
+    when the command has exactly one dataset. Raises :class:`ConfigError` naming ``--root``.
+    """
+    roots: dict[str, str] = {}
+    for item in items:
+        name, sep, folder = str(item).partition("=")
+        if not sep:
+            if len(datasets) != 1:
+                raise ConfigError(f"--root {item}: with several --dataset values say which one it is for: --root NAME=FOLDER")
+            name, folder = datasets[0], str(item)
+        name, folder = name.strip(), folder.strip()
+        if not name or not folder:
+            raise ConfigError(f"--root {item}: expected FOLDER or NAME=FOLDER (a --dataset name and its folder), e.g. --root kvasir=/data/Kvasir-SEG")
+        if name not in datasets:
+            raise ConfigError(f"--root {item}: {name!r} is not one of the --dataset values ({', '.join(datasets)})")
+        if name in roots:
+            raise ConfigError(f"--root for {name} is given twice")
+        roots[name] = folder
+    return roots

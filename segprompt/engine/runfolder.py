@@ -89,6 +89,27 @@ class JsonlLog:
         return list(self)
 
 
+def timing_text(run_dir: str | Path) -> str:
+    """The timing sentence of a run folder from its invocations.jsonl ("" when there is none):
+    the first invocation's time next to the latest one's, and the total."""
+    rows = JsonlLog(Path(run_dir) / "invocations.jsonl").rows()
+    if not rows:
+        return ""
+    this = rows[-1]
+    if len(rows) == 1:
+        return f"The run took {_secs(this['seconds'])}."
+    first = rows[0]
+    total = sum(float(r.get("seconds") or 0) for r in rows)
+    computed = sum(float(r.get("seconds") or 0) for r in rows if r.get("new_rows"))
+    new = this.get("new_rows")
+    what = "nothing new computed" if not new else f"{new} new row" + ("" if new == 1 else "s")
+    return (
+        f"First invocation ({first['started']}): {_secs(first['seconds'])}; this invocation ({this['started']}, "
+        f"a resume): {_secs(this['seconds'])}, {what}; {len(rows)} invocations, {_secs(total)} in all "
+        f"({_secs(computed)} in invocations that computed rows)."
+    )
+
+
 def _secs(seconds: Any) -> str:
     return f"{float(seconds):.1f} s"
 
@@ -165,22 +186,7 @@ class RunFolder:
 
     def timing_text(self) -> str:
         """One sentence on the run's timing: the first invocation's, this one's and the total."""
-        rows = self.invocations.rows()
-        if not rows:
-            return ""
-        this = rows[-1]
-        if len(rows) == 1:
-            return f"The run took {_secs(this['seconds'])}."
-        first = rows[0]
-        total = sum(float(r.get("seconds") or 0) for r in rows)
-        computed = sum(float(r.get("seconds") or 0) for r in rows if r.get("new_rows"))
-        new = this.get("new_rows")
-        what = "nothing new computed" if not new else f"{new} new row" + ("" if new == 1 else "s")
-        return (
-            f"First invocation ({first['started']}): {_secs(first['seconds'])}; this invocation ({this['started']}, "
-            f"a resume): {_secs(this['seconds'])}, {what}; {len(rows)} invocations, {_secs(total)} in all "
-            f"({_secs(computed)} in invocations that computed rows)."
-        )
+        return timing_text(self.path)
 
     def record_error(self, item: str, error: BaseException | str, **extra: Any) -> None:
         message = str(error)
