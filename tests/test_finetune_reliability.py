@@ -13,15 +13,8 @@ import torch
 from pointprompt.finetune import FinetuneConfig, _load_model, describe_model, evaluate, finetune_sam, format_lr, plural
 from pointprompt.finetune_matrix import heatmap_figure
 from segprompt.data.sample import Sample
-from segprompt.models.sam_arch import save_sam, tiny_arch
 
-DATA = {"dataset": "synthetic-lesions", "dataset_kwargs": {"n": 10, "seed": 0, "size": 96}}
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    torch.manual_seed(0)
-    return str(save_sam(tiny_arch().build(), tmp_path_factory.mktemp("m") / "tiny.safetensors"))
+from test_finetune import DATA, tiny_ckpt  # noqa: F401 - the shared tiny SAM checkpoint fixture
 
 
 def _cfg(ckpt, **kw):
