@@ -28,11 +28,46 @@ The working image is blurred with a Gaussian of ``smooth`` pixels (speckle and t
 both methods; default 0.5 for GrabCut, 1.0 for the random walker).
 
 GrabCut (``cv2.grabCut`` with ``GC_INIT_WITH_MASK``, RNG seeded with 0 so results are
-deterministic) refines the trimap. Its smoothness term can outweigh the colour models on
-speckled images (ultrasound) and wipe out all the probable foreground; when that happens it is
-rerun on a 2x and 4x smoother image, for clicks only with twice wider probable-foreground discs,
-and for a box or mask prompt without clicks, last, with a sure-foreground seed in the box
-centre / the eroded mask.
+deterministic) refines the trimap in at most ``iterations`` (5) iterations. Its smoothness
+term can outweigh the colour models on speckled images (ultrasound) and wipe out all the
+probable foreground (it *collapses*: less than 2 % of the probable foreground is left); when
+that happens it is rerun on a 2x and 4x smoother image, for clicks only with twice wider
+probable-foreground discs, and for a box or mask prompt without clicks, last, with a
+sure-foreground seed in the box centre / the eroded mask. Most of GrabCut's time goes into the
+graph cut of the first iteration (about 0.1 s on 320 x 256 pixels), so the cuts are kept small
+and few:
+
+* *region*: the cut is confined to the bounding box of the sure and probable foreground grown
+  by ``crop_margin`` (10 %) of the working frame's diagonal on each side. Outside it, probable
+  background is held as background, while the colour models (two 5-component GMMs) and
+  GrabCut's contrast constant are still fitted on the whole frame: as long as the whole-frame
+  cut would keep those pixels background, the result is exactly the whole-frame one. If the
+  foreground reaches the region's edge after an iteration (it might go on outside), the attempt
+  is redone on the whole frame. A box prompt holds nothing back (outside the box is sure
+  background already). The region also keeps clicks-only GrabCut from taking look-alike areas
+  far from the clicks: IoU from one centre click on 20 BUSI images 0.37 -> 0.68, on 20
+  Kvasir-SEG images 0.36 -> 0.44, on 20 PH2 images 0.78 either way
+  (``benchmarks/classical_speed.py``);
+* *convergence*: one iteration per ``cv2.grabCut`` call (``GC_EVAL`` with the returned models
+  and labels goes on exactly as the next internal iteration would), stopping once at most
+  ``converge_tol`` (0.2 %) of the working pixels changed side;
+* *early collapse*: an attempt counts as collapsed as soon as an iteration leaves less than 2 %
+  of the probable foreground, and then gives way to the next attempt at once (the last attempt
+  always runs on). Before, only the last iteration was judged, which let attempts that had
+  collapsed and crept back just above 2 % through: box IoU on 20 BUSI images 0.76 -> 0.80, on
+  20 Kvasir-SEG images 0.63 -> 0.66, on 20 PH2 images 0.894 either way;
+* the prompt sets of one ``segment`` call are cut in ``workers`` threads (``cv2.grabCut``
+  releases the GIL and OpenCV's RNG is per thread: the results do not depend on the number of
+  threads).
+
+``crop_margin=None, converge_tol=None`` gives the algorithm as it was before these: the whole
+frame, all ``iterations`` in one call, collapse judged after the last. On the 12 images of
+``segprompt demo`` (3 strategies x 4 steps, 144 prompt sets) GrabCut took 56 s before, 25 s
+after in one thread and 17 s in two (a 2-CPU machine), with the summary's IoUs within 0.006.
+
+For either method, a prompt set already segmented on the same encoded image (the same points,
+box, mask and scribbles, the same settings) is not segmented again: the last 16 results are
+kept in the image state.
 
 The random walker (:func:`skimage.segmentation.random_walker`, image scaled to [0, 1]) uses
 sure foreground as label 1 and sure background as label 2. Without a box or mask prompt, or
@@ -56,8 +91,11 @@ the computation always runs on the CPU in float64 / uint8.
 
 from __future__ import annotations
 
+import hashlib
 import logging
+import os
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -83,6 +121,8 @@ PROBABLE_RADIUS_FACTOR = 8.0
 DEFAULT_SMOOTH = {"grabcut": 0.5, "random_walker": 1.0}
 #: GrabCut counts as collapsed when it keeps less than this part of the probable foreground
 COLLAPSE_FRACTION = 0.02
+#: results kept per encoded image, so that a prompt set seen before is not segmented again
+MEMO_SIZE = 16
 
 
 @dataclass
@@ -202,6 +242,15 @@ class ClassicalSegmenter(Segmenter):
         rw_mode: solver of :func:`skimage.segmentation.random_walker` (``"bf"``, ``"cg_j"``,
             ``"cg"``).
         rw_tol: tolerance of the conjugate-gradient solver.
+        crop_margin: GrabCut's graph cut is confined to the bounding box of the sure and
+            probable foreground grown by this fraction of the working frame's diagonal on each
+            side (redone on the whole frame when the foreground reaches the box's edge); None:
+            always the whole frame. Default 0.1.
+        converge_tol: GrabCut runs one iteration at a time and stops once at most this fraction
+            of the working pixels changed side, or as soon as it has collapsed; None: always
+            ``iterations`` iterations in one call, collapse judged at the end. Default 0.002.
+        workers: threads that cut the prompt sets of one ``segment`` call in parallel (GrabCut
+            only); None: one per CPU this process may use. Results do not depend on it.
         multimask, device, precision: as for every :class:`Segmenter`; there is a single output
             (K = 1) and the computation runs on the CPU whatever ``device`` says.
     """
@@ -224,6 +273,9 @@ class ClassicalSegmenter(Segmenter):
         smooth: float | None = None,
         rw_mode: str = "bf",
         rw_tol: float = 1e-3,
+        crop_margin: float | None = 0.1,
+        converge_tol: float | None = 0.002,
+        workers: int | None = None,
     ) -> None:
         super().__init__(multimask=multimask, device=device, precision=precision)
         key = str(method).lower()
@@ -251,6 +303,15 @@ class ClassicalSegmenter(Segmenter):
         self.smooth = float(smooth)
         self.rw_mode = rw_mode
         self.rw_tol = float(rw_tol)
+        if crop_margin is not None and not float(crop_margin) >= 0:
+            raise ConfigError(f"crop_margin must be a fraction of the image diagonal >= 0, or None (whole frame), got {crop_margin!r}")
+        if converge_tol is not None and not float(converge_tol) >= 0:
+            raise ConfigError(f"converge_tol must be a fraction >= 0, or None (always run all iterations), got {converge_tol!r}")
+        self.crop_margin = None if crop_margin is None else float(crop_margin)
+        self.converge_tol = None if converge_tol is None else float(converge_tol)
+        if workers is not None and int(workers) < 1:
+            raise ConfigError(f"workers must be >= 1, or None (one per CPU), got {workers!r}")
+        self.workers = None if workers is None else int(workers)
         if device != "cpu":
             log.debug("classical segmenter runs on the CPU; device=%r is recorded only", device)
 
@@ -273,12 +334,27 @@ class ClassicalSegmenter(Segmenter):
                 "call encode() on the same segmenter first"
             )
         frame = ResizeFrame(state.original_size, state.input_size)
-        masks, scores, probs = [], [], []
-        for i, ps in enumerate(prompts):
-            mask, score, prob = self._segment_one(state, frame, ps, i)
-            masks.append(frame.restore_mask(mask))
-            scores.append(score)
-            probs.append(frame.restore_map(prob))
+        memo = state.features.setdefault("results", {})
+        keys = [self._result_key(frame, ps) for ps in prompts]
+        todo: dict[str, tuple[int, PromptSet]] = {}
+        for i, (key, ps) in enumerate(zip(keys, prompts)):
+            if key not in memo and key not in todo:
+                todo[key] = (i, ps)
+        workers = min(len(todo), self.workers or _cpu_count()) if self.method == "grabcut" else 1
+        if workers > 1:
+            # cv2.grabCut releases the GIL, and OpenCV's RNG (seeded before each call) is per thread
+            with ThreadPoolExecutor(workers) as pool:
+                done = list(pool.map(lambda item: self._segment_one(state, frame, item[1], item[0]), todo.values()))
+        else:
+            done = [self._segment_one(state, frame, ps, i) for i, ps in todo.values()]
+        for key, result in zip(todo, done):
+            memo[key] = result
+        results = [memo[key] for key in keys]
+        while len(memo) > max(MEMO_SIZE, len(keys)):
+            memo.pop(next(iter(memo)))
+        masks = [frame.restore_mask(r[0]) for r in results]
+        scores = [r[1] for r in results]
+        probs = [frame.restore_map(r[2]) for r in results]
         return ClassicalPrediction(
             masks=np.stack(masks)[:, None],
             scores=np.asarray(scores, np.float32).reshape(-1, 1),
@@ -297,8 +373,26 @@ class ClassicalSegmenter(Segmenter):
             smooth=self.smooth,
             rw_mode=self.rw_mode,
             rw_tol=self.rw_tol,
+            crop_margin=self.crop_margin,
+            converge_tol=self.converge_tol,
+            workers=self.workers,
         )
         return d
+
+    def _result_key(self, frame: ResizeFrame, ps: PromptSet) -> str:
+        """Digest of everything one prompt set's result depends on (settings, frame, prompts)."""
+        settings = sorted((k, v) for k, v in self.describe().items() if k not in ("workers", "device"))
+        h = hashlib.sha1(repr((settings, frame.original_size, frame.work_size)).encode())
+        if ps.points is not None:
+            h.update(b"p" + np.ascontiguousarray(ps.points.coords, np.float64).tobytes() + np.ascontiguousarray(ps.points.labels, np.int64).tobytes())
+        if ps.box is not None:
+            h.update(b"b" + np.ascontiguousarray(ps.box.xyxy, np.float64).tobytes())
+        if ps.mask is not None:
+            data = np.ascontiguousarray(ps.mask.data)
+            h.update(b"m" + repr((ps.mask.kind, data.shape, data.dtype.str)).encode() + data.tobytes())
+        for sc in ps.scribbles:
+            h.update(b"s" + repr((int(sc.label), float(sc.width))).encode() + np.ascontiguousarray(sc.coords, np.float64).tobytes())
+        return h.hexdigest()
 
     # -- seeds ----------------------------------------------------------------
     def _radius(self, frame: ResizeFrame) -> float:
@@ -409,12 +503,10 @@ class ClassicalSegmenter(Segmenter):
             seeded[self._implicit_foreground(tri, ps, frame)] = cv2.GC_FGD
             attempts.append((2 * base, _grabcut_ready(seeded)))
         attempts = [(sigma, t) for sigma, t in attempts if t is not None]
-        for sigma, trimap in attempts:
-            bgr = np.ascontiguousarray(_smoothed(state, sigma)[..., ::-1])
-            bgd = np.zeros((1, 65), np.float64)
-            fgd = np.zeros((1, 65), np.float64)
-            cv2.setRNGSeed(0)
-            out, bgd, fgd = cv2.grabCut(bgr, trimap.copy(), None, bgd, fgd, self.iterations, cv2.GC_INIT_WITH_MASK)
+        for k, (sigma, trimap) in enumerate(attempts):
+            bgr = _smoothed(state, sigma)[..., ::-1]
+            # an attempt that is not the last may give up as soon as it has collapsed
+            out, bgd, fgd = self._run_grabcut(bgr, trimap, probable if k + 1 < len(attempts) else None)
             mask = (out == cv2.GC_FGD) | (out == cv2.GC_PR_FGD)
             if n_probable == 0 or (mask & probable).sum() >= COLLAPSE_FRACTION * n_probable:
                 break
@@ -425,6 +517,91 @@ class ClassicalSegmenter(Segmenter):
         prob[trimap == cv2.GC_FGD] = 1.0
         prob[trimap == cv2.GC_BGD] = 0.0
         return mask, float("nan"), prob
+
+    def _region(self, trimap: np.ndarray) -> np.ndarray | None:
+        """bool (h, w): where the graph cut may change labels, the bounding box of the sure and
+        probable foreground grown by ``crop_margin`` x the frame diagonal on each side; None for
+        the whole frame (``crop_margin`` None, or the grown box covers the frame)."""
+        h, w = trimap.shape
+        if self.crop_margin is None:
+            return None
+        fg = (trimap == cv2.GC_FGD) | (trimap == cv2.GC_PR_FGD)
+        rows, cols = np.flatnonzero(fg.any(1)), np.flatnonzero(fg.any(0))
+        if not len(rows):
+            return None
+        m = int(np.ceil(self.crop_margin * float(np.hypot(h, w))))
+        r0, r1 = max(0, int(rows[0]) - m), min(h, int(rows[-1]) + 1 + m)
+        c0, c1 = max(0, int(cols[0]) - m), min(w, int(cols[-1]) + 1 + m)
+        if (r0, r1, c0, c1) == (0, h, 0, w):
+            return None
+        inside = np.zeros((h, w), bool)
+        inside[r0:r1, c0:c1] = True
+        return inside
+
+    def _run_grabcut(self, bgr: np.ndarray, trimap: np.ndarray, probable: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """GrabCut on ``trimap`` with the cut confined to :meth:`_region`; returns the result (the
+        trimap's labels, refined) and the fitted background / foreground GMMs (1 x 65 each).
+
+        Outside the region the probable background is made sure background, so the graph cut
+        only works inside it while the colour models and GrabCut's contrast constant still come
+        from the whole frame: as long as the whole-frame cut would keep those pixels background,
+        this is the whole-frame result. When the foreground reaches the region's edge (it might
+        have gone on outside), the whole frame is cut instead. ``probable``: the probable
+        foreground whose collapse ends the attempt early (None: run it to the end).
+        """
+        img = np.ascontiguousarray(bgr)
+        inside = self._region(trimap)
+        held = None if inside is None else ~inside & (trimap == cv2.GC_PR_BGD)
+        if held is None or not held.any():  # nothing to hold (e.g. a box prompt): the same cut
+            return self._grabcut_call(img, trimap.copy(), probable)[:3]
+        tri = trimap.copy()
+        tri[held] = cv2.GC_BGD
+        # the region's inner edge, next to the held pixels
+        edge = inside & ~cv2.erode(inside.astype(np.uint8), np.ones((3, 3), np.uint8), borderType=cv2.BORDER_CONSTANT, borderValue=1).astype(bool)
+        out, bgd, fgd, status = self._grabcut_call(img, tri, probable, edge)
+        if status == "escaped":
+            log.debug("GrabCut's foreground reached the edge of its region; cutting the whole frame")
+            return self._grabcut_call(img, trimap.copy(), probable)[:3]
+        out[held] = cv2.GC_PR_BGD
+        return out, bgd, fgd
+
+    def _grabcut_call(self, img: np.ndarray, tri: np.ndarray, probable: np.ndarray | None = None, edge: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray, np.ndarray, str]:
+        """``cv2.grabCut`` (``GC_INIT_WITH_MASK``, RNG seeded with 0), up to ``iterations``
+        iterations; ``tri`` is overwritten. Returns the labels, the two GMMs and a status: "ok",
+        "escaped" (foreground on ``edge``) or "collapsed" (less than ``COLLAPSE_FRACTION`` of
+        ``probable`` left foreground).
+
+        With ``converge_tol`` set, one iteration per call (``GC_EVAL`` with the returned models
+        and labels goes on exactly as the next internal iteration would), stopping once at most
+        ``converge_tol`` x the pixels changed side, or as soon as the status is not "ok".
+        """
+        bgd = np.zeros((1, 65), np.float64)
+        fgd = np.zeros((1, 65), np.float64)
+        n_probable = 0 if probable is None else int(probable.sum())
+
+        def status(out: np.ndarray) -> str:
+            fg = (out & 1).astype(bool)  # GC_FGD = 1, GC_PR_FGD = 3
+            if edge is not None and fg[edge].any():
+                return "escaped"
+            if n_probable and np.count_nonzero(fg & probable) < COLLAPSE_FRACTION * n_probable:
+                return "collapsed"
+            return "ok"
+
+        cv2.setRNGSeed(0)
+        if self.converge_tol is None or self.iterations == 1:
+            out, bgd, fgd = cv2.grabCut(img, tri, None, bgd, fgd, self.iterations, cv2.GC_INIT_WITH_MASK)
+            return out, bgd, fgd, status(out)
+        limit = self.converge_tol * tri.size
+        out, bgd, fgd = cv2.grabCut(img, tri, None, bgd, fgd, 1, cv2.GC_INIT_WITH_MASK)
+        for _ in range(self.iterations - 1):
+            now = status(out)
+            if now != "ok":
+                return out, bgd, fgd, now
+            before = out & 1
+            out, bgd, fgd = cv2.grabCut(img, out, None, bgd, fgd, 1, cv2.GC_EVAL)
+            if np.count_nonzero(before != (out & 1)) <= limit:
+                break
+        return out, bgd, fgd, status(out)
 
     def _random_walker(self, small: np.ndarray, tri: np.ndarray, ps: PromptSet, frame: ResizeFrame) -> tuple[np.ndarray, float, np.ndarray]:
         from skimage.segmentation import random_walker
@@ -515,6 +692,14 @@ def _smoothed(state: ImageState, sigma: float) -> np.ndarray:
     return cache[key]
 
 
+def _cpu_count() -> int:
+    """CPUs this process may run on."""
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:  # not on Linux
+        return max(1, os.cpu_count() or 1)
+
+
 def _ellipse(radius: int) -> np.ndarray:
     k = 2 * max(0, int(radius)) + 1
     return cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (k, k))
@@ -541,7 +726,7 @@ def _gmm_likelihood(model: np.ndarray, pixels: np.ndarray) -> np.ndarray:
             continue
         inv = np.linalg.inv(cov)
         d = pixels - means[j]
-        maha = np.einsum("pi,ij,pj->p", d, inv, d)
+        maha = np.einsum("pi,pi->p", d @ inv, d)
         out += weights[j] * np.exp(-0.5 * np.minimum(maha, 1400.0)) / np.sqrt(((2 * np.pi) ** 3) * det)
     return out
 
