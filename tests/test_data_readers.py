@@ -403,7 +403,7 @@ def test_registry_wrong_folder_lists_found_expected_and_url(tmp_path):
 
 def test_registry_root_from_environment(tmp_path, monkeypatch, lesions):
     monkeypatch.delenv("SEGPROMPT_DATA_ROOT", raising=False)
-    with pytest.raises(DataError, match="give --root FOLDER \(root= in Python\) or set SEGPROMPT_DATA_ROOT"):
+    with pytest.raises(DataError, match=r"give --root FOLDER \(root= in Python\) or set SEGPROMPT_DATA_ROOT"):
         load_dataset("kvasir")
     monkeypatch.setenv("SEGPROMPT_DATA_ROOT", str(tmp_path))
     with pytest.raises(DataError, match=r"looked for kvasir_seg/"):

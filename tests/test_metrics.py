@@ -357,6 +357,203 @@ def test_large_masks():
 
 
 # --------------------------------------------------------------------------------------------
+# properties (hypothesis)
+# --------------------------------------------------------------------------------------------
+
+
+@HYP
+@given(mask_pairs())
+def test_property_dice_iou_symmetric_bounded_related(pair):
+    a, b = pair
+    d, j = M.dice(a, b), M.iou(a, b)
+    assert d == M.dice(b, a) and j == M.iou(b, a)
+    assert 0.0 <= j <= d <= 1.0
+    assert d == pytest.approx(2 * j / (1 + j), abs=1e-12)
+
+
+@HYP
+@given(mask_pairs())
+def test_property_identical_masks_are_perfect(pair):
+    a, _ = pair
+    assert M.dice(a, a) == 1.0 and M.iou(a, a) == 1.0
+    assert M.hd95(a, a) == 0.0 and M.hausdorff(a, a) == 0.0
+    assert M.boundary_f1(a, a, tolerance=0.0) == 1.0
+    assert M.surface_dice(a, a, 0.0) == 1.0
+
+
+@HYP
+@given(mask_pairs(), st.floats(0.0, 5.0))
+def test_property_boundary_scores_bounded_and_symmetric(pair, tol):
+    a, b = pair
+    f = M.boundary_f1(a, b, tol)
+    assert 0.0 <= f <= 1.0 and f == pytest.approx(M.boundary_f1(b, a, tol))
+    nsd = M.surface_dice(a, b, tol)
+    assert 0.0 <= nsd <= 1.0
+    h = M.hd95(a, b)
+    if a.any() and b.any():
+        assert h == pytest.approx(M.hd95(b, a)) and 0.0 <= h <= M.hausdorff(a, b) + 1e-9
+        if h <= tol:  # most boundary pixels matched
+            assert nsd > 0.0
+    elif a.any() or b.any():
+        assert math.isnan(h)
+
+
+@settings(max_examples=25, deadline=None)
+@given(mask_pairs(max_side=10))
+def test_property_hd_matches_monai(pair):
+    a, b = pair
+    if a.any() and b.any():
+        assert M.hd95(a, b) == pytest.approx(monai_hd(a, b), rel=1e-5, abs=1e-4)
+        assert M.surface_dice(a, b, 1.0) == pytest.approx(monai_nsd(a, b, 1.0), abs=1e-6)
+
+
+@HYP
+@given(
+    st.integers(1, 6).flatmap(
+        lambda c: st.tuples(
+            st.just(c),
+            arrays(np.int64, (7, 9), elements=st.integers(0, c - 1)),
+            arrays(np.int64, (7, 9), elements=st.sampled_from(list(range(c)) + [255])),
+        )
+    )
+)
+def test_property_confusion_matrix_sums(args):
+    c, pred, target = args
+    cm = M.confusion_matrix(pred, target, c)
+    assert cm.dtype == np.int64 and cm.shape == (c, c)
+    assert cm.sum() == np.count_nonzero(target != 255)
+    np.testing.assert_array_equal(cm.sum(axis=1), np.bincount(target[target != 255], minlength=c))
+    acc = M.ConfusionMatrix(c).update(pred, target)
+    ious = acc.iou_per_class()
+    assert np.all(np.isnan(ious) | ((ious >= 0) & (ious <= 1)))
+
+
+# --------------------------------------------------------------------------------------------
+# NoC
+# --------------------------------------------------------------------------------------------
+
+
+def test_noc_examples():
+    curve = [0.5, 0.7, 0.86, 0.88, 0.91, 0.95]
+    assert M.noc(curve, 0.85) == 3
+    assert M.noc(curve, 0.90) == 5
+    assert M.noc(curve, 0.96) == 6  # never reached: max_clicks defaults to len(curve)
+    assert M.noc(curve, 0.96, max_clicks=20) == 20
+    assert M.noc(curve, 0.90, max_clicks=4) == 4  # reached only after the budget
+    assert M.noc([0.9], 0.85) == 1
+    assert M.noc(np.array([0.85]), 0.85) == 1  # >= threshold
+    assert M.noc([], 0.85, max_clicks=20) == 20
+    with pytest.raises(DataError):
+        M.noc([], 0.85)
+    with pytest.raises(DataError):
+        M.noc([[0.1, 0.2]], 0.85)
+    with pytest.raises(ConfigError):
+        M.noc([0.1], 0.85, max_clicks=0)
+
+
+def test_noc_curve_stats_numbers():
+    curves = [
+        [0.9, 0.95, 0.96],  # NoC@85 = 1, NoC@90 = 1
+        [0.5, 0.86, 0.89, 0.92],  # 2, 4
+        [0.3, 0.4, 0.5],  # fails both -> 5, 5
+    ]
+    s = M.noc_curve_stats(curves, thresholds=(0.85, 0.9), max_clicks=5)
+    assert s["noc@85"] == pytest.approx((1 + 2 + 5) / 3)
+    assert s["noc@90"] == pytest.approx((1 + 4 + 5) / 3)
+    assert s["fail@85"] == pytest.approx(1 / 3)
+    assert s["fail@90"] == pytest.approx(1 / 3)
+    assert s["n"] == 3
+    s2 = M.noc_curve_stats(np.array([[0.1, 0.88], [0.9, 0.9]]), thresholds=(0.875,), max_clicks=1)
+    assert s2["noc@87.5"] == pytest.approx(1.0) and s2["fail@87.5"] == pytest.approx(0.5)
+    with pytest.raises(DataError):
+        M.noc_curve_stats([])
+
+
+# --------------------------------------------------------------------------------------------
+# confusion matrix / mIoU
+# --------------------------------------------------------------------------------------------
+
+
+def test_confusion_matrix_hand_example():
+    target = np.array([[0, 0, 1], [1, 2, 255]])
+    pred = np.array([[0, 1, 1], [1, 1, 7]])  # 7 sits on an ignored pixel: not checked
+    cm = M.confusion_matrix(pred, target, 3)
+    np.testing.assert_array_equal(cm, [[1, 1, 0], [0, 2, 0], [0, 1, 0]])
+    acc = M.ConfusionMatrix(3).update(pred, target)
+    np.testing.assert_allclose(acc.iou_per_class(), [1 / 2, 2 / 4, 0.0])
+    assert acc.miou() == pytest.approx((0.5 + 0.5 + 0.0) / 3)
+    assert acc.miou(exclude=(0,)) == pytest.approx(0.25)
+    assert acc.pixel_accuracy() == pytest.approx(3 / 5)
+    assert acc.total == 5
+    # class 3 absent in both -> NaN, left out of the mean
+    acc4 = M.ConfusionMatrix(4).update(pred, target)
+    assert math.isnan(acc4.iou_per_class()[3]) and acc4.miou() == pytest.approx(acc.miou())
+    assert M.miou(pred, target, 4) == pytest.approx(acc.miou())
+    assert acc.matrix is not acc.matrix  # a copy
+    acc.merge(M.ConfusionMatrix(3).update(pred, target))
+    assert acc.total == 10 and acc.miou() == pytest.approx((0.5 + 0.5) / 3)
+    acc.reset()
+    assert acc.total == 0 and math.isnan(acc.miou()) and math.isnan(acc.pixel_accuracy())
+
+
+def test_confusion_matrix_errors():
+    t = np.zeros((3, 3), np.uint8)
+    with pytest.raises(DataError, match="pred holds label 5"):
+        M.confusion_matrix(np.full((3, 3), 5), t, 3)
+    with pytest.raises(DataError, match="pred holds label -1"):
+        M.confusion_matrix(np.full((3, 3), -1), t, 3)
+    with pytest.raises(DataError, match="target holds label 9"):
+        M.confusion_matrix(t, np.full((3, 3), 9), 3)
+    with pytest.raises(DataError, match="same shape"):
+        M.confusion_matrix(t, np.zeros((3, 4), int), 3)
+    with pytest.raises(DataError, match="integer"):
+        M.confusion_matrix(t.astype(float), t, 3)
+    with pytest.raises(ConfigError):
+        M.ConfusionMatrix(0)
+
+
+def _tm_iou(preds, targets, c, ignore):
+    metric = tm_cls.MulticlassJaccardIndex(num_classes=c, average="none", ignore_index=ignore)
+    confm = tm_cls.MulticlassConfusionMatrix(num_classes=c, ignore_index=ignore)
+    for p, t in zip(preds, targets):
+        pt, tt = torch.as_tensor(p.astype(np.int64)), torch.as_tensor(t.astype(np.int64))
+        metric.update(pt, tt)
+        confm.update(pt, tt)
+    return metric.compute().numpy(), confm.compute().numpy()
+
+
+def _check_against_torchmetrics(preds, targets, c, ignore):
+    acc = M.ConfusionMatrix(c, ignore_index=ignore)
+    for p, t in zip(preds, targets):
+        acc.update(p, t)
+    ref_iou, ref_cm = _tm_iou(preds, targets, c, ignore)
+    np.testing.assert_array_equal(acc.matrix, ref_cm)
+    ours = acc.iou_per_class()
+    present = ~np.isnan(ours)
+    np.testing.assert_allclose(ours[present], ref_iou[present], atol=1e-6)
+    # absent classes: NaN here, 0 in torchmetrics (zero_division=0)
+    np.testing.assert_array_equal(ref_iou[~present], 0.0)
+    assert acc.miou() == pytest.approx(float(ref_iou[present].mean()), abs=1e-6)
+    return acc
+
+
+def test_miou_matches_torchmetrics_on_random_label_maps():
+    rng = np.random.default_rng(3)
+    c = 6
+    targets, preds = [], []
+    for shape in [(40, 50), (33, 21), (64, 64)]:
+        t = rng.integers(0, c - 1, shape)  # class 5 never in the targets ...
+        t[rng.random(shape) < 0.1] = 255
+        p = np.where(rng.random(shape) < 0.7, np.where(t == 255, 0, t), rng.integers(0, c - 1, shape))
+        targets.append(t)
+        preds.append(p)  # ... nor predicted: NaN here
+    acc = _check_against_torchmetrics(preds, targets, c, 255)
+    assert math.isnan(acc.iou_per_class()[5])
+
+
+# --------------------------------------------------------------------------------------------
+# real data
+# --------------------------------------------------------------------------------------------
 
 
 def _data_root() -> Path:
