@@ -189,14 +189,11 @@ def line_plot(
     xlabel: str,
     ylabel: str,
     title: str = "",
-    ylim: tuple[float, float] | None = (0.0, 1.0),
-    references: Mapping[str, Mapping[str, float]] | None = None,
-    spread_label: str | None = None,
-    max_cols: int = 3,
+    **options: Any,
 ) -> Path:
     """One subplot per panel (a grid at most ``max_cols`` wide), one line per series, saved as PNG.
 
-    See :func:`line_figure` for the arguments; the legend sits outside the axes.
+    ``options``: ``ylim``, ``references``, ``spread_label``, ``max_cols`` of :func:`line_figure`;
+    the legend sits outside the axes.
     """
-    fig = line_figure(panels, xlabel, ylabel, title, ylim, references, spread_label, max_cols)
-    return save_figure(fig, path)
+    return save_figure(line_figure(panels, xlabel, ylabel, title, **options), path)
