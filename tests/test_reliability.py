@@ -315,3 +315,19 @@ def test_repeated_and_comma_separated_datasets_parse_the_same(tmp_path):
         assert main(["bench", "pointprompt", *argv, "--model", "grabcut", "--strategies", "centre", "--limit", "0", "--out", str(out)]) == 0
     assert yaml.safe_load((a / "config.yaml").read_text()) == yaml.safe_load((b / "config.yaml").read_text())
     assert yaml.safe_load((a / "config.yaml").read_text())["datasets"] == ["synthetic-lesions", "synthetic-scenes"]
+
+
+def test_count_axes_tick_at_the_values():
+    """A lone prompt depth gets one integer tick (no '0.9450.960...' run of float ticks)."""
+    from segprompt.engine.report import Series, line_figure
+
+    fig = line_figure({"clipseg-tiny": {"coop": Series([1], [0.22])}, "other": {"coop": Series([1, 3, 6, 9, 12], [0.2, 0.3, 0.4, 0.4, 0.5])},
+                       "steps": {"a": Series(list(range(1, 32)), [0.5] * 31)}}, "prompt depth", "test Dice")
+    fig.canvas.draw()
+    def visible(ax):
+        lo, hi = ax.get_xlim()
+        return [t.get_text() for t, v in zip(ax.get_xticklabels(), ax.get_xticks()) if lo <= v <= hi]
+
+    ticks = [visible(ax) for ax in fig.axes[:3]]
+    assert ticks[0] == ["1"] and ticks[1] == ["1", "3", "6", "9", "12"]
+    assert 3 <= len(ticks[2]) <= 10 and all(t.isdigit() for t in ticks[2])

@@ -151,6 +151,7 @@ def line_figure(
     labels_seen: dict[str, str] = {}
     for ax, panel in zip(flat, names):
         ns: list[int] = []
+        all_xs: set[float] = set()
         for label, series in (panels.get(panel) or {}).items():
             if not isinstance(series, Series):
                 series = Series(*series)
@@ -158,6 +159,7 @@ def line_figure(
             if series.n is not None:
                 ns += [int(v) for v in (series.n if isinstance(series.n, Sequence) else [series.n])]
             xs, ys = list(series.xs), list(series.ys)
+            all_xs.update(float(x) for x in xs)
             ax.plot(xs, ys, marker="o", markersize=3, color=colour, label=label)
             if series.spread is not None:
                 sp = [float(v) for v in series.spread]
@@ -166,7 +168,7 @@ def line_figure(
             ax.axhline(float(y), color="0.3", linestyle=("--", ":", "-.")[j % 3], linewidth=1.1, label=label)
         n_text = "" if not ns else f" (n={min(ns)})" if min(ns) == max(ns) else f" (n={min(ns)}-{max(ns)})"
         ax.set_title(short_name(panel) + n_text, fontsize=10)
-        ax.xaxis.set_major_locator(matplotlib.ticker.MaxNLocator(integer=True))
+        _integer_ticks(ax, sorted(all_xs), matplotlib.ticker)
         ax.set_xlabel(xlabel)
         if ylim:
             ax.set_ylim(*ylim)
@@ -181,6 +183,17 @@ def line_figure(
     fig.tight_layout()
     place_legend(fig, flat[: len(names)])
     return fig
+
+
+def _integer_ticks(ax: Any, xs: Sequence[float], ticker: Any) -> None:
+    """x ticks for counts (points, depths, epochs): the values themselves when they are few
+    integers (a lone value gets room on both sides), else at most ~8 integer ticks."""
+    if xs and all(float(x).is_integer() for x in xs) and len(xs) <= 12:
+        ax.set_xticks([int(x) for x in xs])
+        if len(xs) == 1:
+            ax.set_xlim(xs[0] - 1, xs[0] + 1)
+    else:
+        ax.xaxis.set_major_locator(ticker.MaxNLocator(integer=True))
 
 
 def line_plot(
