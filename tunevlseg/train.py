@@ -39,7 +39,6 @@ from __future__ import annotations
 import logging
 import math
 import re
-import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable, Sequence
