@@ -62,8 +62,9 @@ from segprompt.data.sample import Sample, SegmentationDataset
 from segprompt.devices import check_device
 from segprompt.engine.losses import sam_loss
 from segprompt.engine.loop import FitConfig, FitTask, checkpoint_from_parts, fit
+from segprompt.engine.report import format_lr, plural
 from segprompt.engine.runfolder import RunFolder, atomic_write_text
-from segprompt.engine.training import init_distributed, load_checkpoint, param_groups, seed_everything, set_trainable
+from segprompt.engine.training import init_distributed, param_groups, seed_everything, set_trainable
 from segprompt.errors import ConfigError, DataError, PromptError
 from segprompt.models.resize import LongestSide
 from segprompt.models.sam import SamSegmenter
@@ -333,10 +334,8 @@ def skip_input(run: RunFolder | None, item: str, exc: BaseException, **extra: An
     epoch's validation, meets the same bad file again: that is logged at DEBUG only)."""
     if run is None:
         log.warning("skipped %s: %s", item, exc)
-    elif any(e.get("item") == item and e.get("error") == str(exc) for e in run.errors):
-        log.debug("skipped %s again: %s", item, exc)
     else:
-        run.record_error(item, exc, **extra)
+        run.record_error_once(item, exc, **extra)
 
 
 def _usable_samples(ds: SegmentationDataset, cfg: FinetuneConfig, run: RunFolder | None, progress: bool = False) -> list[Sample]:
@@ -416,18 +415,6 @@ def export_checkpoint(seg: SamSegmenter, path: str | Path) -> Path:
 
 
 # -- words for logs and reports -------------------------------------------------------------------
-def plural(n: int, word: str) -> str:
-    """``1 epoch``, ``3 epochs``."""
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
-
-
-def format_lr(lr: float | None) -> str:
-    """A learning rate as ``1e-04`` / ``2.5e-05`` (``0`` at the end of a cosine schedule)."""
-    if lr is None:
-        return ""
-    return "0" if lr == 0 else f"{lr:.1e}".replace(".0e", "e")
-
-
 def _epoch_line(out: Path, row: dict[str, Any], epochs: int) -> str:
     scores = f"val IoU {row['val_iou']:.4f}, val Dice {row['val_dice']:.4f}"
     if row["epoch"] == 0:
@@ -538,7 +525,8 @@ def finetune_sam(cfg: FinetuneConfig, out: str | Path, resume: bool | None = Non
     task = _fit_task(seg, cfg, train, val, out, run, dist, progress)
     t_cache = time.time() - t0
     if run is not None:
-        _announce(run, out, cfg, len(train) // dist.world_size)
+        shard = len(train) // dist.world_size
+        task.on_start = lambda state: _announce(run, out, cfg, shard, state)
     n_rows = len(run.results.rows()) if run is not None else 0
     fitted = fit(task, train, fit_config(cfg, progress and dist.is_main), out, run=run, dist=dist, upgrade=_upgrade_checkpoint(cfg))
     new_rows = (len(run.results.rows()) - n_rows) if run is not None else 0
@@ -560,14 +548,11 @@ def finetune_sam(cfg: FinetuneConfig, out: str | Path, resume: bool | None = Non
     return result
 
 
-def _announce(run: RunFolder, out: Path, cfg: FinetuneConfig, shard: int) -> None:
-    """Say whether this is a new run or where it resumes (the loop itself says it only at DEBUG)."""
-    last = out / "checkpoints" / "last.pt"
-    if not last.exists():
+def _announce(run: RunFolder, out: Path, cfg: FinetuneConfig, shard: int, state: dict[str, Any] | None) -> None:
+    """Say whether this is a new run or where it resumes (``state``: the loop's restored state)."""
+    if state is None:
         run.announce(done=0, todo=cfg.epochs, unit="epoch" if cfg.epochs == 1 else "epochs")
         return
-    ck = load_checkpoint(last)
-    state = ck.get("state") or {"epoch": ck.get("epoch", 0), "batch": ck.get("batch", 0), "global_step": ck.get("global_step", 0)}
     steps_per_epoch = math.ceil(shard / cfg.batch_size)
     log.info(_resume_line(out, cfg, state["epoch"], state["batch"], steps_per_epoch, state["global_step"], bool(state.get("stopped_early"))))
 
@@ -579,7 +564,7 @@ HISTORY_COLUMNS = ["epoch", "train_loss", "val_iou", "val_dice", "lr", "seconds"
 def _table_rows(history: Sequence[dict[str, Any]], missing: str) -> list[dict[str, Any]]:
     """History rows for tables: lr as ``1e-04``, seconds to 0.1 s, the baseline's absent train loss as ``missing``."""
     return [
-        {**h, "train_loss": missing if h.get("train_loss") is None else h["train_loss"], "lr": format_lr(h.get("lr")), "seconds": f"{h.get('seconds') or 0:.1f}"}
+        {**h, "train_loss": missing if h.get("train_loss") is None else h["train_loss"], "lr": format_lr(h.get("lr"), missing), "seconds": f"{h.get('seconds') or 0:.1f}"}
         for h in history
     ]
 

@@ -30,7 +30,7 @@ from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from segprompt.engine.report import Series, line_figure, markdown_table, save_figure, short_name, write_csv
+from segprompt.engine.report import Series, format_lr, line_figure, markdown_table, plural, save_figure, short_name, write_csv
 from segprompt.engine.runfolder import JsonlLog, atomic_write_text
 from segprompt.errors import DataError
 
@@ -62,18 +62,6 @@ def _missing(value: Any) -> bool:
     return value is None or (isinstance(value, float) and math.isnan(value))
 
 
-def format_lr(value: Any) -> str:
-    """A learning rate as ``2e-04`` / ``1.5e-04`` (never ``0.0000``); missing -> an en dash."""
-    if _missing(value):
-        return DASH
-    value = float(value)
-    if value == 0:
-        return "0"
-    mantissa, exp = f"{value:.1e}".split("e")
-    mantissa = mantissa.rstrip("0").rstrip(".")
-    return f"{mantissa}e{exp}"
-
-
 def format_value(value: Any, fmt: str = ".3f", missing: str = DASH) -> str:
     """A table cell: floats with ``fmt``, None / NaN as ``missing`` (an en dash), never ``None``."""
     if _missing(value):
@@ -83,10 +71,6 @@ def format_value(value: Any, fmt: str = ".3f", missing: str = DASH) -> str:
     if isinstance(value, float):
         return format(value, fmt)
     return str(value)
-
-
-def _plural(n: int, word: str) -> str:
-    return f"{n} {word}" if n == 1 else f"{n} {word}s"
 
 
 def _csv_rows(rows: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
@@ -363,7 +347,7 @@ def _settings_rows(train: Mapping[str, Any], seeds: Sequence[int]) -> list[dict[
     t = {**defaults, **dict(train)}
     epochs = int(t["epochs"])
     rows = [
-        ("epochs", _plural(epochs, "epoch") + (f" at most (early stop after {_plural(int(t['early_stop']), 'epoch')} without a better val Dice)" if t.get("early_stop") else "")),
+        ("epochs", plural(epochs, "epoch") + (f" at most (early stop after {plural(int(t['early_stop']), 'epoch')} without a better val Dice)" if t.get("early_stop") else "")),
         ("learning rate", f"{format_lr(t['lr'])} (AdamW; schedule {t['schedule']})"),
         ("weight decay", format_lr(t["weight_decay"])),
         ("batch size", str(t["batch_size"])),
@@ -415,8 +399,8 @@ def write_report(run_dir: str | Path, timing: str | None = None) -> dict[str, Pa
     lines = [
         "# TuneVLSeg prompt-tuning sweep",
         "",
-        f"{_plural(len(cells), 'finished cell')} (VLSM x method x depth x dataset x seed); "
-        f"{_plural(len(vlsms), 'VLSM')}, {_plural(len(datasets), 'dataset')}, {_plural(len(seeds), 'seed')}.",
+        f"{plural(len(cells), 'finished cell')} (VLSM x method x depth x dataset x seed); "
+        f"{plural(len(vlsms), 'VLSM')}, {plural(len(datasets), 'dataset')}, {plural(len(seeds), 'seed')}.",
         "",
         "## Models",
         "",

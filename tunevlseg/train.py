@@ -352,13 +352,14 @@ class _SkipLog:
 
     def __init__(self, run: RunFolder) -> None:
         self.run = run
-        self.seen: set[tuple[str, str]] = {(str(e["split"]), str(e.get("item"))) for e in run.errors if "split" in e}
 
     def __call__(self, err: dict[str, Any], split: str) -> None:
-        key = (split, str(err["id"]))
-        if key not in self.seen:
-            self.seen.add(key)
-            self.run.record_error(str(err["id"]), DataError(err["error"]), split=split)
+        self.run.record_error_once(str(err["id"]), DataError(err["error"]), split=split)
+
+    @property
+    def seen(self) -> set[tuple[str, str]]:
+        """(split, item) of every item skipped in this run folder."""
+        return {(str(e["split"]), str(e.get("item"))) for e in self.run.errors if "split" in e}
 
     def load(self, cfg: TrainConfig, split: str, limit: int | None, check: bool) -> Any:
         ds = _load(cfg, split, limit, check=check)
@@ -558,8 +559,9 @@ def _test_best(cfg: TrainConfig, model: _Model, run: RunFolder, skip: _SkipLog, 
         raise DataError(f"{cfg.dataset}: no readable item in the {split} split ({len(test_ds)} listed; see {run.errors.path})")
     dm, dsd = _mean_std([r["dice"] for r in rows])
     im, isd = _mean_std([r["iou"] for r in rows])
+    seen = skip.seen
     summary = {"kind": "summary", **trained, **split_info, "n_test": len(rows), "dice_mean": dm, "dice_std": dsd, "iou_mean": im, "iou_std": isd,
-               "skipped_items": len(skip.seen), "skipped_test": sum(1 for sp, _ in skip.seen if sp == split),
+               "skipped_items": len(seen), "skipped_test": sum(1 for sp, _ in seen if sp == split),
                "train_seconds": round(sum(h["seconds"] for h in fitted.history), 3), "out": str(run.path)}
     run.results.append(summary)
     log.debug("%s: test Dice %.4f \u00b1 %.4f over %d %s images%s", run.path.name, dm, dsd, len(rows), split,

@@ -187,6 +187,9 @@ class FitTask:
         on_epoch_start: ``on_epoch_start(epoch)`` before an epoch's batches are loaded (e.g. to
             seed augmentation by epoch); called again for the rest of an epoch after a resume.
         row_extra: fields added to every epoch row (e.g. the run's identity for a sweep).
+        on_start: ``on_start(state)`` on the main process before training: the restored loop
+            state (``epoch``, ``batch``, ``global_step``, ...) of a resumed run, None for a new one
+            (to say where the run starts; the loop itself says it only at DEBUG).
         best_state: ``best_state(row) -> dict`` written as ``best.pt`` in the suite's own layout
             (default: ``{"model", "best", "epoch", "config"}``, read back by :func:`load_best`).
 
@@ -207,6 +210,7 @@ class FitTask:
     describe_epoch: Callable[[dict[str, Any]], str] | None = None
     on_epoch_start: Callable[[int], None] | None = None
     row_extra: Mapping[str, Any] | None = None
+    on_start: Callable[[dict[str, Any] | None], None] | None = None
     best_state: Callable[[dict[str, Any]], dict[str, Any]] | None = None
 
     def model_state(self) -> dict[str, Any]:
@@ -470,6 +474,8 @@ def fit(
         return _result(trainer, resumed, already_finished=True)
     if resumed:
         log.debug("resuming %s: epoch %d, batch %d of %d (step %d)", out, state["epoch"] + 1, state["batch"], trainer.batches_per_epoch, state["global_step"])
+    if task.on_start and dist.is_main:
+        task.on_start(dict(state) if resumed else None)
     if not state["history"] and cfg.eval_before:
         trainer.record_epoch(0, 0.0)
     if trainer.optimizer is None:

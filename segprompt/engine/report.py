@@ -25,6 +25,23 @@ def _fmt(value: Any, floatfmt: str, missing: str = "") -> str:
     return str(value)
 
 
+def plural(n: int, word: str) -> str:
+    """``1 epoch``, ``3 epochs``, ``0 epochs``."""
+    return f"{n} {word}" if n == 1 else f"{n} {word}s"
+
+
+def format_lr(value: Any, missing: str = MISSING) -> str:
+    """A learning rate as ``2e-04`` / ``1.5e-04`` (never ``0.0000``; ``0`` at the end of a cosine
+    schedule); None or NaN as ``missing``."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return missing
+    value = float(value)
+    if value == 0:
+        return "0"
+    mantissa, exp = f"{value:.1e}".split("e")
+    return f"{mantissa.rstrip('0').rstrip('.')}e{exp}"
+
+
 def csv_text(rows: Sequence[Mapping[str, Any]], columns: Sequence[str], floatfmt: str = ".4f") -> str:
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")

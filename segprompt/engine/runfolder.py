@@ -157,6 +157,7 @@ class RunFolder:
         self.results = JsonlLog(self.path / "results.jsonl")
         self.errors = JsonlLog(self.path / "errors.jsonl")
         self.invocations = JsonlLog(self.path / "invocations.jsonl")
+        self._error_keys: set[tuple[str, str]] | None = None
         self._t0 = time.time()
         self._started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.elapsed: float | None = None
@@ -192,6 +193,20 @@ class RunFolder:
         message = str(error)
         log.warning("skipped %s: %s", item, message)
         self.errors.append({"item": item, "error": message, "type": type(error).__name__ if isinstance(error, BaseException) else "skip", **extra})
+
+    def record_error_once(self, item: str, error: BaseException | str, **extra: Any) -> bool:
+        """:meth:`record_error` unless this folder already holds the same item with the same error
+        (a bad file met again in the next epoch, or by a resumed run: logged at DEBUG only).
+        Returns whether a row was written."""
+        if self._error_keys is None:
+            self._error_keys = {(str(e.get("item")), str(e.get("error"))) for e in self.errors}
+        key = (str(item), str(error))
+        if key in self._error_keys:
+            log.debug("skipped %s again: %s", item, error)
+            return False
+        self._error_keys.add(key)
+        self.record_error(item, error, **extra)
+        return True
 
     def write_text(self, name: str, text: str) -> Path:
         return atomic_write_text(self.path / name, text)
