@@ -33,7 +33,7 @@ from segprompt.engine.report import Series, line_plot, markdown_table, short_nam
 from segprompt.engine.runfolder import RunFolder
 from segprompt.errors import ConfigError, DataError, PromptError
 from segprompt.metrics import dice, iou, noc
-from segprompt.models.base import SINGLE_MASK_POLICIES, Segmenter
+from segprompt.models.base import MULTIMASK_DESCRIPTIONS, SINGLE_MASK_POLICIES, Segmenter
 from segprompt.prompts import MaskPrompt, Points, PromptSet
 
 from pointprompt.budgets import budget_for
@@ -431,15 +431,12 @@ MODEL_NOTES = {
     "sam": "Segment Anything with the checkpoint given in config.yaml (model_kwargs)",
 }
 
-MULTIMASK_NOTES = {
-    "auto": "`auto`: SAM's three candidates for a lone point, keeping the one with the highest predicted IoU; the single-mask "
-    "head for two or more points (SAM's own recommendation). `candidate` is the kept candidate (0-2), or -1 where the "
-    "single-mask head answered.",
-    "single": "`single`: always SAM's single-mask head (`candidate` -1).",
-    "first": "`first`: always candidate 0 of the three (what the PointPrompt code does).",
-    "best": "`best`: of the three candidates, the one with the highest predicted IoU.",
-    "oracle": "`oracle`: of the three candidates, the one with the highest IoU against the ground truth (an upper bound).",
-}
+def multimask_note(policy: str) -> str:
+    """The report's sentence on the multimask policy, from the one description of each policy."""
+    return (
+        f"`{policy}`: {MULTIMASK_DESCRIPTIONS[policy]}. `candidate` is the kept candidate (0-2), or -1 where the "
+        "single-mask head answered."
+    )
 
 
 def iou_curve_panels(curves: Sequence[dict[str, Any]]) -> dict[str, dict[str, Series]]:
@@ -477,7 +474,7 @@ def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig
         "",
         *models,
         "",
-        f"Multimask policy {MULTIMASK_NOTES.get(cfg.multimask, f'`{cfg.multimask}`')}",
+        f"Multimask policy {multimask_note(cfg.multimask)}",
         "",
         "## Summary",
         "",

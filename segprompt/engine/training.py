@@ -1,9 +1,8 @@
-"""Training building blocks shared by the finetuning and prompt-tuning loops.
+"""Training building blocks used by the one training loop (:mod:`segprompt.engine.loop`).
 
 * parameter freezing by explicit module names (a wrong name raises, it never freezes nothing);
 * AdamW parameter groups with and without weight decay;
 * cosine (with warm-up) and plateau schedules;
-* early stopping;
 * exact resume: checkpoints hold model, optimizer, scheduler, grad scaler, counters and every
   RNG state, and are written atomically (temporary file + rename);
 * ``torch.distributed`` helpers for DistributedDataParallel under ``torchrun``.
@@ -109,34 +108,6 @@ def build_scheduler(optimizer: torch.optim.Optimizer, kind: str, total_steps: in
     if kind == "constant":
         return torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1.0)
     raise ConfigError(f"unknown schedule {kind!r}; use cosine, plateau or constant")
-
-
-@dataclass
-class EarlyStopping:
-    """Stop when the monitored value (higher is better) has not improved for ``patience`` checks."""
-
-    patience: int = 5
-    min_delta: float = 0.0
-    best: float = -math.inf
-    bad_checks: int = 0
-
-    def update(self, value: float) -> bool:
-        """Record ``value``; True if it is a new best."""
-        if value > self.best + self.min_delta:
-            self.best, self.bad_checks = value, 0
-            return True
-        self.bad_checks += 1
-        return False
-
-    @property
-    def should_stop(self) -> bool:
-        return self.patience > 0 and self.bad_checks >= self.patience
-
-    def state_dict(self) -> dict[str, Any]:
-        return {"best": self.best, "bad_checks": self.bad_checks}
-
-    def load_state_dict(self, state: dict[str, Any]) -> None:
-        self.best, self.bad_checks = float(state["best"]), int(state["bad_checks"])
 
 
 # -- RNG and checkpoints ---------------------------------------------------------------------
