@@ -143,7 +143,9 @@ def test_components_size_edges():
     assert image_features(step, m)["edge_density"] > 0
     diag = np.zeros((10, 10), bool)
     diag[2, 2] = diag[3, 3] = True
-    assert image_features(np.zeros((10, 10, 3), np.uint8), diag)["n_components"] == 1  # 8-connectivity
+    # the study counts components with scipy.ndimage.label's default, 4-connectivity
+    assert image_features(np.zeros((10, 10, 3), np.uint8), diag)["n_components"] == 2
+    assert image_features(np.zeros((10, 10, 3), np.uint8), diag, connectivity=8)["n_components"] == 1
 
 
 def test_glcm_constant_vs_striped():
@@ -151,17 +153,25 @@ def test_glcm_constant_vs_striped():
     const = np.full((48, 48, 3), 128, np.uint8)
     stripes = np.zeros((48, 48, 3), np.uint8)
     stripes[:, ::2] = 255
-    fc, fs = image_features(const, m), image_features(stripes, m)
+    # the earlier "pooled" rule: 32 levels, four angles, symmetric, counts summed: values in 0..1
+    fc, fs = image_features(const, m, glcm="pooled"), image_features(stripes, m, glcm="pooled")
     assert fc["obj_contrast"] == 0.0 and fs["obj_contrast"] > 100
     assert fc["obj_homogeneity"] == pytest.approx(1.0) and fs["obj_homogeneity"] < 0.5
     assert fc["obj_energy"] == pytest.approx(1.0) and fs["obj_energy"] < 1.0
+    assert fc["obj_asm"] == pytest.approx(1.0) and fc["obj_dissimilarity"] == 0.0
     # the stripes cover the background too
     assert fs["bg_contrast"] > 100 and fc["bg_contrast"] == 0.0
     # stripes only inside the object: the background stays smooth
     inside = const.copy()
     inside[m] = stripes[m]
-    fi = image_features(inside, m)
+    fi = image_features(inside, m, glcm="pooled")
     assert fi["obj_contrast"] > 100 and fi["bg_contrast"] == 0.0
+    # the study's rule (default): per-angle values summed over 0 and 90 degrees
+    pc, ps = image_features(const, m), image_features(stripes, m)
+    assert pc["obj_homogeneity"] == pytest.approx(2.0) and pc["obj_energy"] == pytest.approx(2.0) and pc["obj_asm"] == pytest.approx(2.0)
+    assert pc["obj_correlation"] == pytest.approx(2.0) and pc["obj_contrast"] == 0.0
+    # 0/255 columns: every horizontal pair differs by 255, no vertical one does
+    assert ps["obj_contrast"] == pytest.approx(255.0**2) and ps["obj_dissimilarity"] == pytest.approx(255.0)
 
 
 def test_glcm_ignores_pairs_leaving_the_region():
@@ -253,3 +263,165 @@ def test_feature_table_logs_progress(caplog, capsys):
     assert "features: 4 of 6 prompts done, 2 skipped" in info
     err = capsys.readouterr().err
     assert "/6 " in err and "prompt/s" in err  # the bar counts prompts (6), skipped ones included
+
+
+# ---------------------------------------------------------------------------------------------
+# the study's GLCM rule, object counts and round features (feature_extraction/gather_statistics.py)
+
+
+def glcm_by_hand(gray, region, d):
+    """The study's GLCM properties re-done by counting pixel pairs: horizontal and vertical pairs at
+    distance d with both pixels in the region, 256 levels, each property per direction, summed."""
+    total = {}
+    for dr, dc in ((0, d), (d, 0)):
+        h, w = gray.shape
+        a = gray[: h - dr, : w - dc].astype(np.float64)
+        b = gray[dr:, dc:].astype(np.float64)
+        keep = region[: h - dr, : w - dc] & region[dr:, dc:]
+        i, j = a[keep], b[keep]
+        if i.size == 0:  # no pair in this direction: skimage's values of an empty matrix (0; correlation 1)
+            for k, v in {"contrast": 0.0, "dissimilarity": 0.0, "homogeneity": 0.0, "energy": 0.0, "correlation": 1.0, "asm": 0.0}.items():
+                total[k] = total.get(k, 0.0) + v
+            continue
+        _, counts = np.unique(np.stack([i, j], 1), axis=0, return_counts=True)
+        p = counts / counts.sum()
+        asm = float((p**2).sum())
+        si, sj = i.std(), j.std()
+        corr = 1.0 if si < 1e-12 or sj < 1e-12 else float(((i - i.mean()) * (j - j.mean())).mean() / (si * sj))
+        props = {
+            "contrast": float(((i - j) ** 2).mean()),
+            "dissimilarity": float(np.abs(i - j).mean()),
+            "homogeneity": float((1 / (1 + (i - j) ** 2)).mean()),
+            "energy": math.sqrt(asm),
+            "correlation": corr,
+            "asm": asm,
+        }
+        for k, v in props.items():
+            total[k] = total.get(k, 0.0) + v
+    return total
+
+
+def test_glcm_study_rule_matches_pair_counting_on_a_fixed_patch():
+    rng = np.random.default_rng(7)
+    gray = rng.integers(0, 256, (24, 30)).astype(np.uint8)
+    gray[:, 12:] //= 4  # some structure, so correlation is not ~0
+    yy, xx = np.mgrid[:24, :30]
+    disk = (yy - 11) ** 2 + (xx - 14) ** 2 <= 81
+    got = image_features(np.repeat(gray[..., None], 3, axis=2), disk)
+    want_obj = glcm_by_hand(gray, disk, 1)  # diameter 18 px: int(0.18) -> distance 1
+    want_bg = glcm_by_hand(gray, ~disk, 1)  # image diagonal < 100 px: distance 1
+    for k in want_obj:
+        assert got[f"obj_{k}"] == pytest.approx(want_obj[k], rel=1e-9), k
+        assert got[f"bg_{k}"] == pytest.approx(want_bg[k], rel=1e-9), k
+    assert set(F.GLCM_PROPS) == {"contrast", "dissimilarity", "homogeneity", "energy", "correlation", "ASM"}
+
+
+def test_glcm_distance_follows_object_diameter_and_image_diagonal():
+    cols = np.arange(300)
+    gray = np.tile(np.where(cols % 3 == 0, 90, 10).astype(np.uint8), (300, 1))  # period 3 along x
+    m = np.zeros((300, 300), bool)
+    m[20:270, 20:270] = True
+    assert F.mask_diameter(m) == pytest.approx(math.hypot(249, 249))
+    assert F.glcm_distance(m, "obj") == 3 and F.glcm_distance(~m, "bg") == int(0.01 * math.hypot(300, 300)) == 4
+    f = image_features(np.repeat(gray[..., None], 3, axis=2), m)
+    assert f["obj_contrast"] == 0.0  # pairs 3 px apart have equal values
+    assert f["bg_contrast"] > 0  # pairs 4 px apart do not
+    assert f["obj_contrast"] == pytest.approx(glcm_by_hand(gray, m, 3)["contrast"])
+    assert f["bg_dissimilarity"] == pytest.approx(glcm_by_hand(gray, ~m, 4)["dissimilarity"])
+    assert image_features(np.repeat(gray[..., None], 3, axis=2), m, glcm="pooled")["obj_contrast"] > 0  # distance 1
+
+
+def test_glcm_small_regions_and_mask_diameter():
+    gray = np.random.default_rng(0).integers(0, 256, (100, 100)).astype(np.uint8)
+    tiny = np.zeros((100, 100), bool)
+    tiny[10, 10:14] = True  # 4 px < 0.05 % of 10,000
+    assert all(math.isnan(v) for v in glcm_properties(gray, tiny).values())
+    assert not math.isnan(glcm_properties(gray, tiny, rule="pooled")["contrast"])
+    small = np.zeros((100, 100), bool)
+    small[10, 10:16] = True  # 6 px: kept; horizontal pairs only
+    got, want = glcm_properties(gray, small), glcm_by_hand(gray, small, 1)
+    assert got["contrast"] == pytest.approx(want["contrast"]) and got["homogeneity"] == pytest.approx(want["homogeneity"])
+    assert got["correlation"] == pytest.approx(want["correlation"])  # the empty vertical direction adds 1, as in skimage
+    line = np.zeros((20, 20), bool)
+    line[5, 3:13] = True
+    assert F.mask_diameter(line) == 9.0  # collinear pixels: no hull, still measured
+    one = np.zeros((5, 5), bool)
+    one[2, 2] = True
+    assert F.mask_diameter(one) == 0.0 and math.isnan(F.mask_diameter(np.zeros((5, 5), bool)))
+    blob = np.random.default_rng(1).random((30, 30)) > 0.7
+    pts = np.argwhere(blob).astype(float)
+    diffs = pts[:, None, :] - pts[None, :, :]
+    assert F.mask_diameter(blob) == pytest.approx(np.sqrt((diffs**2).sum(-1)).max())
+    with pytest.raises(ValueError):
+        glcm_properties(gray, small, rule="nope")
+
+
+def test_object_counts_merged_split_compact():
+    img = np.zeros((40, 40, 3), np.uint8)
+    touching = np.zeros((40, 40), bool)
+    touching[5:15, 5:15] = touching[5:15, 15:25] = True  # two annotated objects fused into one component
+    f = image_features(img, touching, n_objects=2)
+    assert (f["n_components"], f["object_density"], f["merged"], f["split"], f["compact"]) == (1, 2, 1, 0, 0)
+    occluded = np.zeros((40, 40), bool)
+    occluded[5:30, 5:12] = occluded[5:30, 15:22] = True  # one object cut in two by an occluder
+    f = image_features(img, occluded, n_objects=1)
+    assert (f["n_components"], f["merged"], f["split"], f["compact"]) == (2, 0, 1, 0)
+    f = image_features(img, square(40, 40, 5, 5, 10))  # no count given: 1, as the study
+    assert (f["object_density"], f["merged"], f["split"], f["compact"]) == (1, 0, 0, 1)
+    diag = np.zeros((40, 40), bool)
+    diag[2:6, 2:6] = diag[6:10, 6:10] = True  # touching only at a corner: two components for the study
+    assert image_features(img, diag, n_objects=2)["compact"] == 1
+    assert image_features(img, diag, n_objects=2, connectivity=8)["merged"] == 1
+    assert all(math.isnan(v) for v in F.object_flags(math.nan, 1).values())
+
+
+def test_feature_table_object_counts_source_image_and_current_is_best(tmp_path):
+    img = np.zeros((64, 64, 3), np.uint8)
+    two = np.zeros((64, 64), bool)
+    two[5:15, 5:15] = two[30:40, 30:40] = True
+    ds = {
+        "a": Sample("a", img, two, meta={"mask_path": ["a_1.png", "a_2.png"]}),  # two OR-merged lesion masks
+        "liver": Sample("liver", img, square(), meta={"image_id": "ct_007"}),  # one structure of image ct_007
+        "c": Sample("c", img, square()),
+    }
+    rows = [
+        {"dataset": "d", "image": i, "strategy": "random", "step": k, "points": [[12, 12, 1]] * k, "iou": v}
+        for i in ("a", "liver", "c")
+        for k, v in ((1, 0.3), (2, 0.8), (3, 0.6))
+    ]
+    table = feature_table(rows, ds)
+    by = {(r["image"], r["step"]): r for r in table}
+    assert by[("a", 1)]["object_density"] == 2 and by[("a", 1)]["compact"] == 1
+    assert by[("c", 1)]["object_density"] == 1 and by[("c", 1)]["compact"] == 1
+    assert by[("liver", 1)]["source_image"] == "ct_007" and by[("c", 2)]["source_image"] == "c"
+    assert "source_image" in feature_columns(table)
+    assert [by[("c", k)]["current_is_best"] for k in (1, 2, 3)] == [0, 1, 0]
+    counted = feature_table(rows, ds, object_counts={("d", "c"): 3, "a": 1})
+    cb = {(r["image"], r["step"]): r for r in counted}
+    assert cb[("c", 1)]["object_density"] == 3 and cb[("c", 1)]["merged"] == 1
+    assert cb[("a", 1)]["object_density"] == 1 and cb[("a", 1)]["split"] == 1
+    csv_path = tmp_path / "object_counts.csv"
+    csv_path.write_text("Sample_Index,Objects Count,Dataset\n0,1,Camo\n1,4,Cow\n")
+    assert F.read_object_counts(csv_path) == {("Camo", "0"): 1, ("Cow", "1"): 4}
+    csv_path.write_text("index,count\n0,1\n")
+    with pytest.raises(DataError, match="columns"):
+        F.read_object_counts(csv_path)
+
+
+def test_round_features_follow_the_best_round():
+    ious, rounds = [0.2, 0.5, 0.4, 0.3, 0.9, 0.6], [0, 0, 0, 1, 1, 1]
+    rows = [{"image": "a", "step": k, "iou": v, "round": r, "points": [[1, 1, 1]] * k + [[5, 5, 0]]} for k, (v, r) in enumerate(zip(ious, rounds), 1)]
+    t = trajectory_features(rows)
+    assert (t["best_step"], t["n_rounds"], t["best_round"], t["best_round_length"], t["best_step_in_round"]) == (5, 2, 1, 3, 2)
+    # the study: first / last step of the best round (steps 4 and 6), not of the whole trajectory
+    assert (t["first_iou"], t["last_iou"], t["first_n_points"], t["last_n_points"]) == (0.3, 0.6, 5, 7)
+    assert t["best_first_gap"] == pytest.approx(0.6)
+    whole = trajectory_features(rows, first_last="trajectory")
+    assert (whole["first_iou"], whole["last_iou"], whole["first_n_points"]) == (0.2, 0.6, 2)
+    best_in_first = trajectory_features([dict(r, iou=0.95) if r["step"] == 2 else r for r in rows])
+    assert (best_in_first["best_round"], best_in_first["best_round_length"], best_in_first["best_step_in_round"]) == (0, 3, 2)
+    assert (best_in_first["first_iou"], best_in_first["last_iou"]) == (0.2, 0.4)  # steps 1 and 3
+    auto = trajectory_features([{k: v for k, v in r.items() if k != "round"} for r in rows])
+    assert all(math.isnan(auto[k]) for k in ("n_rounds", "best_round", "best_round_length", "best_step_in_round"))
+    assert auto["first_iou"] == 0.2
+    assert {"best_round", "best_round_length", "best_step_in_round", "current_is_best"} <= F.TARGET_DERIVED
