@@ -123,16 +123,22 @@ def _merge_config(ctx: click.Context, path: Path, given: dict) -> dict:
 @click.option("--folds", "n_splits", type=int, default=5, show_default=True, help="Grouped cross-validation folds.")
 @click.option("--splits", "old_splits", type=int, hidden=True, default=None, help="Old name of --folds.")
 @click.option("--seed", type=int, default=0, show_default=True)
-def features(run_dir: Path, target: str, n_splits: int, old_splits: int | None, seed: int) -> None:
-    """Prompt features of a finished run and regressions predicting IoU (grouped by image).
+@click.option(
+    "--group-by", "group_by", type=click.Choice(["image", "annotator", "image+annotator", "dataset", "none"]), default="image", show_default=True,
+    help="What the cross-validation folds keep apart: images (a source image's structure masks count as one image), annotators "
+    "(per dataset), both, whole datasets, or nothing (plain K-fold; optimistic).",
+)
+def features(run_dir: Path, target: str, n_splits: int, old_splits: int | None, seed: int, group_by: str) -> None:
+    """Prompt features of a finished run and regressions predicting IoU (grouped by image by default).
 
     Prints warnings first when the numbers are not to be trusted (too few images for the folds,
-    too few rows per feature, a model no better than predicting the mean), then the models.
+    too few rows per feature, a model no better than predicting the mean, folds not grouped by
+    image), then the models.
     """
     import json
 
     from pointprompt.regression import features_for_run, format_summary
 
     n_splits = old_splits if old_splits is not None else n_splits
-    out = features_for_run(run_dir, target=target, n_splits=n_splits, seed=seed, progress=True)
+    out = features_for_run(run_dir, target=target, n_splits=n_splits, seed=seed, group_by=group_by, progress=True)
     click.echo(format_summary(json.loads((out / "regression.json").read_text()), out))

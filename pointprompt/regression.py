@@ -6,8 +6,10 @@ but publishes no regression code. This module makes the claim testable on any fe
 
 * :func:`run_regression` fits a linear model (median imputation + standardisation), a random
   forest and gradient boosting (median imputation) with **grouped** K-fold cross-validation:
-  all rows of one image (and, with ``group_by=("image", "annotator")``, of one annotator) are in
-  the same fold, so no image is ever in both the training and the test part. It reports per
+  all rows of one image are in the same fold (by default; ``group_by`` / ``--group-by`` also
+  groups by annotator, by both, by dataset, or not at all), so no image is ever in both the
+  training and the test part. Image and annotator ids are qualified by the dataset, and samples
+  that are structures of one source image (``meta["image_id"]``) count as that one image. It reports per
   model the mean and std over folds of the out-of-fold R^2 and MAE, the pooled out-of-fold R^2
   (all held-out predictions together), permutation importances on the held-out folds (averaged
   over folds) and, for the tree models, impurity importances; and per feature the R^2 of a
@@ -47,7 +49,7 @@ from segprompt.engine.report import MISSING, markdown_table, write_csv
 from segprompt.engine.runfolder import JsonlLog, atomic_write_text
 from segprompt.errors import ConfigError, DataError
 
-from pointprompt.features import FEATURE_GROUPS, TARGET_DERIVED, feature_columns, feature_table
+from pointprompt.features import FEATURE_GROUPS, SOURCE_COLUMN, TARGET_DERIVED, feature_columns, feature_table
 
 log = logging.getLogger(__name__)
 
@@ -55,6 +57,8 @@ __all__ = [
     "MODELS",
     "run_regression",
     "make_groups",
+    "parse_group_by",
+    "GROUP_BY_CHOICES",
     "reliability_warnings",
     "format_r2",
     "format_summary",
@@ -128,13 +132,57 @@ def _resolve_features(table: Sequence[Mapping[str, Any]], feature_groups: Iterab
     return features, dropped
 
 
+#: ``--group-by`` choices and the columns each one groups by (``none``: every row is its own group).
+GROUP_BY_CHOICES: dict[str, tuple[str, ...]] = {
+    "image": ("image",),
+    "annotator": ("annotator",),
+    "image+annotator": ("image", "annotator"),
+    "dataset": ("dataset",),
+    "none": (),
+}
+#: Columns whose values are unique only within a dataset: their group keys carry the dataset.
+_PER_DATASET = ("image", "annotator")
+
+
+def _missing(v: Any) -> bool:
+    return v is None or v == "" or (isinstance(v, float) and math.isnan(v))
+
+
+def _group_value(r: Mapping[str, Any], c: str) -> Any:
+    """The value of row ``r`` that column ``c`` groups by: images by their source image when the
+    table has one (:data:`pointprompt.features.SOURCE_COLUMN`), image and annotator ids qualified by
+    the dataset; None when the row has none."""
+    v = r.get(c)
+    if c == "image" and not _missing(r.get(SOURCE_COLUMN)):
+        v = r[SOURCE_COLUMN]
+    if _missing(v):
+        return None
+    return (r.get("dataset"), v) if c in _PER_DATASET else v
+
+
+def parse_group_by(value: str | Sequence[str] | None) -> tuple[str, ...]:
+    """Columns to group by from a :data:`GROUP_BY_CHOICES` name (``"image+annotator"``, ``"none"``),
+    a comma/plus-separated list of columns, or a sequence of columns; None means ``("image",)``."""
+    if value is None:
+        return ("image",)
+    if isinstance(value, str):
+        if value in GROUP_BY_CHOICES:
+            return GROUP_BY_CHOICES[value]
+        return tuple(v.strip() for v in value.replace("+", ",").split(",") if v.strip() and v.strip() != "none")
+    return tuple(value)
+
+
 def make_groups(table: Sequence[Mapping[str, Any]], group_by: Sequence[str]) -> np.ndarray:
     """Group label per row such that rows sharing a value in *any* ``group_by`` column share a group.
 
-    ``("image",)`` groups by image (qualified by ``dataset`` when the table has one, since ids are
-    unique only within a dataset). ``("image", "annotator")`` links rows of the same image and
-    rows of the same annotator (connected components), so a fold split keeps both images and
-    annotators apart. Rows with no value in a column are not linked through that column.
+    ``("image",)`` groups by image: by the source image (``source_image``, the sample's
+    ``meta["image_id"]``) when the table has one, so the structure masks of one CT slice or the
+    annotations of one COCO image stay together, else by ``image``. Image ids and annotator ids
+    are qualified by ``dataset`` (ids are unique only within a dataset: annotator ``st1`` of polyp
+    is not ``st1`` of skin). ``("image", "annotator")`` links rows of the same image and rows of
+    the same annotator (connected components), so a fold split keeps both images and annotators
+    apart; ``("dataset",)`` holds out whole datasets; ``()`` makes every row its own group (plain
+    K-fold). Rows with no value in a column are not linked through that column.
     """
     from scipy.sparse import coo_matrix
     from scipy.sparse.csgraph import connected_components
@@ -146,10 +194,10 @@ def make_groups(table: Sequence[Mapping[str, Any]], group_by: Sequence[str]) -> 
     src, dst = [], []
     for i, r in enumerate(table):
         for c in group_by:
-            v = r.get(c)
-            if v is None or v == "" or (isinstance(v, float) and math.isnan(v)):
+            v = _group_value(r, c)
+            if v is None:
                 continue
-            key = (c, (r.get("dataset"), v) if c == "image" else v)
+            key = (c, v)
             j = keys.setdefault(key, n + len(keys))
             src.append(i)
             dst.append(j)
@@ -212,10 +260,7 @@ def _grouped_folds(
     """(group_by, group of each row, [(train, test), ...]): grouped K-fold, K cut to the number of groups."""
     from sklearn.model_selection import GroupKFold
 
-    if group_by is None:
-        has_annot = any(r.get("annotator") not in (None, "") for r in rows)
-        group_by = ("image", "annotator") if has_annot else ("image",)
-    group_by = tuple(group_by)
+    group_by = parse_group_by(group_by)
     for c in group_by:
         if not any(c in r for r in rows):
             raise ConfigError(f"group_by column {c!r} is not in the table")
@@ -223,16 +268,21 @@ def _grouped_folds(
     n_groups = int(groups.max()) + 1
     if n_groups < 2:
         raise DataError(
-            f"only {n_groups} group(s) by {'/'.join(group_by)}: grouped cross-validation needs at least 2 "
+            f"only {n_groups} group(s) by {group_label(group_by)}: grouped cross-validation needs at least 2 "
             "(use more images, or group by fewer columns)"
         )
     if n_groups < n_splits:
-        log.warning("only %d groups by %s: using %d folds instead of %d", n_groups, "/".join(group_by), n_groups, n_splits)
+        log.warning("only %d groups by %s: using %d folds instead of %d", n_groups, group_label(group_by), n_groups, n_splits)
         n_splits = n_groups
     if n_splits < 2:
         raise ConfigError(f"n_splits must be >= 2, got {n_splits}")
     cv = GroupKFold(n_splits=n_splits, shuffle=True, random_state=seed)
     return group_by, groups, list(cv.split(X, y, groups))
+
+
+def group_label(group_by: Sequence[str]) -> str:
+    """``"image / annotator"``, or ``"none"`` for no grouping."""
+    return " / ".join(group_by) if group_by else "none"
 
 
 def _fold_permutation(model: Any, X: np.ndarray, y: np.ndarray, n_repeats: int, seed: int) -> np.ndarray:
@@ -348,8 +398,9 @@ def run_regression(
         target: the column to predict (rows where it is missing are dropped).
         feature_groups: names from :data:`FEATURE_GROUPS` and/or column names.
         models: any of ``linear``, ``random_forest``, ``gradient_boosting``.
-        group_by: columns that define the CV groups (see :func:`make_groups`); default
-            ``("image", "annotator")`` when the table has annotators, else ``("image",)``.
+        group_by: columns that define the CV groups (see :func:`make_groups`), or a
+            :data:`GROUP_BY_CHOICES` name (``"image"``, ``"annotator"``, ``"image+annotator"``,
+            ``"dataset"``, ``"none"``); default ``("image",)``, with or without annotators.
         n_splits: folds; reduced (with a warning) to the number of groups when there are fewer.
         seed: seeds the fold assignment, the models and the permutations.
         n_repeats: permutations per feature and fold for the permutation importance.
@@ -379,7 +430,7 @@ def run_regression(
     fold = np.empty(len(y), np.int64)
     for k, (_, test) in enumerate(splits):
         fold[test] = k
-    log.info("regression of %s on %d features: %d rows, %d groups by %s, %d-fold grouped CV", target, len(features), len(y), n_groups, "/".join(group_by), len(splits))
+    log.info("regression of %s on %d features: %d rows, %d groups by %s, %d-fold grouped CV", target, len(features), len(y), n_groups, group_label(group_by), len(splits))
 
     result_models = {
         name: _fit_logged(name, X, y, features, splits, seed, n_repeats, (model_params or {}).get(name), progress) for name in models
@@ -444,6 +495,15 @@ def format_spread(v: float | None) -> str:
     return "> 1" if v > 1 else f"{v:.3f}"
 
 
+def _unit(group_by: Sequence[str], long: bool = False) -> str:
+    """What a group is, for sentences: images, rows (no grouping) or groups."""
+    if list(group_by) == ["image"]:
+        return "images"
+    if not group_by:
+        return "rows (no grouping)" if long else "rows"
+    return f"groups (by {group_label(group_by)})" if long else "groups"
+
+
 def reliability_warnings(result: Mapping[str, Any]) -> list[str]:
     """What makes the numbers of a :func:`run_regression` result untrustworthy, one sentence each.
 
@@ -457,19 +517,26 @@ def reliability_warnings(result: Mapping[str, Any]) -> list[str]:
       models can fit noise;
     * **worse than the mean**: a model's pooled out-of-fold R^2 is <= 0 (or undefined): it
       predicts no better than the mean of the target, so its importances are not ranked;
-    * **unstable folds**: a model with a positive pooled R^2 whose mean fold R^2 is negative.
+    * **unstable folds**: a model with a positive pooled R^2 whose mean fold R^2 is negative;
+    * **not grouped by image**: ``group_by`` holds neither ``image`` nor ``dataset``, so rows of
+      one image can fall on both sides of a split (placed right after the first rule).
     """
     out: list[str] = []
     n_groups, n_splits, n_rows = result["n_groups"], result["n_splits"], result["n_rows"]
     n_features = len(result["features"])
     asked = max(result.get("n_splits_requested", n_splits), n_splits)
-    unit = "images" if list(result["group_by"]) == ["image"] else f"groups (by {' / '.join(result['group_by'])})"
+    unit = _unit(result["group_by"], long=True)
     if n_groups < MIN_GROUPS_PER_FOLD * asked:
         cut = f", so only {n_splits} folds are used instead of {asked}" if n_splits < asked else ""
         out.append(
             f"too few {unit} for reliable cross-validation: {n_groups} {unit.split(' ')[0]} for {asked} folds{cut} "
             f"(at least {MIN_GROUPS_PER_FOLD * asked} needed, {MIN_GROUPS_PER_FOLD} per held-out fold); "
             "fold R^2 on one or two images is erratic and says little about new images"
+        )
+    if "image" not in result["group_by"] and "dataset" not in result["group_by"]:
+        out.append(
+            f"the folds are not grouped by image (group_by {group_label(result['group_by'])}): rows of one image can be in both "
+            "the training and the test part, so the R^2 is optimistic for new images"
         )
     if n_rows < MIN_ROWS_PER_FEATURE * n_features:
         out.append(f"too few rows per feature: {n_rows} rows for {n_features} features (at least {MIN_ROWS_PER_FEATURE} per feature wanted): the models can fit noise")
@@ -533,7 +600,7 @@ def importance_figure(rows: Sequence[Mapping[str, Any]], result: Mapping[str, An
         ax.barh([r["feature"] for r in rows], [r["permutation_mean"] for r in rows], xerr=err, color="#4c72b0", alpha=0.85, label="mean over folds\n(whiskers: ± 1 std)")
     ax.axvline(0, color="black", lw=0.8)
     ax.set_xlabel("permutation importance (drop in held-out R$^2$)")
-    unit = "images" if list(result["group_by"]) == ["image"] else "groups"
+    unit = _unit(result["group_by"])
     r2 = format_r2(result["models"][model]["r2_pooled"])
     ax.set_title(
         f"{short_name(model, 24)}: top features for {short_name(result['target'], 12)}\n"
@@ -596,7 +663,7 @@ def _importance_section(result: Mapping[str, Any], imp: Sequence[Mapping[str, An
 def _report_markdown(result: Mapping[str, Any], reg: Sequence[Mapping[str, Any]], imp: Sequence[Mapping[str, Any]], plot: Path | None, top: int, extra: str) -> str:
     lines = [f"# Which features predict `{result['target']}`", ""] + _caveat(result)
     lines += [
-        f"{result['n_rows']} rows in {result['n_groups']} groups (by {' / '.join(result['group_by'])}), "
+        f"{result['n_rows']} rows in {result['n_groups']} groups (by {group_label(result['group_by'])}), "
         f"{result['n_splits']}-fold grouped cross-validation (no group is in both the training and the test part), seed {result['seed']}. "
         f"{len(result['features'])} features.",
         "",
@@ -650,7 +717,7 @@ def format_summary(summary: Mapping[str, Any], out_dir: str | Path | None = None
 
     lines = [f"warning: {w}" for w in summary.get("warnings", [])]
     lines.append(
-        f"{summary['n_rows']} prompts, {summary['n_groups']} groups (by {' / '.join(summary['group_by'])}), "
+        f"{summary['n_rows']} prompts, {summary['n_groups']} groups (by {group_label(summary['group_by'])}), "
         f"{summary['n_splits']}-fold grouped CV; target {summary['target']}; {len(summary['features'])} features"
     )
     rows = [

@@ -102,13 +102,20 @@ def test_folds_keep_images_apart():
 def test_groups_by_dataset_image_and_annotator(caplog):
     rows = [{"dataset": d, "image": i, "annotator": a} for d, i, a in [("x", "1", "A"), ("y", "1", "A"), ("x", "2", "B"), ("x", "1", "C")]]
     assert make_groups(rows, ("image",)).tolist() == [0, 1, 2, 0]  # same id in two datasets = two images
-    assert make_groups(rows, ("image", "annotator")).tolist() == [0, 0, 1, 0]  # A links x/1 and y/1
+    # annotator A of dataset x is not annotator A of dataset y: nothing links x/1 and y/1
+    assert make_groups(rows, ("image", "annotator")).tolist() == [0, 1, 2, 0]
+    assert make_groups(rows, ("annotator",)).tolist() == [0, 1, 2, 3]
+    assert make_groups(rows, ("dataset",)).tolist() == [0, 1, 0, 0] and make_groups(rows, ()).tolist() == [0, 1, 2, 3]
+    same = [dict(r, dataset="x") for r in rows]
+    assert make_groups(same, ("image", "annotator")).tolist() == [0, 0, 1, 0]  # within one dataset A links its images
     table = []
     for a, imgs in (("A", range(0, 5)), ("B", range(5, 10))):
         for i in imgs:
             table += [{"image": f"i{i}", "annotator": a, "step": s, "iou": 0.1 * s + 0.01 * i, "coverage": 0.1 * s} for s in range(1, 4)]
+    res = run_regression(table, models=("linear",), n_splits=5, n_repeats=0)  # annotators present: still grouped by image
+    assert res["group_by"] == ["image"] and res["n_groups"] == 10 and res["n_splits"] == 5
     with caplog.at_level(logging.WARNING, logger="pointprompt.regression"):
-        res = run_regression(table, models=("linear",), n_splits=5, n_repeats=0)  # annotators present: default groups link them
+        res = run_regression(table, models=("linear",), n_splits=5, n_repeats=0, group_by="image+annotator")
     assert res["group_by"] == ["image", "annotator"] and res["n_groups"] == 2 and res["n_splits"] == 2
     assert "using 2 folds instead of 5" in caplog.text
     annot = np.array([r["annotator"] for r in table])
@@ -116,8 +123,24 @@ def test_groups_by_dataset_image_and_annotator(caplog):
     assert len(set(fold[annot == "A"].tolist())) == 1 and len(set(fold[annot == "B"].tolist())) == 1
     table.append({"image": "i4", "annotator": "B", "step": 1, "iou": 0.5, "coverage": 0.3})  # links A and B
     with pytest.raises(DataError, match="at least 2"):
-        run_regression(table, models=("linear",), n_repeats=0)
+        run_regression(table, models=("linear",), n_repeats=0, group_by=("image", "annotator"))
     assert run_regression(table, models=("linear",), group_by=("image",), n_repeats=0, n_splits=3)["n_groups"] == 10
+    none = run_regression(table, models=("linear",), group_by="none", n_repeats=0, n_splits=3)
+    assert none["group_by"] == [] and none["n_groups"] == len(table)
+    assert any(w.startswith("the folds are not grouped by image (group_by none)") for w in none["warnings"])
+
+
+def test_structure_masks_of_one_source_image_share_a_fold():
+    rows = []
+    for img in range(12):
+        for organ in ("liver", "spleen", "kidney"):
+            for step in (1, 2):
+                rows.append({"dataset": "ct", "image": f"{organ}_{img}", "source_image": f"ct_{img}", "step": step, "iou": 0.1 * step + 0.02 * img, "coverage": 0.1 * step})
+    res = run_regression(rows, models=("linear",), n_splits=4, n_repeats=0, univariate=False)
+    assert res["n_groups"] == 12
+    fold = np.array(res["fold"])
+    src = np.array([rows[i]["source_image"] for i in res["rows_used"]])
+    assert all(len(set(fold[src == s].tolist())) == 1 for s in set(src.tolist()))
 
 
 def test_config_errors():
@@ -374,3 +397,28 @@ def test_cli_features_warns_before_the_numbers(tiny_run, tmp_path, monkeypatch):
         assert all(float(v) >= -1 for v in re.findall(r"-?\d+\.\d+", line)), line
         assert line.rstrip().endswith("not ranked: R^2 < 0")
     assert "importances.png" not in res.stdout and not (run / "features" / "importances.png").exists()
+
+
+def test_cli_group_by_option(tiny_run, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from pointprompt.cli import pointprompt
+
+    run = tmp_path / "run"
+    shutil.copytree(tiny_run, run, ignore=shutil.ignore_patterns("features"))
+    for name, params in FAST.items():
+        monkeypatch.setitem(R.DEFAULT_PARAMS, name, {**R.DEFAULT_PARAMS[name], **params})
+    res = CliRunner().invoke(pointprompt, ["features", str(run), "--group-by", "none", "--folds", "3"])
+    assert res.exit_code == 0, res.output
+    summary = json.loads((run / "features" / "regression.json").read_text())
+    assert summary["group_by"] == [] and summary["n_groups"] == summary["n_rows"] == 24
+    assert "warning: the folds are not grouped by image (group_by none)" in res.stdout and "groups (by none)" in res.stdout
+    res = CliRunner().invoke(pointprompt, ["features", str(run), "--folds", "3"])
+    assert res.exit_code == 0, res.output
+    assert json.loads((run / "features" / "regression.json").read_text())["group_by"] == ["image"]
+    table = read_table(run / "features" / "features.csv")
+    assert {r["source_image"] for r in table} == {r["image"] for r in table}  # one sample per image here
+    res = CliRunner().invoke(pointprompt, ["features", str(run), "--group-by", "strategy"])
+    assert res.exit_code == 2 and "--group-by" in res.output
+    option = next(p for p in pointprompt.commands["features"].params if p.name == "group_by")
+    assert list(option.type.choices) == list(R.GROUP_BY_CHOICES)  # the CLI offers what the library knows
