@@ -20,7 +20,16 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pointprompt.human_data import HUMAN_META, read_pointprompt_human, write_pointprompt_human
+from pointprompt.human_data import (
+    HUMAN_META,
+    best_step_table,
+    human_protocol,
+    human_protocol_section,
+    matched_step,
+    read_pointprompt_human,
+    write_human_protocol,
+    write_pointprompt_human,
+)
 from pointprompt.trajectory import Trajectory, load_trajectories, save_trajectories, to_rows
 from segprompt.errors import DataError
 
@@ -236,3 +245,105 @@ def test_human_rows_share_the_benchmark_table(data):
     assert r["points"] == [[float(x), float(y), 1] for x, y in g] + [[float(x), float(y), 0] for x, y in red]
     assert r["iou"] == expected[("st2", 0)]["score"][0]
     assert sum(x["best"] for x in rows) == 3
+
+
+# ---------------------------------------------------------------------------------------------
+# the study's protocol: best step and round per annotator, human vs automated, replay
+
+
+def test_best_step_table_follows_the_study(data):
+    root, expected = data
+    table = best_step_table(read_pointprompt_human(root))
+    assert len(table) == 6
+    for row in table:
+        exp = expected[(row["annotator"], int(row["image"]))]
+        # feature_extraction/gather_statistics.py, re-done on the arrays that were written
+        rounds, sort = np.array(exp["rounds"]), exp["sort"]
+        best_round = rounds[sort[0]]
+        best_timestamp = sort[0] if best_round == 0 else sort[0] - np.sum(rounds == 0)
+        assert row["best_step"] == sort[0] + 1
+        assert row["best_round"] == best_round and row["best_round_length"] == np.sum(rounds == best_round)
+        assert row["best_step_in_round"] == best_timestamp + 1 and row["n_rounds"] == len(np.unique(rounds))
+        assert row["best_n_inclusion"] == len(exp["gp"][sort[0]]) and row["best_n_exclusion"] == len(exp["rp"][sort[0]])
+        assert row["recorded_iou"] == pytest.approx(exp["score"][sort[0]]) and row["best_by"] == "ranking"
+    assert {r["best_round"] for r in table} == {0, 1}
+
+
+def _h(image, annot, step, rnd, rec, rep, n_pos, n_neg):
+    return {"dataset": "polyp", "model": "m", "image": image, "strategy": "human", "annotator": annot, "step": step, "round": rnd,
+            "recorded_iou": rec, "iou": rep, "n_points": n_pos + n_neg, "n_positive": n_pos, "n_negative": n_neg}
+
+
+def _a(image, strategy, step, n, v):
+    return {"dataset": "polyp", "model": "m", "image": image, "strategy": strategy, "step": step, "iou": v, "n_points": n, "n_positive": n, "n_negative": 0}
+
+
+PROTO_ROWS = [
+    # st1 on image 0: best recorded step 2 (round 0); best replayed step 4 (round 1)
+    _h("0", "st1", 1, 0, 0.5, 0.45, 1, 1), _h("0", "st1", 2, 0, 0.8, 0.70, 2, 1),
+    _h("0", "st1", 3, 1, 0.6, 0.65, 1, 1), _h("0", "st1", 4, 1, 0.7, 0.90, 2, 1),
+    # st2 on image 0: best step 3 with 4 points; the tie 0.6 / 0.6 does not matter
+    _h("0", "st2", 1, 0, 0.6, 0.50, 1, 0), _h("0", "st2", 2, 0, 0.6, 0.60, 1, 1), _h("0", "st2", 3, 0, 0.9, 0.85, 3, 1),
+    # st1 on image 1: best step 1 with 2 points
+    _h("1", "st1", 1, 0, 0.3, 0.35, 1, 1), _h("1", "st1", 2, 0, 0.2, 0.10, 2, 1),
+    # automated: random on both images (1, 3, 5 points), centre on image 1 only
+    _a("0", "random", 1, 1, 0.2), _a("0", "random", 2, 3, 0.5), _a("0", "random", 3, 5, 0.6),
+    _a("1", "random", 1, 1, 0.1), _a("1", "random", 2, 3, 0.2), _a("1", "random", 3, 5, 0.3),
+    _a("1", "centre", 1, 2, 0.25), _a("1", "centre", 2, 4, 0.4),
+]
+
+
+def test_human_protocol_numbers():
+    proto = human_protocol(PROTO_ROWS)
+    best = {(u["image"], u["annotator"]): u for u in proto["best_steps"]}
+    assert {k: (u["best_step"], u["best_round"], u["best_step_in_round"], u["best_n_points"], u["replayed_iou"]) for k, u in best.items()} == {
+        ("0", "st1"): (2, 0, 2, 3, 0.70), ("0", "st2"): (3, 0, 3, 4, 0.85), ("1", "st1"): (1, 0, 1, 2, 0.35)
+    }
+    assert best[("0", "st1")]["n_rounds"] == 2 and best[("0", "st1")]["best_round_length"] == 2
+    cmp = {r["strategy"]: r for r in proto["comparison"]}
+    human = (0.70 + 0.85 + 0.35) / 3
+    assert cmp["human"]["human_iou"] == pytest.approx(human) and cmp["human"]["trajectories"] == 3 and cmp["human"]["images"] == 2
+    r = cmp["random"]
+    assert r["iou_full"] == pytest.approx((0.6 + 0.3) / 2) and r["points_full"] == 5
+    # matched point counts: 3 -> the 3-point step (0.5); 4 -> the 3-point step (0.5); 2 -> the 1-point step (0.1)
+    assert r["iou_matched"] == pytest.approx((0.5 + 0.5 + 0.1) / 3) and r["points_matched"] == pytest.approx(7 / 3)
+    assert r["gain_full_pct"] == pytest.approx(100 * (human / 0.45 - 1))
+    assert r["gain_matched_pct"] == pytest.approx(100 * (human / (1.1 / 3) - 1))
+    c = cmp["centre"]  # only image 1, only st1 there: 2 points -> the 2-point step
+    assert (c["images"], c["trajectories"], c["human_iou"], c["iou_full"], c["iou_matched"]) == (1, 1, 0.35, 0.4, 0.25)
+    ann = {a["annotator"]: a for a in proto["annotators"]}
+    assert ann["st1"]["images"] == 2 and ann["st1"]["best_step"] == pytest.approx(1.5) and ann["st1"]["best_in_round_two"] == 0
+    assert ann["st1"]["recorded_iou"] == pytest.approx(0.55) and ann["st2"]["best_n_inclusion"] == 3
+    (rep,) = proto["replay"]
+    rec = np.array([0.5, 0.8, 0.6, 0.7, 0.6, 0.6, 0.9, 0.3, 0.2])
+    got = np.array([0.45, 0.70, 0.65, 0.90, 0.50, 0.60, 0.85, 0.35, 0.10])
+    assert rep["steps"] == 9 and rep["trajectories"] == 3
+    assert rep["mean_abs_diff"] == pytest.approx(np.abs(got - rec).mean()) and rep["max_abs_diff"] == pytest.approx(0.2)
+    assert rep["within_0.05"] == pytest.approx(np.mean(np.abs(got - rec) <= 0.05 + 1e-12))
+    assert rep["pearson_r"] == pytest.approx(np.corrcoef(rec, got)[0, 1])
+    assert rep["best_recorded_iou"] == pytest.approx((0.8 + 0.9 + 0.3) / 3)
+    steps = proto["replay_steps"]
+    assert [(s["image"], s["annotator"], s["step"]) for s in steps[:3]] == [("0", "st1", 1), ("0", "st1", 2), ("0", "st1", 3)]
+    assert steps[3]["diff"] == pytest.approx(0.2)
+
+
+def test_human_protocol_best_by_replayed_and_fallback(tmp_path):
+    proto = human_protocol(PROTO_ROWS, best_by="replayed")
+    best = {(u["image"], u["annotator"]): u for u in proto["best_steps"]}
+    assert (best[("0", "st1")]["best_step"], best[("0", "st1")]["best_round"], best[("0", "st1")]["best_step_in_round"]) == (4, 1, 2)
+    assert {a["annotator"]: a["best_in_round_two"] for a in proto["annotators"]} == {"st1": 0.5, "st2": 0.0}
+    no_record = [dict(r, recorded_iou=None) if r.get("annotator") == "st2" else r for r in PROTO_ROWS]
+    units = {u["annotator"] + u["image"]: u for u in human_protocol(no_record)["best_steps"]}
+    assert units["st20"]["best_by"] == "replayed" and units["st10"]["best_by"] == "recorded"
+    md = human_protocol_section(proto)
+    assert md.startswith("## Human prompts: the study's protocol") and "highest replayed IoU" in md
+    assert "| centre" in md and "| st1" in md and "### Replayed vs recorded IoU" in md
+    assert human_protocol_section(human_protocol([r for r in PROTO_ROWS if r["strategy"] != "human"])) == ""
+    assert write_human_protocol(tmp_path / "none", human_protocol([])) == []
+    paths = write_human_protocol(tmp_path, proto)
+    text = (tmp_path / "human_vs_automated.csv").read_text().splitlines()
+    assert text[0].startswith("dataset,model,strategy,images,trajectories,human_iou,iou_full") and len(text) == 4
+    assert len(paths) == 4
+    with pytest.raises(DataError):
+        human_protocol(PROTO_ROWS, best_by="best")
+    assert matched_step([(1, 3, 0.2), (2, 5, 0.4)], 1) == (1, 3, 0.2)  # every step has more points: the first
