@@ -134,16 +134,69 @@ def test_depth_agrees_with_transformers_hidden_states():
 
 
 def test_shallow_prompts_touch_only_the_input():
-    """Depth 1: the input is prompted, no pre-hooks on later blocks."""
+    """Depth 1: the input is prompted, no pre-hooks on later blocks; vision row 0 enters before
+    ln_pre ("pre-norm", the default) or at block 1's input ("post-norm")."""
     model, adapter = _model("openclip")
     before = hook_count(model)
     text, vision = torch.zeros(1, N_CTX, adapter.text.width), torch.zeros(1, 3, adapter.vision.width)
+    blocks = adapter.vision.blocks
     with adapter.prompted(text=text, vision=vision):
-        # text: hook on the token embedding; vision: pre-hook on block 1 + exit hook
+        # text: hook on the token embedding; vision: pre-hook on ln_pre + exit hook
         assert hook_count(model) == before + 3
         assert all(len(b._forward_pre_hooks) == 0 for b in adapter.text.blocks)
-        assert [len(b._forward_pre_hooks) for b in adapter.vision.blocks] == [1] + [0] * (adapter.vision.num_layers - 1)
+        assert len(model.visual.ln_pre._forward_pre_hooks) == 1
+        assert [len(b._forward_pre_hooks) for b in blocks] == [0] * len(blocks)
+    with adapter.prompted(vision=vision, vision_position="post-norm"):
+        assert len(model.visual.ln_pre._forward_pre_hooks) == 0
+        assert [len(b._forward_pre_hooks) for b in blocks] == [1] + [0] * (len(blocks) - 1)
     assert hook_count(model) == before
+    with pytest.raises(ConfigError, match="position"):
+        with adapter.prompted(vision=vision, vision_position="after-norm"):
+            pass
+
+
+@pytest.mark.parametrize("kind", ["clipseg", "hf-clip", "openclip", "biomedclip-like"])
+def test_visual_prompts_enter_before_the_pre_norm(kind):
+    """Row 0 is appended to the embedding sequence before the pre-LayerNorm (TuneVLSeg's
+    vpt_clipseg.py, MaPLe's VisionTransformer_MaPLe): block 1 receives pre_norm(cat(emb, row 0)),
+    so the prompt tokens arrive normalised like the patch tokens. "post-norm" appends the raw row
+    after the norm. Checked against the library's own modules."""
+    model, adapter = _model(kind)
+    vision = adapter.vision
+    norm = vision.entry
+    assert norm is not None
+    rows = torch.randn(1, 3, vision.width, generator=torch.Generator().manual_seed(3)) * 0.02
+    images = torch.randn(2, 3, *vision.image_size, generator=torch.Generator().manual_seed(4))
+    seen: dict[str, torch.Tensor] = {}
+
+    def grab(key):
+        def hook(module, args, kwargs):
+            seen[key] = (args[0] if args else next(v for v in kwargs.values() if torch.is_tensor(v))).detach()
+
+        return hook
+
+    handle_norm = norm.register_forward_pre_hook(lambda m, args: seen.__setitem__("emb", args[0].detach()))
+    try:
+        with torch.no_grad():
+            vision.encode(images)  # the embedding sequence the pre-norm receives, unprompted
+            emb = seen["emb"]
+            for position in ("pre-norm", "post-norm"):
+                with vision.prompted(rows, position=position):
+                    h = vision.blocks[0].register_forward_pre_hook(grab(position), with_kwargs=True)
+                    try:
+                        vision.encode(images)
+                    finally:
+                        h.remove()
+    finally:
+        handle_norm.remove()
+    first = lambda x: x if x.shape[0] == 2 else x.transpose(0, 1)  # noqa: E731 - sequence-first blocks
+    appended = torch.cat([emb, rows.expand(2, -1, -1)], dim=1)
+    with torch.no_grad():
+        torch.testing.assert_close(first(seen["pre-norm"]), norm(appended), rtol=0, atol=1e-6)
+        torch.testing.assert_close(first(seen["post-norm"]), torch.cat([norm(emb), rows.expand(2, -1, -1)], 1))
+    if not isinstance(norm, nn.Identity):  # a LayerNorm brings the 0.02-scale prompts to the patches' scale
+        tokens = first(seen["pre-norm"])
+        assert tokens[:, -3:].std() > 10 * rows.std()
 
 
 @pytest.mark.parametrize("kind", ["clipseg", "openclip", "biomedclip-like"])
@@ -235,24 +288,34 @@ def test_context_from_a_photo_of_a_equals_the_plain_text(kind):
     torch.testing.assert_close(prompted, plain, rtol=0, atol=1e-5)
 
 
-def test_clipseg_decoder_gets_grid_activations_with_visual_prompts():
+def test_clipseg_decoder_gets_the_prompt_tokens_as_tuneVLSeg_hands_them():
+    """transformers' own CLIPSeg forward inside ``prompted``: the decoder receives the
+    activations with the 5 prompt tokens (TuneVLSeg's decoder_forward runs its layers over them),
+    each of a block j < depth already holding row j; the tokens are gone after its last layer."""
     model, adapter = _model("clipseg")
     vision = adapter.vision
     rows, cols = vision.grid(*vision.image_size)
-    seen: list[tuple[int, ...]] = []
+    seen: list[torch.Tensor] = []
+    last: list[tuple[int, ...]] = []
     tokens = adapter.text.tokenize(["a cat", "dog"])
     images = torch.randn(2, 3, *vision.image_size)
+    prompts = torch.randn(vision.num_layers, 5, vision.width)
     with torch.no_grad():
         ref = model(pixel_values=images, input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
-        with adapter.prompted(vision=torch.randn(vision.num_layers, 5, vision.width)):
-            handle = model.decoder.register_forward_pre_hook(
-                lambda m, args: seen.extend(tuple(a.shape) for a in args[0])
+        with adapter.prompted(vision=prompts):
+            handle = model.decoder.register_forward_pre_hook(lambda m, args: seen.extend(args[0]))
+            handle2 = model.decoder.layers[-1].register_forward_hook(
+                lambda m, args, out: last.append(tuple((out[0] if isinstance(out, tuple) else out).shape))
             )
             try:
                 out = model(pixel_values=images, input_ids=tokens.input_ids, attention_mask=tokens.attention_mask)
             finally:
                 handle.remove()
-    assert seen == [(2, 1 + rows * cols, vision.width)] * len(adapter.decoder_layers)
+                handle2.remove()
+    assert [tuple(a.shape) for a in seen] == [(2, 1 + rows * cols + 5, vision.width)] * len(adapter.decoder_layers)
+    for act, layer in zip(seen, adapter.decoder_layers):  # layers 1, 2, 3 < depth 4: slots hold row j
+        assert torch.equal(act[:, -5:], prompts[layer].expand(2, -1, -1))
+    assert last == [(2, 1 + rows * cols, model.config.reduce_dim)]
     assert out.logits.shape == ref.logits.shape == (2, *vision.image_size)
     assert out.vision_model_output.last_hidden_state.shape == (2, 1 + rows * cols, vision.width)
     assert not torch.allclose(out.logits, ref.logits)

@@ -151,23 +151,40 @@ def test_trainable_parameter_counts_by_hand():
     vlsm = tiny_clipseg()
     dt, dv, e, n = vlsm.text_width, vlsm.vision_width, vlsm.feature_dim, 4
     assert (dt, dv, e) == (32, 32, 32)
+    c, k = vlsm.model.config.reduce_dim, 5
+    extra = c * k * k + 1 + 1  # TuneVLSeg's decoder layer: Conv2d(reduce_dim, 1, 5) + residual ratio
     count = lambda name, **kw: create_learner(name, vlsm, **kw).num_trainable_parameters()  # noqa: E731
     assert count("coop", depth=3) == 3 * n * dt == 384
-    assert count("vpt-deep", depth=4) == 4 * n * dv == 512
-    assert count("vpt-deep") == vlsm.num_vision_layers * n * dv
-    assert count("vpt-shallow", n_ctx=10) == 10 * dv
-    # CoCoOp: context + per depth Linear(E, 32) ReLU Linear(32, Dt)
-    assert count("cocoop", depth=2) == 2 * n * dt + 2 * (e * 32 + 32 + 32 * dt + dt)
-    # MaPLe: context + per depth Linear(Dt, 64) ReLU Linear(64, Dv) LayerNorm(Dv)
-    assert count("maple", depth=2) == 2 * n * dt + 2 * (dt * 64 + 64 + 64 * dv + dv + 2 * dv)
-    # Shared-Separate: shared (d, n, 64) + per depth Linear(64, D) LayerNorm(D) for both towers
-    assert count("shared-separate", depth=2) == 2 * n * 64 + 2 * (64 * dt + dt + 2 * dt) + 2 * (64 * dv + dv + 2 * dv)
+    assert count("coop", depth=3, decoder_layer=True) == 384 + extra
+    assert count("vpt-deep", depth=4) == 4 * n * dv + extra == 512 + 402
+    assert count("vpt-deep", depth=4, decoder_layer=False) == 512
+    assert count("vpt-deep", decoder_layer=False) == vlsm.num_vision_layers * n * dv
+    assert count("vpt-shallow", n_ctx=10, decoder_layer=False) == 10 * dv
+    # CoCoOp "tvs": context + ONE meta-net Linear(E, 32) ReLU Linear(32, Dt, no bias)
+    assert count("cocoop", depth=2) == 2 * n * dt + (e * 32 + 32 + 32 * dt)
+    # ... with norm: + LayerNorm(Dt) without bias; "cocoop": per depth Linear(E, E/16) ReLU Linear(E/16, Dt)
+    assert count("cocoop", depth=2, norm=True) == 2 * n * dt + (e * 32 + 32 + 32 * dt) + dt
+    assert count("cocoop", depth=2, meta_net="cocoop") == 2 * n * dt + 2 * (e * 2 + 2 + 2 * dt + dt)
+    # MaPLe: context + per depth Linear(Dt, 64) ReLU Linear(64, Dv, no bias) LayerNorm(Dv)
+    assert count("maple", depth=2) == 2 * n * dt + 2 * (dt * 64 + 64 + 64 * dv + 2 * dv) + extra
+    # ... MaPLe paper: per depth one Linear(Dt, Dv)
+    assert count("maple", depth=2, hidden=None, norm=False, decoder_layer=False) == 2 * n * dt + 2 * (dt * dv + dv)
+    # Shared-Separate: shared (d, n, 64) + per depth Linear(64, D) for both towers (norm: + LayerNorm)
+    assert count("shared-separate", depth=2) == 2 * n * 64 + 2 * (64 * dt + dt) + 2 * (64 * dv + dv) + extra
+    assert count("shared-separate", depth=2, norm=True, decoder_layer=False) == (
+        2 * n * 64 + 2 * (64 * dt + dt + 2 * dt) + 2 * (64 * dv + dv + 2 * dv)
+    )
     # Shared-Attention: shared (d, n, W) + per depth a transformer layer (W = Dt + Dv, FFN f)
     w, f = dt + dv, 1536
     layer = (3 * w * w + 3 * w) + (w * w + w) + (w * f + f) + (f * w + w) + 2 * (2 * w)
-    assert count("shared-attention", depth=2) == 2 * n * w + 2 * layer
+    assert count("shared-attention", depth=2) == 2 * n * w + 2 * layer + extra
     assert count("zeroshot") == 0
     assert count("full") == sum(p.numel() for p in vlsm.parameters())
+    # the open_clip VLSM has no CLIPSeg decoder: the layer is off by default, an error when asked for
+    oc = tiny_openclip_vlsm()
+    assert create_learner("vpt-deep", oc, depth=2).decoder_layer is None
+    with pytest.raises(ConfigError, match="decoder_layer"):
+        create_learner("vpt-deep", oc, depth=2, decoder_layer=True)
 
 
 def test_hooks_are_removed_and_the_library_model_is_unchanged(vlsm):

@@ -81,24 +81,27 @@ def test_coop_from_a_photo_of_a_equals_the_plain_prompt(which, clipseg, openclip
             )
 
 
-def test_visual_prompts_on_clipseg_keep_grid_shapes_and_respect_the_decoder_layers(clipseg):
-    """The decoder reads blocks 1, 2, 3 of the 4-layer tiny model (extract_layers 0, 1, 2):
-    a layer-4 visual prompt changes the pooled image feature but not the logits."""
-    assert clipseg.decoder_layers == [1, 2, 3]
-    vpt = create_learner("vpt-deep", clipseg, n_ctx=3, depth=4).eval()
-    x = _images(clipseg, 2)
+def test_visual_prompts_on_clipseg_keep_grid_shapes_and_respect_the_decoder_layers():
+    """The decoder reads blocks 1, 2, 3 of a 5-layer tiny model (extract_layers 0, 1, 2), as
+    TuneVLSeg hands them: block 3's output with its prompt slots already holding row 3 (the
+    layer-4 prompt). So row 3 changes the logits although it changes none of the blocks the
+    decoder reads; row 4 (the layer-5 prompt) changes the pooled image feature only."""
+    vlsm = tiny_clipseg(layers=5)
+    assert vlsm.decoder_layers == [1, 2, 3]
+    vpt = create_learner("vpt-deep", vlsm, n_ctx=3, depth=5).eval()
+    x = _images(vlsm, 2)
     with torch.no_grad():
-        logits = clipseg(x, TEXTS[:2], learner=vpt)
-        feats = clipseg.image_features(x, learner=vpt)
+        logits = vlsm(x, TEXTS[:2], learner=vpt)
+        feats = vlsm.image_features(x, learner=vpt)
+        vpt.ctx[4] += 1.0
+        logits5 = vlsm(x, TEXTS[:2], learner=vpt)
+        feats5 = vlsm.image_features(x, learner=vpt)
         vpt.ctx[3] += 1.0
-        logits4 = clipseg(x, TEXTS[:2], learner=vpt)
-        feats4 = clipseg.image_features(x, learner=vpt)
-        vpt.ctx[2] += 1.0
-        logits3 = clipseg(x, TEXTS[:2], learner=vpt)
-    assert logits.shape == (2, 1, *clipseg.image_size)
-    assert torch.equal(logits4, logits)
-    assert not torch.equal(feats4, feats)
-    assert not torch.equal(logits3, logits4)
+        logits4 = vlsm(x, TEXTS[:2], learner=vpt)
+    assert logits.shape == (2, 1, *vlsm.image_size)
+    assert torch.equal(logits5, logits)
+    assert not torch.equal(feats5, feats)
+    assert not torch.equal(logits4, logits5)
 
 
 def test_preprocess_resizes_and_normalises(clipseg):

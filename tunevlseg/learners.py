@@ -11,15 +11,21 @@ depth 1 = prompts at the input only and depth d = also replaced after blocks 1..
 name               towers   parameters (d = depth, n = n_ctx, Dt / Dv = text / vision width)
 =================  =======  ==========================================================================
 coop               text     ``ctx`` (d, n, Dt); row 0 from the token embeddings of "a photo of a"
-cocoop             text     ``ctx`` (d, n, Dt) + per depth a meta-net E -> hidden -> Dt whose output
-                            (from the L2-normalised image feature) is added to every context vector
+cocoop             text     ``ctx`` (d, n, Dt) + a meta-net E -> hidden -> Dt whose output (from the
+                            L2-normalised image feature) is added to every context vector
+                            (``meta_net="tvs"``: TuneVLSeg's, one for all depths; ``"cocoop"``: the
+                            original CoCoOp's, one per depth)
 vpt-shallow        vision   ``ctx`` (1, n, Dv) (depth is 1 by definition)
 vpt-deep           vision   ``ctx`` (d, n, Dv) (default d = all vision layers)
 maple              both     ``ctx`` (d, n, Dt) as CoOp; vision prompts = per-depth MLP(ctx[r])
-                            (Dt -> hidden -> Dv, ReLU, LayerNorm)
-shared-separate    both     ``ctx`` (d, n, Ds) shared; per depth a linear (+LayerNorm) into Dt and Dv
-shared-attention   both     ``ctx`` (d, n, Dt + Dv); per depth a transformer encoder layer over the n
-                            vectors, output split into the text part (Dt) and the vision part (Dv)
+                            (Dt -> 64 -> Dv, ReLU, LayerNorm; ``hidden=None, norm=False``: MaPLe's
+                            single Linear)
+shared-separate    both     ``ctx`` (d, n, Ds) shared; per depth a Linear into Dt and one into Dv
+                            (``norm=True``: + LayerNorm)
+shared-attention   both     ``ctx`` (d, n, Dt + Dv); per depth a transformer encoder layer
+                            (``attention="tvs"``: each vector attends to itself, as TuneVLSeg;
+                            ``"mix"``: over the n vectors), split into the text part (Dt) and the
+                            vision part (Dv)
 zeroshot           -        none: the frozen VLSM
 full               -        none of its own: ``vlsm.set_trainable("all")``; its
                             ``trainable_parameters()`` are the VLSM's
@@ -29,21 +35,29 @@ Common settings: ``n_ctx`` (4), ``depth`` (1; validated against the layers of ev
 learner prompts, ConfigError outside 1..L), ``init`` (text learners: ``"auto"`` = "a photo of a"
 when it is exactly ``n_ctx`` tokens, else random; a string, which must be ``n_ctx`` tokens; or
 ``"random"``), ``std`` (0.02, the N(0, std) of random rows), ``seed`` (0: initialisation is
-reproducible and leaves the global RNG alone). Defaults of the projections follow TuneVLSeg's
-CLIPSeg configs (per-depth projections; MaPLe MLP hidden 64 with LayerNorm; shared dim 64;
-shared-attention layers with 16 heads, FFN 1536, dropout 0.25, pre-norm; CoCoOp hidden 32).
+reproducible and leaves the global RNG alone), ``decoder_layer`` (TuneVLSeg's extra trainable
+CLIPSeg decoder layer, :class:`~tunevlseg.models.TVSDecoderLayer`; default None = on for VPT,
+MaPLe and Shared-* on a CLIPSeg VLSM as in TuneVLSeg's configs, off for CoOp / CoCoOp and on VLSMs
+without a CLIPSeg decoder; True there raises ConfigError) and, for learners with visual prompts,
+``vision_prompt_position`` (``"pre-norm"``, default: before the vision pre-LayerNorm as TuneVLSeg
+and MaPLe; ``"post-norm"``: after it). Defaults of the projections follow TuneVLSeg's CLIPSeg
+configs and code (see each class). Checkpoints: ``state_dict()`` holds the decoder layer as
+``decoder_layer.*``; ``load_state_dict`` of a checkpoint saved with other settings raises a
+ConfigError naming the setting to change.
 """
 
 from __future__ import annotations
 
 import contextlib
+import copy
+import dataclasses
 from typing import TYPE_CHECKING, Any, Callable, ClassVar, Iterator
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from segprompt.backbones import check_depth
+from segprompt.backbones import VISION_PROMPT_POSITIONS, check_depth
 from segprompt.errors import ConfigError
 from segprompt.registry import Registry
 from tunevlseg.models import PromptSet, _seeded
@@ -79,22 +93,55 @@ def register_learner(name: str, *aliases: str) -> Callable[[type["PromptLearner"
 
 
 class PromptLearner(nn.Module):
-    """Base class. Subclasses set ``uses_text`` / ``uses_vision`` and implement ``prompts()``."""
+    """Base class. Subclasses set ``uses_text`` / ``uses_vision`` and implement ``_rows()``.
+
+    Learners that prompt the vision tower take ``vision_prompt_position`` (``"pre-norm"``,
+    default: row 0 enters before the vision tower's pre-LayerNorm as in TuneVLSeg and MaPLe;
+    ``"post-norm"``: after it, this project's placement before the TuneVLSeg audit) and
+    ``decoder_layer`` (TuneVLSeg's extra trainable CLIPSeg decoder layer,
+    :class:`~tunevlseg.models.TVSDecoderLayer`, owned by the learner: ``decoder_layer.*`` in its
+    ``state_dict()``; None = on where TuneVLSeg's configs have it, i.e. VPT / MaPLe / Shared-* on
+    a CLIPSeg VLSM, off on a VLSM without a CLIPSeg decoder; True on such a VLSM: ConfigError).
+    """
 
     name: ClassVar[str] = ""
     uses_text: ClassVar[bool] = False
     uses_vision: ClassVar[bool] = False
     image_conditioned: ClassVar[bool] = False
+    #: TuneVLSeg's configs use the extra decoder layer for this method (``use_new_last_layer``)
+    tvs_decoder_layer: ClassVar[bool] = False
 
-    def __init__(self, vlsm: "VLSM", n_ctx: int = 4, depth: int = 1, seed: int = 0) -> None:
+    def __init__(
+        self,
+        vlsm: "VLSM",
+        n_ctx: int = 4,
+        depth: int = 1,
+        seed: int = 0,
+        decoder_layer: bool | None = None,
+        vision_prompt_position: str = "pre-norm",
+    ) -> None:
         super().__init__()
         if isinstance(n_ctx, bool) or not isinstance(n_ctx, int) or n_ctx < 1:
             raise ConfigError(f"{self.name}: n_ctx must be a positive integer, got {n_ctx!r}")
+        if vision_prompt_position not in VISION_PROMPT_POSITIONS:
+            raise ConfigError(
+                f"{self.name}: vision_prompt_position must be one of {VISION_PROMPT_POSITIONS}, "
+                f"got {vision_prompt_position!r}"
+            )
         self.n_ctx = n_ctx
         self.depth = self._check_depth(vlsm, depth)
         self.seed = seed
         self.text_width = vlsm.text_width if self.uses_text else 0
         self.vision_width = vlsm.vision_width if self.uses_vision else 0
+        self.vision_prompt_position = vision_prompt_position
+        if decoder_layer is None:
+            decoder_layer = self.tvs_decoder_layer and vlsm.supports_decoder_layer
+        if not isinstance(decoder_layer, bool):
+            raise ConfigError(f"{self.name}: decoder_layer must be True, False or None, got {decoder_layer!r}")
+        self.decoder_layer: nn.Module | None = None
+        if decoder_layer:
+            with _seeded(seed + 2):
+                self.decoder_layer = vlsm.extra_decoder_layer()  # ConfigError without a CLIPSeg decoder
 
     def _check_depth(self, vlsm: "VLSM", depth: int) -> int:
         if self.uses_text:
@@ -112,9 +159,16 @@ class PromptLearner(nn.Module):
         """Placeholder slots the texts need (``vlsm.tokenize(texts, n_ctx=learner.n_text_ctx)``)."""
         return self.n_ctx if self.uses_text else 0
 
-    def prompts(self) -> PromptSet:
-        """The prompt rows of this forward (recomputed from the parameters at every call)."""
+    def _rows(self) -> PromptSet:
+        """Subclasses: the text / vision prompt rows of this forward."""
         return PromptSet()
+
+    def prompts(self) -> PromptSet:
+        """The prompts of this forward (recomputed from the parameters at every call): the rows,
+        where vision row 0 enters, and the extra decoder layer."""
+        return dataclasses.replace(
+            self._rows(), vision_position=self.vision_prompt_position, decoder=self.decoder_layer
+        )
 
     def condition(self, prompts: PromptSet, image_features: torch.Tensor) -> PromptSet:
         """Image-conditioned learners turn ``prompts`` into per-sample prompts here."""
@@ -140,7 +194,38 @@ class PromptLearner(nn.Module):
 
     def settings(self) -> dict[str, Any]:
         """Name and settings, for result rows."""
-        return {"learner": self.name, "n_ctx": self.n_ctx, "depth": self.depth}
+        out: dict[str, Any] = {"learner": self.name, "n_ctx": self.n_ctx, "depth": self.depth}
+        if self.uses_vision:
+            out["vision_prompt_position"] = self.vision_prompt_position
+        if self.uses_text or self.uses_vision:
+            out["decoder_layer"] = self.decoder_layer is not None
+        return out
+
+    def load_state_dict(self, state_dict: Any, strict: bool = True, assign: bool = False) -> Any:
+        """``nn.Module.load_state_dict`` with a ConfigError that says what to change when a
+        checkpoint does not match this learner's settings (e.g. one saved before the extra
+        decoder layer or the TuneVLSeg-faithful projections existed)."""
+        if strict:
+            keys = set(state_dict)
+            own = set(self.state_dict())
+            missing, unexpected = sorted(own - keys), sorted(keys - own)
+            if missing or unexpected:
+                hints = []
+                if any(k.startswith("decoder_layer.") for k in missing):
+                    hints.append("the checkpoint has no extra decoder layer: create the learner with decoder_layer=False")
+                if any(k.startswith("decoder_layer.") for k in unexpected):
+                    hints.append("the checkpoint has an extra decoder layer: create the learner with decoder_layer=True")
+                if not hints:
+                    hints.append(
+                        "it was saved with other settings or by an earlier version (before the TuneVLSeg-faithful "
+                        "projections: shared-separate norm=True, cocoop meta_net='cocoop' hidden=32); "
+                        "recreate the learner with the settings it was trained with"
+                    )
+                raise ConfigError(
+                    f"checkpoint does not fit learner {self.name!r}: missing {missing[:6]}, unexpected "
+                    f"{unexpected[:6]}; " + "; ".join(hints)
+                )
+        return super().load_state_dict(state_dict, strict=strict, assign=assign)
 
     @contextlib.contextmanager
     def attach(self, vlsm: "VLSM", image_features: torch.Tensor | None = None) -> Iterator["VLSM"]:
@@ -178,14 +263,25 @@ class PromptLearner(nn.Module):
 
 
 def _mlp(in_dim: int, out_dim: int, hidden: int | None, norm: bool) -> nn.Module:
-    layers: list[nn.Module] = []
-    if hidden:
-        layers += [nn.Linear(in_dim, hidden), nn.ReLU(), nn.Linear(hidden, out_dim)]
-    else:
-        layers.append(nn.Linear(in_dim, out_dim))
+    """A projection as TuneVLSeg's ``BaseProjectorLearner.get_mlp_projection``: with ``hidden``,
+    Linear(in, hidden) (Kaiming-normal weight for ReLU) -> ReLU -> Linear(hidden, out; no bias
+    when a LayerNorm follows) [-> LayerNorm(out)]; without, a plain Linear(in, out) [->
+    LayerNorm(out): our option, TuneVLSeg adds no norm without a hidden layer]."""
+    if not hidden:
+        linear = nn.Linear(in_dim, out_dim)
+        return nn.Sequential(linear, nn.LayerNorm(out_dim)) if norm else linear
+    first = nn.Linear(in_dim, hidden)
+    nn.init.kaiming_normal_(first.weight, nonlinearity="relu")
+    layers: list[nn.Module] = [first, nn.ReLU(), nn.Linear(hidden, out_dim, bias=not norm)]
     if norm:
         layers.append(nn.LayerNorm(out_dim))
-    return layers[0] if len(layers) == 1 else nn.Sequential(*layers)
+    return nn.Sequential(*layers)
+
+
+def _copies(module: nn.Module, depth: int) -> nn.ModuleList:
+    """``depth`` independent copies of one initialised module (TuneVLSeg's per-depth layers with
+    ``use_unified_projection: false``: ``copy.deepcopy(single_layer)``, so every depth starts equal)."""
+    return nn.ModuleList(copy.deepcopy(module) for _ in range(depth))
 
 
 @register_learner("coop")
@@ -196,14 +292,21 @@ class CoOp(PromptLearner):
     uses_text = True
 
     def __init__(
-        self, vlsm: "VLSM", n_ctx: int = 4, depth: int = 1, init: str | None = "auto", std: float = 0.02, seed: int = 0
+        self,
+        vlsm: "VLSM",
+        n_ctx: int = 4,
+        depth: int = 1,
+        init: str | None = "auto",
+        std: float = 0.02,
+        seed: int = 0,
+        decoder_layer: bool | None = None,
     ) -> None:
-        super().__init__(vlsm, n_ctx, depth, seed)
+        super().__init__(vlsm, n_ctx, depth, seed, decoder_layer)
         with _seeded(seed):
             self.ctx = nn.Parameter(self._context(vlsm, depth, self.text_width, init, std))
         self.init = init
 
-    def prompts(self) -> PromptSet:
+    def _rows(self) -> PromptSet:
         return PromptSet(text=self.ctx)
 
     def settings(self) -> dict[str, Any]:
@@ -212,8 +315,19 @@ class CoOp(PromptLearner):
 
 @register_learner("cocoop")
 class CoCoOp(CoOp):
-    """Conditional CoOp: per depth, a meta-net maps the (L2-normalised) image feature to a bias
-    added to that depth's context vectors, giving per-sample text prompts."""
+    """Conditional CoOp: a meta-net maps the L2-normalised image feature to a bias added to the
+    context vectors of a depth, giving per-sample text prompts.
+
+    ``meta_net="tvs"`` (default): TuneVLSeg's (``cocoop_context_learner.py`` on
+    ``BaseProjectorLearner``, ``configs/model/cocoop/clipseg.yaml``): ONE meta-net shared by every
+    depth (their default ``use_unified_projection``), Linear(E, ``hidden`` = 32; Kaiming-normal)
+    -> ReLU -> Linear(32, Dt, no bias) [-> LayerNorm(Dt, no bias) with ``norm=True``; their
+    config has none]; image features L2-normalised (``norm_image_features: true``).
+    ``meta_net="cocoop"``: the original CoCoOp (Zhou et al. 2022, ``trainers/cocoop.py``):
+    Linear(E, ``hidden`` = E // 16) -> ReLU -> Linear(-> Dt), PyTorch's default initialisation,
+    one per depth (``hidden=32`` is this project's behaviour before the TuneVLSeg audit). The
+    module list is ``meta_nets`` in both cases (one entry for "tvs").
+    """
 
     name = "cocoop"
     image_conditioned = True
@@ -225,35 +339,73 @@ class CoCoOp(CoOp):
         depth: int = 1,
         init: str | None = "auto",
         std: float = 0.02,
-        hidden: int = 32,
+        hidden: int | None = None,
+        meta_net: str = "tvs",
+        norm: bool = False,
         seed: int = 0,
+        decoder_layer: bool | None = None,
     ) -> None:
-        super().__init__(vlsm, n_ctx, depth, init, std, seed)
+        super().__init__(vlsm, n_ctx, depth, init, std, seed, decoder_layer)
+        if meta_net not in ("tvs", "cocoop"):
+            raise ConfigError(f"cocoop: meta_net must be 'tvs' or 'cocoop', got {meta_net!r}")
+        if norm and meta_net != "tvs":
+            raise ConfigError("cocoop: norm=True is an option of meta_net='tvs' only")
+        e = vlsm.feature_dim
         with _seeded(seed + 1):
-            self.meta_nets = nn.ModuleList(_mlp(vlsm.feature_dim, self.text_width, hidden, False) for _ in range(depth))
+            if meta_net == "tvs":
+                self.hidden = hidden or 32
+                net = _mlp(e, self.text_width, self.hidden, norm)
+                # TuneVLSeg passes use_final_bias=False: no bias on the last Linear nor the LayerNorm
+                net[2] = nn.Linear(self.hidden, self.text_width, bias=False)
+                if norm:
+                    net[3] = nn.LayerNorm(self.text_width, bias=False)
+                self.meta_nets = nn.ModuleList([net])
+            else:
+                self.hidden = hidden or max(1, e // 16)
+                self.meta_nets = nn.ModuleList(
+                    nn.Sequential(nn.Linear(e, self.hidden), nn.ReLU(), nn.Linear(self.hidden, self.text_width))
+                    for _ in range(depth)
+                )
+        self.meta_net, self.norm = meta_net, norm
 
     def condition(self, prompts: PromptSet, image_features: torch.Tensor) -> PromptSet:
         f = F.normalize(image_features.to(self.ctx.dtype), dim=-1)
-        bias = torch.stack([net(f) for net in self.meta_nets], dim=1)  # (B, d, Dt)
-        return PromptSet(text=self.ctx.unsqueeze(0) + bias.unsqueeze(2), vision=prompts.vision)
+        if self.meta_net == "tvs":
+            bias = self.meta_nets[0](f).unsqueeze(1).expand(-1, self.depth, -1)  # (B, d, Dt)
+        else:
+            bias = torch.stack([net(f) for net in self.meta_nets], dim=1)  # (B, d, Dt)
+        return dataclasses.replace(prompts, text=self.ctx.unsqueeze(0) + bias.unsqueeze(2))
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "meta_net": self.meta_net, "hidden": self.hidden, "norm": self.norm}
 
 
 @register_learner("vpt-deep", "vpt")
 class VPTDeep(PromptLearner):
-    """Visual prompt tuning: ``n_ctx`` tokens appended after the patch tokens, replaced after
-    blocks 1..d-1. ``depth=None`` means every vision layer (the VPT paper's "deep")."""
+    """Visual prompt tuning: ``n_ctx`` tokens appended after the patch tokens (before the
+    vision pre-LayerNorm, as TuneVLSeg's ``vpt_clipseg.py``), replaced after blocks 1..d-1.
+    ``depth=None`` means every vision layer (the VPT paper's "deep")."""
 
     name = "vpt-deep"
     uses_vision = True
+    tvs_decoder_layer = True
 
     def __init__(
-        self, vlsm: "VLSM", n_ctx: int = 4, depth: int | None = None, std: float = 0.02, seed: int = 0
+        self,
+        vlsm: "VLSM",
+        n_ctx: int = 4,
+        depth: int | None = None,
+        std: float = 0.02,
+        seed: int = 0,
+        decoder_layer: bool | None = None,
+        vision_prompt_position: str = "pre-norm",
     ) -> None:
-        super().__init__(vlsm, n_ctx, vlsm.num_vision_layers if depth is None else depth, seed)
+        depth = vlsm.num_vision_layers if depth is None else depth
+        super().__init__(vlsm, n_ctx, depth, seed, decoder_layer, vision_prompt_position)
         with _seeded(seed):
             self.ctx = nn.Parameter(self._context(vlsm, self.depth, self.vision_width, None, std))
 
-    def prompts(self) -> PromptSet:
+    def _rows(self) -> PromptSet:
         return PromptSet(vision=self.ctx)
 
 
@@ -263,19 +415,36 @@ class VPTShallow(VPTDeep):
 
     name = "vpt-shallow"
 
-    def __init__(self, vlsm: "VLSM", n_ctx: int = 4, depth: int = 1, std: float = 0.02, seed: int = 0) -> None:
+    def __init__(
+        self,
+        vlsm: "VLSM",
+        n_ctx: int = 4,
+        depth: int = 1,
+        std: float = 0.02,
+        seed: int = 0,
+        decoder_layer: bool | None = None,
+        vision_prompt_position: str = "pre-norm",
+    ) -> None:
         if depth != 1:
             raise ConfigError(f"vpt-shallow has depth 1 by definition (got depth={depth}); use vpt-deep")
-        super().__init__(vlsm, n_ctx, 1, std, seed)
+        super().__init__(vlsm, n_ctx, 1, std, seed, decoder_layer, vision_prompt_position)
 
 
 @register_learner("maple")
 class MaPLe(CoOp):
     """Multi-modal prompt learning: text context vectors per depth (as CoOp); the vision
-    prompts of depth r are a per-depth MLP of the text context of depth r."""
+    prompts of depth r are a per-depth projection of the text context of depth r.
+
+    Default (TuneVLSeg, ``maple_context_learner.py`` + ``configs/model/maple_clipseg.yaml``:
+    ``intermediate_dim: 64``, ``use_proj_norm: true``, ``use_unified_projection: false``):
+    Linear(Dt, 64; Kaiming-normal) -> ReLU -> Linear(64, Dv, no bias) -> LayerNorm(Dv), one per
+    depth. ``hidden=None, norm=False`` is the MaPLe paper's projection (``trainers/maple.py``:
+    one ``nn.Linear(ctx_dim, 768)`` per depth).
+    """
 
     name = "maple"
     uses_vision = True
+    tvs_decoder_layer = True
 
     def __init__(
         self,
@@ -287,24 +456,40 @@ class MaPLe(CoOp):
         hidden: int | None = 64,
         norm: bool = True,
         seed: int = 0,
+        decoder_layer: bool | None = None,
+        vision_prompt_position: str = "pre-norm",
     ) -> None:
-        super().__init__(vlsm, n_ctx, depth, init, std, seed)
+        PromptLearner.__init__(self, vlsm, n_ctx, depth, seed, decoder_layer, vision_prompt_position)
+        with _seeded(seed):
+            self.ctx = nn.Parameter(self._context(vlsm, depth, self.text_width, init, std))
+        self.init = init
         with _seeded(seed + 1):
             self.proj = nn.ModuleList(_mlp(self.text_width, self.vision_width, hidden, norm) for _ in range(depth))
+        self.hidden, self.norm = hidden, norm
 
-    def prompts(self) -> PromptSet:
+    def _rows(self) -> PromptSet:
         vision = torch.stack([proj(self.ctx[r]) for r, proj in enumerate(self.proj)])
         return PromptSet(text=self.ctx, vision=vision)
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "hidden": self.hidden, "norm": self.norm}
 
 
 @register_learner("shared-separate")
 class SharedSeparate(PromptLearner):
-    """Shared vectors (d, n, Ds) with per-depth linear projections (+LayerNorm) into the text
-    and the vision widths."""
+    """Shared vectors (d, n, Ds) with per-depth projections into the text and the vision widths.
+
+    Default (TuneVLSeg, ``shared_separate_learner.py`` + ``configs/model/shared_separate_clipseg.yaml``:
+    ``intermediate_dim: null``, so ``get_mlp_projection`` returns a plain ``nn.Linear`` whatever
+    ``use_proj_norm`` says): Linear(Ds, Dt) and Linear(Ds, Dv) per depth, every depth a copy of
+    one initialised layer (their ``copy.deepcopy``). ``norm=True`` adds a LayerNorm after each
+    (this project's behaviour before the TuneVLSeg audit).
+    """
 
     name = "shared-separate"
     uses_text = True
     uses_vision = True
+    tvs_decoder_layer = True
 
     def __init__(
         self,
@@ -312,31 +497,47 @@ class SharedSeparate(PromptLearner):
         n_ctx: int = 4,
         depth: int = 1,
         shared_dim: int = 64,
-        norm: bool = True,
+        norm: bool = False,
         std: float = 0.02,
         seed: int = 0,
+        decoder_layer: bool | None = None,
+        vision_prompt_position: str = "pre-norm",
     ) -> None:
-        super().__init__(vlsm, n_ctx, depth, seed)
+        super().__init__(vlsm, n_ctx, depth, seed, decoder_layer, vision_prompt_position)
         with _seeded(seed):
             self.ctx = nn.Parameter(torch.randn(depth, n_ctx, shared_dim) * std)
-            self.to_text = nn.ModuleList(_mlp(shared_dim, self.text_width, None, norm) for _ in range(depth))
-            self.to_vision = nn.ModuleList(_mlp(shared_dim, self.vision_width, None, norm) for _ in range(depth))
-        self.shared_dim = shared_dim
+            self.to_text = _copies(_mlp(shared_dim, self.text_width, None, norm), depth)
+            self.to_vision = _copies(_mlp(shared_dim, self.vision_width, None, norm), depth)
+        self.shared_dim, self.norm = shared_dim, norm
 
-    def prompts(self) -> PromptSet:
+    def _rows(self) -> PromptSet:
         text = torch.stack([proj(self.ctx[r]) for r, proj in enumerate(self.to_text)])
         vision = torch.stack([proj(self.ctx[r]) for r, proj in enumerate(self.to_vision)])
         return PromptSet(text=text, vision=vision)
 
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "shared_dim": self.shared_dim, "norm": self.norm}
+
 
 @register_learner("shared-attention", "shared-attn")
 class SharedAttention(PromptLearner):
-    """Shared vectors (d, n, Dt + Dv); per depth a transformer encoder layer over the n vectors
-    (depths never mix), then the first Dt channels are the text prompt, the rest the vision one."""
+    """Shared vectors (d, n, Dt + Dv); per depth a transformer encoder layer, then the first Dt
+    channels are the text prompt, the rest the vision one (depths never mix).
+
+    Layer as TuneVLSeg's ``configs/model/shared_attn_clipseg.yaml``: ``nn.TransformerEncoderLayer``
+    with 16 heads, FFN 1536, dropout 0.25, ``norm_first`` (pre-norm), ReLU; every depth a copy of
+    one initialised layer (their ``copy.deepcopy``). ``attention="tvs"`` (default) lays the
+    sequence out as TuneVLSeg's ``shared_attn_learner.py`` does: ``context_vectors[index]
+    .unsqueeze(0)``, shape (1, n, W), into a layer that is not ``batch_first``, i.e. a sequence of
+    length 1 and a batch of n: each context vector attends to itself only (the attention is a
+    per-vector linear map). ``attention="mix"`` attends over the n vectors of a depth (this
+    project's behaviour before the TuneVLSeg audit).
+    """
 
     name = "shared-attention"
     uses_text = True
     uses_vision = True
+    tvs_decoder_layer = True
 
     def __init__(
         self,
@@ -346,25 +547,35 @@ class SharedAttention(PromptLearner):
         nhead: int = 16,
         ffn_dim: int = 1536,
         dropout: float = 0.25,
+        attention: str = "tvs",
         std: float = 0.02,
         seed: int = 0,
+        decoder_layer: bool | None = None,
+        vision_prompt_position: str = "pre-norm",
     ) -> None:
-        super().__init__(vlsm, n_ctx, depth, seed)
+        super().__init__(vlsm, n_ctx, depth, seed, decoder_layer, vision_prompt_position)
+        if attention not in ("tvs", "mix"):
+            raise ConfigError(f"shared-attention: attention must be 'tvs' or 'mix', got {attention!r}")
         width = self.text_width + self.vision_width
         if width % nhead:
             raise ConfigError(f"shared-attention: nhead={nhead} does not divide the width {width} (text + vision)")
         with _seeded(seed):
             self.ctx = nn.Parameter(torch.randn(depth, n_ctx, width) * std)
-            self.layers = nn.ModuleList(
-                nn.TransformerEncoderLayer(
-                    width, nhead, dim_feedforward=ffn_dim, dropout=dropout, batch_first=True, norm_first=True
-                )
-                for _ in range(depth)
+            layer = nn.TransformerEncoderLayer(
+                width, nhead, dim_feedforward=ffn_dim, dropout=dropout, batch_first=True, norm_first=True
             )
+            self.layers = _copies(layer, depth)
+        self.attention = attention
 
-    def prompts(self) -> PromptSet:
-        out = torch.cat([layer(self.ctx[r : r + 1]) for r, layer in enumerate(self.layers)], dim=0)
+    def _rows(self) -> PromptSet:
+        if self.attention == "tvs":  # (n, 1, W): n sequences of one vector each
+            out = torch.stack([layer(self.ctx[r].unsqueeze(1)).squeeze(1) for r, layer in enumerate(self.layers)])
+        else:  # (1, n, W): one sequence of the n vectors
+            out = torch.cat([layer(self.ctx[r : r + 1]) for r, layer in enumerate(self.layers)], dim=0)
         return PromptSet(text=out[..., : self.text_width], vision=out[..., self.text_width :])
+
+    def settings(self) -> dict[str, Any]:
+        return {**super().settings(), "attention": self.attention}
 
 
 @register_learner("zeroshot", "zero-shot")

@@ -64,6 +64,7 @@ __all__ = [
     "CLIPSegVLSM",
     "OpenCLIPVLSM",
     "FiLMDecoder",
+    "TVSDecoderLayer",
     "create_vlsm",
     "register_vlsm",
     "list_vlsms",
@@ -83,16 +84,57 @@ TextInput = Sequence[str] | str | Tokens | torch.Tensor
 class PromptSet:
     """The prompts of one forward: one row per depth (see :mod:`segprompt.backbones.towers`).
 
-    text:    (d, n, D_text) or (B, d, n, D_text) (image-conditioned), or None.
-    vision:  (d, n, D_vision) or (B, d, n, D_vision), or None.
+    text:             (d, n, D_text) or (B, d, n, D_text) (image-conditioned), or None.
+    vision:           (d, n, D_vision) or (B, d, n, D_vision), or None.
+    vision_position:  where vision row 0 enters: ``"pre-norm"`` (before the vision tower's
+                      pre-LayerNorm, TuneVLSeg's and MaPLe's placement) or ``"post-norm"``.
+    decoder:          an extra decoder layer (:class:`TVSDecoderLayer`) applied to the CLIPSeg
+                      decoder's output, or None.
     """
 
     text: torch.Tensor | None = None
     vision: torch.Tensor | None = None
+    vision_position: str = "pre-norm"
+    decoder: nn.Module | None = None
 
     @property
     def n_text_ctx(self) -> int:
         return 0 if self.text is None else int(self.text.shape[-2])
+
+    @property
+    def n_vision_ctx(self) -> int:
+        return 0 if self.vision is None else int(self.vision.shape[-2])
+
+
+class TVSDecoderLayer(nn.Module):
+    """TuneVLSeg's extra trainable decoder layer for CLIPSeg (``use_new_last_layer: true`` in
+    their VPT / MaPLe / Shared-* configs; ``base_clipseg.py``: ``additive_decoder_layer`` and
+    ``residual_ratio``): the (B, C, h, w) grid that CLIPSeg's transposed convolution reads (C =
+    ``reduce_dim``) is upsampled bilinearly by the patch size and mapped to one channel by a
+    ``kernel_size`` convolution ("same" padding, replicate mode); the logits become
+    ``(1 - r) * transposed_conv(x) + r * layer(x)`` with a learnable ratio ``r`` starting at
+    ``residual_ratio``. Parameters: ``layer.1.weight`` (1, C, k, k), ``layer.1.bias`` (1,),
+    ``residual_ratio`` (scalar); PyTorch's default convolution initialisation, as TuneVLSeg.
+    """
+
+    def __init__(self, channels: int, patch_size: int, kernel_size: int = 5, residual_ratio: float = 0.5) -> None:
+        super().__init__()
+        self.layer = nn.Sequential(
+            nn.Upsample(scale_factor=float(patch_size), mode="bilinear"),
+            nn.Conv2d(channels, 1, kernel_size=kernel_size, padding="same", padding_mode="replicate"),
+        )
+        self.residual_ratio = nn.Parameter(torch.tensor(float(residual_ratio)))
+
+    def forward(self, features: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+        """features (B, C, h, w), logits (B, 1, H, W) of the transposed convolution -> (B, 1, H, W)."""
+        extra = self.layer(features.to(self.layer[1].weight.dtype)).to(logits.dtype)
+        if extra.shape[-2:] != logits.shape[-2:]:
+            raise ConfigError(
+                f"the extra decoder layer gives {tuple(extra.shape[-2:])} logits but the decoder "
+                f"{tuple(logits.shape[-2:])}: it needs a transposed convolution that upsamples by the patch size"
+            )
+        r = self.residual_ratio.to(logits.dtype)
+        return (1 - r) * logits + r * extra
 
 
 def _seeded(seed: int | None) -> contextlib.AbstractContextManager:
@@ -281,8 +323,24 @@ class VLSM(nn.Module):
         """Run the vision tower: (decoder inputs, pooled image features)."""
         raise NotImplementedError
 
-    def _decode(self, levels: list[torch.Tensor], text: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def _decode(
+        self, levels: list[torch.Tensor], text: torch.Tensor, size: tuple[int, int], prompts: PromptSet
+    ) -> torch.Tensor:
+        """Logits from the vision levels and text features; ``prompts``: the forward's prompt set
+        (its visual prompt count and extra decoder layer)."""
         raise NotImplementedError
+
+    @property
+    def supports_decoder_layer(self) -> bool:
+        """Whether :meth:`extra_decoder_layer` can make TuneVLSeg's extra decoder layer."""
+        return False
+
+    def extra_decoder_layer(self, kernel_size: int = 5, residual_ratio: float = 0.5) -> nn.Module:
+        """A new :class:`TVSDecoderLayer` for this VLSM's decoder (ConfigError where there is none)."""
+        raise ConfigError(
+            f"{type(self).__name__} has no CLIPSeg decoder for TuneVLSeg's extra decoder layer "
+            "(decoder_layer=True): its own decoder already trains; use decoder_layer=False"
+        )
 
     def _vision_params(self) -> Iterator[nn.Parameter]:
         raise NotImplementedError
@@ -295,7 +353,9 @@ class VLSM(nn.Module):
     ) -> tuple[list[torch.Tensor], torch.Tensor]:
         """Vision tower with ``prompts.vision`` attached: (decoder inputs, image features)."""
         with torch.set_grad_enabled(self._grad(prompts.vision, self._vision_params())):
-            with self.adapter.vision.prompted(prompts.vision):  # type: ignore[union-attr]
+            with self.adapter.vision.prompted(  # type: ignore[union-attr]
+                prompts.vision, position=prompts.vision_position
+            ):
                 return self._vision(images)
 
     def encode_text(self, tokens: Tokens, prompts: PromptSet) -> torch.Tensor:
@@ -316,7 +376,7 @@ class VLSM(nn.Module):
         if learner is not None and learner.image_conditioned:
             prompts = learner.condition(prompts, image_features)
         text = self.encode_text(tokens, prompts)
-        return self._decode(levels, text, (int(images.shape[-2]), int(images.shape[-1])))
+        return self._decode(levels, text, (int(images.shape[-2]), int(images.shape[-1])), prompts)
 
     def text_features(
         self,
@@ -342,7 +402,9 @@ class VLSM(nn.Module):
     def prompted(self, prompts: PromptSet) -> Iterator["VLSM"]:
         """Attach ``prompts`` to the library model for calls made inside the block (e.g.
         ``vlsm.model(...)`` directly); :meth:`forward` does this itself."""
-        with self.adapter.prompted(text=prompts.text, vision=prompts.vision):
+        with self.adapter.prompted(
+            text=prompts.text, vision=prompts.vision, vision_position=prompts.vision_position, decoder=prompts.decoder
+        ):
             yield self
 
 
@@ -357,8 +419,11 @@ class CLIPSegVLSM(VLSM):
     The forward composes the library's modules (``clip.vision_model``, ``clip.text_model``, the
     projections, ``decoder``) exactly as ``CLIPSegForImageSegmentation.forward`` does, but with
     autograd enabled where prompts train (the library runs CLIP under ``torch.no_grad``). The
-    decoder reads blocks ``adapter.decoder_layers`` (``extract_layers`` + 1); visual prompt depth
-    beyond ``max(decoder_layers)`` cannot change the logits.
+    decoder reads blocks ``adapter.decoder_layers`` (``extract_layers`` + 1) as TuneVLSeg hands
+    them, visual prompt tokens included (see :class:`~segprompt.backbones.CLIPSegAdapter`): rows
+    r <= max(decoder_layers) can change the logits, deeper rows cannot (CLIPSeg rd64: depth up to
+    11 matters). ``extra_decoder_layer()`` makes TuneVLSeg's trainable extra decoder layer,
+    which a learner owns (``decoder_layer=True``).
     """
 
     name = "clipseg"
@@ -391,14 +456,28 @@ class CLIPSegVLSM(VLSM):
     def _text_params(self) -> Iterator[nn.Parameter]:
         return self.model.clip.text_model.parameters()
 
+    @property
+    def supports_decoder_layer(self) -> bool:
+        return True
+
+    def extra_decoder_layer(self, kernel_size: int = 5, residual_ratio: float = 0.5) -> nn.Module:
+        patch = self.model.config.vision_config.patch_size
+        patch = patch[0] if isinstance(patch, (tuple, list)) else patch
+        return TVSDecoderLayer(int(self.model.config.reduce_dim), int(patch), kernel_size, residual_ratio)
+
     def _vision(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor]:
+        """The decoder's activations as TuneVLSeg hands them (prompt tokens kept, slots of blocks
+        j < depth holding row j; see :class:`~segprompt.backbones.CLIPSegAdapter`)."""
         vision = self.adapter.vision
-        with vision.observe(self.decoder_layers) as found:  # type: ignore[union-attr]
+        with vision.observe(self.decoder_layers, prompts="next") as found:  # type: ignore[union-attr]
             features = vision.encode(images)  # type: ignore[union-attr]
         return [found[layer] for layer in self.decoder_layers], features
 
-    def _decode(self, levels: list[torch.Tensor], text: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-        logits = self.model.decoder(levels, text).logits
+    def _decode(
+        self, levels: list[torch.Tensor], text: torch.Tensor, size: tuple[int, int], prompts: PromptSet
+    ) -> torch.Tensor:
+        with self.adapter.decoder_hooks(prompts.n_vision_ctx, prompts.decoder):  # type: ignore[attr-defined]
+            logits = self.model.decoder(levels, text).logits
         if logits.ndim == 2:  # older transformers squeezed a batch of one
             logits = logits.unsqueeze(0)
         logits = logits.unsqueeze(1)
@@ -641,7 +720,11 @@ class OpenCLIPVLSM(VLSM):
             features = vision.encode(images)
         return [vision.patch_tokens(found[layer], h, w) for layer in self.layers], features
 
-    def _decode(self, levels: list[torch.Tensor], text: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    def _decode(
+        self, levels: list[torch.Tensor], text: torch.Tensor, size: tuple[int, int], prompts: PromptSet
+    ) -> torch.Tensor:
+        if prompts.decoder is not None:
+            self.extra_decoder_layer()  # raises: no CLIPSeg decoder here
         return self.decoder(levels, text, size)
 
     @classmethod

@@ -22,7 +22,14 @@ from segprompt.backbones.tokenizers import (
     PromptTokenizer,
     Tokens,
 )
-from segprompt.backbones.towers import TextTower, Tower, VisionTower, check_depth, evenly_spaced_layers
+from segprompt.backbones.towers import (
+    VISION_PROMPT_POSITIONS,
+    TextTower,
+    Tower,
+    VisionTower,
+    check_depth,
+    evenly_spaced_layers,
+)
 
 __all__ = [
     "adapt",
@@ -34,6 +41,7 @@ __all__ = [
     "VisionTower",
     "check_depth",
     "evenly_spaced_layers",
+    "VISION_PROMPT_POSITIONS",
     "Tokens",
     "PromptTokenizer",
     "CLIPBPETokenizer",

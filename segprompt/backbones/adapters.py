@@ -2,8 +2,9 @@
 
 :func:`adapt` picks the adapter for a model object:
 
-* transformers ``CLIPSegForImageSegmentation`` -> :class:`CLIPSegAdapter` (also strips visual
-  prompt tokens from the activations CLIPSeg's decoder reads, with a pre-hook on the decoder);
+* transformers ``CLIPSegForImageSegmentation`` -> :class:`CLIPSegAdapter` (also hands CLIPSeg's
+  decoder the activations with the visual prompt tokens, as TuneVLSeg does, and drops them after
+  the decoder's last layer; optionally adds TuneVLSeg's extra decoder layer);
 * transformers ``CLIPModel`` / ``CLIPSegModel`` -> :class:`ModelAdapter` over both towers;
 * open_clip ``CLIP`` / ``CustomTextCLIP`` (any model name, BiomedCLIP included) ->
   :class:`ModelAdapter` over both towers.
@@ -17,7 +18,7 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
-from segprompt.backbones.hooks import HookBag
+from segprompt.backbones.hooks import HookBag, first_tensor, replace_first_tensor
 from segprompt.backbones.tokenizers import PromptTokenizer
 from segprompt.backbones.towers import TextTower, VisionTower
 from segprompt.errors import ConfigError
@@ -35,8 +36,15 @@ class ModelAdapter:
 
     @contextlib.contextmanager
     def prompted(
-        self, text: torch.Tensor | None = None, vision: torch.Tensor | None = None
+        self,
+        text: torch.Tensor | None = None,
+        vision: torch.Tensor | None = None,
+        vision_position: str = "pre-norm",
+        decoder: nn.Module | None = None,
     ) -> Iterator["ModelAdapter"]:
+        """Attach text and vision prompt rows (see :mod:`segprompt.backbones.towers`);
+        ``vision_position``: ``"pre-norm"`` (TuneVLSeg, MaPLe) or ``"post-norm"``; ``decoder``: an
+        extra decoder layer for models with a CLIPSeg decoder (:class:`CLIPSegAdapter`)."""
         if text is not None and self.text is None:
             raise ConfigError(f"{type(self.model).__name__} has no text tower to prompt")
         if vision is not None and self.vision is None:
@@ -45,13 +53,15 @@ class ModelAdapter:
             if text is not None:
                 stack.enter_context(self.text.prompted(text))  # type: ignore[union-attr]
             if vision is not None:
-                stack.enter_context(self.vision.prompted(vision))  # type: ignore[union-attr]
-                stack.enter_context(self._vision_consumers())
+                stack.enter_context(self.vision.prompted(vision, position=vision_position))  # type: ignore[union-attr]
+            stack.enter_context(self._consumers(vision is not None, decoder))
             yield self
 
     @contextlib.contextmanager
-    def _vision_consumers(self) -> Iterator[None]:
+    def _consumers(self, vision_prompted: bool, decoder: nn.Module | None) -> Iterator[None]:
         """Extra hooks for modules that read intermediate vision tokens (none by default)."""
+        if decoder is not None:
+            raise ConfigError(f"{type(self.model).__name__} has no CLIPSeg decoder to add a decoder layer to")
         yield
 
 
@@ -60,8 +70,15 @@ class CLIPSegAdapter(ModelAdapter):
 
     ``decoder_layers``: the vision blocks (1-based) whose outputs the decoder reads:
     ``hidden_states[i + 1]`` for ``i`` in ``config.extract_layers``, i.e. blocks i + 1
-    (3, 6, 9 -> blocks 4, 7, 10). Visual prompts deeper than ``max(decoder_layers)`` cannot
-    change the logits (they still change the pooled image feature).
+    (3, 6, 9 -> blocks 4, 7, 10).
+
+    With visual prompts attached, the decoder receives what TuneVLSeg's CLIPSeg hands it
+    (``base_clipseg.py`` / ``vpt_clipseg.py``, ``decoder_forward``): the activations *with* the
+    prompt tokens, those of a block j < depth already holding row j (TuneVLSeg replaces the slots
+    in place right after block j, before storing ``hidden_states[j]``); the decoder's reductions,
+    FiLM and transformer layers run over CLS + patches + prompts, and the prompt tokens are
+    dropped after its last layer, with the CLS token, before the transposed convolution. Rows
+    r <= max(decoder_layers) can change the logits; deeper rows only the pooled image feature.
     """
 
     def __init__(self, model: nn.Module, tokenizer: PromptTokenizer) -> None:
@@ -74,28 +91,52 @@ class CLIPSegAdapter(ModelAdapter):
         self.decoder_layers = [int(i) + 1 for i in model.extract_layers]
 
     @contextlib.contextmanager
-    def _vision_consumers(self) -> Iterator[None]:
+    def decoder_hooks(self, n_prompt: int, extra: nn.Module | None = None) -> Iterator[None]:
+        """For decoder calls inside the block: drop the last ``n_prompt`` tokens after the
+        decoder's last transformer layer (TuneVLSeg's ``output[:, 1:-num_context]``; the library
+        drops the CLS token itself), and with ``extra`` replace the transposed convolution's
+        logits by ``extra(features, logits)`` (features: the (B, reduce_dim, h, w) grid the
+        transposed convolution reads; TuneVLSeg's ``additive_decoder_layer``)."""
+        decoder = self.model.decoder
+
+        def strip(module: nn.Module, args: tuple, output: Any) -> Any:
+            x = first_tensor(output)
+            return replace_first_tensor(output, x[:, : x.shape[1] - n_prompt])
+
+        def add(module: nn.Module, args: tuple, output: torch.Tensor) -> torch.Tensor:
+            assert extra is not None
+            return extra(args[0], output)
+
+        with HookBag() as bag:
+            if n_prompt:
+                bag.post(decoder.layers[-1], strip)
+            if extra is not None:
+                bag.post(decoder.transposed_convolution, add)
+            yield
+
+    @contextlib.contextmanager
+    def _consumers(self, vision_prompted: bool, decoder: nn.Module | None) -> Iterator[None]:
+        """The library forward (``model(pixel_values=..., input_ids=...)``) inside ``prompted``:
+        the decoder gets the activations as TuneVLSeg hands them (see the class docstring)."""
         vision = self.vision
         assert vision is not None
+        n = vision.active_prompt_tokens if vision_prompted else 0
+        layers = self.decoder_layers
 
-        def strip(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict] | None:
-            n = vision.active_prompt_tokens
-            if not n:
-                return None
+        def as_next(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            acts = args[0] if args else kwargs["hidden_states"]
+            new = type(acts)(vision.next_input(a, layer) for a, layer in zip(acts, layers))
             if args:
-                acts, rest = args[0], tuple(args[1:])
-            else:
-                acts, rest = kwargs["hidden_states"], ()
-            stripped = type(acts)(a[:, : a.shape[1] - n] for a in acts) if isinstance(acts, (list, tuple)) else acts
-            if args:
-                return (stripped,) + rest, kwargs
+                return (new,) + tuple(args[1:]), kwargs
             kwargs = dict(kwargs)
-            kwargs["hidden_states"] = stripped
+            kwargs["hidden_states"] = new
             return args, kwargs
 
         with HookBag() as bag:
-            bag.pre(self.model.decoder, strip)
-            yield
+            if n:
+                bag.pre(self.model.decoder, as_next)
+            with self.decoder_hooks(n, decoder):
+                yield
 
 
 def adapt(model: nn.Module, tokenizer: Any = None) -> ModelAdapter:

@@ -2,7 +2,8 @@
 
 Both libraries' text models hold ``embeddings.token_embedding`` and ``encoder.layers``; their
 vision models hold ``encoder.layers`` and return the encoder's ``last_hidden_state``, from which
-the CLS token is pooled. The towers encode through the library modules
+the CLS token is pooled; visual prompts enter before the vision model's ``pre_layrnorm`` (see
+:mod:`segprompt.backbones.towers`). The towers encode through the library modules
 (``text_model`` + ``text_projection``, ``vision_model`` + ``visual_projection``), the same modules
 ``CLIPSegForImageSegmentation`` / ``CLIPModel`` call.
 """
@@ -102,6 +103,7 @@ def hf_vision_tower(
         image_size=_pair(config.image_size),
         num_prefix_tokens=1,
         checkpointing=hf_checkpointing(blocks),
+        entry=getattr(vision_model, "pre_layrnorm", None),
     )
 
 

@@ -10,6 +10,9 @@ Text towers
       layers cannot be found raise ConfigError naming what is missing.
 
 Vision towers
+    Visual prompts enter before the pre-norm (``ln_pre``, timm's ``norm_pre``; an ``nn.Identity``
+    when the model has none), see :mod:`segprompt.backbones.towers`.
+
     * open_clip ``VisionTransformer`` (prompts dropped at the output of ``visual.transformer``,
       before ``ln_post`` / pooling, so ``tok`` / ``avg`` / attentional pooling see CLS + patches);
     * ``TimmModel`` wrapping a timm ViT (BiomedCLIP's ``vit_base_patch16_224``): blocks
@@ -149,6 +152,7 @@ def openclip_vision_tower(model: nn.Module) -> VisionTower:
             num_prefix_tokens=1,
             batch_first=getattr(transformer, "batch_first", True),
             checkpointing=_flag(transformer, "grad_checkpointing"),
+            entry=getattr(visual, "ln_pre", None),
         )
     trunk = getattr(visual, "trunk", None)
     if trunk is not None:
@@ -181,6 +185,7 @@ def timm_vit_tower(trunk: nn.Module, encode: Any, name: str = "timm-vision") -> 
         image_size=_pair(patch_embed.img_size),
         num_prefix_tokens=int(getattr(trunk, "num_prefix_tokens", 1)),
         checkpointing=_flag(trunk, "grad_checkpointing"),
+        entry=getattr(trunk, "norm_pre", None),
     )
 
 

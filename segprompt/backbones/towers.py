@@ -8,7 +8,10 @@ width. Row r is the prompt **that enters block r + 1**:
 
 * row 0 is put in at the input (text: it replaces the token embeddings of the ``n`` placeholder
   slots before position embeddings are added; vision: it is appended after the CLS and patch
-  tokens);
+  tokens, **before** the tower's pre-norm (transformers' ``pre_layrnorm``, open_clip's ``ln_pre``,
+  timm's ``norm_pre``), as TuneVLSeg (``vpt_clipseg.py`` / ``base_multimodal_clipseg.py``:
+  "concat before the layernorm") and MaPLe (``clip/model.py``, ``VisionTransformer_MaPLe``) do;
+  ``position="post-norm"`` appends it after the pre-norm instead, at block 1's input);
 * row r >= 1 replaces the prompt slots of block r's output, i.e. the input of block r + 1.
 
 So with depth d = 1 prompts exist at the input only, and a change to row r (the "layer r + 1
@@ -18,14 +21,17 @@ row ``idx`` for ``idx < depth``, 1-based), without their CRIS off-by-one.
 
 Everything is done with hooks registered for one ``with`` block (:meth:`Tower.prompted`):
 
-* a forward hook on the token embedding (text row 0), or a forward pre-hook on block 1 (vision
-  row 0: append);
+* a forward hook on the token embedding (text row 0), or a forward pre-hook on the pre-norm
+  module (vision row 0: append; block 1 when the tower has no such module or with
+  ``position="post-norm"``);
 * forward pre-hooks on blocks 2..d that overwrite the prompt slots of their input (rows 1..d-1);
   because they act on the next block's *input*, observers of a block's output (transformers'
   ``output_hidden_states``, :meth:`Tower.observe`) see what the block computed. In transformers'
   terms: ``hidden_states[0]`` (the embedding output) already holds row 0, ``hidden_states[j]``
   (j >= 1) is block j's output before row j is written into its slots; a change to row r leaves
-  ``hidden_states[1..r]`` (and ``[0]`` if r >= 1) bit-identical;
+  ``hidden_states[1..r]`` (and ``[0]`` if r >= 1) bit-identical. ``observe(..., prompts="next")``
+  gives instead what block j + 1 receives (slots already holding row j), which is what
+  TuneVLSeg's CLIPSeg loop stores as ``hidden_states[j]`` and hands to the decoder;
 * vision only: a hook where the stack ends (``exit``) that drops the prompt tokens again, so
   pooling, final norms and anything reading ``last_hidden_state`` see CLS + patch tokens only.
 
@@ -51,7 +57,13 @@ from segprompt.backbones.hooks import (
 from segprompt.backbones.tokenizers import PromptTokenizer, Tokens
 from segprompt.errors import ConfigError
 
-__all__ = ["Tower", "TextTower", "VisionTower", "check_depth", "evenly_spaced_layers"]
+__all__ = ["Tower", "TextTower", "VisionTower", "check_depth", "evenly_spaced_layers", "VISION_PROMPT_POSITIONS"]
+
+#: where vision row 0 is appended: before the tower's pre-norm (TuneVLSeg, MaPLe) or after it
+VISION_PROMPT_POSITIONS = ("pre-norm", "post-norm")
+
+#: what :meth:`Tower.observe` records of an active prompted block's tokens
+OBSERVE_MODES = ("strip", "keep", "next")
 
 
 def check_depth(depth: int, num_layers: int, what: str = "tower") -> int:
@@ -151,10 +163,15 @@ class Tower:
             )
 
     @contextlib.contextmanager
-    def observe(self, layers: Sequence[int], strip_prompts: bool = True) -> Iterator[dict[int, torch.Tensor]]:
+    def observe(self, layers: Sequence[int], prompts: str = "strip") -> Iterator[dict[int, torch.Tensor]]:
         """Record the output (B, N, D) of blocks ``layers`` (1-based) during forwards inside the
-        block; with ``strip_prompts`` the prompt tokens of an active :meth:`prompted` block are
-        dropped (vision: the trailing tokens). The dict is filled as the model runs."""
+        block; the dict is filled as the model runs. ``prompts`` says what to do with the prompt
+        tokens of an active :meth:`prompted` block: ``"strip"`` drops them (vision: the trailing
+        tokens), ``"keep"`` records the block output as computed, ``"next"`` records what block
+        j + 1 receives (vision: the slots of block j < depth already hold row j; see the module
+        docstring)."""
+        if prompts not in OBSERVE_MODES:
+            raise ConfigError(f"observe(prompts=...) must be one of {OBSERVE_MODES}, got {prompts!r}")
         found: dict[int, torch.Tensor] = {}
         for layer in layers:
             if not 1 <= layer <= self.num_layers:
@@ -164,8 +181,10 @@ class Tower:
         def make(layer: int) -> Callable[..., None]:
             def hook(module: nn.Module, args: tuple, output: Any) -> None:
                 x = self._to_nld(first_tensor(output))
-                if strip_prompts:
+                if prompts == "strip":
                     x = self._strip(x)
+                elif prompts == "next":
+                    x = self.next_input(x, layer)
                 found[layer] = x
 
             return hook
@@ -176,6 +195,11 @@ class Tower:
             yield found
         finally:
             bag.remove()
+
+    def next_input(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """Block ``layer``'s output (B, N, D) as block ``layer + 1`` receives it while prompts are
+        attached (the tower's own layout is batch-first here). Base towers: unchanged."""
+        return x
 
     def _strip(self, x: torch.Tensor) -> torch.Tensor:
         return x
@@ -279,6 +303,11 @@ class VisionTower(Tower):
     exit:             (module, "output" | "input"): where to drop the prompt tokens again (a
                       forward hook on the module's output, or a pre-hook on its input); the
                       tensor there is batch-first (B, N, D).
+    entry:            the pre-norm module applied to the embedded (B, N, D) sequence before
+                      block 1 (``pre_layrnorm`` / ``ln_pre`` / ``norm_pre``, an ``nn.Identity``
+                      counts), whose *input* receives row 0 at ``position="pre-norm"``; None when
+                      nothing sits between the embeddings and block 1 (then both positions are
+                      block 1's input).
     num_prefix_tokens: CLS (and register) tokens before the patch tokens.
     patch_size:       (ph, pw) of the patch embedding, for :meth:`grid`.
     encode:           ``encode(images) -> (B, E)`` pooled, projected image features.
@@ -298,15 +327,19 @@ class VisionTower(Tower):
         num_prefix_tokens: int = 1,
         batch_first: bool = True,
         checkpointing: Callable[[], bool] | None = None,
+        entry: nn.Module | None = None,
     ) -> None:
         super().__init__(name, blocks, width, batch_first, checkpointing)
         if exit[1] not in ("output", "input"):
             raise ConfigError(f"exit hook kind must be 'output' or 'input', got {exit[1]!r}")
         self.exit = exit
+        self.entry = entry
         self._encode = encode
         self.patch_size = patch_size
         self.image_size = image_size
         self.num_prefix_tokens = num_prefix_tokens
+        self._prompts: torch.Tensor | None = None
+        self._depth = 0
 
     def encode(self, images: torch.Tensor) -> torch.Tensor:
         return self._encode(images)
@@ -318,6 +351,20 @@ class VisionTower(Tower):
     def _strip(self, x: torch.Tensor) -> torch.Tensor:
         n = self._n_prompt
         return x[:, : x.shape[1] - n] if n else x
+
+    def _put(self, x: torch.Tensor, r: int) -> torch.Tensor:
+        """(B, N, D) with its trailing ``n`` tokens replaced by row ``r``."""
+        assert self._prompts is not None
+        return torch.cat([x[:, : x.shape[1] - self._n_prompt], self._row(self._prompts, r, x.shape[0], x)], dim=1)
+
+    def next_input(self, x: torch.Tensor, layer: int) -> torch.Tensor:
+        """Block ``layer``'s output (B, N + n, D) with its prompt slots holding row ``layer`` when
+        ``layer < depth`` (what block ``layer + 1`` receives, and what TuneVLSeg's CLIPSeg loop
+        stores as ``hidden_states[layer]``: ``mutate_image_hidden_states`` after block ``idx``);
+        unchanged otherwise or when no prompts are attached."""
+        if self._prompts is None or not 1 <= layer < self._depth:
+            return x
+        return self._put(x, layer)
 
     def patch_tokens(self, x: torch.Tensor, height: int, width: int) -> torch.Tensor:
         """(B, N, D) block output (prompts already stripped) -> (B, D, rows, cols) patch grid."""
@@ -331,12 +378,16 @@ class VisionTower(Tower):
         return tokens.transpose(1, 2).reshape(x.shape[0], x.shape[2], rows, cols)
 
     @contextlib.contextmanager
-    def prompted(self, prompts: torch.Tensor | None) -> Iterator[None]:
-        """Append ``n`` prompt tokens after the patch tokens at block 1's input and overwrite them
-        at the inputs of blocks 2..d; drop them where the stack ends.
+    def prompted(self, prompts: torch.Tensor | None, position: str = "pre-norm") -> Iterator[None]:
+        """Append ``n`` prompt tokens after the patch tokens at the input (``position``:
+        ``"pre-norm"``, before the pre-norm module, TuneVLSeg's and MaPLe's placement; or
+        ``"post-norm"``, at block 1's input), overwrite them at the inputs of blocks 2..d, and
+        drop them where the stack ends.
 
         prompts: (d, n, D) or (B, d, n, D); None does nothing.
         """
+        if position not in VISION_PROMPT_POSITIONS:
+            raise ConfigError(f"vision prompt position must be one of {VISION_PROMPT_POSITIONS}, got {position!r}")
         if prompts is None:
             yield
             return
@@ -344,16 +395,21 @@ class VisionTower(Tower):
         depth, n = self._check_prompts(prompts)
         bag = HookBag()
 
+        def append(x: torch.Tensor) -> torch.Tensor:
+            return torch.cat([x, self._row(prompts, 0, x.shape[0], x)], dim=1)
+
+        # the pre-norm module takes the batch-first embedding sequence in every supported library
+        def before_norm(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
+            return replace_hidden_in_call(args, kwargs, append(hidden_from_call(args, kwargs)))
+
         def first(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
             x = self._to_nld(hidden_from_call(args, kwargs))
-            x = torch.cat([x, self._row(prompts, 0, x.shape[0], x)], dim=1)
-            return replace_hidden_in_call(args, kwargs, self._from_nld(x))
+            return replace_hidden_in_call(args, kwargs, self._from_nld(append(x)))
 
         def make_pre(r: int) -> Callable[..., tuple[tuple, dict]]:
             def hook(module: nn.Module, args: tuple, kwargs: dict) -> tuple[tuple, dict]:
                 x = self._to_nld(hidden_from_call(args, kwargs))
-                x = torch.cat([x[:, : x.shape[1] - n], self._row(prompts, r, x.shape[0], x)], dim=1)
-                return replace_hidden_in_call(args, kwargs, self._from_nld(x))
+                return replace_hidden_in_call(args, kwargs, self._from_nld(self._put(x, r)))
 
             return hook
 
@@ -369,7 +425,11 @@ class VisionTower(Tower):
 
         try:
             self._active, self._n_prompt = True, n
-            bag.pre(self.blocks[0], first)
+            self._prompts, self._depth = prompts, depth
+            if position == "pre-norm" and self.entry is not None:
+                bag.pre(self.entry, before_norm)
+            else:
+                bag.pre(self.blocks[0], first)
             for r in range(1, depth):
                 bag.pre(self.blocks[r], make_pre(r))
             module, kind = self.exit
@@ -381,3 +441,4 @@ class VisionTower(Tower):
         finally:
             bag.remove()
             self._active, self._n_prompt = False, 0
+            self._prompts, self._depth = None, 0
