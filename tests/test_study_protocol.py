@@ -161,3 +161,31 @@ def test_protocol_on_a_benchmark_run(human_run, tmp_path):
     assert "### Human vs automated at each annotator's best step" in md and "| random" in md
     paths = write_human_protocol(tmp_path, proto)
     assert sorted(p.name for p in paths) == ["human_annotators.csv", "human_best_steps.csv", "human_replay.csv", "human_vs_automated.csv"]
+
+
+@pytest.mark.realdata
+@pytest.mark.skipif(not __import__("os").environ.get("SEGPROMPT_DATA_ROOT"), reason="SEGPROMPT_DATA_ROOT is not set (the real sample data)")
+def test_real_structure_masks_are_grouped_by_their_ct_slice():
+    """SA-Med2D demo: several structure masks per CT / MR slice; the folds hold out slices, not masks."""
+    from pointprompt.features import feature_table
+    from segprompt.data.registry import load_dataset
+
+    ds = load_dataset("sammed2d-demo")
+    rng = np.random.default_rng(0)
+    rows = []
+    for s in ds:
+        ys, xs = np.nonzero(s.mask)
+        for step in (1, 2):
+            pick = rng.choice(len(ys), size=step, replace=False)
+            rows.append({"dataset": "sammed2d-demo", "image": s.id, "strategy": "random", "step": step,
+                         "points": [[float(xs[j]), float(ys[j]), 1] for j in pick], "iou": float(rng.uniform(0.2, 0.9))})
+    table = feature_table(rows, ds)
+    assert len(table) == 2 * len(ds) and len({r["image"] for r in table}) == len(ds) > 5
+    slices = {r["source_image"] for r in table}
+    assert slices == {str(s.meta["image_id"]) for s in ds} and len(slices) >= 3
+    assert all(r["image"].startswith(r["source_image"]) for r in table)
+    res = run_regression(table, models=("linear",), n_splits=3, n_repeats=0, univariate=False)
+    assert res["n_groups"] == len(slices)
+    fold = np.array(res["fold"])
+    src = np.array([table[i]["source_image"] for i in res["rows_used"]])
+    assert all(len(set(fold[src == s].tolist())) == 1 for s in slices)
