@@ -34,7 +34,9 @@ Empty-mask conventions (documented, deliberate)
 Interactive segmentation
     :func:`noc` / :func:`noc_curve_stats` give the standard NoC@85 / NoC@90 (number of clicks
     to reach an IoU threshold, capped at ``max_clicks``, usually 20) used by RITM, SimpleClick,
-    FocalClick and the SAM point-prompt literature.
+    FocalClick and the SAM point-prompt literature. Where one step adds several clicks
+    (micro-sam's iterative prompting adds a positive and a negative), pass the cumulative click
+    count per entry as ``clicks=``; :func:`noc_steps` counts entries (steps) whatever they add.
 
 Multi-class
     :func:`confusion_matrix`, :class:`ConfusionMatrix` and :func:`miou` take integer label maps
@@ -62,6 +64,7 @@ __all__ = [
     "hd95",
     "binary_scores",
     "noc",
+    "noc_steps",
     "noc_curve_stats",
     "confusion_matrix",
     "ConfusionMatrix",
@@ -389,33 +392,61 @@ def binary_scores(
 # --------------------------------------------------------------------------------------------
 
 
-def noc(ious: Any, threshold: float = 0.85, max_clicks: int | None = None) -> int:
+def noc(ious: Any, threshold: float = 0.85, max_clicks: int | None = None, *, clicks: Any = None) -> int:
     """Number of clicks (NoC) needed to reach ``IoU >= threshold``.
 
-    This is the standard interactive-segmentation NoC@85 / NoC@90 (RITM, SimpleClick, ...).
+    This is the standard interactive-segmentation NoC@85 / NoC@90 (RITM, SimpleClick, ...),
+    counted in clicks: RITM's ``utils.compute_noc_metric`` counts the clicks of a one-click-per-
+    step curve; ``clicks`` extends it to steps that add several clicks.
 
     Args:
-        ious: 1-D IoU-per-click curve; ``ious[0]`` is the IoU after the first click.
+        ious: 1-D IoU curve, one value per step; ``ious[0]`` is the IoU after the first step.
         threshold: IoU to reach (0.85 for NoC@85, 0.9 for NoC@90).
-        max_clicks: click budget; only the first ``max_clicks`` values count. Defaults to
-            ``len(ious)``.
+        max_clicks: click budget; only steps with at most ``max_clicks`` clicks count. Defaults
+            to the clicks of the last step (``len(ious)`` without ``clicks``).
+        clicks: clicks made up to and including each step: a 1-D non-decreasing sequence of
+            integers >= 1 of the curve's length, or one integer k for k clicks every step (step
+            i then has k (i + 1) clicks). ``None`` (the default): one click per step, so clicks
+            and steps coincide (the meaning of :func:`noc_steps`).
 
     Returns:
-        The 1-based index of the first click with ``IoU >= threshold``, or ``max_clicks``
-        when the threshold is never reached within the budget (a failure).
+        The clicks of the first step with ``IoU >= threshold`` within the budget, or
+        ``max_clicks`` when the threshold is never reached within it (a failure).
     """
     curve = np.asarray(ious, dtype=np.float64)
     if curve.ndim != 1:
         raise DataError(f"ious must be a 1-D IoU-per-click curve, got shape {curve.shape}")
+    if clicks is None:
+        count = np.arange(1, curve.size + 1)
+    elif np.ndim(clicks) == 0:
+        k = int(clicks)
+        if k < 1 or k != clicks:
+            raise ConfigError(f"clicks per step must be an integer >= 1, got {clicks!r}")
+        count = k * np.arange(1, curve.size + 1)
+    else:
+        count = np.asarray(clicks)
+        if count.shape != curve.shape:
+            raise DataError(f"clicks must give one count per IoU value: {count.shape} counts for {curve.shape} IoU values")
+        if count.size and (not np.all(count == np.round(count)) or count.min() < 1 or np.any(np.diff(count) < 0)):
+            raise DataError(f"clicks must be non-decreasing integers >= 1 (cumulative clicks per step), got {count.tolist()}")
+        count = count.astype(np.int64)
     if max_clicks is None:
         if curve.size == 0:
             raise DataError("ious is empty: give at least one IoU value, or pass max_clicks")
-        max_clicks = int(curve.size)
+        max_clicks = int(count[-1])
     if int(max_clicks) < 1:
         raise ConfigError(f"max_clicks must be >= 1, got {max_clicks}")
     max_clicks = int(max_clicks)
-    hit = np.flatnonzero(curve[:max_clicks] >= threshold)
-    return int(hit[0]) + 1 if hit.size else max_clicks
+    hit = np.flatnonzero((curve >= threshold) & (count <= max_clicks))
+    return int(count[hit[0]]) if hit.size else max_clicks
+
+
+def noc_steps(ious: Any, threshold: float = 0.85, max_steps: int | None = None) -> int:
+    """Number of *steps* (entries of the curve) needed to reach ``IoU >= threshold``, whatever
+    each step adds; ``max_steps`` (default ``len(ious)``) when never reached. The same as
+    :func:`noc` without ``clicks`` (one click per step): the meaning ``noc`` had before it took
+    ``clicks``, kept by name for curves whose steps add several clicks."""
+    return noc(ious, threshold, max_steps)
 
 
 def _threshold_key(threshold: float) -> str:
@@ -426,6 +457,7 @@ def noc_curve_stats(
     curves: Iterable[Any],
     thresholds: Sequence[float] = (0.85, 0.9),
     max_clicks: int = 20,
+    clicks: Iterable[Any] | None = None,
 ) -> dict[str, float]:
     """Mean NoC and failure rate over many IoU-per-click curves.
 
@@ -434,6 +466,8 @@ def noc_curve_stats(
         thresholds: IoU thresholds.
         max_clicks: click budget (20 in the literature); a curve that does not reach the
             threshold within it counts ``max_clicks`` clicks and is a failure.
+        clicks: optional, one cumulative-clicks sequence per curve (see :func:`noc`); default
+            one click per step.
 
     Returns:
         ``{"noc@85": mean NoC, "fail@85": share of curves never reaching 0.85, ...}`` for each
@@ -443,10 +477,13 @@ def noc_curve_stats(
     arrs = [np.asarray(c, dtype=np.float64) for c in curves]
     if not arrs:
         raise DataError("noc_curve_stats needs at least one IoU curve")
+    per = [None] * len(arrs) if clicks is None else list(clicks)
+    if len(per) != len(arrs):
+        raise DataError(f"clicks must give one sequence per curve: {len(per)} for {len(arrs)} curves")
     out: dict[str, float] = {}
     for thr in thresholds:
-        counts = np.array([noc(c, thr, max_clicks) for c in arrs])
-        reached = np.array([bool(np.any(c[:max_clicks] >= thr)) for c in arrs])
+        counts = np.array([noc(c, thr, max_clicks, clicks=k) for c, k in zip(arrs, per)])
+        reached = np.array([noc(c, thr, max_clicks + 1, clicks=k) <= max_clicks for c, k in zip(arrs, per)])
         key = _threshold_key(float(thr))
         out[f"noc@{key}"] = float(counts.mean())
         out[f"fail@{key}"] = float(1.0 - reached.mean())

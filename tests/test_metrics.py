@@ -451,6 +451,32 @@ def test_noc_examples():
         M.noc([0.1], 0.85, max_clicks=0)
 
 
+def test_noc_counts_clicks_not_steps():
+    curve = [0.5, 0.7, 0.9, 0.95]
+    clicks = [1, 3, 5, 7]  # micro-sam-style: one click, then a positive and a negative per step
+    assert M.noc(curve, 0.85, clicks=clicks) == 5  # the third step, five clicks
+    assert M.noc(curve, 0.94, clicks=clicks) == 7
+    assert M.noc(curve, 0.99, clicks=clicks) == 7  # never reached: the clicks of the last step
+    assert M.noc(curve, 0.99, max_clicks=20, clicks=clicks) == 20
+    assert M.noc(curve, 0.90, max_clicks=4, clicks=clicks) == 4  # reached at 5 clicks: over the budget
+    assert M.noc(curve, 0.85, clicks=2) == 6  # two clicks every step
+    assert M.noc(curve, 0.85, clicks=1) == M.noc(curve, 0.85) == 3
+    assert M.noc_steps(curve, 0.85) == 3 and M.noc_steps(curve, 0.99, max_steps=20) == 20  # the step count, by name
+    assert M.noc([0.5, 0.9], 0.85, clicks=[2, 2]) == 2  # a step that added no click
+    with pytest.raises(DataError):
+        M.noc(curve, 0.85, clicks=[1, 2])  # one count per step
+    with pytest.raises(DataError):
+        M.noc(curve, 0.85, clicks=[1, 3, 2, 4])  # cumulative: never decreasing
+    with pytest.raises(DataError):
+        M.noc(curve, 0.85, clicks=[0, 1, 2, 3])
+    with pytest.raises(ConfigError):
+        M.noc(curve, 0.85, clicks=0)
+    s = M.noc_curve_stats([curve, [0.9]], thresholds=(0.85,), max_clicks=6, clicks=[clicks, [2]])
+    assert s["noc@85"] == pytest.approx((5 + 2) / 2) and s["fail@85"] == 0
+    s = M.noc_curve_stats([curve], thresholds=(0.94,), max_clicks=6, clicks=[clicks])
+    assert s["noc@94"] == 6 and s["fail@94"] == 1  # reached at 7 clicks: over the budget
+
+
 def test_noc_curve_stats_numbers():
     curves = [
         [0.9, 0.95, 0.96],  # NoC@85 = 1, NoC@90 = 1
