@@ -69,24 +69,39 @@ def local_entropy(grey: np.ndarray, size: int = 9) -> np.ndarray:
     return entropy(g, np.ones((size, size), np.uint8)).astype(np.float64)
 
 
-def patch_entropy(grey: np.ndarray, rc: np.ndarray, size: int = 9, chunk: int = 8192) -> np.ndarray:
-    """Shannon entropy (bits, 256 grey levels) of the ``size`` x ``size`` patch centred on each
-    pixel ``rc`` (M, 2) (row, col); equal to ``local_entropy(grey, size)[rc[:, 0], rc[:, 1]]``
-    (patches clipped at the image border) but costs O(M size^2) instead of a whole-image
-    filter. Vectorised: each patch's values are sorted, and with c(v) the count of value v
-    among the n pixels, H = log2(n) - (1/n) sum over the pixels of log2 c(value).
-    Returns float64 (M,).
+def patch_entropy(grey: np.ndarray, rc: np.ndarray, size: int = 9, chunk: int = 8192, border: str = "clip") -> np.ndarray:
+    """Shannon entropy (bits, 256 grey levels) of the ``size`` x ``size`` patch of each pixel ``rc``
+    (M, 2) (row, col), at O(M size^2) cost instead of a whole-image filter. Returns float64 (M,).
+
+    ``border`` places the patch:
+
+    * ``"clip"``: centred on the pixel, clipped at the image border; equal to
+      ``local_entropy(grey, size)[rc[:, 0], rc[:, 1]]``;
+    * ``"shift"``: PointPrompt's ``select_grid`` (``point_sampling/point_selection.py``): the
+      patch starts ``size // 2`` rows / columns before the pixel, moved to 0 where that is
+      negative (so it keeps its full size at the top / left edge), and is cut at the bottom /
+      right edge.
+
+    Vectorised: each patch's values are sorted, and with c(v) the count of value v among its n
+    pixels, H = log2(n) - (1/n) sum over the pixels of log2 c(value).
     """
+    if border not in ("clip", "shift"):
+        raise ValueError(f"border must be 'clip' or 'shift', got {border!r}")
     g = np.asarray(grey)
     if g.dtype != np.uint8 or g.ndim != 2:
         g = to_grey(g)
     rc = np.asarray(rc, np.int64).reshape(-1, 2)
     h = size // 2
-    padded = np.pad(g.astype(np.int16), h, constant_values=-1)  # -1: outside the image
+    if border == "clip":
+        padded = np.pad(g.astype(np.int16), h, constant_values=-1)  # -1: outside the image
+        start = rc
+    else:
+        padded = np.pad(g.astype(np.int16), ((0, size), (0, size)), constant_values=-1)
+        start = np.maximum(rc - h, 0)
     dr, dc = (a.ravel() for a in np.mgrid[0:size, 0:size])
     out = np.empty(len(rc), np.float64)
-    for start in range(0, len(rc), chunk):
-        r, c = rc[start : start + chunk, 0], rc[start : start + chunk, 1]
+    for lo in range(0, len(rc), chunk):
+        r, c = start[lo : lo + chunk, 0], start[lo : lo + chunk, 1]
         vals = np.sort(padded[r[:, None] + dr, c[:, None] + dc], axis=1)
         new_run = np.ones(vals.shape, bool)
         new_run[:, 1:] = vals[:, 1:] != vals[:, :-1]
@@ -94,7 +109,7 @@ def patch_entropy(grey: np.ndarray, rc: np.ndarray, size: int = 9, chunk: int = 
         count = np.bincount(run)[run].reshape(vals.shape)
         valid = vals >= 0
         n = valid.sum(1)
-        out[start : start + chunk] = np.log2(n) - (np.log2(count) * valid).sum(1) / n
+        out[lo : lo + chunk] = np.log2(n) - (np.log2(count) * valid).sum(1) / n
     return out
 
 

@@ -3,24 +3,37 @@
 Two kinds, each registered by name (``create_strategy("centre")``):
 
 * **placement** strategies, ``strategy(mask, image, rng, n_positive, n_negative) -> Points``:
-  an *ordered* point set (positives inside the mask, negatives outside); a benchmark step k
-  uses the first k points, so the order is part of the strategy. Positives and negatives are
-  interleaved in proportion (a positive first).
-  The PointPrompt study's automated strategies are here too (``kmedoids``, ``shi-tomasi``,
-  ``entropy``, ``max-distance``, ``saliency``) plus ``grid``; ``saliency`` prompts the model
-  once and so is called with an extra ``predict=`` keyword (:func:`needs_model`).
-* **correction** strategies, ``strategy.correct(gt, pred, rng, image=None) -> Points``: the
-  click(s) to add after a prediction, for iterative prompting; they start from the centre
-  point (:meth:`first`).
+  an *ordered* point set (positives first, then positives and negatives interleaved in
+  proportion); a benchmark step k uses the first k points, so the order is part of the strategy.
+* **correction** strategies, ``strategy.correct(gt, pred, rng, image=None, *, clicked=None) -> Points``:
+  the click(s) to add after a prediction, for iterative prompting (``clicked``: the points
+  placed so far); they start from :meth:`first`.
+
+The PointPrompt study's strategies carry its names and follow its code (olivesgatech/PointPrompt,
+``point_sampling/point_selection.py``, ``intelligent_point_selection.py`` and ``main.py``):
+``random``, ``kmedoids``, ``shi-tomasi``, ``entropy``, ``max-distance``, ``saliency`` and ``obj``
+(per connected component k-medoids). As in the study, their negatives come from the *whole*
+background (its ``mode='ex'`` runs the same rule on ``1 - mask``), and ``entropy``,
+``max-distance`` and ``saliency`` return their seed (probe) point *plus* n points on each side
+that has a budget (``seed_points = 1``: n + 1 inclusion and n + 1 exclusion points for a budget
+of n + n, as ``main.py`` concatenates ``inc_init`` with the n chosen points). ``saliency``
+prompts the model once, so it is called with ``predict=`` (:func:`needs_model`). The rules
+we deliberately do not copy (transposed (x, y) / (row, col) in entropy and max-distance, ...)
+are listed in each class. Our earlier rules stay available under their own names:
+``kmedoids-ring``, ``shi-tomasi-ring``, ``entropy-spread``, ``max-distance-spread`` (negatives
+in a ring around the object, spread-out choices) and ``saliency-oracle`` (saliency sampled
+inside the ground truth); ``centre`` and ``grid`` are not from the study.
+
+Corrections: ``microsam`` (micro-sam's ``IterativePromptGenerator``), ``ritm`` (RITM's
+``Clicker``) and ``error-centre``.
 
 Conventions: masks are bool (H, W) indexed ``mask[y, x]``; points are ``(x, y)`` =
 (column, row) of the pixel; the same ``rng`` state gives the same points. An empty mask
 cannot hold a positive point: placement strategies raise :class:`PromptError` for it, and a
-mask covering the whole image cannot hold a negative one. Every placement strategy returns
-exactly the number of points asked; a point repeats only when its region (the object, or the
-background ring) has fewer pixels than points asked, and then the distinct points cycle.
-Negatives of the study-derived strategies come from a *ring* of background around the object
-(``ring`` x the mask diameter wide, at least 2 px) rather than from the whole background.
+mask covering the whole image cannot hold a negative one. A placement strategy returns
+``n + seed_points`` points for each side with a budget n > 0 (none for n = 0); a point repeats
+only when its region has fewer pixels than points asked, and then the distinct points cycle
+(raster order where the study tiles its pixel list).
 """
 
 from __future__ import annotations
@@ -53,8 +66,9 @@ def register_strategy(name: str, *aliases: str) -> Callable:
 
 
 def create_strategy(name: str, **kwargs: Any) -> Any:
-    """A strategy instance by name (``random``, ``centre``, ``kmedoids``, ``shi-tomasi``, ``entropy``,
-    ``max-distance``, ``grid``, ``saliency``, ``microsam``, ``error-centre``)."""
+    """A strategy instance by name (``random``, ``kmedoids``, ``shi-tomasi``, ``entropy``,
+    ``max-distance``, ``saliency``, ``obj``, ``centre``, ``grid``, the ``-ring`` / ``-spread`` /
+    ``-oracle`` variants, ``microsam``, ``ritm``, ``error-centre``; see :func:`list_strategies`)."""
     return STRATEGIES.get(name)(**kwargs)
 
 
@@ -85,12 +99,14 @@ def interleave(pos: np.ndarray, neg: np.ndarray) -> Points:
 
 
 def _pick(rows: np.ndarray, cols: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
-    """n pixels (x, y) drawn uniformly without replacement (with replacement if too few)."""
+    """n pixels (x, y) drawn uniformly without replacement; with fewer pixels than n, all of them
+    in the given (raster) order, cycled, as PointPrompt's ``extract_random_mask_points`` tiles
+    its pixel list (``mask_pixels.repeat(...)[:n]``; no random draw then)."""
     if n <= 0:
         return np.zeros((0, 2), np.float32)
     if len(rows) == 0:
         raise PromptError("no pixel available to place a point")
-    idx = rng.choice(len(rows), size=n, replace=len(rows) < n)
+    idx = np.arange(n) % len(rows) if len(rows) < n else rng.choice(len(rows), size=n, replace=False)
     return np.stack([cols[idx], rows[idx]], axis=1).astype(np.float32)
 
 
@@ -178,10 +194,13 @@ def diameter(mask: np.ndarray) -> float:
 @register_strategy("random")
 @dataclass
 class RandomStrategy:
-    """Uniform inside the mask (positives) and outside it (negatives), as in PointPrompt."""
+    """PointPrompt's ``rand``: positives uniform inside the mask, negatives uniform over the whole
+    background, without replacement (``extract_random_mask_points``: ``randperm(...)[:n]``);
+    a region with fewer pixels than asked gives all its pixels in raster order, cycled."""
 
     name: str = "random"
     kind: str = "placement"
+    seed_points: int = 0
 
     def __call__(self, mask, image, rng, n_positive, n_negative) -> Points:
         m = check_mask(mask, n_positive)
@@ -204,6 +223,7 @@ class CentreStrategy:
     interior: float = 0.4
     name: str = "centre"
     kind: str = "placement"
+    seed_points: int = 0
 
     def __call__(self, mask, image, rng, n_positive, n_negative) -> Points:
         m = check_mask(mask, n_positive)
@@ -331,6 +351,535 @@ def kmedoids(points: np.ndarray, k: int, *, fixed: np.ndarray | None = None, max
     return med
 
 
+def _pairwise(points: np.ndarray) -> np.ndarray:
+    """(m, m) float64 Euclidean distances between the rows of ``points`` (m, 2): exact for pixels
+    (sqrt of an exact integer sum of squares) and exactly symmetric."""
+    p = np.asarray(points, np.float64).reshape(-1, 2)
+    d = (p[:, None, 0] - p[None, :, 0]) ** 2
+    d += (p[:, None, 1] - p[None, :, 1]) ** 2
+    return np.sqrt(d, out=d)
+
+
+def kmedoids_heuristic(points: np.ndarray, k: int, max_iter: int = 300) -> np.ndarray:
+    """Indices of ``k`` medoids of ``points`` by scikit-learn-extra's ``KMedoids`` defaults, which
+    PointPrompt calls (``KMedoids(n_clusters=k).fit(pixels)``): ``init="heuristic"`` (the k points
+    with the smallest total distance to all points), then the ``"alternate"`` method (Park & Jun
+    2009) for at most ``max_iter`` = 300 rounds: label each point with its nearest medoid (ties:
+    the lower slot), then in each cluster move the medoid to the member with the smallest total
+    distance to the cluster, only when strictly smaller; stop when no medoid moves.
+
+    Follows scikit-learn-extra ``sklearn_extra/cluster/_k_medoids.py`` (``_initialize_medoids``,
+    ``_update_medoid_idxs_in_place``), without the package (not a dependency). One difference:
+    scikit-learn-extra takes the k smallest sums with ``np.argpartition`` (arbitrary order and tie
+    breaking); here a stable sort orders them, so ties go to the earlier point and medoid j is
+    the j-th most central start. Returns (min(k, m),) int indices (slot order); the full m x m
+    distance matrix is built (m <= 2000 in the study: 32 MB, a few ms).
+    """
+    pts = np.asarray(points, np.float64).reshape(-1, 2)
+    m = len(pts)
+    if k <= 0 or m == 0:
+        return np.zeros(0, np.int64)
+    if m <= k:
+        return np.arange(m)
+    D = _pairwise(pts)
+    med = np.argsort(D.sum(1), kind="stable")[:k].astype(np.int64)
+    for _ in range(max_iter):
+        old = med.copy()
+        labels = np.argmin(D[med], axis=0)
+        for j in range(k):
+            idx = np.flatnonzero(labels == j)
+            if len(idx) == 0:
+                continue
+            cost = D[np.ix_(idx, idx)].sum(1)
+            best = int(np.argmin(cost))
+            if cost[best] < cost[int(np.argmax(idx == med[j]))]:
+                med[j] = idx[best]
+        if np.array_equal(old, med):
+            break
+    return med
+
+
+def _pp_kmedoid_points(region: np.ndarray, rng: np.random.Generator, n: int, subsample: int) -> np.ndarray:
+    """PointPrompt's ``extract_kmedoid_points``: n (x, y) medoids (:func:`kmedoids_heuristic`) of
+    a uniform random subsample of ``subsample`` region pixels; fewer region pixels than n: all of
+    them in raster order, cycled (the study's ``repeat``)."""
+    if n <= 0:
+        return np.zeros((0, 2), np.float32)
+    rc = np.argwhere(region)
+    if len(rc) < n:
+        return _cycle(_xy(rc), n)
+    sub = _subsample(rc, rng, subsample)
+    return _xy(sub[kmedoids_heuristic(sub, n)])
+
+
+def _pp_diameter(region: np.ndarray) -> float:
+    """PointPrompt's mask diameter: the norm of (max - min) of the pixels' (row, col), i.e. the
+    bounding-box diagonal between pixel centres (no +1, unlike :func:`diameter`)."""
+    rc = np.argwhere(region)
+    return float(np.hypot(*(rc.max(0) - rc.min(0)))) if len(rc) else 0.0
+
+
+def _pp_candidates(rc: np.ndarray, rng: np.random.Generator, n: int) -> tuple[np.ndarray, int]:
+    """The candidate subsample of PointPrompt's ``get_entropy_points`` / ``get_distance_points``:
+    ``int(0.15 x len)`` region pixels; if that is fewer than n, ``int(f x len)`` for f = 0.5,
+    0.6, ... while f <= 1 (the first that reaches n); if still fewer, all pixels and n becomes
+    their number. Drawn uniformly without replacement, in random order (the seed pixel is not
+    excluded, as in the study). Returns (candidates (amt, 2) (row, col), n)."""
+    total = len(rc)
+    amt = int(0.15 * total)
+    base = 0.5
+    while amt < n and base <= 1.0:
+        amt = int(base * total)
+        base += 0.1
+    if amt < n:
+        amt, n = total, total
+    return rc[rng.choice(total, size=amt, replace=False)], n
+
+
+@dataclass
+class _RegionStrategy:
+    """Base of the strategies that place positives in the mask and negatives in a background region
+    by the same rule: subclasses implement ``_place(region, grey, rng, n) -> (n + seed_points, 2)
+    (x, y)`` (called only for n > 0). Negatives come from the whole background (``ring=None``,
+    PointPrompt's ``1 - mask``) or from a ring ``ring`` x the mask diameter (at least 2 px) wide
+    around the object. The grey image is computed once per call (``None`` without an image); a
+    ``predict=`` keyword is accepted and ignored, so a caller may pass it to every strategy."""
+
+    ring: float | None = None
+    kind: str = "placement"
+    needs_model: bool = False
+    seed_points: int = 0
+
+    def __call__(self, mask, image, rng, n_positive, n_negative, *, predict=None) -> Points:
+        m = check_mask(mask, n_positive)
+        neg_region = None
+        if n_negative > 0:
+            neg_region = _negative_region(m, self.ring) if self.ring is not None else _background(m)
+        grey = _grey(image, m)
+        pos = self._place(m, grey, rng, n_positive) if n_positive > 0 else np.zeros((0, 2), np.float32)
+        neg = self._place(neg_region, grey, rng, n_negative) if neg_region is not None else np.zeros((0, 2), np.float32)
+        return interleave(pos, neg)
+
+    def _place(self, region: np.ndarray, grey: np.ndarray | None, rng: np.random.Generator, n: int) -> np.ndarray:
+        raise NotImplementedError
+
+
+def _background(m: np.ndarray) -> np.ndarray:
+    """The whole background (PointPrompt's exclusion region); raises for a mask covering the image."""
+    if m.all():
+        raise PromptError("the mask covers the whole image: no negative point can be placed")
+    return ~m
+
+
+@register_strategy("kmedoids", "k-medoids", "kmedoid")
+@dataclass
+class KMedoidsStrategy(_RegionStrategy):
+    """PointPrompt's ``kmediod`` (``extract_kmedoid_points``): the n_positive medoids of a uniform
+    random subsample of ``subsample`` = 1800 mask pixels, by scikit-learn-extra's ``KMedoids``
+    defaults (heuristic start, alternate refinement: :func:`kmedoids_heuristic`); negatives: the
+    same on the whole background. Fewer region pixels than points: all of them, cycled. The
+    only randomness is the subsample. Points come in medoid-slot order (the most central start
+    first). Our earlier rule (PAM BUILD start, ring negatives) is ``kmedoids-ring``."""
+
+    subsample: int = 1800
+    name: str = "kmedoids"
+
+    def _place(self, region, grey, rng, n):
+        return _pp_kmedoid_points(region, rng, n, self.subsample)
+
+
+@register_strategy("obj", "object-kmedoids", "per-object")
+@dataclass
+class ObjectKMedoidsStrategy(_RegionStrategy):
+    """PointPrompt's ``obj`` (``object_sample``): k-medoids per connected component.
+
+    The region's 4-connected components (``ndimage.label``) of at most ``drop`` = 3 pixels are
+    dropped; each remaining component gets ``n // components`` points, and the ``n mod
+    components`` left over go one each to the largest components (when n < components: one
+    each to the n largest; size ties: the lower label, i.e. the first in raster order). Each
+    component's points are the medoids (:func:`kmedoids_heuristic`) of a random subsample of
+    ``subsample`` = 1800 of its pixels; components in label order. Negatives: the same rule
+    on the whole background.
+
+    Deliberate differences from the study's code: a component with fewer pixels than *its*
+    points is tiled to its own count (the study compared with the total n and returned n points
+    for it, so the total could exceed the budget); if every component is tiny the components
+    are kept (the study divided by zero). The study's ``main.py`` lists ``obj`` among its
+    choices but routes it to the ``kmediod`` branch; ``object_sample`` is what the name denotes.
+    """
+
+    subsample: int = 1800
+    drop: int = 3
+    name: str = "obj"
+
+    def _place(self, region, grey, rng, n):
+        lab, k = ndimage.label(region)
+        sizes = ndimage.sum_labels(region, lab, index=np.arange(1, k + 1)).astype(np.int64)
+        keep = np.flatnonzero(sizes > self.drop) + 1
+        if len(keep) == 0:
+            keep = np.arange(1, k + 1)
+        count = sizes[keep - 1].copy()
+        share = np.full(len(keep), n // len(keep), np.int64)
+        for _ in range(n - int(share.sum())):
+            big = int(np.argmax(count))
+            count[big] = 0
+            share[big] += 1
+        out = []
+        for label, amount in zip(keep, share):
+            if amount:
+                out.append(_pp_kmedoid_points(lab == label, rng, int(amount), self.subsample))
+        return np.concatenate(out).astype(np.float32)
+
+
+@register_strategy("shi-tomasi", "shitomasi", "corners")
+@dataclass
+class ShiTomasiStrategy(_RegionStrategy):
+    """PointPrompt's corner strategy (``extract_corner_points``): Shi-Tomasi corners
+    (``cv2.goodFeaturesToTrack``) of the grey image inside the region eroded by a square kernel
+    of side ``int(q x diameter)`` for q = 6%, else 2%, else 1% (the first leaving at least
+    ``min_pixels`` = 10 pixels; else the region itself), strongest first.
+
+    As the study: ``cv2.erode`` with ``np.ones((s, s))`` (OpenCV's border: the image edge does
+    not erode; s = 0 means OpenCV's default 3 x 3), diameter = norm of the pixels' (row, col)
+    range (:func:`_pp_diameter`), at most n corners, ``quality`` = 0.001, minimum distance =
+    eroded diameter / n, block and gradient size 3; the shortfall (fewer corners than asked, a
+    flat image, or no image) is filled by an independent :class:`KMedoidsStrategy` draw of the
+    (uneroded) region with a subsample of 2000 (which may land on a corner, as in the study).
+    Negatives: the same rule on the whole background. The corner search runs on the eroded
+    region's bounding box padded by 4 px (identical corners: OpenCV's quality threshold is
+    relative to the strongest response inside the mask; less work). Our earlier rule (round
+    erosion, fill spread away from the corners, ring negatives) is ``shi-tomasi-ring``.
+    """
+
+    erosion: tuple[float, ...] = (0.06, 0.02, 0.01)
+    min_pixels: int = 10
+    quality: float = 0.001
+    subsample: int = 2000
+    name: str = "shi-tomasi"
+
+    def _eroded(self, region: np.ndarray) -> np.ndarray:
+        import cv2
+
+        u8 = region.astype(np.uint8)
+        d = _pp_diameter(region)
+        for q in self.erosion:
+            s = int(d * q)
+            eroded = cv2.erode(u8, np.ones((s, s), np.uint8))
+            if int(eroded.sum()) >= self.min_pixels:
+                return eroded.astype(bool)
+        return region
+
+    def _place(self, region, grey, rng, n):
+        corners = np.zeros((0, 2), np.int64)
+        if grey is not None:
+            eroded = self._eroded(region)
+            corners = _good_features(grey, eroded, n, self.quality, _pp_diameter(eroded) / n)
+        fill = _pp_kmedoid_points(region, rng, n - len(corners), self.subsample)
+        return np.concatenate([_xy(corners), fill]).astype(np.float32)
+
+
+def _good_features(grey: np.ndarray, region: np.ndarray, n: int, quality: float, min_distance: float) -> np.ndarray:
+    """(<= n, 2) (row, col) Shi-Tomasi corners of ``grey`` inside ``region``, strongest first
+    (``cv2.goodFeaturesToTrack``, block and gradient size 3), searched on the region's bounding
+    box padded by 4 px."""
+    import cv2
+
+    if not region.any():
+        return np.zeros((0, 2), np.int64)
+    rows, cols = np.nonzero(region)
+    r0, r1 = max(0, rows.min() - 4), min(region.shape[0], rows.max() + 5)
+    c0, c1 = max(0, cols.min() - 4), min(region.shape[1], cols.max() + 5)
+    found = cv2.goodFeaturesToTrack(
+        np.ascontiguousarray(grey[r0:r1, c0:c1]),
+        maxCorners=int(n),
+        qualityLevel=float(quality),
+        minDistance=float(min_distance),
+        mask=np.ascontiguousarray(region[r0:r1, c0:c1]).astype(np.uint8),
+        blockSize=3,
+        gradientSize=3,
+    )
+    if found is None:
+        return np.zeros((0, 2), np.int64)
+    rc = (np.round(found.reshape(-1, 2)).astype(np.int64) + [c0, r0])[:, ::-1]
+    rc = rc[region[rc[:, 0], rc[:, 1]]]
+    _, first = np.unique(rc, axis=0, return_index=True)
+    return rc[np.sort(first)][:n]
+
+
+@register_strategy("entropy", "max-entropy")
+@dataclass
+class EntropyStrategy(_RegionStrategy):
+    """PointPrompt's entropy strategy (``get_entropy_points`` after a random ``inc_init``): a
+    uniformly random seed pixel of the region, then the n candidates, among the study's random
+    subsample (15% of the region, more when that is fewer than n: :func:`_pp_candidates`), with
+    the largest |H(candidate patch) - H(seed patch)|, H = grey-level Shannon entropy (256 bins,
+    bits) of the 9 x 9 patch placed as the study's ``select_grid`` does (starts 4 px up-left of
+    the pixel, shifted inside at the top / left edge, cut at the bottom / right edge). Returns
+    the seed then the n points (``seed_points = 1``); ranking ties (differences equal to 1e-9
+    bits) keep the subsample order (the study's ``list.index(max(...))``). Negatives: the same rule on the whole background.
+
+    Deliberate differences from the study's code: the candidates' patches are read at (row, col)
+    (the study passed ``argwhere``'s (row, col) as (x, y), so it scored the patches of
+    transposed pixels); for n = 1 the top-ranked candidate is taken (the study's separate n = 1
+    branch returned pixel (0, 0) when every difference was 0); RGB is turned grey with RGB
+    weights (the study used ``COLOR_BGR2GRAY`` on RGB images). Our earlier rule (seed counted in
+    n, points kept apart, ring negatives) is ``entropy-spread``.
+    """
+
+    patch: int = 9
+    name: str = "entropy"
+    seed_points: int = 1
+
+    def _place(self, region, grey, rng, n):
+        from pointprompt.saliency import patch_entropy
+
+        rc = np.argwhere(region)
+        seed = rc[int(rng.integers(len(rc)))]
+        cand, n_eff = _pp_candidates(rc, rng, n)
+        if grey is None:
+            score = np.zeros(len(cand))
+        else:
+            ent = patch_entropy(grey, np.concatenate([seed[None], cand]), self.patch, border="shift")
+            score = np.round(np.abs(ent[1:] - ent[0]), 9)  # equal up to float noise -> a tie
+        order = np.argsort(-score, kind="stable")[:n_eff]
+        return _cycle(_xy(np.concatenate([seed[None], cand[order]])), n + 1)
+
+
+@register_strategy("max-distance", "maxdistance", "max-dist")
+@dataclass
+class MaxDistanceStrategy(_RegionStrategy):
+    """PointPrompt's max-distance strategy (``get_distance_points`` after a random ``inc_init``):
+    a uniformly random seed pixel of the region, then the n candidates farthest (Euclidean) from
+    the seed among the study's random subsample (:func:`_pp_candidates`): a ranking by distance
+    to the seed, not a greedy spread. Returns the seed then the n points (``seed_points = 1``);
+    ties keep the subsample order. Negatives: the same rule on the whole background.
+
+    Deliberate differences from the study's code: the distance is measured in (row, col) for
+    both points (the study subtracted the seed's (x, y) from the candidates' (row, col), i.e.
+    measured from the transposed seed, a known bug); for n = 1 the farthest candidate is taken
+    (the study's n = 1 branch returned (0, 0) when no candidate was farther than 0). Our earlier
+    rule (greedy farthest-point spread, seed counted in n, ring negatives) is
+    ``max-distance-spread``.
+    """
+
+    name: str = "max-distance"
+    seed_points: int = 1
+
+    def _place(self, region, grey, rng, n):
+        rc = np.argwhere(region)
+        seed = rc[int(rng.integers(len(rc)))]
+        cand, n_eff = _pp_candidates(rc, rng, n)
+        dist = np.sqrt(((cand - seed) ** 2).sum(1).astype(np.float64))
+        order = np.argsort(-dist, kind="stable")[:n_eff]
+        return _cycle(_xy(np.concatenate([seed[None], cand[order]])), n + 1)
+
+
+def _lattice(region: np.ndarray, n: int) -> np.ndarray:
+    """(row, col) of the pixels of a uniform lattice over ``region``'s bounding box that fall in
+    ``region``: the spacing starts at sqrt(area / n) (area = region pixels) and shrinks by 10%
+    until at least n lattice points fall inside. ``ny`` rows and ``nx`` columns of lattice
+    points sit at the centres of equal cells of the box (spacing box height / ny, box width /
+    nx), so the lattice is centred on the box."""
+    rc = np.argwhere(region)
+    (r0, c0), (r1, c1) = rc.min(0), rc.max(0)
+    h, w = r1 - r0 + 1, c1 - c0 + 1
+    s = math.sqrt(len(rc) / max(n, 1))
+    while True:
+        ny, nx = min(h, max(1, int(round(h / s)))), min(w, max(1, int(round(w / s))))
+        ys = r0 + np.floor((np.arange(ny) + 0.5) * h / ny).astype(np.int64)
+        xs = c0 + np.floor((np.arange(nx) + 0.5) * w / nx).astype(np.int64)
+        yy, xx = np.meshgrid(ys, xs, indexing="ij")
+        keep = region[yy, xx]
+        if keep.sum() >= n or (ny == h and nx == w):
+            return np.stack([yy[keep], xx[keep]], axis=1)
+        s *= 0.9
+
+
+@register_strategy("grid")
+@dataclass
+class GridStrategy(_RegionStrategy):
+    """Points of a uniform lattice laid over the mask's bounding box, kept where inside the mask;
+    the spacing (the same in x and y up to rounding) is the largest that puts at least
+    n_positive lattice points inside, starting from sqrt(mask area / n_positive) (so about
+    n_positive fall inside) and shrinking by 10% steps. When more than n_positive fall inside,
+    exactly n_positive are kept in a deterministic spread order: the lattice point deepest in
+    the mask first, then each next the one farthest from those already kept
+    (:func:`farthest_points`); with exactly n_positive inside they all stay (a full lattice).
+    Negatives: the same on the background ring (``ring`` x the mask diameter wide).
+    No randomness (the rng is not used). Not a PointPrompt strategy; a regular reference.
+    """
+
+    ring: float | None = 0.1
+    name: str = "grid"
+
+    def _place(self, region, grey, rng, n):
+        rc = np.argwhere(region)
+        if len(rc) <= n:
+            return _cycle(_xy(rc), n)
+        lattice = _lattice(region, n)
+        depth = _distance_inside(region)[lattice[:, 0], lattice[:, 1]]
+        return farthest_points(lattice, depth, n)
+
+
+
+
+def _box_slices(region: np.ndarray, pad: int) -> tuple[slice, slice]:
+    """PointPrompt's saliency crop: rows ``[max(min - pad, 0), min(max + pad, H))`` and the same for
+    columns, min / max being the region's extreme pixel indices (``get_saliency_point``)."""
+    rows, cols = np.nonzero(region)
+    h, w = region.shape
+    return slice(max(int(rows.min()) - pad, 0), min(int(rows.max()) + pad, h)), slice(max(int(cols.min()) - pad, 0), min(int(cols.max()) + pad, w))
+
+
+def _random_subbox(background: np.ndarray, rng: np.random.Generator, tries: int) -> tuple[slice, slice]:
+    """PointPrompt's exclusion crop (``get_saliency_point(mode='ex')``): inside the bounding box
+    (min..max) of ``background``, a random box whose start is uniform in [min, max - 10) and end
+    uniform in [start + 10, max), each side lengthened by 100 px when shorter than 100 and that
+    stays inside the image, redrawn until at least 10% of it is background. After ``tries``
+    draws (or when the background's box is under 11 px wide, where the study fails) the
+    background's whole bounding box is used."""
+    rows, cols = np.nonzero(background)
+    h, w = background.shape
+    (r0, r1), (c0, c1) = (int(rows.min()), int(rows.max())), (int(cols.min()), int(cols.max()))
+
+    def side(lo: int, hi: int, size: int) -> tuple[int, int]:
+        a = int(rng.integers(lo, hi - 10))
+        b = int(rng.integers(a + 10, hi))
+        if b - a < 100 and b + 100 < size:
+            b += 100
+        return a, b
+
+    if c1 - 10 > c0 and r1 - 10 > r0:
+        for _ in range(tries):
+            x0, x1 = side(c0, c1, w)
+            y0, y1 = side(r0, r1, h)
+            if background[y0:y1, x0:x1].sum() >= 0.1 * (x1 - x0) * (y1 - y0):
+                return slice(y0, y1), slice(x0, x1)
+    return slice(r0, r1 + 1), slice(c0, c1 + 1)
+
+
+@register_strategy("saliency")
+@dataclass
+class SaliencyStrategy:
+    """PointPrompt's saliency strategy (``main.py`` ``query == 'saliency'`` and
+    ``intelligent_point_selection.get_saliency_point``): the ground truth is used only for the
+    probe; the points come from the model's mask and a saliency map.
+
+    Called as ``strategy(mask, image, rng, n_pos, n_neg, predict=f)`` (``needs_model`` is True),
+    ``f(points) -> bool (H, W)`` being the model's mask for a :class:`Points` prompt (the
+    benchmark passes a closure over the segmenter, the cached embedding and its multimask
+    policy: ``first`` is the study's ``masks[0]``); without ``predict`` it raises
+    :class:`ConfigError`. Steps:
+
+    1. Probe: one uniformly random inclusion point in the gt mask and one exclusion point in the
+       gt background; ``predict`` is called with the two, redrawn (at most ``probe_tries`` = 10
+       calls) while the predicted mask P is empty.
+    2. Positives: the crop is P's bounding box padded by ``pad`` = 10 px (clipped; the whole
+       image if P stayed empty); its saliency map S (one per call); n_positive pixels drawn
+       uniformly without replacement from the salient pixels (S above its crop mean) that lie
+       in P; if too few, then other pixels of P, then salient crop pixels, then any crop pixel.
+    3. Negatives: the crop is a random sub-box of the predicted background's bounding box
+       holding at least 10% predicted background (:func:`_random_subbox`, the study's rule);
+       drawn the same way from its salient pixels outside P, then other pixels outside P (first
+       in the box, then anywhere), then salient box pixels, then any box pixel.
+    4. The result is the probe inclusion point then the n_positive points, and the probe
+       exclusion point then the n_negative points (``seed_points = 1``, as the study keeps
+       ``inc_init`` / ``ex_init``); sampled points never repeat a probe point.
+
+    The saliency model: the study ran VST (a salient-object network, weights downloaded, the
+    model rebuilt on every call) and kept pixels with saliency > 0; here a classical map with no
+    model (:func:`~pointprompt.saliency.saliency_map`, ``method`` = frequency-tuned by default)
+    and "salient" = above its crop mean. Because a classical map marks whatever colour is rare
+    in the crop (often the background around the object) rather than the salient *object*,
+    the draw is restricted to P (``within="prediction"``, the default) as the stand-in for VST's
+    object mask; ``within="crop"`` is the study's literal rule (salient pixels of the crop,
+    P not consulted). Also not copied: the study resized VST's output to (width, height)
+    (transposed for non-square crops) and offset inclusion points by ``min - 10`` even where the
+    crop was clipped at the image edge. Without an image the saliency is 0 and the draws are
+    uniform over the tiers. Our earlier rule (points drawn inside the ground truth, weighted by
+    saliency) is ``saliency-oracle``.
+    """
+
+    pad: int = 10
+    within: str = "prediction"
+    method: str = "frequency-tuned"
+    probe_tries: int = 10
+    box_tries: int = 100
+    name: str = "saliency"
+    kind: str = "placement"
+    needs_model: bool = True
+    seed_points: int = 1
+
+    def __call__(self, mask, image, rng, n_positive, n_negative, *, predict: Callable[[Points], np.ndarray] | None = None) -> Points:
+        _check_predict(predict, self.method)
+        if self.within not in ("prediction", "crop"):
+            raise ConfigError(f"saliency: within must be 'prediction' or 'crop', got {self.within!r}")
+        m = check_mask(mask, n_positive)
+        if n_negative > 0:
+            _background(m)
+        _grey(image, m)  # checks the image size
+        pred = np.zeros_like(m)
+        for _ in range(max(1, self.probe_tries)):
+            p_pos = _pick(*np.nonzero(m), rng, 1) if m.any() else np.zeros((0, 2), np.float32)
+            p_neg = _pick(*np.nonzero(~m), rng, 1) if not m.all() else np.zeros((0, 2), np.float32)
+            pred = _call_predict(predict, interleave(p_pos, p_neg), m.shape)
+            if pred.any():
+                break
+        taken = np.zeros(m.shape, bool)
+        for x, y in np.concatenate([p_pos, p_neg]).astype(np.int64):
+            taken[y, x] = True
+        pos = neg = np.zeros((0, 2), np.float32)
+        if n_positive > 0:
+            crop = _box_slices(pred, self.pad) if pred.any() else (slice(None), slice(None))
+            pos = np.concatenate([p_pos, self._draw(image, crop, pred, taken, rng, n_positive)])
+        if n_negative > 0:
+            bg = ~pred
+            box = _random_subbox(bg, rng, self.box_tries) if bg.any() else (slice(None), slice(None))
+            neg = np.concatenate([p_neg, self._draw(image, box, bg, taken, rng, n_negative)])
+        return interleave(pos, neg)
+
+    def _draw(self, image, crop: tuple[slice, slice], region: np.ndarray, taken: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
+        """n pixels (x, y), uniform without replacement, from the tiers of step 2 / 3."""
+        from pointprompt.saliency import saliency_map
+
+        in_crop = np.zeros(region.shape, bool)
+        in_crop[crop] = True
+        salient = np.zeros(region.shape, bool)
+        if image is not None:
+            sal = saliency_map(np.asarray(image)[crop], self.method)
+            salient[crop] = sal > sal.mean()
+        free = ~taken
+        if self.within == "prediction":
+            tiers = [salient & region, in_crop & region, region, salient, in_crop]
+        else:
+            tiers = [salient, in_crop]
+        # a probe pixel is reused only when nothing else is left (the last tier)
+        return _draw_tiers([t & free for t in tiers] + [in_crop], np.ones(region.shape, np.float32), rng, n)
+
+
+def _check_predict(predict: Any, method: str) -> None:
+    from pointprompt.saliency import SALIENCY_METHODS
+
+    if predict is None:
+        raise ConfigError(
+            "the saliency strategy prompts the model once: call it with predict=<function Points -> bool (H, W) mask> "
+            "(the point benchmark passes one for strategies whose needs_model is True)"
+        )
+    if method not in SALIENCY_METHODS:
+        raise ConfigError(f"unknown saliency method {method!r}; use one of {', '.join(SALIENCY_METHODS)}")
+
+
+def _call_predict(predict: Callable[[Points], np.ndarray], points: Points, shape: tuple[int, ...]) -> np.ndarray:
+    """The model's mask for ``points`` as bool (H, W); a wrong shape raises :class:`ConfigError`."""
+    pred = np.asarray(predict(points))
+    while pred.ndim > 2 and pred.shape[0] == 1:
+        pred = pred[0]
+    if pred.shape != shape:
+        raise ConfigError(f"predict() must return one (H, W) mask of the image's size {shape}, got shape {pred.shape}")
+    return pred.astype(bool)
+
+
+# -- our earlier rules, kept under their own names -----------------------------------------
 def _kmedoid_points(region: np.ndarray, rng: np.random.Generator, n: int, subsample: int, fixed_rc: np.ndarray | None = None) -> np.ndarray:
     """n (x, y) k-medoids of a random subsample of ``region``'s pixels (see :func:`kmedoids`)."""
     if n <= 0:
@@ -349,33 +898,10 @@ def _kmedoid_points(region: np.ndarray, rng: np.random.Generator, n: int, subsam
     return _cycle(_xy(sub[idx]), n)
 
 
+@register_strategy("kmedoids-ring")
 @dataclass
-class _RegionStrategy:
-    """Base of the strategies that place positives in the mask and negatives in a ring the same
-    way: subclasses implement ``_place(region, grey, rng, n) -> (n, 2) (x, y)``. The grey image
-    is computed once per call (``None`` without an image); a ``predict=`` keyword is accepted
-    and ignored, so a caller may pass it to every strategy."""
-
-    ring: float = 0.1
-    kind: str = "placement"
-    needs_model: bool = False
-
-    def __call__(self, mask, image, rng, n_positive, n_negative, *, predict=None) -> Points:
-        m = check_mask(mask, n_positive)
-        neg_region = _negative_region(m, self.ring) if n_negative > 0 else None
-        grey = _grey(image, m)
-        pos = self._place(m, grey, rng, n_positive) if n_positive > 0 else np.zeros((0, 2), np.float32)
-        neg = self._place(neg_region, grey, rng, n_negative) if neg_region is not None else np.zeros((0, 2), np.float32)
-        return interleave(pos, neg)
-
-    def _place(self, region: np.ndarray, grey: np.ndarray | None, rng: np.random.Generator, n: int) -> np.ndarray:
-        raise NotImplementedError
-
-
-@register_strategy("kmedoids", "k-medoids", "kmedoid")
-@dataclass
-class KMedoidsStrategy(_RegionStrategy):
-    """PointPrompt's k-medoids: K = n_positive medoids of a random subsample of ``subsample``
+class KMedoidsRingStrategy(_RegionStrategy):
+    """Our earlier k-medoids rule (not the study's: that is ``kmedoids``): K = n_positive medoids of a random subsample of ``subsample``
     (default 1800) mask pixels; negatives: the n_negative medoids of a subsample of the
     background ring (``ring`` x the mask diameter wide, at least 2 px).
 
@@ -385,13 +911,14 @@ class KMedoidsStrategy(_RegionStrategy):
     (possibly non-convex) region. The only randomness is the subsample, drawn from ``rng``:
     the same rng state gives the same points. Points are ordered by BUILD slot, so the first
     positive is the object's 1-medoid (its most central pixel) and prefixes stay spread.
-    Deliberate differences from the study: negatives come from the ring, not the whole
+    Differences from the study's ``kmedoids``: negatives come from the ring, not the whole
     background; sklearn-extra's ``init="heuristic"`` (the K most central points) is replaced
     by BUILD, which starts spread out. Fewer region pixels than points: all of them, cycled.
     """
 
+    ring: float | None = 0.1
     subsample: int = 1800
-    name: str = "kmedoids"
+    name: str = "kmedoids-ring"
 
     def _place(self, region, grey, rng, n):
         return _kmedoid_points(region, rng, n, self.subsample)
@@ -411,10 +938,10 @@ def _erode_cascade(region: np.ndarray, fractions: tuple[float, ...], min_pixels:
     return region
 
 
-@register_strategy("shi-tomasi", "shitomasi", "corners")
+@register_strategy("shi-tomasi-ring")
 @dataclass
-class ShiTomasiStrategy(_RegionStrategy):
-    """PointPrompt's corner strategy: Shi-Tomasi corners (``cv2.goodFeaturesToTrack``) of the grey
+class ShiTomasiRingStrategy(_RegionStrategy):
+    """Our earlier corner rule (the study's is ``shi-tomasi``): Shi-Tomasi corners (``cv2.goodFeaturesToTrack``) of the grey
     image, restricted to the region eroded by 6%, else 2%, else 1% of its diameter (the first
     leaving at least ``min_pixels`` = 10 pixels; else the region itself), strongest first.
 
@@ -428,11 +955,12 @@ class ShiTomasiStrategy(_RegionStrategy):
     less work on large images). Corners are integer pixels, reported as (x, y).
     """
 
+    ring: float | None = 0.1
     erosion: tuple[float, ...] = (0.06, 0.02, 0.01)
     min_pixels: int = 10
     quality: float = 0.001
     subsample: int = 1800
-    name: str = "shi-tomasi"
+    name: str = "shi-tomasi-ring"
 
     def _corners(self, region: np.ndarray, grey: np.ndarray | None, n: int) -> np.ndarray:
         """(≤ n, 2) (row, col) corners inside ``region``, strongest first."""
@@ -508,10 +1036,10 @@ def _seed_and_candidates(region: np.ndarray, rng: np.random.Generator, n: int, f
     return rc[s], _subsample(others, rng, k)
 
 
-@register_strategy("entropy", "max-entropy")
+@register_strategy("entropy-spread")
 @dataclass
-class EntropyStrategy(_RegionStrategy):
-    """PointPrompt's entropy strategy: a uniformly random seed point in the region (the first
+class EntropySpreadStrategy(_RegionStrategy):
+    """Our earlier entropy rule (the study's is ``entropy``): a uniformly random seed point in the region (the first
     point), then n - 1 points among a random ``fraction`` (15%) subsample of the other region
     pixels, ranked by |H(p) - H(seed)|, H = grey-level Shannon entropy (256 levels, bits) of
     the ``patch`` x ``patch`` (9 x 9) patch around the pixel (:func:`patch_entropy`, computed
@@ -533,10 +1061,11 @@ class EntropyStrategy(_RegionStrategy):
     are clipped at the image border; negatives use the background ring.
     """
 
+    ring: float | None = 0.1
     fraction: float = 0.15
     patch: int = 9
     min_distance: float = 0.05
-    name: str = "entropy"
+    name: str = "entropy-spread"
 
     def _place(self, region, grey, rng, n):
         from pointprompt.saliency import patch_entropy
@@ -554,10 +1083,10 @@ class EntropyStrategy(_RegionStrategy):
         return _cycle(_xy(np.concatenate([seed[None], cand[picked]])), n)
 
 
-@register_strategy("max-distance", "maxdistance", "max-dist")
+@register_strategy("max-distance-spread")
 @dataclass
-class MaxDistanceStrategy(_RegionStrategy):
-    """PointPrompt's max-distance strategy: a uniformly random seed point in the region (the
+class MaxDistanceSpreadStrategy(_RegionStrategy):
+    """Our earlier max-distance rule (the study's is ``max-distance``): a uniformly random seed point in the region (the
     first point), then, among a random ``fraction`` (15%, at least n - 1 pixels) subsample of
     the other region pixels, greedily the candidate farthest (Euclidean, in pixels) from all
     points chosen so far (farthest-point sampling; ties keep the random subsample order).
@@ -569,8 +1098,9 @@ class MaxDistanceStrategy(_RegionStrategy):
     towards n; negatives come from the background ring.
     """
 
+    ring: float | None = 0.1
     fraction: float = 0.15
-    name: str = "max-distance"
+    name: str = "max-distance-spread"
 
     def _place(self, region, grey, rng, n):
         seed, cand = _seed_and_candidates(region, rng, n, self.fraction)
@@ -584,52 +1114,6 @@ class MaxDistanceStrategy(_RegionStrategy):
                 nearest = np.minimum(nearest, np.hypot(*(c - c[i]).T))
                 nearest[i] = -1.0
         return _cycle(_xy(np.array(chosen)), n)
-
-
-def _lattice(region: np.ndarray, n: int) -> np.ndarray:
-    """(row, col) of the pixels of a uniform lattice over ``region``'s bounding box that fall in
-    ``region``: the spacing starts at sqrt(area / n) (area = region pixels) and shrinks by 10%
-    until at least n lattice points fall inside. ``ny`` rows and ``nx`` columns of lattice
-    points sit at the centres of equal cells of the box (spacing box height / ny, box width /
-    nx), so the lattice is centred on the box."""
-    rc = np.argwhere(region)
-    (r0, c0), (r1, c1) = rc.min(0), rc.max(0)
-    h, w = r1 - r0 + 1, c1 - c0 + 1
-    s = math.sqrt(len(rc) / max(n, 1))
-    while True:
-        ny, nx = min(h, max(1, int(round(h / s)))), min(w, max(1, int(round(w / s))))
-        ys = r0 + np.floor((np.arange(ny) + 0.5) * h / ny).astype(np.int64)
-        xs = c0 + np.floor((np.arange(nx) + 0.5) * w / nx).astype(np.int64)
-        yy, xx = np.meshgrid(ys, xs, indexing="ij")
-        keep = region[yy, xx]
-        if keep.sum() >= n or (ny == h and nx == w):
-            return np.stack([yy[keep], xx[keep]], axis=1)
-        s *= 0.9
-
-
-@register_strategy("grid")
-@dataclass
-class GridStrategy(_RegionStrategy):
-    """Points of a uniform lattice laid over the mask's bounding box, kept where inside the mask;
-    the spacing (the same in x and y up to rounding) is the largest that puts at least
-    n_positive lattice points inside, starting from sqrt(mask area / n_positive) (so about
-    n_positive fall inside) and shrinking by 10% steps. When more than n_positive fall inside,
-    exactly n_positive are kept in a deterministic spread order: the lattice point deepest in
-    the mask first, then each next the one farthest from those already kept
-    (:func:`farthest_points`); with exactly n_positive inside they all stay (a full lattice).
-    Negatives: the same on the background ring (``ring`` x the mask diameter wide).
-    No randomness (the rng is not used). Not a PointPrompt strategy; a regular reference.
-    """
-
-    name: str = "grid"
-
-    def _place(self, region, grey, rng, n):
-        rc = np.argwhere(region)
-        if len(rc) <= n:
-            return _cycle(_xy(rc), n)
-        lattice = _lattice(region, n)
-        depth = _distance_inside(region)[lattice[:, 0], lattice[:, 1]]
-        return farthest_points(lattice, depth, n)
 
 
 def _draw_tiers(tiers: list[np.ndarray], weights: np.ndarray, rng: np.random.Generator, n: int) -> np.ndarray:
@@ -660,11 +1144,11 @@ def _draw_tiers(tiers: list[np.ndarray], weights: np.ndarray, rng: np.random.Gen
     return _cycle(_xy(np.stack([rows, cols], axis=1)), n)
 
 
-@register_strategy("saliency")
+@register_strategy("saliency-oracle")
 @dataclass
-class SaliencyStrategy:
-    """PointPrompt's saliency strategy: prompt the model once, then sample inside a saliency map
-    of the crop it found.
+class SaliencyOracleStrategy:
+    """Our earlier saliency rule, which samples inside the *ground truth* (the study's rule, which
+    does not, is ``saliency``): prompt the model once, then sample in a saliency map of the crop.
 
     Called as ``strategy(mask, image, rng, n_pos, n_neg, predict=f)`` (``needs_model`` is True),
     ``f(points) -> bool (H, W)`` being the model's mask for a :class:`Points` prompt (the
@@ -700,30 +1184,20 @@ class SaliencyStrategy:
     pad: float = 0.1
     ring: float = 0.1
     method: str = "frequency-tuned"
-    name: str = "saliency"
+    name: str = "saliency-oracle"
+    seed_points: int = 0
     kind: str = "placement"
     needs_model: bool = True
 
     def __call__(self, mask, image, rng, n_positive, n_negative, *, predict: Callable[[Points], np.ndarray] | None = None) -> Points:
-        from pointprompt.saliency import SALIENCY_METHODS, saliency_map
+        from pointprompt.saliency import saliency_map
 
-        if predict is None:
-            raise ConfigError(
-                "the saliency strategy prompts the model once: call it with predict=<function Points -> bool (H, W) mask> "
-                "(the point benchmark passes one for strategies whose needs_model is True)"
-            )
-        if self.method not in SALIENCY_METHODS:
-            raise ConfigError(f"unknown saliency method {self.method!r}; use one of {', '.join(SALIENCY_METHODS)}")
+        _check_predict(predict, self.method)
         m = check_mask(mask, n_positive)
         neg_region = _negative_region(m, self.ring) if n_negative > 0 else None
         grey = _grey(image, m)
         probe = interleave(_pick(*np.nonzero(m), rng, 1) if m.any() else np.zeros((0, 2)), _pick(*np.nonzero(~m), rng, 1) if not m.all() else np.zeros((0, 2)))
-        pred = np.asarray(predict(probe))
-        while pred.ndim > 2 and pred.shape[0] == 1:
-            pred = pred[0]
-        if pred.shape != m.shape:
-            raise ConfigError(f"predict() must return one (H, W) mask of the image's size {m.shape}, got shape {pred.shape}")
-        pred = pred.astype(bool)
+        pred = _call_predict(predict, probe, m.shape)
         box = pred if pred.any() else (m if m.any() else np.ones_like(m))
         rows, cols = np.nonzero(box)
         (r0, r1), (c0, c1) = (rows.min(), rows.max() + 1), (cols.min(), cols.max() + 1)
@@ -745,6 +1219,10 @@ class SaliencyStrategy:
 # -- correction strategies ------------------------------------------------------------------
 @dataclass
 class _Correction:
+    """Base of the correction strategies: ``correct(gt, pred, rng, image=None, *, clicked=None)``
+    returns the click(s) to add; ``clicked`` (a :class:`Points`, the clicks so far) matters only
+    to strategies that never click a pixel twice (``ritm``); the others ignore it."""
+
     kind: str = "correction"
 
     def first(self, gt: np.ndarray, rng: np.random.Generator) -> Points:
@@ -755,25 +1233,33 @@ class _Correction:
 @register_strategy("microsam", "micro-sam", "iterative")
 @dataclass
 class MicroSamCorrection(_Correction):
-    """micro-sam's iterative prompting: one positive drawn uniformly from the false negatives and
-    one negative from the false positives. Fallbacks: no false negative -> the positive comes
-    from the object; no false positive -> the negative comes from a ring around the object's box
-    (``ring`` x its diameter), then from any background pixel; an object covering the whole
-    image gets no negative."""
+    """micro-sam's iterative prompting (``micro_sam/prompt_generators.py``,
+    ``IterativePromptGenerator``): one positive drawn uniformly from the false negatives and one
+    negative from the false positives, positive first.
 
-    ring: float = 0.1
+    Fallbacks as micro-sam's: no false negative -> the positive comes from the overlap of
+    prediction and object; no false positive -> the negative comes from the object's bounding
+    box padded by ``box_pad`` = 3 px on each side (``_get_negative_locations_in_obj_bbox``,
+    ``custom_df=3``; clipped to the image) minus the object, then from any background pixel. An
+    object covering the whole image gets no negative (micro-sam would fail). ``ring`` (a
+    fraction of the object's diameter, at least 2 px) replaces the 3 px pad: ``ring=0.1`` is
+    our earlier rule.
+    """
+
+    box_pad: int = 3
+    ring: float | None = None
     name: str = "microsam"
 
-    def correct(self, gt: np.ndarray, pred: np.ndarray, rng: np.random.Generator, image: np.ndarray | None = None) -> Points:
+    def correct(self, gt: np.ndarray, pred: np.ndarray, rng: np.random.Generator, image: np.ndarray | None = None, *, clicked: Points | None = None) -> Points:
         gt = check_mask(gt)
         pred = np.asarray(pred, bool)
         fn, fp = gt & ~pred, ~gt & pred
-        pos = _pick(*np.nonzero(fn if fn.any() else gt), rng, 1)
+        pos = _pick(*np.nonzero(fn if fn.any() else gt & pred), rng, 1)
         if fp.any():
             neg = _pick(*np.nonzero(fp), rng, 1)
         elif (~gt).any():
             rows, cols = np.nonzero(gt)
-            pad = max(2, int(self.ring * diameter(gt)))
+            pad = self.box_pad if self.ring is None else max(2, int(self.ring * diameter(gt)))
             box = np.zeros_like(gt)
             box[max(0, rows.min() - pad) : rows.max() + pad + 1, max(0, cols.min() - pad) : cols.max() + pad + 1] = True
             region = box & ~gt
@@ -781,6 +1267,64 @@ class MicroSamCorrection(_Correction):
         else:
             neg = np.zeros((0, 2), np.float32)
         return interleave(pos, neg)
+
+
+@register_strategy("ritm", "ritm-clicker")
+@dataclass
+class RitmClicker(_Correction):
+    """RITM's clicker (Sofiiuk et al. 2022, SamsungLabs/ritm_interactive_segmentation
+    ``isegm/inference/clicker.py``, ``Clicker._get_next_click``): one click per step at the
+    error pixel farthest from the border of its error region.
+
+    False negatives FN = gt & ~pred and false positives FP = ~gt & pred are padded by one pixel
+    of zeros (so the image edge counts as the region's border), their Euclidean distance
+    transforms taken (``cv2.distanceTransform(..., cv2.DIST_L2, 0)``, exact, float32, as RITM)
+    and cropped back, and pixels already clicked set to 0. The click is positive when the FN
+    maximum is *strictly* greater than the FP maximum (``is_positive = fn_max_dist >
+    fp_max_dist``: a tie gives a negative click), at the first pixel in raster order reaching
+    that maximum. :meth:`first` is the same rule on an empty prediction (RITM's evaluation
+    starts from ``np.zeros_like(gt)``): the deepest object pixel.
+
+    ``clicked``: the points placed so far (the benchmark passes them); without it nothing is
+    excluded. With no error left at all (pred == gt) no click is returned: RITM's evaluation has
+    stopped by then (IoU 1 reaches any threshold), while its ``_get_next_click`` would click
+    negative at the first zero-distance pixel ((0, 0)). ``padding=False`` drops the pad (RITM's
+    option). Deterministic (the rng is not used).
+    """
+
+    padding: bool = True
+    name: str = "ritm"
+
+    def first(self, gt: np.ndarray, rng: np.random.Generator) -> Points:
+        return self.correct(gt, np.zeros(np.shape(gt), bool), rng)
+
+    def correct(self, gt: np.ndarray, pred: np.ndarray, rng: np.random.Generator, image: np.ndarray | None = None, *, clicked: Points | None = None) -> Points:
+        import cv2
+
+        gt = check_mask(gt, 0)
+        pred = np.asarray(pred, bool)
+        if pred.shape != gt.shape:
+            raise PromptError(f"the prediction's shape {pred.shape} differs from the ground truth's {gt.shape}")
+        fn, fp = gt & ~pred, ~gt & pred
+        if not (fn.any() or fp.any()):
+            return Points(np.zeros((0, 2), np.float32), np.zeros(0, np.int64))
+        not_clicked = np.ones(gt.shape, bool)
+        if clicked is not None and len(clicked):
+            xy = np.round(np.asarray(clicked.coords)).astype(np.int64)
+            ok = (xy[:, 0] >= 0) & (xy[:, 0] < gt.shape[1]) & (xy[:, 1] >= 0) & (xy[:, 1] < gt.shape[0])
+            not_clicked[xy[ok, 1], xy[ok, 0]] = False
+
+        def dt(region: np.ndarray) -> np.ndarray:
+            u8 = np.pad(region, 1).astype(np.uint8) if self.padding else region.astype(np.uint8)
+            d = cv2.distanceTransform(u8, cv2.DIST_L2, 0)
+            return (d[1:-1, 1:-1] if self.padding else d) * not_clicked
+
+        fn_dt, fp_dt = dt(fn), dt(fp)
+        fn_max, fp_max = fn_dt.max(), fp_dt.max()
+        positive = bool(fn_max > fp_max)
+        dist, top = (fn_dt, fn_max) if positive else (fp_dt, fp_max)
+        r, c = np.argwhere(dist == top)[0]
+        return Points(np.array([[c, r]], np.float32), np.array([int(positive)]))
 
 
 @register_strategy("error-centre", "error-center")
@@ -792,7 +1336,7 @@ class ErrorCentreCorrection(_Correction):
 
     name: str = "error-centre"
 
-    def correct(self, gt: np.ndarray, pred: np.ndarray, rng: np.random.Generator, image: np.ndarray | None = None) -> Points:
+    def correct(self, gt: np.ndarray, pred: np.ndarray, rng: np.random.Generator, image: np.ndarray | None = None, *, clicked: Points | None = None) -> Points:
         gt = check_mask(gt)
         pred = np.asarray(pred, bool)
         best: tuple[float, np.ndarray | None, int] = (0.0, None, 1)

@@ -9,14 +9,26 @@ from hypothesis import strategies as st
 from scipy import ndimage
 
 from pointprompt.saliency import frequency_tuned_saliency, local_entropy, patch_entropy, spectral_residual_saliency, to_grey
-from pointprompt.strategies import SaliencyStrategy, create_strategy, interleave, kmedoids, list_strategies, needs_model
+from pointprompt.strategies import SaliencyOracleStrategy, create_strategy, interleave, kmedoids, list_strategies, needs_model
 from segprompt.errors import ConfigError, DataError, PromptError
 from segprompt.prompts import Points
 
-PLACEMENT = ["random", "centre", "kmedoids", "shi-tomasi", "entropy", "max-distance", "grid", "saliency"]
-CORRECTION = ["microsam", "error-centre"]
-RING = ["centre", "kmedoids", "shi-tomasi", "entropy", "max-distance", "grid"]  # negatives in a ring
-SEEDED = ["random", "kmedoids", "entropy", "max-distance", "saliency"]  # the rng changes their points
+STUDY = ["random", "kmedoids", "shi-tomasi", "entropy", "max-distance", "saliency", "obj"]  # PointPrompt's names and rules
+EARLIER = ["kmedoids-ring", "shi-tomasi-ring", "entropy-spread", "max-distance-spread", "saliency-oracle"]
+PLACEMENT = [*STUDY, "centre", "grid", *EARLIER]
+CORRECTION = ["microsam", "ritm", "error-centre"]
+RING = ["centre", "kmedoids-ring", "shi-tomasi-ring", "entropy-spread", "max-distance-spread", "grid"]  # negatives in a ring
+SEEDED = ["random", "kmedoids", "entropy", "max-distance", "saliency", "obj", "kmedoids-ring", "entropy-spread", "max-distance-spread", "saliency-oracle"]  # the rng changes their points
+PLUS_SEED = ["entropy", "max-distance", "saliency"]  # the study's seed point on each side, on top of the budget
+GT_FREE = ["saliency"]  # points from the model's mask: positives beyond the probe may leave the ground truth
+# no repeated positive while the region has enough pixels (the study's shi-tomasi fill, entropy and
+# max-distance candidates may repeat a corner or the seed, as in its code)
+DISTINCT = ["random", "kmedoids", "obj", "centre", "grid", *EARLIER]
+
+
+def expected(name, n):
+    """Points a strategy returns for a budget n on one side."""
+    return n + (n > 0) * (name in PLUS_SEED)
 
 
 def dilated(gt):
@@ -86,14 +98,18 @@ def test_placement_properties(name, mask, n_pos, n_neg, seed, with_image, stub):
     predict = stub(mask)
     kw = {"predict": predict} if needs_model(strat) else {}
     pts = strat(mask, image, np.random.default_rng(seed), n_pos, n_neg, **kw)
-    assert (pts.n_positive, pts.n_negative) == (n_pos, n_neg)
+    assert (pts.n_positive, pts.n_negative) == (expected(name, n_pos), expected(name, n_neg))
     inside = _inside(mask, pts)
-    assert inside[pts.labels == 1].all() and not inside[pts.labels == 0].any()
+    if name in GT_FREE:  # only the probe points come from the ground truth
+        pos_in, neg_in = inside[pts.labels == 1], inside[pts.labels == 0]
+        assert (pos_in[:1].all() if n_pos else True) and (not neg_in[:1].any() if n_neg else True)
+    else:
+        assert inside[pts.labels == 1].all() and not inside[pts.labels == 0].any()
     if n_pos:
         assert pts.labels[0] == 1
     # distinct points whenever the region is big enough (repeats only for tiny regions)
     pos = pts.coords[pts.labels == 1]
-    if mask.sum() >= n_pos:
+    if mask.sum() >= n_pos and name in DISTINCT:
         assert len(np.unique(pos, axis=0)) == n_pos
     again = strat(mask, image, np.random.default_rng(seed), n_pos, n_neg, **kw)
     assert again == pts
@@ -128,10 +144,12 @@ def test_axes_are_xy_on_a_non_square_image(name, with_image):
     image = texture(m.shape) if with_image else None
     pts = run(name, m, image, 0, 3, 2)
     pos, neg = pts.coords[pts.labels == 1], pts.coords[pts.labels == 0]
+    if name in GT_FREE:  # positives come from the model's mask (the gt grown by 2 px)
+        pos = pos[:1]
     assert (pos[:, 0] >= 170).all() and (pos[:, 0] < 195).all() and (pos[:, 1] >= 2).all() and (pos[:, 1] < 12).all(), name
     if name in RING:  # the ring is 0.1 x diameter (2.7 px) wide -> at most 3 px from the object
         assert (neg[:, 0] >= 167).all() and (neg[:, 0] < 198).all() and (neg[:, 1] < 15).all(), name
-    if name == "saliency":  # the crop: the dilated object's box padded by 10%
+    if name == "saliency-oracle":  # the crop: the dilated object's box padded by 10%
         assert (neg[:, 0] >= 160).all() and (neg[:, 1] < 20).all()
 
 
@@ -140,7 +158,10 @@ def test_axes_on_a_tall_image(name):
     m = np.zeros((200, 30), bool)
     m[180:196, 1:9] = True  # bottom-left corner
     pts = run(name, m, texture(m.shape, 3), 1, 4, 0)
-    assert (pts.coords[:, 0] < 9).all() and (pts.coords[:, 1] >= 180).all(), name
+    c = pts.coords[:1] if name in GT_FREE else pts.coords
+    assert (c[:, 0] < 9).all() and (c[:, 1] >= 180).all(), name
+    if name in GT_FREE:  # the model's mask: the gt grown by 2 px
+        assert (pts.coords[:, 0] < 11).all() and (pts.coords[:, 1] >= 178).all()
 
 
 @pytest.mark.parametrize("name", PLACEMENT)
@@ -152,7 +173,7 @@ def test_determinism(name):
     assert a == b
     if name in SEEDED:
         assert run(name, m, img, 8, 5, 3) != a
-    else:  # centre and grid ignore the rng; shi-tomasi finds 5 corners in noise
+    else:  # centre and grid ignore the rng; shi-tomasi finds 5 corners in noise, 3 in the background
         assert run(name, m, img, 8, 5, 3) == a
 
 
@@ -184,17 +205,18 @@ def test_empty_and_tiny_masks(name):
     with pytest.raises(PromptError, match="empty"):
         run(name, empty, None, 0, 1, 0)
     neg_only = run(name, empty, None, 0, 0, 2)  # no object: negatives anywhere
-    assert neg_only.labels.tolist() == [0, 0]
+    assert neg_only.labels.tolist() == [0] * expected(name, 2)
     one = np.zeros((10, 10), bool)
     one[4, 7] = True
     for image in (None, texture(one.shape)):  # one pixel: every positive is that pixel (documented repeat)
         pts = run(name, one, image, 0, 3, 1)
-        assert (pts.coords[pts.labels == 1] == [7, 4]).all()
-        assert pts.n_negative == 1 and not one[int(pts.coords[pts.labels == 0][0, 1]), int(pts.coords[pts.labels == 0][0, 0])]
+        pos = pts.coords[pts.labels == 1]
+        assert (pos[: 1 if name in GT_FREE else None] == [7, 4]).all() and len(pos) == expected(name, 3)
+        assert pts.n_negative == expected(name, 1) and not one[int(pts.coords[pts.labels == 0][0, 1]), int(pts.coords[pts.labels == 0][0, 0])]
     full = np.ones((5, 5), bool)
     with pytest.raises(PromptError, match="whole image"):
         run(name, full, None, 0, 1, 1)
-    assert run(name, full, None, 0, 2, 0).n_positive == 2
+    assert run(name, full, None, 0, 2, 0).n_positive == expected(name, 2)
 
 
 def test_saliency_needs_predict_and_calls_it_once():
@@ -213,7 +235,7 @@ def test_saliency_needs_predict_and_calls_it_once():
         strat(m, np.zeros((10, 10, 3), np.uint8), np.random.default_rng(0), 1, 0, predict=predict)
 
 
-def test_saliency_samples_the_salient_spot():
+def test_saliency_oracle_samples_the_salient_spot():
     img = np.full((100, 100, 3), 100, np.uint8)
     img[30:36, 60:66] = 255  # a small bright spot inside the object
     sal = spectral_residual_saliency(img)
@@ -222,17 +244,17 @@ def test_saliency_samples_the_salient_spot():
     assert 28 <= r < 38 and 58 <= c < 68  # the peak is on the spot (row 30-35, column 60-65)
     m = np.zeros((100, 100), bool)
     m[20:80, 20:80] = True
-    pts = SaliencyStrategy(method="spectral-residual")(m, img, np.random.default_rng(0), 6, 2, predict=lambda p: m)
+    pts = SaliencyOracleStrategy(method="spectral-residual")(m, img, np.random.default_rng(0), 6, 2, predict=lambda p: m)
     d = np.hypot(pts.coords[:, 0] - 62.5, pts.coords[:, 1] - 32.5)
     assert (d < 15).all()  # all 8 points around the spot; uniform sampling would spread over 60 x 60
     assert spectral_residual_saliency(np.full((20, 30), 7, np.uint8)).max() == 0  # flat: no saliency
     assert frequency_tuned_saliency(np.full((20, 30, 3), 7, np.uint8)).max() == 0
     ft = frequency_tuned_saliency(img)
     assert ft[32, 62] == 1 and ft[50, 50] < 0.01  # the spot is the one region unlike the mean colour
-    ft_pts = SaliencyStrategy(method="frequency-tuned")(m, img, np.random.default_rng(0), 4, 0, predict=lambda p: m)
+    ft_pts = SaliencyOracleStrategy(method="frequency-tuned")(m, img, np.random.default_rng(0), 4, 0, predict=lambda p: m)
     assert (np.hypot(ft_pts.coords[:, 0] - 62.5, ft_pts.coords[:, 1] - 32.5) < 6).all()
     with pytest.raises(ConfigError, match="saliency method"):
-        SaliencyStrategy(method="vst")(m, img, np.random.default_rng(0), 1, 0, predict=lambda p: m)
+        SaliencyOracleStrategy(method="vst")(m, img, np.random.default_rng(0), 1, 0, predict=lambda p: m)
 
 
 def test_kmedoids_points_are_spread():
@@ -244,11 +266,12 @@ def test_kmedoids_points_are_spread():
         np.fill_diagonal(d, np.inf)
         return d.min(1).mean()
 
-    km = np.mean([mean_nn(run("kmedoids", m, None, s, 9, 0)) for s in range(3)])
-    rnd = np.mean([mean_nn(run("random", m, None, s, 9, 0)) for s in range(20)])
-    assert km > 1.4 * rnd  # about 33 px (a 3 x 3 layout of medoids) against about 20 px
-    first = run("kmedoids", m, None, 0, 9, 0).coords[0]
-    assert np.hypot(*(first - 59.5)) < 6  # the first point is the 1-medoid: the centre
+    for name in ("kmedoids", "kmedoids-ring"):
+        km = np.mean([mean_nn(run(name, m, None, s, 9, 0)) for s in range(3)])
+        rnd = np.mean([mean_nn(run("random", m, None, s, 9, 0)) for s in range(20)])
+        assert km > 1.4 * rnd, name  # about 33 px (a 3 x 3 layout of medoids) against about 20 px
+    first = run("kmedoids-ring", m, None, 0, 9, 0).coords[0]
+    assert np.hypot(*(first - 59.5)) < 6  # BUILD's first point is the 1-medoid: the centre
 
 
 def test_kmedoids_algorithm_finds_clusters():
@@ -270,11 +293,15 @@ def test_shi_tomasi_picks_the_corners_of_a_drawn_square():
     corners = np.array([[50, 25], [89, 25], [50, 54], [89, 54]])
     d = np.hypot(*(pts.coords[:, None, :] - corners[None]).transpose(2, 0, 1))
     assert (d.min(1) <= 2).all() and (d.min(0) <= 2).all()  # each point at a corner, each corner taken
-    # no image (or no corner): the points are k-medoid points, as the study's fallback
-    assert run("shi-tomasi", m, None, 3, 4, 2) == run("kmedoids", m, None, 3, 4, 2)
-    # 6 asked, 4 corners: two k-medoid points fill in, away from the corners
-    six = create_strategy("shi-tomasi")(m, img, np.random.default_rng(0), 6, 0)
-    assert np.array_equal(six.coords[:4], pts.coords)
+    ring = create_strategy("shi-tomasi-ring")(m, img, np.random.default_rng(0), 4, 0)
+    assert ring == pts  # the same corners under the earlier rule
+    # no image (or no corner): the points are k-medoid points, as the study's fallback (subsample 2000)
+    assert run("shi-tomasi", m, None, 3, 4, 2) == create_strategy("kmedoids", subsample=2000)(m, None, np.random.default_rng(3), 4, 2)
+    assert run("shi-tomasi-ring", m, None, 3, 4, 2) == run("kmedoids-ring", m, None, 3, 4, 2)
+    # 6 asked, 4 corners: two k-medoid points fill in; the earlier rule keeps them away from the corners
+    for name in ("shi-tomasi", "shi-tomasi-ring"):
+        six = create_strategy(name)(m, img, np.random.default_rng(0), 6, 0)
+        assert np.array_equal(six.coords[:4], pts.coords)
     assert np.hypot(*(six.coords[4:, None, :] - corners[None]).transpose(2, 0, 1)).min() > 5
 
 
@@ -283,18 +310,20 @@ def test_entropy_picks_the_differently_textured_half():
     img[10:50, 10:60] = texture((40, 50), 1)  # left half of the object: noise; right half: flat
     m = np.zeros((60, 120), bool)
     m[10:50, 10:110] = True
-    halves = set()
-    for seed in range(10):
-        pts = run("entropy", m, img, seed, 5, 0)
-        x0 = pts.coords[0, 0]
-        if abs(x0 - 59.5) < 5:  # a seed whose patch straddles the seam: ambiguous, skip it
-            continue
-        seed_left = x0 < 60
-        halves.add(bool(seed_left))
-        rest = pts.coords[1:, 0]
-        # the 4 ranked points lie in the other half, clear of the 9 x 9 patches straddling the seam
-        assert ((rest >= 64) if seed_left else (rest < 56)).all(), (seed, pts.coords)
-    assert halves == {True, False}  # both seed halves were exercised
+    for name in ("entropy", "entropy-spread"):
+        halves = set()
+        for seed in range(10):
+            pts = run(name, m, img, seed, 5, 0)
+            assert len(pts) == expected(name, 5)
+            x0 = pts.coords[0, 0]
+            if abs(x0 - 59.5) < 5:  # a seed whose patch straddles the seam: ambiguous, skip it
+                continue
+            seed_left = x0 < 60
+            halves.add(bool(seed_left))
+            rest = pts.coords[1:, 0]
+            # the ranked points lie in the other half, clear of the 9 x 9 patches straddling the seam
+            assert ((rest >= 64) if seed_left else (rest < 56)).all(), (name, seed, pts.coords)
+        assert halves == {True, False}  # both seed halves were exercised
     ent = local_entropy(to_grey(img))
     assert ent[30, 30] > 5.5 and ent[30, 90] == 0
     # the strategy's vectorised per-pixel entropy equals scikit-image's filter, borders included
@@ -302,11 +331,17 @@ def test_entropy_picks_the_differently_textured_half():
     assert np.allclose(patch_entropy(to_grey(img), rc), ent[rc[:, 0], rc[:, 1]])
 
 
-def test_max_distance_second_point_is_at_the_far_end():
+def test_max_distance_points_are_at_the_far_end():
     m = np.zeros((20, 220), bool)
     m[8:13, 10:210] = True  # a 5 x 200 bar
     for seed in range(5):
+        # the study's rule: the seed, then the 3 subsample pixels farthest from it, all at the far end
         pts = run("max-distance", m, None, seed, 3, 0)
+        x0 = pts.coords[0, 0]
+        far = 10 if x0 - 10 > 209 - x0 else 209
+        assert len(pts) == 4 and (np.abs(pts.coords[1:, 0] - far) <= 10).all(), (seed, pts.coords)
+        # the earlier rule spreads: the far end, then the other end
+        pts = run("max-distance-spread", m, None, seed, 3, 0)
         x0, x1, x2 = pts.coords[:, 0]
         far = 10 if x0 - 10 > 209 - x0 else 209
         assert abs(x1 - far) <= 10, (seed, pts.coords)
@@ -345,3 +380,6 @@ def test_registry_names():
     assert create_strategy("shitomasi").name == "shi-tomasi"
     assert create_strategy("maxdistance").name == "max-distance"
     assert create_strategy("k_medoids").name == "kmedoids"
+    for name in PLACEMENT + CORRECTION:  # every name reports itself (rows are keyed by it)
+        assert create_strategy(name).name == name
+    assert [create_strategy(n).seed_points for n in STUDY] == [0, 0, 0, 1, 1, 1, 0]
