@@ -7,8 +7,12 @@ correction strategies. Step semantics:
 * placement strategy with budget P positive + N negative and K steps: step k uses the first
   ``ceil(k (P + N) / K)`` points of the strategy's ordered point list (K defaults to P + N,
   one more point per step);
-* correction strategy: step 1 is the object's centre point, each later step adds the
-  strategy's correction click(s) computed from the previous step's mask.
+* correction strategy: step 1 is the strategy's opening click (:meth:`first`), each later step
+  adds the strategy's correction click(s) computed from the previous step's mask and the
+  clicks so far (``microsam`` adds two, ``ritm`` one).
+
+NoC@85 / NoC@90 in the summary count *clicks* (the points in the prompt at the first step
+reaching the IoU), not steps.
 
 Every results.jsonl row is one (model, image, strategy, step) with the points as
 ``[[x, y, label], ...]``, IoU and Dice against the ground truth, the model's score and the
@@ -214,7 +218,7 @@ def evaluate_image(
                 if pred.logits is not None:
                     logits[n] = pred.logits[i, 0]
                 if step < K:
-                    points[n] = points[n] + corr[n].correct(gt, mask, rngs[n], sample.image)
+                    points[n] = points[n] + corr[n].correct(gt, mask, rngs[n], sample.image, clicked=points[n])
     return rows
 
 
@@ -350,8 +354,9 @@ def summarise(rows: Sequence[dict[str, Any]], cfg: PointBenchConfig) -> dict[str
 
     * ``table``: one row per (dataset, model, strategy): trajectories, mean IoU after the first
       and the last step, mean over trajectories of their best step's IoU, mean IoU over steps,
-      NoC@85/90 (steps to reach IoU 0.85 / 0.90; counted as the trajectory length, at least
-      the configured steps, when never reached) and the share that never reach 0.85;
+      NoC@85/90 in clicks (the points in the prompt at the first step reaching IoU 0.85 / 0.90,
+      :func:`segprompt.metrics.noc` with ``clicks``; when never reached, the clicks of the
+      trajectory's last step, at least the configured steps) and the share that never reach 0.85;
     * ``curves``: mean IoU (and std) per (dataset, model, strategy, step);
     * ``matched``: mean IoU per (dataset, model, strategy, number of points), so strategies
       and human prompts are compared at equal point budgets;
@@ -365,7 +370,7 @@ def summarise(rows: Sequence[dict[str, Any]], cfg: PointBenchConfig) -> dict[str
         key = (r["dataset"], r["model"], r["strategy"])
         k = int(r["step"])
         by_step[key][k].append(float(r["iou"]))
-        units[key][(r["image"], r.get("annotator") or "")][k] = float(r["iou"])
+        units[key][(r["image"], r.get("annotator") or "")][k] = (float(r["iou"]), int(r["n_points"]))
         points_at[key][k].append(int(r["n_points"]))
         by_points[key][int(r["n_points"])].append(float(r["iou"]))
     steps = {d: cfg.steps_of(d) for d in cfg.datasets}
@@ -382,9 +387,10 @@ def summarise(rows: Sequence[dict[str, Any]], cfg: PointBenchConfig) -> dict[str
         for n_pts in sorted(by_points[key]):
             v = by_points[key][n_pts]
             matched.append({"dataset": ds, "model": model, "strategy": strat, "n_points": n_pts, "iou": float(np.mean(v)), "n": len(v)})
-        curves_u = [[u[k] for k in sorted(u)] for u in units[key].values()]
-        nocs85 = [noc(c, 0.85, max_clicks=max(K, len(c))) for c in curves_u]
-        nocs90 = [noc(c, 0.90, max_clicks=max(K, len(c))) for c in curves_u]
+        curves_u = [[u[k][0] for k in sorted(u)] for u in units[key].values()]
+        clicks_u = [np.maximum.accumulate([max(1, u[k][1]) for k in sorted(u)]) for u in units[key].values()]
+        nocs85 = [noc(c, 0.85, max_clicks=max(K, int(n[-1])), clicks=n) for c, n in zip(curves_u, clicks_u)]
+        nocs90 = [noc(c, 0.90, max_clicks=max(K, int(n[-1])), clicks=n) for c, n in zip(curves_u, clicks_u)]
         table.append(
             {
                 "dataset": ds,
@@ -480,10 +486,12 @@ def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig
         "",
         "A trajectory is one image (one image and annotator for human prompts). iou@1 and iou@last are the mean IoU "
         "after its first and last step, iou_best the mean of its best step, iou_mean the mean over its steps; NoC85/90 "
-        "is the mean number of steps to reach IoU 0.85 / 0.90 (counted as the trajectory length, at least the "
-        "configured steps, when never reached); fail85 is the share of trajectories that never reach 0.85. A step adds "
-        "one point for placement strategies and the strategy's correction clicks (two for `microsam`) for correction "
-        "strategies; the plot's x axis counts points.",
+        "is the mean number of clicks (points in the prompt) to reach IoU 0.85 / 0.90 (counted as the clicks of the "
+        "trajectory's last step, at least the configured steps, when never reached); fail85 is the share of "
+        "trajectories that never reach 0.85. Placement strategies spread their points over the steps (one per step "
+        "when the steps equal the points; `entropy`, `max-distance` and `saliency` add their seed point on each side, "
+        "as the PointPrompt study does); correction strategies add their correction clicks per step (two for "
+        "`microsam`, one for `ritm`); the plot's x axis counts points.",
         "",
         markdown_table(summary["table"], SUMMARY_COLUMNS),
         "",

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from pointprompt.bench import PointBenchConfig, placement_prefixes, run_pointprompt
+from pointprompt.bench import PointBenchConfig, placement_prefixes, run_pointprompt, summarise
 from segprompt.data.sample import Sample, SegmentationDataset
 from segprompt.data.synthetic import SyntheticLesions
 from segprompt.errors import ConfigError, DataError
@@ -193,3 +193,32 @@ def test_human_trajectories_are_replayed(tmp_path, tiny_model):
     assert calls == []
     with pytest.raises(ConfigError, match="not a strategy"):
         PointBenchConfig(strategies=["human"])
+
+
+def test_noc_is_counted_in_clicks():
+    cfg = PointBenchConfig(datasets=["d"], models=["m"], strategies=["microsam", "centre"], n_positive=2, n_negative=1, steps=3)
+
+    def row(strategy, step, n_points, iou):
+        return {"dataset": "d", "model": "m", "image": "a", "strategy": strategy, "step": step, "n_points": n_points, "iou": iou}
+
+    rows = [row("microsam", 1, 1, 0.5), row("microsam", 2, 3, 0.88), row("microsam", 3, 5, 0.95)]
+    rows += [row("centre", 1, 1, 0.5), row("centre", 2, 2, 0.6), row("centre", 3, 3, 0.7)]
+    table = {t["strategy"]: t for t in summarise(rows, cfg)["table"]}
+    # micro-sam's second step holds 3 clicks (the first + a positive and a negative): NoC@85 = 3, not 2 steps
+    assert table["microsam"]["noc85"] == 3 and table["microsam"]["noc90"] == 5
+    assert table["centre"]["noc85"] == 3 and table["centre"]["fail85"] == 1  # never: the 3 clicks placed
+
+
+def test_ritm_clicks_once_per_step_and_never_twice_on_a_pixel(tmp_path, tiny_model):
+    cfg = PointBenchConfig(**{**CFG, "models": ["grabcut"], "strategies": ["ritm", "microsam"], "steps": 5})
+    summary = run_pointprompt(cfg, tmp_path / "r", model_factory=_factory(tiny_model), progress=False)
+    rows = [json.loads(l) for l in (tmp_path / "r" / "results.jsonl").read_text().splitlines()]
+    for image in {r["image"] for r in rows}:
+        ritm = sorted((r for r in rows if r["strategy"] == "ritm" and r["image"] == image), key=lambda r: r["step"])
+        assert [r["n_points"] for r in ritm][:2] == [1, 2]  # one click per step (none once the mask is exact)
+        pts = [tuple(p[:2]) for p in ritm[-1]["points"]]
+        assert len(set(pts)) == len(pts)  # the clicked pixels are excluded
+        micro = sorted((r for r in rows if r["strategy"] == "microsam" and r["image"] == image), key=lambda r: r["step"])
+        assert [r["n_points"] for r in micro] == [1, 3, 5, 7, 9]
+    assert "number of clicks" in (tmp_path / "r" / "report.md").read_text()
+    assert {t["strategy"] for t in summary["table"]} == {"ritm", "microsam"}

@@ -51,3 +51,29 @@ def test_busi_normal_images_are_skipped_and_recorded(tmp_path):
     assert [e["item"] for e in errors] == ["normal_1"]
     assert "empty ground-truth mask" in errors[0]["error"]
     assert summary["table"][0]["trajectories"] == 2
+
+
+def test_study_protocol_config_runs(tmp_path):
+    """The PointPrompt study's protocol (configs/pointprompt/study_protocol.yaml) end to end through
+    the CLI on one image per set with sam-tiny: the study's strategies and budgets, mask 0."""
+    from pathlib import Path
+
+    import yaml
+    from click.testing import CliRunner
+
+    from segprompt.cli import cli
+
+    config = Path(__file__).resolve().parents[1] / "configs" / "pointprompt" / "study_protocol.yaml"
+    fields = yaml.safe_load(config.read_text())
+    assert fields["multimask"] == "first" and fields["budget"] == "auto" and fields["models"] == ["sam-tiny"]
+    assert {"random", "kmedoids", "shi-tomasi", "entropy", "max-distance", "saliency", "obj"} == set(fields["strategies"])
+    result = CliRunner().invoke(cli, ["bench", "pointprompt", "--config", str(config), "--limit", "1", "--out", str(tmp_path / "run")])
+    assert result.exit_code == 0, result.output
+    rows = [json.loads(l) for l in (tmp_path / "run" / "results.jsonl").read_text().splitlines()]
+    assert len(rows) == 3 * 7  # datasets x strategies, one step each
+    budget = {"kvasir": (14, 2), "busi": (4, 1), "ph2": (11, 2)}
+    for r in rows:
+        p, n = budget[r["dataset"]]
+        seed = int(r["strategy"] in ("entropy", "max-distance", "saliency"))  # the study's seed point per side
+        assert (r["n_positive"], r["n_negative"]) == (p + seed, n + seed), r["strategy"]
+        assert r["candidate"] == 0 and 0.0 <= r["iou"] <= 1.0  # multimask output, mask 0 as the study
