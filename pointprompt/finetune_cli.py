@@ -1,7 +1,10 @@
 """``segprompt finetune``: SAM finetuning runs and the train-on-A / test-on-B strategy matrix.
 
 Rerunning a command on the same ``--out`` folder resumes it (a finished run is not retrained);
-the option names are those of ``segprompt bench pointprompt``.
+the option names are those of ``segprompt bench pointprompt``. ``--preset NAME`` starts from a
+reference recipe (``pointprompt-study``, ``microsam``, ``medsam``; see
+``pointprompt.finetune.PRESETS``); options given on the command line override its values, and
+the run's config.yaml records the resolved values.
 """
 
 from __future__ import annotations
@@ -31,7 +34,9 @@ def _common(f):  # noqa: ANN001, ANN202 - click decorator stack
         click.option("--epochs", type=int, default=10, show_default=True),
         click.option("--batch-size", type=int, default=4, show_default=True),
         click.option("--lr", type=float, default=1e-4, show_default=True),
-        click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of the images held out for validation."),
+        click.option("--test-fraction", type=float, default=0.2, show_default=True, help="Share of the source images held out for test (the reported numbers); 0: no test split (the old behaviour)."),
+        click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of the remaining source images held out for validation (chooses the checkpoint)."),
+        click.option("--preset", default=None, help="A reference recipe: pointprompt-study, microsam or medsam; options given here override its values."),
         click.option("--limit", type=int, default=None, help="Use only the first N images."),
         click.option("--seed", type=int, default=0, show_default=True),
         click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or mps."),
@@ -56,7 +61,7 @@ def _dataset_kwargs(dataset: str, root: Path | None) -> dict:
     return {"root": str(root)}
 
 
-def _base_kwargs(dataset, root, model, checkpoint, epochs, batch_size, lr, val_fraction, limit, seed, device, precision) -> dict:  # noqa: ANN001
+def _base_kwargs(dataset, root, model, checkpoint, epochs, batch_size, lr, test_fraction, val_fraction, limit, seed, device, precision) -> dict:  # noqa: ANN001
     """FinetuneConfig fields from the common options; checks --device before any work."""
     from segprompt.devices import check_device
 
@@ -73,12 +78,23 @@ def _base_kwargs(dataset, root, model, checkpoint, epochs, batch_size, lr, val_f
         epochs=epochs,
         batch_size=batch_size,
         lr=lr,
+        test_fraction=test_fraction,
         val_fraction=val_fraction,
         limit=limit,
         seed=seed,
         device=device,
         precision=precision,
     )
+
+
+# command-line parameter -> the FinetuneConfig field it sets (when the names differ)
+_PARAM_FIELDS = {"root": "dataset_kwargs"}
+
+
+def _explicit(ctx: click.Context) -> set[str]:
+    """The FinetuneConfig fields whose options were given on the command line."""
+    source = click.core.ParameterSource.COMMANDLINE
+    return {_PARAM_FIELDS.get(name, name) for name in ctx.params if ctx.get_parameter_source(name) == source}
 
 
 @finetune.command("sam")
@@ -88,42 +104,61 @@ def _base_kwargs(dataset, root, model, checkpoint, epochs, batch_size, lr, val_f
 @click.option("--strategy", default="random", show_default=True, help="Point strategy used by --prompts mixed.")
 @click.option("--positive", "n_positive", type=int, default=1, show_default=True)
 @click.option("--negative", "n_negative", type=int, default=0, show_default=True)
+@click.option("--box-jitter", type=float, default=20.0, show_default=True, help="Largest box-side shift; unit of --box-jitter-mode (medsam: pixels at 1024).")
+@click.option("--box-jitter-mode", type=click.Choice(["medsam", "microsam", "symmetric"]), default="medsam", show_default=True,
+              help="medsam: each side moved outward by randint(0, J) px of the 1024 input frame; microsam: outward by uniform(0, J) x the box side; symmetric: the old uniform(-J, J) px of the original image.")
+@click.option("--iterations", type=int, default=8, show_default=True, help="Forward passes per sample of --prompts iterative, the first included (micro-sam's n_sub_iteration).")
+@click.option("--weight-decay", type=float, default=0.01, show_default=True)
+@click.option("--iou-weight", type=float, default=1.0, show_default=True, help="Weight of the IoU head's MSE loss (0: none).")
 @click.option("--schedule", type=click.Choice(["cosine", "plateau", "constant"]), default="cosine", show_default=True)
-@click.option("--loss", type=click.Choice(["dice+bce", "dice+focal"]), default="dice+bce", show_default=True)
-@click.option("--early-stop", type=int, default=5, show_default=True, help="Epochs without a better validation Dice before stopping (0: never).")
+@click.option("--loss", type=click.Choice(["dice+bce", "dice+focal", "dice"]), default="dice+bce", show_default=True)
+@click.option("--early-stop", type=int, default=5, show_default=True, help="Epochs without a better validation score before stopping (0: never).")
 @click.option("--lora-rank", type=int, default=4, show_default=True)
 @click.option("--checkpoint-every", type=int, default=0, help="Also checkpoint every N steps (default: every epoch).")
 @click.option("--resume", is_flag=True, hidden=True, help="Kept for old scripts: rerunning the same command resumes.")
-def sam(train, prompts, strategy, n_positive, n_negative, schedule, loss, early_stop, lora_rank, checkpoint_every, resume, out, **common) -> None:  # noqa: ANN001
+@click.pass_context
+def sam(ctx, train, prompts, strategy, n_positive, n_negative, box_jitter, box_jitter_mode, iterations, weight_decay, iou_weight, schedule, loss, early_stop, lora_rank, checkpoint_every, resume, out, preset, **common) -> None:  # noqa: ANN001
     """Finetune SAM on a dataset; writes checkpoints (SAM layout), results.jsonl, report.md.
 
-    Rerun the same command to resume an interrupted run; a finished run is not retrained.
+    The checkpoint is chosen on the validation split; the numbers printed are those of the
+    test split. Rerun the same command to resume an interrupted run; a finished run is not retrained.
     """
-    from pointprompt.finetune import FinetuneConfig, finetune_sam, plural
+    from pointprompt.finetune import FinetuneConfig, finetune_sam, plural, preset_fields
 
-    cfg = FinetuneConfig(
+    given = dict(
         **_base_kwargs(**common),
         train=_split((train,)),
         prompts=prompts,
         strategy=strategy,
         n_positive=n_positive,
         n_negative=n_negative,
+        box_jitter=box_jitter,
+        box_jitter_mode=box_jitter_mode,
+        iterations=iterations,
+        weight_decay=weight_decay,
+        iou_weight=iou_weight,
         schedule=schedule,
         loss=loss,
         early_stop=early_stop,
         lora_rank=lora_rank,
         checkpoint_every=checkpoint_every,
     )
+    cfg = FinetuneConfig(**preset_fields(preset, given, _explicit(ctx)))
     result = finetune_sam(cfg, out)
     if "final" not in result:
         click.echo(f"stopped at step {result['stopped_at_step']}; rerun the same command to resume")
         return
     b, f = result["baseline"], result["final"]
-    click.echo(f"trainable parameters: {result['trainable_parameters']:,}; {result['train_images']} training / {result['val_images']} validation images")
+    n_test = result.get("test_images", 0)
+    click.echo(f"trainable parameters: {result['trainable_parameters']:,}; {result['train_images']} training / {result['val_images']} validation / {n_test} test images")
     click.echo(
         f"validation IoU {b['val_iou']:.4f} -> {f['val_iou']:.4f}, Dice {b['val_dice']:.4f} -> {f['val_dice']:.4f} "
-        f"after {plural(result['epochs_run'], 'epoch')} (best Dice {result['best_val_dice']:.4f})"
+        f"after {plural(result['epochs_run'], 'epoch')} (checkpoint: epoch {result['best_epoch']}, chosen on {result['selected_on']})"
     )
+    test = result.get("test")
+    if test:
+        tb, ta = test["before"], test["best"]
+        click.echo(f"test IoU {tb['iou']:.4f} -> {ta['iou']:.4f}, Dice {tb['dice']:.4f} -> {ta['dice']:.4f} ({plural(ta['n'], 'held-out image')})")
     click.echo(f"checkpoint: {result['checkpoint']}  (load with create_segmenter('sam', checkpoint=...)); report: {out / 'report.md'}")
 
 
@@ -133,16 +168,22 @@ def sam(train, prompts, strategy, n_positive, n_negative, schedule, loss, early_
 @click.option("--train", default="prompt_encoder", show_default=True, help="What each model trains (PointPrompt: prompt_encoder).")
 @click.option("--positive", "n_positive", type=int, default=3, show_default=True)
 @click.option("--negative", "n_negative", type=int, default=1, show_default=True)
-def matrix(strategies, train, n_positive, n_negative, out, **common) -> None:  # noqa: ANN001
-    """Train one model per prompt strategy and evaluate every model on every strategy.
+@click.pass_context
+def matrix(ctx, strategies, train, n_positive, n_negative, out, preset, **common) -> None:  # noqa: ANN001
+    """Train one model per prompt strategy and evaluate every model on every strategy (on the test split).
 
     Rerun the same command to resume: finished trainings and evaluations are not redone.
     """
+    from pointprompt.finetune import FinetuneConfig, preset_fields
     from pointprompt.finetune_matrix import run_matrix
 
     names = _split(strategies)
     if len(names) < 2:
         raise ConfigError("--strategies: a matrix needs at least two strategies")
-    result = run_matrix(names, out, base=_base_kwargs(**common), train=_split((train,)), n_positive=n_positive, n_negative=n_negative)
+    given = dict(**_base_kwargs(**common), train=_split((train,)), n_positive=n_positive, n_negative=n_negative)
+    values = preset_fields(preset, given, _explicit(ctx))
+    FinetuneConfig(**values)  # every field checked before any training
+    own = {k: values.pop(k) for k in ("train", "n_positive", "n_negative")}
+    result = run_matrix(names, out, base=values, **own)
     click.echo(result["table_text"])
     click.echo(f"\nreport: {out / 'report.md'}, heatmap: {out / 'matrix.png'}")

@@ -19,7 +19,7 @@ from segprompt.errors import ConfigError
 from segprompt.models import create_segmenter
 from segprompt.models.sam_arch import save_sam, tiny_arch
 
-DATA = {"dataset": "synthetic-lesions", "dataset_kwargs": {"n": 10, "seed": 0, "size": 96}}
+DATA = {"dataset": "synthetic-lesions", "dataset_kwargs": {"n": 12, "seed": 0, "size": 96}}  # 8 train, 2 validation, 2 test images
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +72,7 @@ def test_only_trained_parts_change_and_cache_replaces_encoder(tiny_ckpt, tmp_pat
     changed = {k for k in before if not torch.equal(before[k], after[k])}
     assert changed and all(k.startswith("mask_decoder.") for k in changed)
     assert calls["n"] == 0  # the frozen encoder never ran inside a training step
-    assert len(list((tmp_path / "run" / "embeddings").glob("*/*.safetensors"))) == 10  # 8 train + 2 val images cached
+    assert len(list((tmp_path / "run" / "embeddings").glob("*/*.safetensors"))) == 12  # 8 train + 2 val + 2 test images cached
 
 
 def test_resume_after_interruption_is_exact(tiny_ckpt, tmp_path, caplog):
@@ -91,8 +91,12 @@ def test_resume_after_interruption_is_exact(tiny_ckpt, tmp_path, caplog):
     assert resumed["final"] == {**full["final"], "seconds": resumed["final"]["seconds"]}
     rows_a = [json.loads(l) for l in (tmp_path / "a" / "results.jsonl").read_text().splitlines()]
     rows_b = [json.loads(l) for l in (tmp_path / "b" / "results.jsonl").read_text().splitlines()]
-    assert [r["epoch"] for r in rows_b] == [0, 1, 2, 3]
-    assert [r["val_dice"] for r in rows_a] == [r["val_dice"] for r in rows_b]
+    epochs_a, epochs_b = ([r for r in rows if r["kind"] == "epoch"] for rows in (rows_a, rows_b))
+    assert [r["epoch"] for r in epochs_b] == [0, 1, 2, 3]
+    assert [r["val_dice"] for r in epochs_a] == [r["val_dice"] for r in epochs_b]
+    # the test rows (before finetuning, and the checkpoint chosen on validation) are the same too
+    assert [(r["model"], r["iou"]) for r in rows_a if r["kind"] == "test"] == [(r["model"], r["iou"]) for r in rows_b if r["kind"] == "test"]
+    assert resumed["test"] == full["test"] and full["test"]["best"]["n"] == 2
 
 
 def test_a_checkpoint_of_the_old_layout_still_resumes(tiny_ckpt, tmp_path):
@@ -165,7 +169,7 @@ def test_lora_merge_and_official_layout(tiny_ckpt, tmp_path):
 @pytest.mark.slow
 def test_ddp_two_processes_match_one(tiny_ckpt, tmp_path):
     """torchrun with 2 gloo processes x batch 2 gives the weights of 1 process x batch 4."""
-    data = {"n": 10, "seed": 0, "size": 96}  # 8 training images: 2 steps per epoch either way
+    data = {"n": 12, "seed": 0, "size": 96}  # 8 training images: 2 steps per epoch either way
     script = tmp_path / "ddp_run.py"
     script.write_text(
         "import sys, json\n"

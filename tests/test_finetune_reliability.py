@@ -40,7 +40,7 @@ def test_rerun_of_finished_run_says_finished_and_touches_nothing(tmp_path, capsy
     assert [f.name for f in files] == ["best.pt", "last.pt", "sam_best.pth", "sam_last.pth"]
     mtimes = {f: f.stat().st_mtime_ns for f in files}
     n_rows = len(_rows(out / "results.jsonl"))
-    assert n_rows == 2  # epoch 0 (before finetuning) and epoch 1
+    assert n_rows == 4  # test before finetuning, epoch 0 (before finetuning), epoch 1, test of the chosen checkpoint
 
     assert main(args) == 0
     err = capsys.readouterr().err
@@ -49,7 +49,7 @@ def test_rerun_of_finished_run_says_finished_and_touches_nothing(tmp_path, capsy
     assert {f: f.stat().st_mtime_ns for f in files} == mtimes
     assert len(_rows(out / "results.jsonl")) == n_rows
     invocations = _rows(out / "invocations.jsonl")
-    assert [r["new_rows"] for r in invocations] == [2, 0]
+    assert [r["new_rows"] for r in invocations] == [4, 0]
 
     report = (out / "report.md").read_text()
     assert "for 1 epoch," in report and "1 epochs" not in report
@@ -71,8 +71,10 @@ def test_interrupted_run_resumes_without_flag_and_says_where(tiny_ckpt, tmp_path
     messages = [r.getMessage() for r in caplog.records]
     assert f"resuming {tmp_path / 'b'}: epoch 1 batch 4 of 2 epochs (4 batches each; 3 of 8 steps already done)" in messages
     assert resumed["epochs_run"] == 2
-    assert [r["epoch"] for r in _rows(tmp_path / "b" / "results.jsonl")] == [0, 1, 2]
-    assert [r["new_rows"] for r in _rows(tmp_path / "b" / "invocations.jsonl")] == [1, 2]
+    rows = _rows(tmp_path / "b" / "results.jsonl")
+    assert [r.get("epoch") for r in rows if r["kind"] == "epoch"] == [0, 1, 2]
+    assert [r["model"] for r in rows if r["kind"] == "test"] == ["before", "best"]  # each evaluated once across the two invocations
+    assert [r["new_rows"] for r in _rows(tmp_path / "b" / "invocations.jsonl")] == [2, 3]
 
 
 def test_epoch_lines_are_info_and_nothing_warns(tiny_ckpt, tmp_path, caplog):
@@ -120,7 +122,7 @@ def test_unreadable_image_and_missing_mask_are_skipped(tiny_ckpt, tmp_path, caps
     assert f"{ids[3]}.png" in by_item[ids[3]]["error"] and "no mask" in by_item[ids[3]]["error"]
     assert str(broken) in by_item[ids[5]]["error"]
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["train_images"] + summary["val_images"] == 8  # the other 8 images were used
+    assert summary["train_images"] + summary["val_images"] + summary["test_images"] == 8  # the other 8 images were used
     assert "Skipped inputs: 2 (see errors.jsonl)." in (out / "report.md").read_text()
 
 
@@ -138,7 +140,7 @@ def test_skips_are_recorded_once_across_resumes(tiny_ckpt, tmp_path):
     result = finetune_sam(cfg, tmp_path / "ft", dataset=ds, progress=False)
     errors = _rows(tmp_path / "ft" / "errors.jsonl")
     assert len(errors) == 1 and errors[0]["item"] == ids[2] and "gone.png" in errors[0]["error"] and errors[0]["stage"] == "loading"
-    assert result["train_images"] + result["val_images"] == 9
+    assert result["train_images"] + result["val_images"] + result["test_images"] == 9
 
 
 def test_evaluation_skips_an_image_it_cannot_evaluate(tiny_ckpt, tmp_path):
