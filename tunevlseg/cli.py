@@ -4,6 +4,15 @@ Option names follow the rest of the CLI: ``--dataset`` and ``--seed`` repeat (co
 lists are accepted too), ``--limit N`` uses only the first N items of each split, ``--device``
 is checked before any work. Old spellings still work without being shown in ``--help``:
 ``--datasets`` (deprecated), ``--seeds``, ``--model`` (= ``--vlsm``), ``--method``, ``--depth``.
+
+``--recipe tvs|segprompt`` picks the training recipe (:data:`tunevlseg.train.RECIPES`; ``tvs``,
+TuneVLSeg's protocol, by default); ``--epochs``, ``--lr``, ``--weight-decay``, ``--early-stop`` and
+``--train-kwargs`` override its values. ``--config FILE`` (repeatable; configs/tunevlseg/ has
+presets) reads SweepConfig fields from YAML the way ``segprompt bench pointprompt --config``
+does: options given on the command line override the files, later files override earlier ones
+(mappings such as ``train`` and ``learner_kwargs`` merge key by key). A rerun on an existing
+``--out`` without ``--recipe`` keeps the folder's recipe (``segprompt`` for folders written
+before recipes existed), so the same command resumes.
 """
 
 from __future__ import annotations
@@ -63,20 +72,85 @@ def sweep_config_from_options(
     vlsm_kwargs: str | None = None,
     roots: tuple[str, ...] = (),
     train: dict | None = None,
+    preset: dict | None = None,
 ):  # noqa: ANN201 - SweepConfig (imported lazily)
-    """The :class:`~tunevlseg.sweep.SweepConfig` the command line builds (defaults filled in)."""
+    """The :class:`~tunevlseg.sweep.SweepConfig` the command line builds: each grid option given
+    wins over the ``preset`` (merged --config files), which wins over the defaults."""
     from tunevlseg.sweep import SweepConfig
 
+    preset = dict(preset or {})
+    kwargs = _json(vlsm_kwargs, "vlsm-kwargs")
     return SweepConfig(
-        vlsms=_split(vlsms) or ["clipseg-tiny"],
-        methods=_split(methods) or ["all"],
-        depths=_ints(depths, "depths") or [1, 3, 6, 9, 12],
-        datasets=_split(datasets),
-        seeds=_ints(seeds, "seed") or [0],
-        vlsm_kwargs=_json(vlsm_kwargs, "vlsm-kwargs"),
-        dataset_roots=_roots(roots),
-        train=dict(train or {}),
+        vlsms=_split(vlsms) or list(preset.get("vlsms") or ["clipseg-tiny"]),
+        methods=_split(methods) or list(preset.get("methods") or ["all"]),
+        depths=_ints(depths, "depths") or list(preset.get("depths") or [1, 3, 6, 9, 12]),
+        datasets=_split(datasets) or list(preset.get("datasets") or []),
+        seeds=_ints(seeds, "seed") or list(preset.get("seeds") or [0]),
+        vlsm_kwargs=kwargs if vlsm_kwargs else dict(preset.get("vlsm_kwargs") or {}),
+        learner_kwargs=dict(preset.get("learner_kwargs") or {}),
+        dataset_roots={**dict(preset.get("dataset_roots") or {}), **_roots(roots)},
+        train=dict(train if train is not None else preset.get("train") or {}),
     )
+
+
+#: the fields a --config file may set (SweepConfig's); ``suite`` (a run folder's config.yaml) is ignored
+PRESET_KEYS = ("vlsms", "methods", "depths", "datasets", "seeds", "vlsm_kwargs", "learner_kwargs", "dataset_roots", "train")
+
+
+def load_presets(paths: tuple[Path, ...] | list[Path]) -> dict:
+    """The --config files merged in order: later files win; mappings (``train``, ``vlsm_kwargs``,
+    ``learner_kwargs`` and the mappings inside them, ``dataset_roots``) merge key by key, lists
+    are replaced. A run folder's config.yaml can be passed as is."""
+    import yaml
+
+    merged: dict = {}
+    for path in paths:
+        path = Path(path)
+        if not path.is_file():
+            raise ConfigError(f"--config {path}: config file not found")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"--config {path}: not valid YAML ({exc})") from None
+        if not isinstance(data, dict):
+            raise ConfigError(f"--config {path}: expected a mapping of SweepConfig fields ({', '.join(PRESET_KEYS)})")
+        data.pop("suite", None)
+        unknown = sorted(set(data) - set(PRESET_KEYS))
+        if unknown:
+            raise ConfigError(f"--config {path}: unknown field(s) {', '.join(unknown)}; known: {', '.join(PRESET_KEYS)}")
+        for key, value in data.items():
+            merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
+    return merged
+
+
+def _deep_merge(a: dict, b: dict) -> dict:
+    out = dict(a)
+    for k, v in b.items():
+        out[k] = _deep_merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def folder_recipe(out: Path | None) -> str | None:
+    """The training recipe of an existing sweep folder (``segprompt`` for one written before
+    recipes existed), None for a new folder; a rerun without --recipe keeps it."""
+    import yaml
+
+    from tunevlseg.train import LEGACY_RECIPE
+
+    path = Path(out) / "config.yaml" if out is not None else None
+    if path is None or not path.is_file():
+        return None
+    try:
+        stored = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return None  # RunFolder reports the broken file
+    train = stored.get("train") if isinstance(stored, dict) and stored.get("suite") == "tunevlseg-sweep" else None
+    if not isinstance(train, dict):
+        return None
+    recipe = train.get("recipe", LEGACY_RECIPE)
+    if recipe != "tvs":
+        log.info("%s: training recipe %s (the run folder's; pass --recipe to choose another)", out, recipe)
+    return recipe
 
 
 @click.group("tunevlseg", invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
@@ -90,25 +164,35 @@ def sweep_config_from_options(
 @click.option("--depths", multiple=True, help="Prompt depths (1 = input only), comma-separated or repeated; methods without depth run once. [default: 1,3,6,9,12]")
 @click.option("--depth", "depths_alias", multiple=True, hidden=True, help="Alias of --depths.")
 @click.option("--dataset", "datasets", multiple=True, help="TuneVLSeg dataset name (kvasir, busi, ..., pascal-voc, cityscapes) or a folder; "
-              "repeat (or comma-separate) for several. Required.")
+              "repeat (or comma-separate) for several. Required (here or in a --config file).")
 @click.option("--datasets", "datasets_alias", multiple=True, hidden=True, help="Deprecated spelling of --dataset.")
 @click.option("--root", "roots", multiple=True, help="NAME=FOLDER: the folder of a named --dataset (default: $SEGPROMPT_DATA_ROOT/<folder>); repeat.")
 @click.option("--seed", "seeds", multiple=True, help="Seed; repeat (or comma-separate) for several. [default: 0]")
 @click.option("--seeds", "seeds_alias", multiple=True, hidden=True, help="Alias of --seed.")
-@click.option("--epochs", type=int, default=20, show_default=True)
+@click.option("--recipe", type=click.Choice(["tvs", "segprompt"]), default=None,
+              help="Training recipe. tvs (default): TuneVLSeg's protocol: DiceCE as monai's, AdamW lr 2e-4, weight decay 0, plateau "
+              "(0.2, patience 5) and early stopping (patience 10, not before epoch 10, at most 100 epochs) on the validation loss, the "
+              "checkpoint of the best validation Dice. segprompt: plateau and early stopping on validation Dice, weight decay 1e-2, at most "
+              "20 epochs. Options below override the recipe's values. A rerun on an existing --out keeps that folder's recipe.")
+@click.option("--config", "config_files", multiple=True, type=click.Path(path_type=Path),
+              help="YAML of SweepConfig fields (presets in configs/tunevlseg/: methods, models, datasets); repeat to combine, later files "
+              "win. Options given on the command line override them.")
+@click.option("--epochs", type=int, default=None, help="At most this many epochs. [default: the recipe's: tvs 100, segprompt 20]")
 @click.option("--batch-size", type=int, default=32, show_default=True)
-@click.option("--lr", type=float, default=2e-4, show_default=True)
-@click.option("--weight-decay", type=float, default=1e-2, show_default=True)
+@click.option("--lr", type=float, default=None, help="Learning rate. [default: the recipe's, 2e-4]")
+@click.option("--weight-decay", type=float, default=None, help="AdamW weight decay. [default: the recipe's: tvs 0, segprompt 1e-2]")
 @click.option("--n-ctx", type=int, default=4, show_default=True, help="Context tokens per depth.")
 @click.option("--prompt", default="p0", show_default=True, help="p<k> (fixed prompt of the split files) or random.")
-@click.option("--early-stop", type=int, default=10, show_default=True, help="Epochs without a better validation Dice before stopping (0 = never).")
+@click.option("--early-stop", type=int, default=None, help="Epochs without a better monitored value (tvs: validation loss; segprompt: "
+              "validation Dice) before stopping; 0 = never. [default: the recipe's, 10]")
 @click.option("--precision", type=click.Choice(["fp32", "bf16", "fp16"]), default="fp32", show_default=True)
 @click.option("--device", default="cpu", show_default=True, help="cpu, cuda, cuda:N or mps (checked before any work).")
 @click.option("--limit", type=int, default=None, help="Use only the first N items of each split (train, val, test), as --limit elsewhere in "
               "segprompt: sets --max-train-samples and --max-eval-samples, which override it. An item is an image (an image x class for label-map sets).")
 @click.option("--max-train-samples", type=int, default=None, help="Use only the first N training items.")
 @click.option("--max-eval-samples", type=int, default=None, help="Use only the first N validation / test items.")
-@click.option("--train-kwargs", default=None, help="JSON object of further TrainConfig fields (lambda_ce, plateau_patience, schedule, ...).")
+@click.option("--train-kwargs", default=None, help="JSON object of further TrainConfig fields (lambda_ce, plateau_patience, schedule, monitor, "
+              "min_epochs, min_delta, best_by, dice_smooth, ...).")
 @click.option("--launcher", type=click.Choice(["local", "submitit", "submitit-local"]), default="local", show_default=True)
 @click.option("--workers", type=int, default=1, show_default=True, help="Local processes.")
 @click.option("--threads", type=int, default=None, help="Torch threads per cell.")
@@ -118,12 +202,14 @@ def sweep_config_from_options(
 @click.option("--slurm-cpus", "cpus_per_task", type=int, default=None)
 @click.option("--slurm-mem-gb", "mem_gb", type=int, default=None)
 @click.option("--slurm-parallel", "slurm_array_parallelism", type=int, default=None, help="At most N jobs of the array at once.")
-@click.option("--optuna-trials", type=int, default=0, show_default=True, help="Optional Optuna search per (VLSM, method, dataset, seed) over lr, weight decay and depth.")
+@click.option("--optuna-trials", type=int, default=0, show_default=True, help="Optional Optuna search per (VLSM, method, dataset, seed) over lr, "
+              "weight decay and depth, in the recipe's space (tvs: TuneVLSeg's, minimising the validation loss).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (rerun the same command to resume). Required.")
 @click.pass_context
 def tunevlseg(ctx, vlsms, models_alias, vlsm_kwargs, methods, methods_alias, depths, depths_alias, datasets, datasets_alias, roots, seeds, seeds_alias,
-              epochs, batch_size, lr, weight_decay, n_ctx, prompt, early_stop, precision, device, limit, max_train_samples, max_eval_samples, train_kwargs,
-              launcher, workers, threads, slurm_partition, timeout_min, gpus_per_node, cpus_per_task, mem_gb, slurm_array_parallelism, optuna_trials, out) -> None:
+              recipe, config_files, epochs, batch_size, lr, weight_decay, n_ctx, prompt, early_stop, precision, device, limit, max_train_samples,
+              max_eval_samples, train_kwargs, launcher, workers, threads, slurm_partition, timeout_min, gpus_per_node, cpus_per_task, mem_gb,
+              slurm_array_parallelism, optuna_trials, out) -> None:
     """Prompt tuning of VLSMs over methods x depths x datasets x seeds (TuneVLSeg), one run folder.
 
     Rerunning the same command on the same folder resumes (finished cells are kept).
@@ -136,22 +222,41 @@ def tunevlseg(ctx, vlsms, models_alias, vlsm_kwargs, methods, methods_alias, dep
         raise click.UsageError("Missing option '--out' (the run folder).")
     if datasets_alias:
         log.warning("--datasets is deprecated; use --dataset (repeat it, or separate names with commas)")
-    if not _split(datasets + datasets_alias):
-        raise click.UsageError("Missing option '--dataset' (a TuneVLSeg dataset name or a folder; repeat for several).")
     if limit is not None and limit < 1:
         raise ConfigError(f"--limit must be >= 1, got {limit}")
+    preset = load_presets(config_files)
+    if not _split(datasets + datasets_alias) and not preset.get("datasets"):
+        raise click.UsageError("Missing option '--dataset' (a TuneVLSeg dataset name or a folder; repeat for several).")
+    given = lambda name: ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE  # noqa: E731
     from segprompt.devices import check_device
 
-    check_device(device)  # before any model, folder or data is touched
+    check_device(device if given("device") or "device" not in (preset.get("train") or {}) else preset["train"]["device"])  # before any work
     from tunevlseg.sweep import run_sweep
 
-    train = dict(epochs=epochs, batch_size=batch_size, lr=lr, weight_decay=weight_decay, n_ctx=n_ctx, early_stop=early_stop, precision=precision,
-                 device=device, max_train_samples=max_train_samples if max_train_samples is not None else limit,
-                 max_eval_samples=max_eval_samples if max_eval_samples is not None else limit,
-                 prompt=f"p{prompt}" if prompt.isdigit() else prompt)
+    # training settings: command line > --config files > the option's default; the recipe's fields
+    # only when given (the recipe fills the rest)
+    train = dict(preset.get("train") or {})
+    options = dict(batch_size=batch_size, n_ctx=n_ctx, precision=precision, device=device, prompt=f"p{prompt}" if prompt.isdigit() else prompt)
+    for key, value in options.items():
+        if given(key) or key not in train:
+            train[key] = value
+    for key, value in dict(epochs=epochs, lr=lr, weight_decay=weight_decay, early_stop=early_stop).items():
+        if given(key):
+            train[key] = value
+    for key, value in (("max_train_samples", max_train_samples), ("max_eval_samples", max_eval_samples)):
+        if given(key) or (given("limit") and value is None):
+            train[key] = value if value is not None else limit
+        elif key not in train:
+            train[key] = None
     train.update(_json(train_kwargs, "train-kwargs"))
-    cfg = sweep_config_from_options(vlsms + models_alias, methods + methods_alias, depths + depths_alias, datasets + datasets_alias,
-                                    seeds + seeds_alias, vlsm_kwargs, roots, train)
+    if recipe is not None:
+        train["recipe"] = recipe
+    elif "recipe" not in train:
+        train["recipe"] = folder_recipe(out) or "tvs"
+    cfg = sweep_config_from_options(
+        vlsms + models_alias, methods + methods_alias, depths + depths_alias, datasets + datasets_alias, seeds + seeds_alias, vlsm_kwargs, roots, train,
+        preset=preset,
+    )
     slurm = dict(slurm_partition=slurm_partition, timeout_min=timeout_min, gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task, mem_gb=mem_gb,
                  slurm_array_parallelism=slurm_array_parallelism)
     result = run_sweep(cfg, out, launcher=launcher, workers=workers, threads=threads, slurm=slurm, optuna_trials=optuna_trials)

@@ -339,21 +339,31 @@ def _timing(run_dir: Path, config: Mapping[str, Any]) -> str:
 
 
 def _settings_rows(train: Mapping[str, Any], seeds: Sequence[int]) -> list[dict[str, str]]:
-    from dataclasses import fields
+    from dataclasses import MISSING, fields
 
-    from tunevlseg.train import TrainConfig
+    from tunevlseg.train import TrainConfig, recipe_settings
 
-    defaults = {f.name: f.default for f in fields(TrainConfig) if not callable(f.default_factory)}  # type: ignore[arg-type]
-    t = {**defaults, **dict(train)}
+    defaults = {f.name: f.default for f in fields(TrainConfig) if f.default is not MISSING and f.default is not None}
+    t = {**defaults, **recipe_settings(train)}  # a folder from before recipes: the segprompt recipe it ran
     epochs = int(t["epochs"])
+    metric = {"val_loss": "validation loss", "val_dice": "val Dice"}
+    stop = ""
+    if t.get("early_stop"):
+        stop = (f" at most (early stop after {plural(int(t['early_stop']), 'epoch')} without a better {metric[t['monitor']]}"
+                + (f", not before epoch {t['min_epochs']}" if t.get("min_epochs") else "") + ")")
+    schedule = t["schedule"] + (f" on the {metric[t['monitor']]} (factor {format_value(float(t['plateau_factor']), 'g')}, patience "
+                                f"{t['plateau_patience']})" if t["schedule"] == "plateau" else "")
     rows = [
-        ("epochs", plural(epochs, "epoch") + (f" at most (early stop after {plural(int(t['early_stop']), 'epoch')} without a better val Dice)" if t.get("early_stop") else "")),
-        ("learning rate", f"{format_lr(t['lr'])} (AdamW; schedule {t['schedule']})"),
-        ("weight decay", format_lr(t["weight_decay"])),
+        ("recipe", f"{t['recipe']}" + (" (TuneVLSeg's protocol)" if t["recipe"] == "tvs" else "")),
+        ("epochs", plural(epochs, "epoch") + stop),
+        ("learning rate", f"{format_lr(t['lr'])} (AdamW; schedule {schedule})"),
+        ("weight decay", format_lr(t["weight_decay"]) if t["weight_decay"] else "0"),
+        ("checkpoint", f"the best {metric[t['best_by']]}" + ("" if t["baseline_counts"] else " after training (epoch 0 excluded)")),
         ("batch size", str(t["batch_size"])),
         ("context tokens per depth", str(t["n_ctx"])),
         ("prompt", str(t["prompt"])),
-        ("loss", f"DiceCE (Dice {format_value(float(t['lambda_dice']), 'g')}, CE {format_value(float(t['lambda_ce']), 'g')})"),
+        ("loss", f"DiceCE (Dice {format_value(float(t['lambda_dice']), 'g')}, CE {format_value(float(t['lambda_ce']), 'g')}; "
+                 f"Dice smoothing {format_value(float(t['dice_smooth']), 'g')})"),
         ("precision", str(t["precision"])),
         ("training items", "all" if t.get("max_train_samples") is None else f"the first {t['max_train_samples']} of each train split"),
         ("evaluation items", "all" if t.get("max_eval_samples") is None else f"the first {t['max_eval_samples']} of each val / test split"),
@@ -444,9 +454,13 @@ def write_report(run_dir: str | Path, timing: str | None = None) -> dict[str, Pa
         def param(k: str, v: Any) -> str:
             return f"{k}={format_lr(v)}" if k in ("lr", "weight_decay") else f"{k}={format_value(v, '.3g')}"
 
+        names = {"val_loss_last": "the last epoch's validation loss, minimised", "val_dice_best": "the best validation Dice, maximised"}
+        objective = names.get(str(optuna[0].get("objective", "val_dice_best")), str(optuna[0].get("objective")))
         orows = [{"study": r["study"], "trials": str(r["trials"]), "best_params": ", ".join(param(k, v) for k, v in r["best_params"].items()),
-                  "val_dice": format_value(r["best_val_dice"]), "test_dice": format_value(r["dice_mean"])} for r in optuna]
-        lines += ["## Optuna search (selection on validation Dice)", "", markdown_table(orows, ["study", "trials", "best_params", "val_dice", "test_dice"]), ""]
+                  "objective": format_value(r.get("best_value", r["best_val_dice"]), ".4g"), "val_dice": format_value(r["best_val_dice"]),
+                  "test_dice": format_value(r["dice_mean"])} for r in optuna]
+        lines += [f"## Optuna search (selection on validation data: {objective})", "",
+                  markdown_table(orows, ["study", "trials", "best_params", "objective", "val_dice", "test_dice"]), ""]
     errors = run_dir / "errors.jsonl"
     n_err = len(JsonlLog(errors).rows()) if errors.is_file() else 0
     lines += ["## Skipped", "", f"{n_err} {'entry' if n_err == 1 else 'entries'} in `errors.jsonl` (grid cells skipped or failed, unreadable items)." if n_err else "Nothing skipped.", ""]

@@ -50,10 +50,21 @@ Launchers: ``local`` (sequential, or ``workers`` processes through
 (``submitit.LocalExecutor``: the same job path on this machine, which is how it is tested).
 Results are appended by the launching process only, as jobs finish.
 
+Training settings (``train``) follow a recipe (:data:`tunevlseg.train.RECIPES`; ``tvs``, TuneVLSeg's
+protocol, unless ``train["recipe"]`` says otherwise); config.yaml records the resolved values.
+A sweep folder written before recipes existed ran the ``segprompt`` recipe and resumes with it
+(see :func:`tunevlseg.train.adopt_legacy_config`). ``learner_kwargs`` maps a method to the
+keyword arguments of its learner (the method presets of configs/tunevlseg/ fill it).
+
 Optuna (``optuna_trials=N``, optional, local launcher): per (VLSM, method, dataset, seed) a TPE
-search over lr, weight decay and (for methods with depth) depth, selecting on validation Dice
-only; the best trial is then tested and written as a ``kind: "optuna"`` row. It complements the
-explicit depth grid, it does not replace it.
+search, selecting on validation data only; the best trial is then tested and written as a
+``kind: "optuna"`` row. It complements the explicit depth grid, it does not replace it. The space
+follows the recipe (:data:`OPTUNA_SPACES`): ``tvs`` as TuneVLSeg's configs/hparams_search/*_optuna.yaml
+(lr 1e-5..5e-3 and weight decay 1e-5..1e-2, both log-uniform, prompt depth ``range(1, 12)``, which
+the Hydra Optuna sweeper turns into the integers 1..12, capped at the prompted towers' layers;
+multivariate TPE with 10 random start-up trials; minimising ``val_loss``, the validation loss of
+the last epoch, as ``trainer.callback_metrics`` holds it after fit); ``segprompt`` as before (lr
+1e-5..1e-2, weight decay 1e-6..1e-1, maximising the best validation Dice).
 """
 
 from __future__ import annotations
@@ -72,11 +83,11 @@ from segprompt.errors import ConfigError, SegpromptError
 
 log = logging.getLogger(__name__)
 
-__all__ = ["SweepConfig", "Cell", "plan_cells", "run_cell", "run_sweep", "expand_methods", "LAUNCHERS"]
+__all__ = ["SweepConfig", "Cell", "plan_cells", "run_cell", "run_sweep", "expand_methods", "LAUNCHERS", "OPTUNA_SPACES"]
 
 LAUNCHERS = ("local", "submitit", "submitit-local")
 #: grid axes: they may change between reruns of the same folder (the cells are independent)
-GRID_KEYS = ("vlsms", "methods", "depths", "datasets", "seeds", "vlsm_kwargs", "dataset_roots")
+GRID_KEYS = ("vlsms", "methods", "depths", "datasets", "seeds", "vlsm_kwargs", "learner_kwargs", "dataset_roots")
 
 
 @dataclass
@@ -89,14 +100,16 @@ class SweepConfig:
     datasets: list[str] = field(default_factory=list)
     seeds: list[int] = field(default_factory=lambda: [0])
     vlsm_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    learner_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     dataset_roots: dict[str, str] = field(default_factory=dict)
     train: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         # the messages name the command line's options (segprompt bench tunevlseg)
         from tunevlseg.data import _is_path, _key, benchmark_info
+        from tunevlseg.learners import LEARNERS
         from tunevlseg.models import VLSMS
-        from tunevlseg.train import TrainConfig
+        from tunevlseg.train import RECIPE_FIELDS, TrainConfig
 
         for name, flag in (("vlsms", "--vlsm"), ("methods", "--methods"), ("depths", "--depths"), ("datasets", "--dataset"), ("seeds", "--seed")):
             if not getattr(self, name):
@@ -140,8 +153,38 @@ class SweepConfig:
         if owned:
             raise ConfigError(f"--train-kwargs: {', '.join(owned)} {'is' if len(owned) == 1 else 'are'} set by the grid (--vlsm, --vlsm-kwargs, --methods, --depths, --dataset, "
                               "--root, --seed), not by --train-kwargs")
-        # every training setting checked now, before a run folder or a model exists
-        TrainConfig(vlsm=self.vlsms[0], method=self.methods[0], dataset=self.datasets[0], **self.train)
+        kwargs: dict[str, dict[str, Any]] = {}
+        for name, value in dict(self.learner_kwargs or {}).items():
+            try:
+                method = LEARNERS.resolve(str(name))
+            except ConfigError as exc:
+                raise ConfigError(f"learner_kwargs: {exc}") from None
+            if not isinstance(value, dict):
+                raise ConfigError(f"learner_kwargs: {name} needs a mapping of keyword arguments, got {value!r}")
+            _check_learner_kwargs(method, value)
+            kwargs[method] = {**kwargs.get(method, {}), **value}
+        self.learner_kwargs = kwargs  # methods outside the grid may have kwargs (a preset of every method)
+        # every training setting checked now, before a run folder or a model exists; the recipe's
+        # values are filled in, so config.yaml records what each cell runs
+        tc = TrainConfig(vlsm=self.vlsms[0], method=self.methods[0], dataset=self.datasets[0], **self.train)
+        self.train = {**self.train, **{k: getattr(tc, k) for k in ("recipe", *RECIPE_FIELDS)}}
+
+
+def _check_learner_kwargs(method: str, kwargs: dict[str, Any]) -> None:
+    """A ConfigError, before any work, for a keyword the method's learner does not take (the grid
+    and create_learner set ``vlsm``, ``depth``, ``n_ctx`` and ``seed``)."""
+    import inspect
+
+    from tunevlseg.learners import LEARNERS
+
+    params = inspect.signature(LEARNERS.get(method).__init__).parameters
+    if any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+        return
+    owned = {"self", "vlsm", "depth", "seed", "n_ctx"}
+    bad = sorted(k for k in kwargs if k not in params or k in owned)
+    if bad:
+        takes = ", ".join(k for k in params if k not in owned)
+        raise ConfigError(f"learner_kwargs: {method} does not take {', '.join(bad)} (it takes {takes}; depth, seed and n_ctx come from the grid and --n-ctx)")
 
 
 def list_names() -> list[str]:
@@ -256,11 +299,15 @@ def plan_cells(cfg: SweepConfig, layers: Callable[[str], tuple[int, int]] | None
 
 
 def cell_config(cfg: SweepConfig, cell: Cell) -> Any:
+    """The TrainConfig of one cell: the shared training settings, the cell's grid values and its
+    method's ``learner_kwargs`` (over any ``train["learner_kwargs"]``)."""
     from tunevlseg.train import TrainConfig
 
+    train = dict(cfg.train)
+    learner_kwargs = {**dict(train.pop("learner_kwargs", None) or {}), **cfg.learner_kwargs.get(cell.method, {})}
     return TrainConfig(
         vlsm=cell.vlsm, vlsm_kwargs=dict(cfg.vlsm_kwargs.get(cell.vlsm, {})), method=cell.method, depth=max(1, cell.depth),
-        dataset=cell.dataset, dataset_root=cfg.dataset_roots.get(cell.dataset), seed=cell.seed, **cfg.train,
+        dataset=cell.dataset, dataset_root=cfg.dataset_roots.get(cell.dataset), seed=cell.seed, learner_kwargs=learner_kwargs, **train,
     )
 
 
@@ -376,10 +423,15 @@ def run_sweep(
     """
     from tqdm import tqdm
 
+    from tunevlseg.train import adopt_legacy_config, legacy_train_config
+
     _check_before_work(cfg, launcher, workers, optuna_trials)
     out = Path(out)
     cells, skipped = plan_cells(cfg, layers)
-    run = RunFolder(out, {"suite": "tunevlseg-sweep", **asdict(cfg)}, volatile=GRID_KEYS)
+    config = {"suite": "tunevlseg-sweep", **asdict(cfg)}
+    adopt_legacy_config(out, config, GRID_KEYS, lambda old: isinstance(old.get("train"), dict) and "recipe" not in old["train"],
+                        lambda old: {**old, "train": legacy_train_config(old["train"])})
+    run = RunFolder(out, config, volatile=GRID_KEYS)
     have_errors = {(e.get("item"), e.get("error")) for e in run.errors}
     for name, reason in skipped:
         if (name, reason) not in have_errors:
@@ -484,14 +536,32 @@ def run_sweep(
 # -- Optuna -----------------------------------------------------------------------------------
 
 
+#: Optuna search spaces per recipe: (lr range, weight-decay range, highest depth, objective key of
+#: the training summary, direction, TPE settings). ``tvs``: naamiinepal/tunevlseg
+#: configs/hparams_search/{coop,cocoop,vpt,maple,shared_separate,shared_attn}_optuna.yaml
+#: (``tag(log, interval(1e-5, 5e-3))``, ``tag(log, interval(1e-5, 0.01))``, ``range(1, 12)`` =
+#: IntUniformDistribution(1, 12) in hydra_optuna_sweeper, ``optimized_metric: val_loss``,
+#: ``direction: minimize``, TPESampler(multivariate=True, n_startup_trials=10)); the value src/train.py
+#: returns is ``trainer.callback_metrics["val_loss"]`` after fit: the last epoch's.
+OPTUNA_SPACES: dict[str, dict[str, Any]] = {
+    "tvs": {"lr": (1e-5, 5e-3), "weight_decay": (1e-5, 1e-2), "max_depth": 12, "objective": "val_loss_last", "direction": "minimize",
+            "sampler": {"multivariate": True, "n_startup_trials": 10}},
+    "segprompt": {"lr": (1e-5, 1e-2), "weight_decay": (1e-6, 1e-1), "max_depth": None, "objective": "val_dice_best", "direction": "maximize",
+                  "sampler": {}},
+}
+
+
 def run_optuna(cfg: SweepConfig, run: RunFolder, trials: int, threads: int | None = None) -> int:
-    """TPE over lr (1e-5..1e-2, log), weight decay (1e-6..1e-1, log) and depth (1..layers of
-    the prompted towers) per (VLSM, method, dataset, seed), maximising validation Dice; the best
-    trial's checkpoint is then tested. Studies live in ``<out>/optuna.db`` (resumable)."""
+    """TPE per (VLSM, method, dataset, seed) over lr, weight decay and depth (1..the layers of the
+    prompted towers, and at most 12 under ``tvs``), in the space and with the objective of the
+    sweep's recipe (:data:`OPTUNA_SPACES`); the best trial's checkpoint is then tested. Studies live
+    in ``<out>/optuna.db`` (resumable)."""
     try:
         import optuna
     except ImportError as exc:
         raise ConfigError("--optuna-trials needs optuna: pip install optuna") from exc
+    import warnings
+
     from tunevlseg.data import dataset_label
     from tunevlseg.learners import LEARNERS
     from tunevlseg.train import FIXED_DEPTH, NO_DEPTH_METHODS, TrainConfig, train_and_evaluate
@@ -503,6 +573,8 @@ def run_optuna(cfg: SweepConfig, run: RunFolder, trials: int, threads: int | Non
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     storage = f"sqlite:///{(run.path / 'optuna.db').resolve()}"
     have = {r["study"] for r in run.results if r.get("kind") == "optuna"}
+    space = OPTUNA_SPACES[cfg.train.get("recipe", "tvs")]
+    objective_key = space["objective"]
     written = 0
     for vlsm in cfg.vlsms:
         text_l, vision_l = _tower_layers(vlsm, cfg.vlsm_kwargs.get(vlsm, {}))
@@ -518,30 +590,39 @@ def run_optuna(cfg: SweepConfig, run: RunFolder, trials: int, threads: int | Non
                     max_depth = 0
                     if method not in NO_DEPTH_METHODS and method not in FIXED_DEPTH:
                         max_depth = min([n for n, u in ((text_l, cls.uses_text), (vision_l, cls.uses_vision)) if u] or [1])
+                        max_depth = min(max_depth, space["max_depth"] or max_depth)
                     base = cell_config(cfg, Cell(vlsm, method, 1, dataset, seed))
                     folder = run.path / "optuna" / study_name
 
                     def make(trial: Any) -> TrainConfig:
                         depth = trial.suggest_int("depth", 1, max_depth) if max_depth > 1 else base.depth
-                        return replace(base, lr=trial.suggest_float("lr", 1e-5, 1e-2, log=True),
-                                       weight_decay=trial.suggest_float("weight_decay", 1e-6, 1e-1, log=True), depth=depth)
+                        return replace(base, lr=trial.suggest_float("lr", *space["lr"], log=True),
+                                       weight_decay=trial.suggest_float("weight_decay", *space["weight_decay"], log=True), depth=depth)
 
                     def objective(trial: Any) -> float:
                         tc = make(trial)
                         res = train_and_evaluate(tc, folder / f"trial_{trial.number:03d}", resume=True, test=False, check_counts=False)
                         trial.set_user_attr("folder", str(folder / f"trial_{trial.number:03d}"))
-                        return float(res["val_dice_best"])
+                        trial.set_user_attr("val_dice_best", res["val_dice_best"])
+                        return float(res[objective_key])
 
-                    study = optuna.create_study(study_name=study_name, storage=storage, direction="maximize", load_if_exists=True,
-                                                sampler=optuna.samplers.TPESampler(seed=seed))
+                    with warnings.catch_warnings():  # multivariate TPE is flagged experimental
+                        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                        sampler = optuna.samplers.TPESampler(seed=seed, **space["sampler"])
+                    study = optuna.create_study(study_name=study_name, storage=storage, direction=space["direction"], load_if_exists=True,
+                                                sampler=sampler)
                     complete = sum(1 for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE)
                     if complete < trials:
-                        study.optimize(objective, n_trials=trials - complete, catch=(SegpromptError,))
+                        with warnings.catch_warnings():
+                            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+                            study.optimize(objective, n_trials=trials - complete, catch=(SegpromptError,))
                     best = study.best_trial
                     tc = make(optuna.trial.FixedTrial(best.params))
                     summary = train_and_evaluate(tc, best.user_attrs["folder"], resume=True, test=True, check_counts=False)
                     run.results.append({**summary, "kind": "optuna", "study": study_name, "trials": len(study.trials),
-                                        "best_params": best.params, "best_val_dice": best.value})
-                    log.info("optuna %s: %d trials, best val Dice %.3f, its test Dice %.3f", study_name, len(study.trials), best.value, summary["dice_mean"])
+                                        "best_params": best.params, "objective": objective_key, "direction": space["direction"],
+                                        "best_value": best.value, "best_val_dice": summary["val_dice_best"]})
+                    log.info("optuna %s: %d trials, best %s %.4f (val Dice %.3f), its test Dice %.3f", study_name, len(study.trials),
+                             objective_key, best.value, summary["val_dice_best"], summary["dice_mean"])
                     written += 1
     return written

@@ -4,14 +4,30 @@
 
     from tunevlseg.train import TrainConfig, train_and_evaluate
     cfg = TrainConfig(vlsm="clipseg", vlsm_kwargs={"weights": "clipseg-rd64-refined"}, method="maple",
-                      depth=3, dataset="kvasir", epochs=20, batch_size=32, lr=2e-4)
+                      depth=3, dataset="kvasir", batch_size=32)              # recipe="tvs", the default
     summary = train_and_evaluate(cfg, "runs/tunevlseg/kvasir_maple_d3")   # rerun to resume
     summary["dice_mean"], summary["dice_std"], summary["trainable_params"]
 
-The recipe is TuneVLSeg's: DiceCE loss (``lambda_dice`` 1, ``lambda_ce`` 0.2), AdamW with decay /
-no-decay groups, ReduceLROnPlateau on validation Dice (factor 0.2, patience 5), early stopping on
-validation Dice, the checkpoint of the best validation Dice kept (written atomically), mixed
-precision as an option. Evaluation fixes two of TuneVLSeg's weak points:
+Training recipes (``TrainConfig.recipe``; fields left at None take the recipe's value, an explicit
+value wins, and the run's config.yaml records the resolved values):
+
+* ``tvs`` (the default): TuneVLSeg's protocol, read from naamiinepal/tunevlseg: monai
+  ``DiceCELoss(sigmoid=True, lambda_dice=1, lambda_ce=0.2)`` (configs/model/*/clipseg.yaml; its
+  smoothing 1e-5, see :func:`dice_ce_loss`), AdamW lr 2e-4 with weight decay 0.0
+  (configs/experiment/coop/clipseg.yaml), ReduceLROnPlateau(mode min, factor 0.2, patience 5)
+  stepped each epoch on the validation loss (image_text_mask_module.py ``configure_optimizers``:
+  ``monitor: "val_loss"``), early stopping on the validation loss with patience 10 and min_delta 0
+  (configs/callbacks/default.yaml over the lightning-hydra-template's early_stopping.yaml), never
+  before epoch 10 and at most 100 epochs (``trainer.min_epochs`` / ``max_epochs``), the checkpoint
+  of the best validation Dice (ModelCheckpoint ``monitor: val_dice, mode: max``), chosen among
+  trained epochs only (Lightning validates the untrained model only as a sanity check).
+* ``segprompt``: this project's earlier recipe: plateau (0.2, patience 5) and early stopping
+  (patience 10) on validation Dice, weight decay 1e-2, Dice smoothing 1, at most 20 epochs, the
+  untrained model (epoch 0) a candidate for the best checkpoint.
+
+The validation loss (``val_loss`` of every epoch row) is the training DiceCE on the validation
+split, at the model's input size, averaged over items (as Lightning averages ``val_loss`` over
+batches weighted by their size). Evaluation fixes two of TuneVLSeg's weak points:
 
 * validation and test items go through the deterministic evaluation resize, never through the
   training augmentation;
@@ -31,23 +47,27 @@ bare VLSM), one ``kind: "image"`` row per test image and one ``kind: "summary"``
 carries the trainable parameter count. ``checkpoints/last.pt`` (full training state, every RNG)
 and ``checkpoints/best.pt`` (learner + trainable VLSM weights). ``resume=True`` continues an
 interrupted run exactly (data order from (seed, epoch), augmentation and random prompts from
-(seed, epoch, index), the RNG states saved); a finished run returns its summary row.
+(seed, epoch, index), the RNG states saved); a finished run returns its summary row. A folder
+written before recipes existed (its config.yaml has no ``recipe``) ran the ``segprompt``
+recipe: it resumes with ``recipe="segprompt"`` (its config.yaml is then rewritten with the
+resolved fields), and any other recipe is refused with a message saying so.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Iterable, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segprompt.engine.losses import bce_loss, dice_loss
+from segprompt.engine.losses import dice_ce_loss as _monai_dice_ce
 from segprompt.engine.runfolder import RunFolder
 from segprompt.engine.loop import FitConfig, FitTask, autocast as _autocast, checkpoint_from_parts, fit
 from segprompt.engine.training import load_checkpoint, seed_everything
@@ -59,6 +79,10 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "TrainConfig",
+    "RECIPES",
+    "RECIPE_FIELDS",
+    "recipe_settings",
+    "legacy_train_config",
     "train_and_evaluate",
     "dice_ce_loss",
     "decay_groups",
@@ -85,9 +109,62 @@ def method_depth(method: str, depth: int) -> int:
     return FIXED_DEPTH.get(name, int(depth))
 
 
+#: Training recipes: the values of the TrainConfig fields a run leaves at None. Sources, in
+#: naamiinepal/tunevlseg: configs/experiment/coop/clipseg.yaml (trainer min_epochs 10, max_epochs
+#: 100; model.weight_decay 0.0, optimizer lr 2e-4, loss lambdas 1 / 0.2), configs/model/*/clipseg.yaml
+#: (monai DiceCELoss(sigmoid=True); ReduceLROnPlateau mode min, factor 0.2, patience 5),
+#: src/models/image_text_mask_module.py (the scheduler monitors "val_loss", once per epoch),
+#: configs/callbacks/default.yaml (EarlyStopping monitor val_loss, patience 10; ModelCheckpoint
+#: monitor val_dice, mode max) over lightning-hydra-template's callbacks/early_stopping.yaml
+#: (min_delta 0.). ``segprompt`` is this project's recipe before ``tvs`` became the default.
+RECIPES: dict[str, dict[str, Any]] = {
+    "tvs": {
+        "epochs": 100, "min_epochs": 10, "lr": 2e-4, "weight_decay": 0.0, "schedule": "plateau", "plateau_factor": 0.2,
+        "plateau_patience": 5, "monitor": "val_loss", "early_stop": 10, "min_delta": 0.0, "best_by": "val_dice",
+        "baseline_counts": False, "dice_smooth": 1e-5,
+    },
+    "segprompt": {
+        "epochs": 20, "min_epochs": 0, "lr": 2e-4, "weight_decay": 1e-2, "schedule": "plateau", "plateau_factor": 0.2,
+        "plateau_patience": 5, "monitor": "val_dice", "early_stop": 10, "min_delta": 0.0, "best_by": "val_dice",
+        "baseline_counts": True, "dice_smooth": 1.0,
+    },
+}
+#: the TrainConfig fields a recipe sets
+RECIPE_FIELDS: tuple[str, ...] = tuple(RECIPES["tvs"])
+#: the recipe of run folders written before recipes existed (config.yaml without ``recipe``)
+LEGACY_RECIPE = "segprompt"
+#: what each monitored metric's "better" is
+MODES = {"val_loss": "min", "val_dice": "max"}
+
+
+def recipe_settings(train: Mapping[str, Any]) -> dict[str, Any]:
+    """``train`` (TrainConfig fields, e.g. a sweep's ``train`` settings) with the recipe's values
+    filled in where a field is missing or None; no ``recipe`` key means a folder written before
+    recipes (:data:`LEGACY_RECIPE`), an unknown recipe a ConfigError."""
+    recipe = train["recipe"] if "recipe" in train else LEGACY_RECIPE
+    if recipe not in RECIPES:
+        raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {recipe!r}")
+    out = {**dict(train), "recipe": recipe}
+    for key, value in RECIPES[recipe].items():
+        if out.get(key) is None:
+            out[key] = value
+    return out
+
+
+def legacy_train_config(stored: Mapping[str, Any]) -> dict[str, Any]:
+    """A TrainConfig dict stored before recipes existed (no ``recipe`` key), with the fields it
+    lacks filled in as that code ran them: the ``segprompt`` recipe."""
+    return recipe_settings({k: v for k, v in stored.items() if k != "recipe"})
+
+
 @dataclass
 class TrainConfig:
-    """Everything that determines a training run (saved as the run's config.yaml)."""
+    """Everything that determines a training run (saved as the run's config.yaml).
+
+    ``recipe`` (``tvs`` or ``segprompt``, see :data:`RECIPES`) fills every field of
+    :data:`RECIPE_FIELDS` left at None; ``monitor`` drives early stopping and the plateau
+    schedule, ``best_by`` the best checkpoint (``val_loss`` lower is better, ``val_dice`` higher).
+    """
 
     vlsm: str = "clipseg-tiny"
     vlsm_kwargs: dict[str, Any] = field(default_factory=dict)
@@ -100,16 +177,23 @@ class TrainConfig:
     prompt: str | int = "p0"
     text: str | None = None
     augment: bool = True
-    epochs: int = 20
+    recipe: str = "tvs"
+    epochs: int | None = None
     batch_size: int = 32
-    lr: float = 2e-4
-    weight_decay: float = 1e-2
-    schedule: str = "plateau"
-    plateau_factor: float = 0.2
-    plateau_patience: int = 5
-    early_stop: int = 10
+    lr: float | None = None
+    weight_decay: float | None = None
+    schedule: str | None = None
+    plateau_factor: float | None = None
+    plateau_patience: int | None = None
+    monitor: str | None = None
+    early_stop: int | None = None
+    min_delta: float | None = None
+    min_epochs: int | None = None
+    best_by: str | None = None
+    baseline_counts: bool | None = None
     lambda_dice: float = 1.0
     lambda_ce: float = 0.2
+    dice_smooth: float | None = None
     grad_clip: float | None = None
     precision: str = "fp32"
     device: str = "cpu"
@@ -128,6 +212,11 @@ class TrainConfig:
 
         # the messages name the command line's options (``segprompt bench tunevlseg``); the
         # fields without an option of their own are set through --train-kwargs
+        if self.recipe not in RECIPES:
+            raise ConfigError(f"--recipe must be one of {', '.join(RECIPES)}, got {self.recipe!r}")
+        for key, value in RECIPES[self.recipe].items():
+            if getattr(self, key) is None:
+                setattr(self, key, value)
         self.method = LEARNERS.resolve(self.method)
         VLSMS.resolve(self.vlsm)
         self.depth = method_depth(self.method, self.depth)
@@ -148,6 +237,19 @@ class TrainConfig:
             raise ConfigError(f"--weight-decay must be >= 0, got {self.weight_decay}")
         if self.n_ctx < 1:
             raise ConfigError(f"--n-ctx must be >= 1, got {self.n_ctx}")
+        if self.early_stop < 0:
+            raise ConfigError(f"--early-stop must be >= 0 (0 = never), got {self.early_stop}")
+        for name in ("monitor", "best_by"):
+            if getattr(self, name) not in MODES:
+                raise ConfigError(f"{name} (in --train-kwargs) must be {' or '.join(MODES)}, got {getattr(self, name)!r}")
+        for name in ("min_epochs", "min_delta", "plateau_patience"):
+            if getattr(self, name) < 0:
+                raise ConfigError(f"{name} (in --train-kwargs) must be >= 0, got {getattr(self, name)}")
+        if not 0 < self.plateau_factor < 1:
+            raise ConfigError(f"plateau_factor (in --train-kwargs) must be in (0, 1), got {self.plateau_factor}")
+        if self.dice_smooth <= 0:
+            raise ConfigError(f"dice_smooth (in --train-kwargs) must be > 0, got {self.dice_smooth}")
+        self.baseline_counts = bool(self.baseline_counts)
         for name, value in (("--max-train-samples", self.max_train_samples), ("--max-eval-samples", self.max_eval_samples)):
             if value is not None and value < 1:
                 raise ConfigError(f"{name} (or --limit) must be >= 1, got {value}")
@@ -172,22 +274,20 @@ class TrainConfig:
 
 
 def dice_ce_loss(
-    logits: torch.Tensor, target: torch.Tensor, valid: torch.Tensor | None = None, lambda_dice: float = 1.0, lambda_ce: float = 0.2
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    valid: torch.Tensor | None = None,
+    lambda_dice: float = 1.0,
+    lambda_ce: float = 0.2,
+    smooth: float = 1e-5,
 ) -> torch.Tensor:
-    """TuneVLSeg's DiceCE: ``lambda_dice`` x soft Dice + ``lambda_ce`` x binary cross-entropy, means
-    over the batch. ``valid`` (same shape, 1 = counted) removes ignore pixels from both terms;
-    without it this is :func:`segprompt.engine.losses.dice_loss` and ``bce_loss``."""
-    logits = logits.float()
-    target = target.float()
-    if valid is None or bool((valid > 0).all()):
-        return lambda_dice * dice_loss(logits, target).mean() + lambda_ce * bce_loss(logits, target).mean()
-    valid = valid.float()
-    prob = (logits.sigmoid() * valid).flatten(-2)
-    tgt = (target * valid).flatten(-2)
-    d = 1.0 - (2.0 * (prob * tgt).sum(-1) + 1.0) / (prob.sum(-1) + tgt.sum(-1) + 1.0)
-    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none") * valid
-    ce = ce.flatten(-2).sum(-1) / valid.flatten(-2).sum(-1).clamp(min=1.0)
-    return lambda_dice * d.mean() + lambda_ce * ce.mean()
+    """TuneVLSeg's loss: ``monai.losses.DiceCELoss(sigmoid=True, lambda_dice=1, lambda_ce=0.2)``
+    as configs/model/*/clipseg.yaml builds it (MONAI's other defaults: ``include_background``,
+    ``batch=False``, ``smooth_nr = smooth_dr = 1e-5``; the CE of one channel is BCE with logits),
+    on (B, 1, H, W) logits; see :func:`segprompt.engine.losses.dice_ce_loss`. ``valid`` (same
+    shape, 1 = counted) removes ignore pixels from both terms. ``smooth=1`` is the ``segprompt``
+    recipe's Dice (:func:`segprompt.engine.losses.dice_loss`'s ``eps``)."""
+    return _monai_dice_ce(logits, target, lambda_dice, lambda_ce, smooth, smooth, valid=valid)
 
 
 def decay_groups(named: Iterable[tuple[str, torch.nn.Parameter]], weight_decay: float) -> list[dict[str, Any]]:
@@ -316,7 +416,7 @@ def evaluate(
     loss_fn = None
     if losses is not None:
         def loss_fn(logits: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-            return dice_ce_loss(logits, mask, valid, cfg.lambda_dice, cfg.lambda_ce)
+            return dice_ce_loss(logits, mask, valid, cfg.lambda_dice, cfg.lambda_ce, cfg.dice_smooth)
     for item, pred in predict(vlsm, learner, ds, cfg.eval_batch_size or cfg.batch_size, cfg.precision, cfg.device, cfg.num_workers, on_error, loss_fn):
         if losses is not None:
             losses.append(item["loss"])
@@ -369,12 +469,14 @@ class _SkipLog:
 
 
 def fit_config(cfg: TrainConfig, progress: bool = False) -> FitConfig:
-    """The shared loop's settings for ``cfg``: early stopping, plateau and the best checkpoint on
-    validation Dice, the untrained model (epoch 0) included as a candidate for the best."""
+    """The shared loop's settings for ``cfg`` (its recipe resolved): early stopping and the
+    plateau schedule on ``cfg.monitor``, the best checkpoint by ``cfg.best_by``, the untrained model
+    (epoch 0) a candidate for both only when ``cfg.baseline_counts``."""
     return FitConfig(
         epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, seed=cfg.seed, grad_clip=cfg.grad_clip or None, precision=cfg.precision,
         device=cfg.device, schedule=cfg.schedule, plateau_patience=cfg.plateau_patience, plateau_factor=cfg.plateau_factor,
-        monitor="val_dice", monitor_mode="max", patience=cfg.early_stop, baseline_counts=True,
+        monitor=cfg.monitor, monitor_mode=MODES[cfg.monitor], best_by=cfg.best_by, best_mode=MODES[cfg.best_by], patience=cfg.early_stop,
+        min_delta=cfg.min_delta, min_epochs=cfg.min_epochs, baseline_counts=cfg.baseline_counts,
         checkpoint_every=cfg.checkpoint_every or None, max_steps=cfg.max_steps, progress=progress,
     )
 
@@ -424,7 +526,7 @@ def _fit_task(cfg: TrainConfig, model: _Model, params: list, train_ds: Any, val_
             return None, {}
         images = vlsm.preprocess(batch["image"].to(cfg.device))
         logits = vlsm(images, batch["text"], learner=learner)
-        return dice_ce_loss(logits, batch["mask"].to(cfg.device), batch["valid"].to(cfg.device), cfg.lambda_dice, cfg.lambda_ce), {}
+        return dice_ce_loss(logits, batch["mask"].to(cfg.device), batch["valid"].to(cfg.device), cfg.lambda_dice, cfg.lambda_ce, cfg.dice_smooth), {}
 
     def validate(model_learner: Any) -> dict[str, float]:
         losses: list[float] = []
@@ -459,6 +561,49 @@ def _fit_task(cfg: TrainConfig, model: _Model, params: list, train_ds: Any, val_
     )
 
 
+#: config keys that do not change a training run's results
+TRAIN_VOLATILE = ("device", "max_steps", "num_workers", "eval_batch_size", "checkpoint_every")
+
+
+def adopt_legacy_config(
+    out: Path, config: Mapping[str, Any], volatile: Sequence[str], is_legacy: Callable[[dict], bool], upgrade: Callable[[dict], dict]
+) -> None:
+    """Before a RunFolder reopens ``out``: a config.yaml written before training recipes existed
+    (``is_legacy``) is completed as that code ran it (``upgrade``: the ``segprompt`` recipe). If it
+    then equals ``config`` (``volatile`` keys aside) it is rewritten in today's form, so the run
+    resumes; otherwise a ConfigError says which recipe the folder needs."""
+    import yaml
+
+    from segprompt.fileio import atomic_write_text
+
+    path = out / "config.yaml"
+    if not path.is_file():
+        return
+    old = yaml.safe_load(path.read_text()) or {}
+    if not isinstance(old, dict) or not is_legacy(old):
+        return
+    new = json.loads(json.dumps(dict(config), default=str))
+    done = json.loads(json.dumps(upgrade(old), default=str))
+    skip = set(volatile)
+    a = {k: v for k, v in done.items() if k not in skip}
+    b = {k: v for k, v in new.items() if k not in skip}
+    if a == b:
+        atomic_write_text(path, yaml.safe_dump(done, sort_keys=False))
+        log.info("%s: a run folder from before training recipes: it ran the %s recipe; config.yaml completed", out, LEGACY_RECIPE)
+        return
+    diff = []
+    for k in sorted(set(a) | set(b)):
+        if isinstance(a.get(k), dict) and isinstance(b.get(k), dict):
+            diff += [f"{k}.{j}" for j in sorted(set(a[k]) | set(b[k])) if a[k].get(j) != b[k].get(j)]
+        elif a.get(k) != b.get(k):
+            diff.append(k)
+    raise ConfigError(
+        f"{out} holds a run made before training recipes existed: it ran what is now --recipe {LEGACY_RECIPE} (the default is "
+        f"now tvs, TuneVLSeg's protocol). This run differs from it in: {', '.join(diff)}. Rerun with --recipe {LEGACY_RECIPE} "
+        "(and the options it was started with) to resume it, or use another --out folder"
+    )
+
+
 def train_and_evaluate(
     cfg: TrainConfig, out: str | Path, resume: bool = True, test: bool = True, progress: bool = False, check_counts: bool = True
 ) -> dict[str, Any]:
@@ -483,7 +628,10 @@ def train_and_evaluate(
     out = Path(out)
     if (out / "checkpoints" / "last.pt").exists() and not resume:
         raise ConfigError(f"{out} already holds a training run (checkpoints/last.pt); rerun with resuming on (resume=True) to continue it, or use another folder")
-    run = RunFolder(out, {"suite": "tunevlseg-train", **asdict(cfg)}, volatile=("device", "max_steps", "num_workers", "eval_batch_size", "checkpoint_every"))
+    config, volatile = {"suite": "tunevlseg-train", **asdict(cfg)}, TRAIN_VOLATILE
+    adopt_legacy_config(out, config, volatile, lambda old: "recipe" not in old, lambda old: {"suite": old.get("suite"), **legacy_train_config(
+        {k: v for k, v in old.items() if k != "suite"})})
+    run = RunFolder(out, config, volatile=volatile)
     for row in run.results:
         if row.get("kind") == "summary" and test:
             return row
@@ -503,22 +651,34 @@ def train_and_evaluate(
     if fitted.interrupted:
         return {"kind": "interrupted", **ident, "global_step": fitted.global_step, "out": str(out)}
     if fitted.stopped_early and not fitted.already_finished:
-        log.info("%s: stopped early after epoch %d (no better val Dice for %d epochs)", out.name, fitted.history[-1]["epoch"], cfg.early_stop)
-    trained = _trained_summary(fitted, ident, train_ds, val_ds)
+        log.info("%s: stopped early after epoch %d (no better %s for %d epochs)", out.name, fitted.history[-1]["epoch"],
+                 cfg.monitor.replace("_", " ").replace("dice", "Dice"), cfg.early_stop)
+    trained = _trained_summary(cfg, fitted, ident, train_ds, val_ds)
     if not test:
         return {"kind": "trained", **trained, "skipped_items": len(skip.seen), "out": str(out)}
     return _test_best(cfg, model, run, skip, trained, val_ds, common, fitted)
 
 
-def _trained_summary(fitted: Any, ident: dict[str, Any], train_ds: Any, val_ds: Any) -> dict[str, Any]:
+def _trained_summary(cfg: TrainConfig, fitted: Any, ident: dict[str, Any], train_ds: Any, val_ds: Any) -> dict[str, Any]:
+    """What training ended with. The tested model is the best checkpoint's (``best_epoch``); when
+    no epoch could be chosen (nothing trained under a recipe that excludes epoch 0) it is the last
+    epoch's, and that epoch's values are reported."""
     history = fitted.history
     timed = [h["ms_per_step"] for h in history if h.get("ms_per_step") is not None]
+    best_epoch = fitted.best_epoch if fitted.best_epoch is not None else history[-1]["epoch"]
+    best = next(h for h in history if h["epoch"] == best_epoch)
+    losses = [h["val_loss"] for h in history if (h["epoch"] > 0 or cfg.baseline_counts) and not math.isnan(h.get("val_loss", math.nan))]
     return {
         **ident,
-        "val_dice_best": fitted.best,
-        "best_epoch": max(history, key=lambda h: (h["val_dice"], -h["epoch"]))["epoch"],
+        "recipe": cfg.recipe,
+        "val_dice_best": best["val_dice"],
+        "best_epoch": best_epoch,
+        "best_by": cfg.best_by,
         "val_dice_zeroshot": history[0]["val_dice_zeroshot"],
         "val_dice_init": history[0]["val_dice"],
+        "val_loss_best_epoch": best.get("val_loss"),
+        "val_loss_min": min(losses) if losses else history[-1].get("val_loss"),
+        "val_loss_last": history[-1].get("val_loss"),
         "epochs_run": history[-1]["epoch"],
         "stopped_early": fitted.stopped_early,
         "steps": fitted.global_step,

@@ -1,4 +1,4 @@
-"""Segmentation losses on logits (torch): Dice, BCE, focal, and SAM's multimask objective."""
+"""Segmentation losses on logits (torch): Dice, BCE, focal, MONAI's DiceCE and SAM's multimask objective."""
 
 from __future__ import annotations
 
@@ -17,6 +17,43 @@ def dice_loss(logits: torch.Tensor, target: torch.Tensor, eps: float = 1.0) -> t
 def bce_loss(logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
     """Mean binary cross-entropy per mask: (..., H, W) -> (...)."""
     return F.binary_cross_entropy_with_logits(logits, target.float(), reduction="none").flatten(-2).mean(-1)
+
+
+def dice_ce_loss(
+    logits: torch.Tensor,
+    target: torch.Tensor,
+    lambda_dice: float = 1.0,
+    lambda_ce: float = 1.0,
+    smooth_nr: float = 1e-5,
+    smooth_dr: float = 1e-5,
+    valid: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """``monai.losses.DiceCELoss(sigmoid=True)`` for one-channel binary logits, as a scalar.
+
+    MONAI's defaults and semantics: ``include_background=True`` (the one channel counts),
+    ``batch=False`` (a Dice per mask, then the mean over masks), ``squared_pred=False``, Dice
+    ``1 - (2 |p t| + smooth_nr) / (|p| + |t| + smooth_dr)`` on ``sigmoid(logits)``; the CE part of
+    one channel is ``BCEWithLogitsLoss`` (mean over every pixel). An empty target therefore costs
+    a Dice loss close to 1 unless the prediction is empty too (the smoothing is 1e-5, not 1).
+
+    Args:
+        logits, target: (..., H, W), the same shape (e.g. (B, 1, H, W)); target 0/1.
+        valid: optional (..., H, W), 1 = counted: pixels outside it count for neither term (an
+            extension; MONAI has no ignore mask here). All ones equals no mask.
+    """
+    logits = logits.float()
+    target = target.float()
+    ce = F.binary_cross_entropy_with_logits(logits, target, reduction="none")
+    prob = logits.sigmoid()
+    if valid is not None:
+        valid = valid.float()
+        prob, target, ce = prob * valid, target * valid, ce * valid
+        ce = ce.flatten(-2).sum(-1) / valid.flatten(-2).sum(-1).clamp(min=1.0)
+    else:
+        ce = ce.flatten(-2).mean(-1)
+    prob, tgt = prob.flatten(-2), target.flatten(-2)
+    dice = 1.0 - (2.0 * (prob * tgt).sum(-1) + smooth_nr) / (prob.sum(-1) + tgt.sum(-1) + smooth_dr)
+    return lambda_dice * dice.mean() + lambda_ce * ce.mean()
 
 
 def focal_loss(logits: torch.Tensor, target: torch.Tensor, alpha: float = 0.25, gamma: float = 2.0) -> torch.Tensor:
