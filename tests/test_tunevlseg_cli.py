@@ -100,11 +100,56 @@ def test_limit_sets_both_sample_limits_and_the_specific_options_override_it(capt
     assert cfg["train"]["max_train_samples"] is None and cfg["train"]["max_eval_samples"] is None
 
 
+def test_recipe_is_tvs_by_default_and_options_override_its_values(captured):
+    t = captured("--dataset", "kvasir")[0]["train"]  # TuneVLSeg's protocol, resolved into the config
+    assert (t["recipe"], t["monitor"], t["early_stop"], t["min_epochs"], t["weight_decay"], t["epochs"], t["dice_smooth"]) == (
+        "tvs", "val_loss", 10, 10, 0.0, 100, 1e-5)
+    t = captured("--dataset", "kvasir", "--recipe", "segprompt")[0]["train"]
+    assert (t["recipe"], t["monitor"], t["early_stop"], t["min_epochs"], t["weight_decay"], t["epochs"], t["dice_smooth"]) == (
+        "segprompt", "val_dice", 10, 0, 0.01, 20, 1.0)
+    t = captured("--dataset", "kvasir", "--early-stop", "3", "--weight-decay", "0.05", "--epochs", "4", "--lr", "1e-3")[0]["train"]
+    assert (t["recipe"], t["monitor"], t["early_stop"], t["weight_decay"], t["epochs"], t["lr"], t["min_epochs"]) == ("tvs", "val_loss", 3, 0.05, 4, 1e-3, 10)
+    t = captured("--dataset", "kvasir", "--train-kwargs", '{"monitor": "val_dice", "min_epochs": 2}')[0]["train"]
+    assert (t["recipe"], t["monitor"], t["min_epochs"]) == ("tvs", "val_dice", 2)
+
+
+def test_config_files_are_read_in_order_and_the_command_line_overrides_them(captured, tmp_path):
+    a, b = tmp_path / "a.yaml", tmp_path / "b.yaml"
+    a.write_text("datasets: [busi]\nmethods: [maple]\nlearner_kwargs:\n  maple: {hidden: 32}\n"
+                 "train: {recipe: segprompt, epochs: 7, prompt: p1, batch_size: 8}\n")
+    b.write_text("train: {epochs: 9}\nlearner_kwargs:\n  maple: {norm: false}\n")
+    cfg = captured("--config", str(a), "--config", str(b))[0]
+    assert cfg["datasets"] == ["busi"] and cfg["methods"] == ["maple"] and cfg["learner_kwargs"] == {"maple": {"hidden": 32, "norm": False}}
+    t = cfg["train"]
+    assert (t["recipe"], t["epochs"], t["prompt"], t["batch_size"], t["monitor"]) == ("segprompt", 9, "p1", 8, "val_dice")
+    cfg = captured("--config", str(a), "--dataset", "kvasir", "--epochs", "2", "--prompt", "p0", "--recipe", "tvs", "--batch-size", "4")[0]
+    t = cfg["train"]
+    assert cfg["datasets"] == ["kvasir"] and cfg["methods"] == ["maple"]
+    assert (t["recipe"], t["epochs"], t["prompt"], t["batch_size"], t["monitor"]) == ("tvs", 2, "p0", 4, "val_loss")
+    # a preset in the repository, and a run folder's config.yaml as a preset
+    from pathlib import Path
+
+    preset = Path(__file__).resolve().parents[1] / "configs" / "tunevlseg" / "methods" / "tvs.yaml"
+    cfg = captured("--config", str(preset), "--dataset", "kvasir")[0]
+    assert "full" not in cfg["methods"] and cfg["learner_kwargs"]["vpt-deep"]["decoder_layer"] is True
+
+
+@pytest.mark.parametrize(("text", "expected"), [("epochs: 3\n", "unknown field(s) epochs"), ("[1, 2]\n", "expected a mapping"), ("a: [\n", "not valid YAML")])
+def test_a_bad_config_file_exits_2_naming_it(text, expected, tmp_path, capsys):
+    path = tmp_path / "bad.yaml"
+    path.write_text(text)
+    assert main(["bench", "tunevlseg", "--config", str(path), "--dataset", "kvasir", "--out", str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert f"--config {path}" in err and expected in err and not (tmp_path / "run").exists()
+    assert main(["bench", "tunevlseg", "--config", str(tmp_path / "none.yaml"), "--dataset", "kvasir", "--out", str(tmp_path / "run")]) == 2
+    assert "config file not found" in capsys.readouterr().err
+
+
 def test_help_documents_the_shared_names_and_hides_the_aliases():
     res = CliRunner().invoke(cli, ["bench", "tunevlseg", "--help"])
     assert res.exit_code == 0
     text = res.output
-    for name in ("--dataset ", "--seed ", "--limit", "--vlsm ", "--methods", "'all'", "--root", "--device"):
+    for name in ("--dataset ", "--seed ", "--limit", "--vlsm ", "--methods", "'all'", "--root", "--device", "--recipe", "--config"):
         assert name in text, name
     for hidden in ("--datasets", "--seeds", "--model", "--method ", "--depth "):
         assert hidden not in text, hidden

@@ -126,3 +126,26 @@ def test_report_says_what_the_models_are_with_the_settings_and_no_none(tmp_path)
     zs_row = next(line for line in summary.splitlines() if ",zeroshot," in line)
     assert zs_row.endswith(",0,")  # trainable params 0, ms_per_step empty
     assert re.search(r"\| clipseg-tiny +\| coop +\| \*\*0\.460\*\* ± 0\.050 \(d3\)", report)
+
+
+def test_report_names_the_training_recipe_and_a_folder_from_before_recipes_reads_as_segprompt(tmp_path):
+    (tmp_path / "derm").mkdir()
+    cfg = SweepConfig(methods=["zeroshot", "coop"], datasets=[str(tmp_path / "derm")], train={"epochs": 30, "batch_size": 4})
+    out = tmp_path / "tvs"
+    run = RunFolder(out, {"suite": "tunevlseg-sweep", **asdict(cfg)})
+    run.results.extend(c for c in _grid() if c["method"] in ("zeroshot", "coop"))
+    report = write_report(out)["report"].read_text()
+    assert "| recipe " in report and "tvs (TuneVLSeg's protocol)" in report
+    assert "30 epochs at most (early stop after 10 epochs without a better validation loss, not before epoch 10)" in report
+    assert "schedule plateau on the validation loss (factor 0.2, patience 5)" in report and "| weight decay " in report
+    assert "the best val Dice after training (epoch 0 excluded)" in report and "Dice smoothing 1e-05" in report
+    # a sweep folder written before recipes: its train settings as the command line gave them then
+    legacy = {"suite": "tunevlseg-sweep", **{k: v for k, v in asdict(cfg).items() if k != "learner_kwargs"},
+              "train": {"epochs": 20, "batch_size": 32, "lr": 2e-4, "weight_decay": 1e-2, "n_ctx": 4, "early_stop": 10, "precision": "fp32",
+                        "device": "cpu", "max_train_samples": None, "max_eval_samples": None, "prompt": "p0"}}
+    old = tmp_path / "old"
+    run = RunFolder(old, legacy)
+    run.results.extend(c for c in _grid() if c["method"] in ("zeroshot", "coop"))
+    report = write_report(old)["report"].read_text()
+    assert "| recipe " in report and "segprompt" in report and "TuneVLSeg's protocol" not in report
+    assert "20 epochs at most (early stop after 10 epochs without a better val Dice)" in report and "1e-02" in report

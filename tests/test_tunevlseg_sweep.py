@@ -146,6 +146,15 @@ def test_optuna_search_selects_on_validation(datasets, tmp_path):
     assert row["study"] == "openclip-tiny_maple_derm_s0" and row["trials"] == 2
     assert set(row["best_params"]) == {"lr", "weight_decay", "depth"} and 1 <= row["best_params"]["depth"] <= 4
     assert row["kind"] == "optuna" and 0 <= row["dice_mean"] <= 1 and row["val_dice_best"] == row["best_val_dice"]
+    # the tvs recipe (the default) searches TuneVLSeg's space (configs/hparams_search/*_optuna.yaml:
+    # lr 1e-5..5e-3, weight decay 1e-5..1e-2) minimising val_loss, the last epoch's validation loss
+    assert row["objective"] == "val_loss_last" and row["direction"] == "minimize"
+    assert 1e-5 <= row["best_params"]["lr"] <= 5e-3 and 1e-5 <= row["best_params"]["weight_decay"] <= 1e-2
+    last = {}
+    for trial in sorted((out / "optuna" / row["study"]).iterdir()):
+        epochs = [r for r in JsonlLog(trial / "results.jsonl") if r.get("kind") == "epoch"]
+        last[trial.name] = epochs[-1]["val_loss"]
+    assert len(last) == 2 and row["best_value"] == pytest.approx(min(last.values()))
     assert "Optuna search" in (out / "report.md").read_text()
     assert run_sweep(cfg, out, optuna_trials=2)["optuna"] == 0  # finished studies are not rerun
 

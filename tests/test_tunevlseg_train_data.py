@@ -86,6 +86,16 @@ def test_prompt_choice_fixed_and_seeded_random(lesions):
     assert choose_prompt(plain, "p0", rng(0), default="polyp") == "polyp"
     with pytest.raises(DataError, match="no text prompt"):
         choose_prompt(plain, "p0", rng(0))
+    # a fixed prompt beyond p0 (TuneVLSeg's runs use prompt_index=1) reaches the model's items;
+    # a malformed rule fails when the dataset is made, a missing prompt when the item is read
+    for rule, text in (("p1", "a round lesion"), (2, "a dark spot")):
+        for train in (False, True):
+            items = VLSegDataset(ds, (32, 32), train=train, prompt=rule)
+            assert {items[i]["text"] for i in range(len(items))} == {text}
+    with pytest.raises(ConfigError, match="got 'first'"):
+        VLSegDataset(ds, (32, 32), prompt="first")
+    with pytest.raises(DataError, match="no prompt 'p7'"):
+        VLSegDataset(ds, (32, 32), prompt="p7")[0]
 
 
 def test_eval_items_are_deterministic_and_differ_from_training_augmentation(lesions):

@@ -577,6 +577,17 @@ def _reseed(tf: SampleTransform, seed: int) -> None:
         t.set_random_seed(_seed_of(seed, i))
 
 
+def prompt_key(prompt: str | int) -> str:
+    """The rule ``prompt`` as a key (``"p<k>"`` or ``"random"``); a ConfigError for anything else.
+    Whether a sample has that prompt is checked per sample (:func:`choose_prompt`)."""
+    if isinstance(prompt, bool) or not isinstance(prompt, (int, str)):
+        raise ConfigError(f"prompt must be 'p<k>', an int k or 'random', got {prompt!r}")
+    key = f"p{prompt}" if isinstance(prompt, int) else prompt
+    if key != "random" and not re.fullmatch(r"p\d+", key):
+        raise ConfigError(f"prompt must be 'p<k>', an int k or 'random', got {prompt!r}")
+    return key
+
+
 def choose_prompt(sample: Sample, prompt: str | int, rng: np.random.Generator, default: str | None = None) -> str:
     """The text prompt of ``sample`` under the rule ``prompt`` (``"p<k>"``, ``k`` or ``"random"``).
 
@@ -584,11 +595,7 @@ def choose_prompt(sample: Sample, prompt: str | int, rng: np.random.Generator, d
     p1..pN (p0 when it is the only one); a list value gives a random element. Other samples use
     ``sample.texts`` (index ``k``, or a random one), then ``default``.
     """
-    if isinstance(prompt, bool) or not isinstance(prompt, (int, str)):
-        raise ConfigError(f"prompt must be 'p<k>', an int k or 'random', got {prompt!r}")
-    key = f"p{prompt}" if isinstance(prompt, int) else prompt
-    if key != "random" and not re.fullmatch(r"p\d+", key):
-        raise ConfigError(f"prompt must be 'p<k>', an int k or 'random', got {prompt!r}")
+    key = prompt_key(prompt)
     prompts = sample.meta.get("prompts")
     if isinstance(prompts, Mapping) and prompts:
         items = ordered_prompts(prompts)
@@ -663,7 +670,7 @@ class VLSegDataset(torch.utils.data.Dataset):
 
     def __post_init__(self) -> None:
         self.train_tf, self.eval_tf = make_transforms(self.image_size, self.augment, self.seed)
-        choose_prompt(Sample("check", np.zeros((1, 1, 3), np.uint8), texts=("x",)), self.prompt, np.random.default_rng(0))
+        prompt_key(self.prompt)  # the rule's form, now; a sample without that prompt fails (or is skipped) when read
 
     @property
     def transform(self) -> SampleTransform:
