@@ -21,6 +21,7 @@ import math
 
 import cv2
 import numpy as np
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from scipy import ndimage
@@ -220,6 +221,17 @@ def test_random_and_kmedoids_follow_the_study(mask, n_pos, n_neg, seed):
         got_pos, got_neg = split(pts)
         np.testing.assert_array_equal(got_pos, pos, err_msg=name)
         np.testing.assert_array_equal(got_neg, neg, err_msg=name)
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_kmedoids_with_as_many_pixels_as_points_keeps_the_heuristic_order(seed):
+    """A region of exactly n pixels: every pixel is a medoid, in scikit-learn-extra's heuristic
+    order (most central first), not in the random subsample's order."""
+    m = np.zeros((6, 6), bool)
+    m[0, :3] = True
+    m[3, 2] = True  # 4 pixels, 4 points
+    got = split(create_strategy("kmedoids")(m, None, np.random.default_rng(seed), 4, 0))[0]
+    np.testing.assert_array_equal(got, ref_kmedoid_points(m, np.random.default_rng(seed), 4))
 
 
 def test_kmedoids_negatives_come_from_the_whole_background():

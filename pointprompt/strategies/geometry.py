@@ -189,9 +189,9 @@ def kmedoids_heuristic(points: np.ndarray, k: int, max_iter: int = 300) -> np.nd
     m = len(pts)
     if k <= 0 or m == 0:
         return np.zeros(0, np.int64)
-    if m <= k:
+    if m < k:
         return np.arange(m)
-    D = _pairwise(pts)
+    D = _pairwise(pts)  # m == k goes on: every point is a medoid, in the heuristic start's order
     med = np.argsort(D.sum(1), kind="stable")[:k].astype(np.int64)
     for _ in range(max_iter):
         old = med.copy()
