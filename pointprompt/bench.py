@@ -18,6 +18,11 @@ Every results.jsonl row is one (model, image, strategy, step) with the points as
 ``[[x, y, label], ...]``, IoU and Dice against the ground truth, the model's score and the
 chosen candidate. Randomness comes from ``(seed, image id, strategy)``, so a rerun, a resumed
 run and a run over a subset give the same rows.
+
+With recorded human prompts (``human=``, ``--human``) report.md also holds the study's human
+protocol (:mod:`pointprompt.human_protocol`: best step per annotator, human vs automated at
+each annotator's best step, replayed vs recorded IoU) and the run folder its tables
+(human_best_steps.csv, human_annotators.csv, human_vs_automated.csv, human_replay.csv).
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from segprompt.models.base import MULTIMASK_DESCRIPTIONS, SINGLE_MASK_POLICIES, 
 from segprompt.prompts import MaskPrompt, Points, PromptSet
 
 from pointprompt.budgets import budget_for
+from pointprompt.human_protocol import human_protocol, human_protocol_section, write_human_protocol
 from pointprompt.strategies import check_budget, create_strategy, is_correction
 
 log = logging.getLogger(__name__)
@@ -510,6 +516,11 @@ def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig
             tab, cols = pivot(summary["matched"], "strategy", "n_points", "iou", {"dataset": ds, "model": model})
             if tab:
                 lines += [f"`{model}` on `{ds}`:", "", markdown_table(tab, cols), ""]
+    if cfg.human:  # only runs with recorded human prompts: the study's protocol on them
+        proto = human_protocol(run.results.rows())
+        if proto["best_steps"]:
+            write_human_protocol(run.path, proto)
+            lines += [human_protocol_section(proto)]
     n_err = len(run.errors.rows())
     lines += [f"Skipped inputs: {n_err} (see errors.jsonl)." if n_err else "Skipped inputs: none.", "", run.timing_text(), ""]
     run.write_text("report.md", "\n".join(lines))

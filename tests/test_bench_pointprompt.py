@@ -58,6 +58,9 @@ def test_rows_and_reports(tmp_path, tiny_model):
     grabcut = [t for t in summary["table"] if t["model"] == "grabcut" and t["strategy"] == "centre"][0]
     assert grabcut["iou@1"] > 0.5  # a real segmentation, not noise
     assert "| tiny" in (tmp_path / "run" / "report.md").read_text()
+    # no recorded human prompts (no --human): no human-protocol section or tables
+    assert "Human prompts" not in (tmp_path / "run" / "report.md").read_text()
+    assert not list((tmp_path / "run").glob("human_*.csv"))
 
 
 def test_resume_after_kill_equals_uninterrupted(tmp_path, tiny_model):
@@ -187,6 +190,8 @@ def test_human_trajectories_are_replayed(tmp_path, tiny_model):
     row = [t for t in summary["table"] if t["strategy"] == "human"][0]
     assert row["trajectories"] == 4 and row["steps"] == 2.5
     assert any(m["strategy"] == "human" and m["n_points"] == 3 for m in summary["matched"])
+    assert "## Human prompts: the study's protocol" in (tmp_path / "r" / "report.md").read_text()
+    assert (tmp_path / "r" / "human_vs_automated.csv").stat().st_size > 0
     # resumed run: nothing to do
     calls = []
     run_pointprompt(cfg, tmp_path / "r", model_factory=lambda n: calls.append(n) or _factory(tiny_model)(n), progress=False)

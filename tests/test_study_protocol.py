@@ -163,6 +163,25 @@ def test_protocol_on_a_benchmark_run(human_run, tmp_path):
     assert sorted(p.name for p in paths) == ["human_annotators.csv", "human_best_steps.csv", "human_replay.csv", "human_vs_automated.csv"]
 
 
+def test_run_report_holds_the_human_protocol(human_run):
+    """A benchmark run with recorded human prompts (--human) carries the protocol: its section in
+    report.md (before "Skipped inputs") and its CSV tables in the run folder."""
+    import csv
+
+    trajs, rows, out = human_run
+    proto = human_protocol(rows)
+    report = (out / "report.md").read_text()
+    section = human_protocol_section(proto)
+    assert section.startswith("## Human prompts: the study's protocol") and section in report
+    assert report.index(section) < report.index("Skipped inputs")
+    for key, name in (("best_steps", "human_best_steps.csv"), ("annotators", "human_annotators.csv"), ("comparison", "human_vs_automated.csv"), ("replay_steps", "human_replay.csv")):
+        with open(out / name, newline="") as f:
+            assert len(list(csv.DictReader(f))) == len(proto[key]) > 0, name
+    with open(out / "human_best_steps.csv", newline="") as f:
+        best = {(r["image"], r["annotator"]): int(r["best_step"]) for r in csv.DictReader(f)}
+    assert best == {(t.image_id, t.annotator): int(np.argmax([s.iou for s in t.steps])) + 1 for t in trajs}
+
+
 @pytest.mark.realdata
 @pytest.mark.skipif(not __import__("os").environ.get("SEGPROMPT_DATA_ROOT"), reason="SEGPROMPT_DATA_ROOT is not set (the real sample data)")
 def test_real_structure_masks_are_grouped_by_their_ct_slice():
