@@ -629,7 +629,7 @@ def train_and_evaluate(
     if (out / "checkpoints" / "last.pt").exists() and not resume:
         raise ConfigError(f"{out} already holds a training run (checkpoints/last.pt); rerun with resuming on (resume=True) to continue it, or use another folder")
     config, volatile = {"suite": "tunevlseg-train", **asdict(cfg)}, TRAIN_VOLATILE
-    adopt_legacy_config(out, config, volatile, lambda old: "recipe" not in old, lambda old: {"suite": old.get("suite"), **legacy_train_config(
+    adopt_legacy_config(out, config, volatile, lambda old: old.get("suite") == "tunevlseg-train" and "recipe" not in old, lambda old: {"suite": old.get("suite"), **legacy_train_config(
         {k: v for k, v in old.items() if k != "suite"})})
     run = RunFolder(out, config, volatile=volatile)
     for row in run.results:
