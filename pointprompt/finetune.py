@@ -972,11 +972,11 @@ def _validation_plot(run: RunFolder, history: Sequence[dict[str, Any]], cfg: Fin
 def _test_lines(result: dict[str, Any], cfg: FinetuneConfig) -> list[str]:
     test = result.get("test")
     if not test:
-        return [f"No test split (`test_fraction` {cfg.test_fraction:g}): the numbers above are validation numbers, on the images that chose the checkpoint.", ""]
+        return [f"No test split (`test_fraction` {cfg.test_fraction:g}): the numbers below are validation numbers, on the images that chose the checkpoint.", ""]
     b, a = test["before"], test["best"]
     return [
         f"**Test** ({cfg.eval_description}; {plural(a['n'], 'held-out image')}, split by source image, never seen in training or "
-        f"validation; the checkpoint of epoch {result['best_epoch']}, chosen on validation {result['selected_on'].replace('val_', '')}): "
+        f"validation; the checkpoint of epoch {result['best_epoch']}, chosen on validation {'loss' if result['selected_on'] == 'val_loss' else 'Dice'}): "
         f"IoU {b['iou']:.4f} before finetuning -> {a['iou']:.4f}; Dice {b['dice']:.4f} -> {a['dice']:.4f}.",
         "",
     ]

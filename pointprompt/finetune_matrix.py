@@ -112,7 +112,7 @@ def run_matrix(
 def _write_report(run: RunFolder, pivot: list[dict[str, Any]], cols: list[str], configs: dict[str, FinetuneConfig], train: Sequence[str], n_test: int, split: str = "test") -> None:
     cfg = next(iter(configs.values()))
     held = (
-        f"held-out test {plural(n_test, 'image')} (split by source image, never used for training or for choosing a checkpoint)"
+        f"{plural(n_test, 'held-out test image')} (split by source image, never used for training or for choosing a checkpoint)"
         if split == "test" else f"{plural(n_test, 'validation image')} (no test split: the images that chose each checkpoint)"
     )
     recipe = f" with preset `{cfg.preset}`" if cfg.preset else ""

@@ -242,7 +242,7 @@ def test_matrix_cells_are_test_numbers(tiny_ckpt, tmp_path):
     seg = create_segmenter("sam", checkpoint=str(tmp_path / "m" / "train_random" / "sam_best.pth"))
     cell = next(r for r in rows if (r["train"], r["test"]) == ("random", "centre"))
     assert evaluate(seg, [samples[i] for i in test], cfg)["iou"] == cell["iou"]
-    assert "held-out test 2 images" in (tmp_path / "m" / "report.md").read_text()
+    assert "2 held-out test images (split by source image" in (tmp_path / "m" / "report.md").read_text()
 
 
 # -- item 14: the presets --------------------------------------------------------------------------

@@ -1,4 +1,4 @@
-"""Learning test: sam-tiny finetuned on the kvasir_seg training part improves held-out IoU."""
+"""Learning test: sam-tiny finetuned on the kvasir_seg training part improves held-out TEST IoU (the checkpoint chosen on validation)."""
 
 from __future__ import annotations
 
@@ -15,16 +15,16 @@ pytestmark = [
 ]
 
 
-def test_sam_tiny_finetuned_on_kvasir_beats_the_unfinetuned_model(tmp_path):
+def test_sam_tiny_finetuned_on_kvasir_beats_the_unfinetuned_model_on_test(tmp_path):
     cfg = FinetuneConfig(
         dataset="kvasir",
         model="sam-tiny",
         train=["mask_decoder", "prompt_encoder"],
-        prompts="mixed",
-        strategy="random",
-        epochs=10,
+        prompts="random",
+        epochs=4,
         batch_size=4,
         lr=1e-3,
+        test_fraction=0.2,
         val_fraction=0.25,
         split_seed=0,
         seed=0,
@@ -34,8 +34,11 @@ def test_sam_tiny_finetuned_on_kvasir_beats_the_unfinetuned_model(tmp_path):
         eval_negative=0,
     )
     result = finetune_sam(cfg, tmp_path / "ft", progress=False)
-    before = result["baseline"]["val_iou"]
-    assert result["train_images"] == 45 and result["val_images"] == 15  # fixed-seed 75/25 split of the 60 images
-    # held-out mean IoU of random one-point prompts: measured 0.151 before, 0.269 after 10 epochs
-    assert result["final"]["val_iou"] > before + 0.06, (before, result["final"]["val_iou"])
+    # 60 images, split by source image: 12 for test, then 12 of the other 48 for validation
+    assert (result["train_images"], result["val_images"], result["test_images"]) == (36, 12, 12)
+    before, after = result["test"]["before"], result["test"]["best"]
+    assert before["n"] == after["n"] == 12
+    # test mean IoU of random one-point prompts: measured 0.116 before, 0.169 after 4 epochs (checkpoint of epoch 4)
+    assert after["iou"] > before["iou"] + 0.03, (before, after)
+    assert after["dice"] > before["dice"]
     assert result["final"]["val_dice"] > result["baseline"]["val_dice"]
