@@ -260,10 +260,16 @@ def test_seeded_initialisation_leaves_the_global_rng_alone():
     assert torch.equal(torch.random.get_rng_state(), state)
     assert all(torch.equal(x, y) for x, y in zip(a.state_dict().values(), b.state_dict().values()))
     assert not torch.equal(a.proj[0][0].weight, c.proj[0][0].weight)
-    # CoOp row 0 is "a photo of a"; deeper rows are N(0, 0.02)
+    # CoOp's default is TuneVLSeg's random context (context_initializer: null): every row N(0, 0.02)
     coop = create_learner("coop", vlsm, depth=3)
+    assert 0.01 < coop.ctx.std() < 0.03
+    assert not torch.equal(coop.ctx[0], vlsm.text_tower.token_embeddings("a photo of a"))
+    # init="auto" (MaPLe's default, TuneVLSeg's maple config): row 0 is "a photo of a"; deeper rows N(0, 0.02)
+    coop = create_learner("coop", vlsm, depth=3, init="auto")
     assert torch.equal(coop.ctx[0], vlsm.text_tower.token_embeddings("a photo of a"))
     assert 0.01 < coop.ctx[1:].std() < 0.03
+    maple = create_learner("maple", vlsm, depth=2)
+    assert torch.equal(maple.ctx[0], vlsm.text_tower.token_embeddings("a photo of a"))
 
 
 def test_a_few_steps_lower_the_loss():

@@ -285,8 +285,16 @@ def test_every_preset_under_configs_tunevlseg_parses_and_validates():
     assert set(load_presets([CONFIGS / "datasets" / "medical.yaml"])["datasets"]) == medical
     tvs = load_presets([CONFIGS / "methods" / "tvs.yaml"])
     assert set(tvs["methods"]) == {"zeroshot", "coop", "cocoop", "vpt-shallow", "vpt-deep", "maple", "shared-separate", "shared-attention"}
-    assert {m for m, kw in tvs["learner_kwargs"].items() if kw.get("decoder_layer")} == {"vpt-shallow", "vpt-deep", "maple", "shared-separate",
-                                                                                         "shared-attention"}
+    # TuneVLSeg's extra decoder layer comes from the learners' default (on for VPT / MaPLe / Shared-* on CLIPSeg),
+    # so the same presets also run on open_clip VLSMs, which have no CLIPSeg decoder
+    from tunevlseg.learners import create_learner
+    from tunevlseg.models import create_vlsm
+
+    assert not any("decoder_layer" in kw for kw in tvs["learner_kwargs"].values())
+    clipseg, openclip = create_vlsm("clipseg-tiny"), create_vlsm("openclip-tiny")
+    with_layer = {m for m, kw in tvs["learner_kwargs"].items() if create_learner(m, clipseg, **kw).decoder_layer is not None}
+    assert with_layer == {"vpt-shallow", "vpt-deep", "maple", "shared-separate", "shared-attention"}
+    assert all(create_learner(m, openclip, **kw).decoder_layer is None for m, kw in tvs["learner_kwargs"].items())
     bio = load_presets([CONFIGS / "models" / "biomedclip.yaml"])
     assert bio["vlsms"] == ["openclip"] and bio["vlsm_kwargs"]["openclip"]["model"] == "biomedclip"
     # combined: later files win, mappings merge

@@ -32,9 +32,10 @@ full               -        none of its own: ``vlsm.set_trainable("all")``; its
 =================  =======  ==========================================================================
 
 Common settings: ``n_ctx`` (4), ``depth`` (1; validated against the layers of every tower the
-learner prompts, ConfigError outside 1..L), ``init`` (text learners: ``"auto"`` = "a photo of a"
-when it is exactly ``n_ctx`` tokens, else random; a string, which must be ``n_ctx`` tokens; or
-``"random"``), ``std`` (0.02, the N(0, std) of random rows), ``seed`` (0: initialisation is
+learner prompts, ConfigError outside 1..L), ``init`` (text learners: ``"random"``, the default
+of CoOp / CoCoOp as TuneVLSeg's configs (``context_initializer: null``); ``"auto"`` = "a photo of a"
+when it is exactly ``n_ctx`` tokens, else random, the default of MaPLe as TuneVLSeg's config; or a
+string, which must be ``n_ctx`` tokens), ``std`` (0.02, the N(0, std) of random rows), ``seed`` (0: initialisation is
 reproducible and leaves the global RNG alone), ``decoder_layer`` (TuneVLSeg's extra trainable
 CLIPSeg decoder layer, :class:`~tunevlseg.models.TVSDecoderLayer`; default None = on for VPT,
 MaPLe and Shared-* on a CLIPSeg VLSM as in TuneVLSeg's configs, off for CoOp / CoCoOp and on VLSMs
@@ -296,7 +297,7 @@ class CoOp(PromptLearner):
         vlsm: "VLSM",
         n_ctx: int = 4,
         depth: int = 1,
-        init: str | None = "auto",
+        init: str | None = "random",
         std: float = 0.02,
         seed: int = 0,
         decoder_layer: bool | None = None,
@@ -337,7 +338,7 @@ class CoCoOp(CoOp):
         vlsm: "VLSM",
         n_ctx: int = 4,
         depth: int = 1,
-        init: str | None = "auto",
+        init: str | None = "random",
         std: float = 0.02,
         hidden: int | None = None,
         meta_net: str = "tvs",
