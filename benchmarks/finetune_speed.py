@@ -32,7 +32,7 @@ def main() -> None:
     from segprompt.data.synthetic import SyntheticLesions
     from segprompt.engine.training import param_groups
 
-    cfg = FinetuneConfig(model=None if args.checkpoint else args.model, checkpoint=args.checkpoint, train=["mask_decoder"], prompts=args.prompts, iterations=2, device=args.device)
+    cfg = FinetuneConfig(model=None if args.checkpoint else args.model, checkpoint=args.checkpoint, train=["mask_decoder"], prompts=args.prompts, iterations=3, device=args.device)  # 3 forward passes (micro-sam counting), the old 2 corrections
     if args.arch:
         from segprompt.models.sam import SamSegmenter
         from segprompt.models.sam_arch import OFFICIAL_ARCHS

@@ -41,7 +41,7 @@ def main() -> None:
     def setting(train: list[str], cached: bool) -> tuple[float, float]:
         torch.manual_seed(0)
         seg = SamSegmenter(model=OFFICIAL_ARCHS[args.arch].build(), device="cuda", precision=args.precision)
-        cfg = FinetuneConfig(model="sam", train=train, prompts="mixed", iterations=2, device="cuda", precision=args.precision)
+        cfg = FinetuneConfig(model="sam", train=train, prompts="mixed", iterations=3, device="cuda", precision=args.precision)
         _prepare_model(seg, cfg)
         seg.model.cuda()
         frames = [to_frame(s, i, seg.arch.img_size, seg.arch.lowres_size) for i, s in enumerate(samples)]
