@@ -131,7 +131,7 @@ def test_config_files_are_read_in_order_and_the_command_line_overrides_them(capt
 
     preset = Path(__file__).resolve().parents[1] / "configs" / "tunevlseg" / "methods" / "tvs.yaml"
     cfg = captured("--config", str(preset), "--dataset", "kvasir")[0]
-    assert "full" not in cfg["methods"] and cfg["learner_kwargs"]["vpt-deep"]["decoder_layer"] is True
+    assert "full" not in cfg["methods"] and cfg["learner_kwargs"]["shared-attention"]["attention"] == "tvs"
 
 
 @pytest.mark.parametrize(("text", "expected"), [("epochs: 3\n", "unknown field(s) epochs"), ("[1, 2]\n", "expected a mapping"), ("a: [\n", "not valid YAML")])
