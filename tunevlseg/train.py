@@ -413,10 +413,11 @@ def evaluate(
     resolution; ignore pixels count for neither prediction nor target. ``on_error``: see
     :func:`predict`; ``losses``: receives each item's DiceCE loss (``cfg``'s weights)."""
     rows = []
-    loss_fn = None
-    if losses is not None:
-        def loss_fn(logits: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
-            return dice_ce_loss(logits, mask, valid, cfg.lambda_dice, cfg.lambda_ce, cfg.dice_smooth)
+
+    def item_loss(logits: torch.Tensor, mask: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        return dice_ce_loss(logits, mask, valid, cfg.lambda_dice, cfg.lambda_ce, cfg.dice_smooth)
+
+    loss_fn = item_loss if losses is not None else None
     for item, pred in predict(vlsm, learner, ds, cfg.eval_batch_size or cfg.batch_size, cfg.precision, cfg.device, cfg.num_workers, on_error, loss_fn):
         if losses is not None:
             losses.append(item["loss"])
