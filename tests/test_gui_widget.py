@@ -411,3 +411,111 @@ def test_bundled_sam_tiny_on_the_sample_image(qtbot, viewer, make_widget):
     m, g = w.preview_mask, gt.astype(bool)
     assert (m & g).sum() / (m | g).sum() > 0.7
     assert w.commit() == 1 and w.trajectories[0].image_id == "lesion_0_00000"
+
+
+# --------------------------------------------------------------------------------------------
+# segment everything (issue 15): a worker with progress and cancel; the result goes into the
+# objects layer as new ids, as one undoable step
+
+EVERYTHING_FAST = {"points_per_side": 6, "pred_iou_thresh": 0.0, "stability_score_thresh": 0.0}
+
+
+def test_segment_everything_fills_the_objects_layer_as_one_undoable_step(qtbot, viewer, make_widget):
+    from segprompt.everything import EverythingSettings, segment_everything
+
+    s = lesion(96)
+    viewer.add_image(s.image, name="img", rgb=True)
+    w = make_widget()
+    seg = create_segmenter("sam-tiny")
+    w.set_segmenter(seg, "sam-tiny")
+    labels = w.labels_layer
+    labels.data[:6, :6] = 1  # an object committed before: it keeps its pixels and its id
+    before = labels.data.copy()
+    progress = []
+    w.everything_panel.progressed.connect(lambda d, t: progress.append((d, t)))
+    with qtbot.waitSignal(w.everything_done, timeout=WAIT_MS) as blocker:
+        assert w.segment_everything(**EVERYTHING_FAST) is not None
+    assert blocker.args == ["ready"]
+    qtbot.waitUntil(lambda: not w.busy, timeout=WAIT_MS)
+
+    # independent rule: segment_everything's records painted largest first as ids 1..K, shifted
+    # after the committed ids, on the pixels no committed object owns
+    records = segment_everything(seg, to_rgb_uint8(s.image), EverythingSettings(**EVERYTHING_FAST))
+    masks = [np.asarray(r["segmentation"], bool) for r in records]
+    order = sorted((i for i, m in enumerate(masks) if m.any()), key=lambda i: -int(masks[i].sum()))
+    assert order, "sam-tiny kept no mask: the test needs at least one instance"
+    lm = np.zeros(before.shape, np.int64)
+    for k, i in enumerate(order, start=1):
+        lm[masks[i]] = k
+    expected = before.copy()
+    free = (lm > 0) & (before == 0)
+    expected[free] = 1 + lm[free]
+    np.testing.assert_array_equal(labels.data, expected)
+    assert "objects added" in w.status.text()
+    # progress reported per batch of points, ending at the total
+    assert progress and progress[-1][0] == progress[-1][1] == 36
+    assert w.everything_panel.progress.value() == w.everything_panel.progress.maximum()
+
+    # the widget's Undo removes the whole result at once; napari's redo brings it back, and the
+    # layer's own undo removes it again (one history item)
+    assert w.undo() is True
+    np.testing.assert_array_equal(labels.data, before)
+    labels.redo()
+    np.testing.assert_array_equal(labels.data, expected)
+    labels.undo()
+    np.testing.assert_array_equal(labels.data, before)
+    assert w.undo() is False  # nothing left to undo on this slice
+
+
+def test_segment_everything_undo_after_later_edits_and_prompts(qtbot, viewer, make_widget):
+    s = lesion(96)
+    viewer.add_image(s.image, name="img", rgb=True)
+    w = make_widget()
+    w.set_segmenter(create_segmenter("sam-tiny"), "sam-tiny")
+    with qtbot.waitSignal(w.everything_done, timeout=WAIT_MS):
+        w.segment_everything(**EVERYTHING_FAST)
+    labels = w.labels_layer
+    result = labels.data.copy()
+    assert result.max() >= 1
+    # a later paint stroke on the layer (its own undo item) and a prompt added afterwards
+    labels.data_setitem((np.array([0]), np.array([0])), 77)
+    w.add_point(10, 10)
+    assert w.undo() is True  # the newest action first: the point
+    assert len(w.points_layer.data) == 0 and labels.data.max() >= 1
+    assert w.undo() is True  # then the segment-everything result; the painted pixel stays
+    expected = np.zeros_like(result)
+    expected[0, 0] = 77
+    np.testing.assert_array_equal(labels.data, expected)
+
+
+def test_segment_everything_runs_in_background_reports_progress_and_cancels(qtbot, viewer, make_widget):
+    seg = create_segmenter("sam-tiny")
+    decoded = []
+
+    def slow(*_):  # a deliberately slow mask decoder: 0.15 s per batch of points
+        decoded.append(1)
+        time.sleep(0.15)
+
+    seg.model.mask_decoder.register_forward_pre_hook(slow)
+    viewer.add_image(lesion(64).image, name="img", rgb=True)
+    w = make_widget()
+    w.set_segmenter(seg, "slow")
+    progress = []
+    w.everything_panel.progressed.connect(lambda d, t: progress.append((d, t)))
+    panel = w.everything_panel
+    t0 = time.perf_counter()
+    w.segment_everything(points_per_side=8, points_per_batch=4)  # 64 points: 16 batches
+    assert time.perf_counter() - t0 < 0.5  # returns at once
+    assert panel.running and panel.cancel_button.isEnabled() and not panel.run_button.isEnabled()
+    qtbot.waitUntil(lambda: len(progress) >= 1, timeout=WAIT_MS)
+    assert progress[0][1] == 64 and panel.progress.maximum() == 64
+    w.toggle_polarity()  # the GUI thread keeps working meanwhile
+    assert w.polarity_button.text().startswith("negative")
+    with qtbot.waitSignal(w.everything_done, timeout=WAIT_MS) as blocker:
+        qtbot.mouseClick(panel.cancel_button, __import__("qtpy.QtCore", fromlist=["Qt"]).Qt.LeftButton)
+    assert blocker.args == ["cancelled"]
+    qtbot.waitUntil(lambda: not panel.running, timeout=WAIT_MS)
+    assert len(decoded) < 16, "segment everything decoded every batch despite Cancel"
+    assert not w.labels_layer.data.any() and "cancelled" in w.status.text()
+    assert panel.run_button.isEnabled() and not panel.cancel_button.isEnabled()
+    assert w.undo() is False

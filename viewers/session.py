@@ -14,7 +14,10 @@ so it is tested (and benchmarked) on its own:
 * :func:`build_prompt_set`: the prompt layers' data (napari ``(row, col)`` order) -> a
   :class:`~segprompt.prompts.PromptSet` in ``(x, y)`` (conversion in :mod:`viewers.coords`);
 * :class:`ObjectRecorder`: every prompt step of one object (cumulative points, box, mask, time)
-  as a :class:`pointprompt.trajectory.Trajectory` with ``source="napari"``.
+  as a :class:`pointprompt.trajectory.Trajectory` with ``source="napari"``;
+* :meth:`SegmentationSession.segment_everything`: every object of a slice without prompts
+  (:func:`segprompt.everything.segment_everything`, with progress and cancel) as a label map,
+  and :func:`instances_write`: where those instances go in the committed-objects label image.
 """
 
 from __future__ import annotations
@@ -471,6 +474,46 @@ class ObjectRecorder:
 
 
 # --------------------------------------------------------------------------------------------
+# segment everything
+
+
+@dataclass
+class EverythingResult:
+    """Every object of one slice: ``labels`` = :func:`segprompt.everything.label_map` of ``records``
+    (int32 (H, W), 0 = background, 1..K largest first)."""
+
+    labels: np.ndarray
+    records: list[dict[str, Any]]
+    z: int = 0
+    seconds: float = 0.0
+
+    @property
+    def n(self) -> int:
+        return int(np.max(self.labels, initial=0))
+
+
+def instances_write(labels: np.ndarray, instances: np.ndarray, z: int | None = None) -> tuple[tuple[np.ndarray, ...], np.ndarray, int]:
+    """How to add the instances of a label map to a committed-objects label image, as new objects.
+
+    Instance ``k`` of ``instances`` (1..K, 0 = none) becomes object ``offset + k`` with
+    ``offset = labels.max()``, so the new ids follow the committed ones; pixels already owned by a
+    committed object keep their id (:func:`commit_mask`'s rule: a new object never erases one).
+    Returns ``(indices, values, offset)``: fancy indices into ``labels`` (all of its dimensions,
+    slice ``z`` of a 3-D one) and the ids to write there; nothing is written here, so the caller can
+    write through napari's ``Labels.data_setitem`` (one undoable step).
+    """
+    offset = int(np.max(labels, initial=0))
+    target = labels if z is None else labels[z]
+    instances = np.asarray(instances)
+    if target.shape != instances.shape:
+        raise PromptError(f"instances of shape {instances.shape} do not fit the labels slice of shape {target.shape}")
+    where = np.nonzero((instances > 0) & (target == 0))
+    values = instances[where].astype(np.int64) + offset
+    indices = where if z is None else (np.full(len(where[0]), int(z), np.intp), *where)
+    return tuple(indices), values, offset
+
+
+# --------------------------------------------------------------------------------------------
 # the session
 
 
@@ -555,6 +598,30 @@ class SegmentationSession:
         self.lru.put(key, state)
         return state
 
+    def segment_everything(
+        self,
+        z: int = 0,
+        settings: Any = None,
+        progress: Callable[[int, int], None] | None = None,
+        cancel: threading.Event | None = None,
+    ) -> EverythingResult:
+        """Every object of slice ``z`` without prompts: :func:`segprompt.everything.segment_everything`
+        on the slice's RGB image, then :func:`segprompt.everything.label_map` of its records.
+
+        ``progress(done, total)`` follows the batches of grid points; once ``cancel`` is set the run
+        stops at the next batch with :class:`segprompt.errors.Cancelled`. Holds the segmenter's
+        encode lock (the encoder's progress hooks must not fire inside this run's encodes).
+        """
+        from segprompt.everything import label_map, segment_everything
+
+        seg, src = self._require()
+        image = src.rgb_slice(z)
+        t0 = time.perf_counter()
+        with _encode_lock(seg):
+            records = segment_everything(seg, image, settings, progress=progress, cancel=None if cancel is None else cancel.is_set)
+        labels = label_map(records, tuple(image.shape[:2]))
+        return EverythingResult(labels=labels, records=records, z=int(z), seconds=time.perf_counter() - t0)
+
     def decode(self, prompt_set: PromptSet, z: int = 0, policy: str = "auto") -> Preview:
         """Decode ``prompt_set`` on slice ``z`` from its cached state (raises if not encoded)."""
         seg, _ = self._require()
@@ -626,6 +693,7 @@ __all__ = [
     "CANDIDATE_POLICIES",
     "EmbeddingLRU",
     "EncodeCancelled",
+    "EverythingResult",
     "ImageSource",
     "ObjectRecorder",
     "Preview",
@@ -637,4 +705,5 @@ __all__ = [
     "decode",
     "encode_with_progress",
     "encoder_blocks",
+    "instances_write",
 ]

@@ -3,8 +3,10 @@
 Layout (top to bottom): model (picker, Load, Open checkpoint..., device, disk cache), image
 (layer, intensity normalisation, Compute embedding, progress bar, Cancel), prompts (polarity,
 text field and reference pickers for the models that take them, live preview, candidate policy,
-Segment / Commit / Undo / Clear), candidates (scores; click one to pick it), recording
-(annotator, dataset, steps count, Export...).
+Segment / Commit / Undo / Clear), candidates (scores; click one to pick it), segment everything
+(:class:`viewers.everything_panel.EverythingPanel`: settings, run, Cancel, progress; the result
+goes into the objects layer as new ids, one undoable step), recording (annotator, dataset, steps
+count, Export...).
 
 Threads: loading a model, computing an embedding and decoding a preview run in worker threads
 (superqt ``create_worker``, the engine of ``napari.qt.threading``), so the viewer never
@@ -113,6 +115,7 @@ class SegpromptWidget(QWidget):
     preview_updated = Signal()
     committed = Signal(int)
     status_changed = Signal(str)
+    everything_done = Signal(str)  # "ready", "cancelled" or "failed"
 
     def __init__(
         self,
@@ -277,6 +280,12 @@ class SegpromptWidget(QWidget):
         self.candidate_list.setMaximumHeight(80)
         form.addRow(self.candidate_list)
         root.addWidget(box)
+
+        from viewers.everything_panel import EverythingPanel
+
+        self.everything_panel = EverythingPanel(self)
+        self.everything_panel.done.connect(self.everything_done.emit)
+        root.addWidget(self.everything_panel)
 
         box = QGroupBox("Recording")
         form = QFormLayout(box)
@@ -662,7 +671,17 @@ class SegpromptWidget(QWidget):
 
     @property
     def busy(self) -> bool:
-        return self._encode_job is not None or self._decode_worker is not None or self._load_worker is not None
+        return self._encode_job is not None or self._decode_worker is not None or self._load_worker is not None or self.everything_panel.running
+
+    def segment_everything(self, **settings: Any) -> Any:
+        """Segment every object of the current slice in a worker thread (the panel's settings, with
+        ``settings`` as overrides: ``points_per_side=8``, ...); the result goes into the objects
+        layer as new ids, one undoable step. Returns the worker; ``everything_done`` follows."""
+        return self.everything_panel.run(**settings)
+
+    def cancel_everything(self) -> None:
+        """Stop a running segment everything at its next batch of points."""
+        self.everything_panel.cancel()
 
     def _busy_progress(self, on: bool) -> None:
         if on:
@@ -947,11 +966,17 @@ class SegpromptWidget(QWidget):
         return [i for i, d in enumerate(layer.data) if (slice_of(np.asarray(d), ndim) == z).all()]
 
     def undo(self) -> bool:
-        """Remove the last prompt added on the current slice; returns False if there was none."""
+        """Remove the last prompt added on the current slice, or the objects of a segment everything
+        done after it (the newest first); returns False if there was nothing."""
         z = self._z
         kind = None
         for i in range(len(self._history) - 1, -1, -1):
             k, hz = self._history[i]
+            if hz == z and k == "everything":
+                del self._history[i]
+                if self.everything_panel.undo(z):
+                    return True
+                continue
             if hz == z:
                 layer = self.points_layer if k == "points" else self.shapes_layer
                 del self._history[i]
@@ -1215,6 +1240,7 @@ class SegpromptWidget(QWidget):
         self._debounce.stop()
         self._soon.stop()
         self.cancel_embedding()
+        self.cancel_everything()
         for p in list(self._bound):
             self._unbind_keys(p)
         try:

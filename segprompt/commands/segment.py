@@ -1,12 +1,19 @@
-"""``segprompt segment``: one image, a few prompts, a mask file."""
+"""``segprompt segment``: one image, a few prompts, a mask file; or, with ``--everything``, every
+object of an image (or of a folder of images) as an integer label image.
+
+``--everything`` follows segment-anything's ``scripts/amg.py`` (same setting flags, an unreadable
+image in a folder is skipped), through :func:`segprompt.everything.segment_everything` over any
+``--model``; it writes one label image per input instead of amg's folder of per-mask PNGs.
+"""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
-from segprompt.errors import PromptError
+from segprompt.errors import ConfigError, DataError, PromptError
 from segprompt.models.base import MULTIMASK_POLICIES, multimask_help
 
 
@@ -27,12 +34,59 @@ def _numbers(text: str, n: tuple[int, ...], what: str) -> list[float]:
 @click.option("--point", "points", multiple=True, help="x,y or x,y,label (label 1 positive, 0 negative); repeat.")
 @click.option("--box", default=None, help="x0,y0,x1,y1 in pixels.")
 @click.option("--multimask", type=click.Choice(MULTIMASK_POLICIES), default=None, help="Default: the model's. " + multimask_help() + " With all, --out gets the best-scoring candidate and OUT_0, OUT_1, OUT_2 each candidate.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Mask PNG to write (0/255).")
-@click.option("--overlay", type=click.Path(path_type=Path), default=None, help="Also write the image with the mask and prompts drawn.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Mask PNG to write (0/255); with --everything the label image PNG, or for a folder IMAGE the run folder.")
+@click.option("--overlay", type=click.Path(path_type=Path), default=None, help="Also write the image with the mask and prompts drawn (--everything: the instances; for a folder IMAGE a folder of overlays).")
 @click.option("--device", default="cpu", show_default=True)
-def segment(image: Path, model: str, checkpoint: str | None, points: tuple[str, ...], box: str | None, multimask: str | None, out: Path, overlay: Path | None, device: str) -> None:
-    """Segment IMAGE from point and/or box prompts; (x, y) = (column, row) pixels."""
+@click.option("--everything", is_flag=True, help="Segment every object without prompts (segment-anything's automatic mask generator over --model): --out gets an integer label image (0 = background, 1..K = instances, largest first), 8-bit PNG up to 255 instances, else 16-bit. IMAGE may be a folder: then --out is a resumable run folder with one label image per input.")
+@click.option("--points-per-side", type=click.IntRange(min=1), default=None, help="--everything: grid points per image side [default: 32, segment-anything's].")
+@click.option("--points-per-batch", type=click.IntRange(min=1), default=None, help="--everything: points decoded together (memory, not results) [default: 64].")
+@click.option("--pred-iou-thresh", type=float, default=None, help="--everything: drop masks whose predicted IoU is below this [default: 0.88].")
+@click.option("--stability-score-thresh", type=float, default=None, help="--everything: drop masks whose stability score is below this [default: 0.95].")
+@click.option("--min-mask-region-area", type=click.IntRange(min=0), default=None, help="--everything: remove disconnected regions and holes smaller than this many pixels (0 = off) [default: 0].")
+@click.option("--crop-n-layers", type=click.IntRange(min=0), default=None, help="--everything: also run on crops, this many layers of them (0 = whole image only) [default: 0].")
+def segment(
+    image: Path,
+    model: str,
+    checkpoint: str | None,
+    points: tuple[str, ...],
+    box: str | None,
+    multimask: str | None,
+    out: Path,
+    overlay: Path | None,
+    device: str,
+    everything: bool,
+    points_per_side: int | None,
+    points_per_batch: int | None,
+    pred_iou_thresh: float | None,
+    stability_score_thresh: float | None,
+    min_mask_region_area: int | None,
+    crop_n_layers: int | None,
+) -> None:
+    """Segment IMAGE from point and/or box prompts; (x, y) = (column, row) pixels.
+
+    With --everything, segment every object of IMAGE (a file or a folder of images) without prompts.
+    """
     import numpy as np
+
+    amg = {
+        "points_per_side": points_per_side,
+        "points_per_batch": points_per_batch,
+        "pred_iou_thresh": pred_iou_thresh,
+        "stability_score_thresh": stability_score_thresh,
+        "min_mask_region_area": min_mask_region_area,
+        "crop_n_layers": crop_n_layers,
+    }
+    amg = {k: v for k, v in amg.items() if v is not None}
+    if everything:
+        if points or box or multimask:
+            raise ConfigError("--everything segments without prompts: leave out --point, --box and --multimask")
+        _segment_everything(image, model, checkpoint, out, overlay, device, amg)
+        return
+    if amg:
+        flags = ", ".join("--" + k.replace("_", "-") for k in amg)
+        raise ConfigError(f"{flags} only apply with --everything")
+    if image.is_dir():
+        raise ConfigError(f"{image} is a folder: segmenting a folder needs --everything")
 
     from segprompt.data.io import read_image, write_image, write_mask
     from segprompt.models import create_segmenter
@@ -67,6 +121,209 @@ def segment(image: Path, model: str, checkpoint: str | None, points: tuple[str, 
     if overlay:
         write_image(overlay, draw_overlay(img, mask, pts, bx))
         click.echo(f"overlay: {overlay}")
+
+
+# ------------------------------------------------------------------------------------------
+# --everything
+
+
+def _segment_everything(image: Path, model: str, checkpoint: str | None, out: Path, overlay: Path | None, device: str, amg: dict[str, Any]) -> None:
+    import numpy as np
+
+    from segprompt.devices import check_device
+    from segprompt.everything import EverythingSettings
+
+    check_device(device)
+    settings = EverythingSettings(**amg)
+
+    def make_segmenter() -> Any:
+        from segprompt.models import create_segmenter
+
+        kwargs: dict[str, Any] = {"device": device}
+        if checkpoint:
+            kwargs["checkpoint"] = checkpoint
+        return create_segmenter(model, **kwargs)
+
+    if image.is_dir():
+        everything_folder(image, out, make_segmenter, settings, overlay=overlay, config={"model": model, "checkpoint": checkpoint, "device": device})
+        return
+    from segprompt.data.io import read_image, write_image
+
+    img = read_image(image)
+    seg = make_segmenter()
+    labels, records, seconds = everything_labels(seg, img, settings, progress_desc=image.name)
+    bits = write_label_image(out, labels)
+    n = int(labels.max(initial=0))
+    click.echo(
+        f"{out}: {n} instance{'' if n == 1 else 's'} ({len(records)} masks found), {bits}-bit PNG label image "
+        f"(0 = background, 1..{n} largest first); {np.count_nonzero(labels) / labels.size:.1%} of pixels labelled; {seconds:.1f} s"
+    )
+    if overlay:
+        write_image(overlay, draw_label_overlay(img, labels))
+        click.echo(f"overlay: {overlay}")
+
+
+def everything_labels(seg: Any, image: Any, settings: Any, progress_desc: str = "everything") -> tuple[Any, list[dict[str, Any]], float]:
+    """Run :func:`segprompt.everything.segment_everything` on ``image`` (a bar on stderr after 2 s);
+    returns (int32 HxW label map from :func:`segprompt.everything.label_map`, records, seconds)."""
+    import time
+
+    from tqdm.auto import tqdm
+
+    from segprompt.everything import label_map, segment_everything
+
+    t0 = time.perf_counter()
+    with tqdm(desc=progress_desc, total=None, unit="point", leave=False, delay=2.0) as bar:
+
+        def progress(done: int, total: int) -> None:
+            bar.total = total
+            bar.update(done - bar.n)
+
+        records = segment_everything(seg, image, settings, progress=progress)
+    labels = label_map(records, tuple(image.shape[:2]))
+    return labels, records, time.perf_counter() - t0
+
+
+def write_label_image(path: str | Path, labels: Any) -> int:
+    """Write an int label image as PNG: 8-bit when its ids fit (<= 255), else 16-bit; returns 8 or 16.
+
+    Written atomically (a temporary file renamed over ``path``). More than 65535 instances do not
+    fit a PNG: DataError.
+    """
+    import numpy as np
+    from PIL import Image
+
+    from segprompt.fileio import atomic_path
+
+    arr = np.asarray(labels)
+    top = int(arr.max(initial=0))
+    if arr.ndim != 2 or int(arr.min(initial=0)) < 0:
+        raise DataError(f"{path}: a label image must be 2-D with ids >= 0")
+    if top > 65535:
+        raise DataError(f"{path}: {top} instances do not fit a 16-bit PNG; raise --pred-iou-thresh or --min-mask-region-area")
+    bits = 8 if top <= 255 else 16
+    with atomic_path(path, suffix=".png") as tmp:
+        Image.fromarray(arr.astype(np.uint8 if bits == 8 else np.uint16)).save(tmp, format="PNG")
+    return bits
+
+
+def everything_folder(folder: Path, out: Path, make_segmenter: Any, settings: Any, *, overlay: Path | None = None, config: dict[str, Any] | None = None) -> dict[str, Any]:
+    """``segment FOLDER --everything --out OUT``: one label image ``OUT/<stem>.png`` per image of
+    FOLDER, in a run folder (README "Every run folder behaves the same").
+
+    A rerun on the same OUT resumes: images with a row in ``results.jsonl`` are not recomputed,
+    and an image skipped as unreadable (``errors.jsonl``) is retried only if its file changed
+    (size or modification time). The model is loaded only when there is something to compute.
+    Returns {"done", "new", "skipped", "total"} counts.
+    """
+    import dataclasses
+
+    import numpy as np
+    from tqdm.auto import tqdm
+
+    from segprompt.data.io import list_images, read_image, write_image
+    from segprompt.engine.runfolder import RunFolder
+
+    folder, out = Path(folder), Path(out)
+    if not folder.is_dir():
+        raise DataError(f"{folder}: not a folder")
+    if out.resolve() == folder.resolve() or (overlay is not None and Path(overlay).resolve() == folder.resolve()):
+        raise ConfigError(f"--out / --overlay must not be the input folder {folder}: the label images would be read as inputs on a rerun")
+    images = list_images(folder)
+    if not images:
+        raise DataError(f"{folder}: no image files (png, jpg, tif, ...) in it")
+    amg = {k: v for k, v in dataclasses.asdict(settings).items() if k != "point_grids"}
+    if settings.point_grids is not None:
+        amg["point_grids"] = [np.asarray(g).tolist() for g in settings.point_grids]
+    cfg = {"suite": "segment-everything", "input": str(folder.resolve()), **(config or {}), **amg}
+    run = RunFolder(out, cfg, volatile=("device", "points_per_batch"))
+    done = {str(r.get("image")) for r in run.results}
+    failed = {str(e.get("item")): e for e in run.errors}
+
+    def unchanged(p: Path, err: dict[str, Any]) -> bool:
+        st = p.stat()
+        return err.get("size") == st.st_size and err.get("mtime_ns") == st.st_mtime_ns
+
+    stems: dict[str, str] = {}
+    todo: list[Path] = []
+    skipped = 0
+    for p in images:
+        first = stems.setdefault(p.stem, p.name)
+        if first != p.name:
+            run.record_error_once(p.name, f"same name stem as {first}: its label image {p.stem}.png is taken", file=str(p))
+            skipped += 1
+        elif p.name in done:
+            continue
+        elif p.name in failed and unchanged(p, failed[p.name]):
+            skipped += 1
+        else:
+            todo.append(p)
+    run.announce(done=len(done), todo=len(todo), unit="images")
+    if skipped and done:
+        click.echo(f"{skipped} image{'s' if skipped != 1 else ''} skipped earlier (see {out / 'errors.jsonl'}): not retried while unchanged", err=True)
+    seg = make_segmenter() if todo else None
+    new = 0
+    for p in tqdm(todo, desc="segment everything", unit="image", leave=False, delay=2.0):
+        try:
+            img = read_image(p)
+        except DataError as exc:
+            st = p.stat()
+            run.record_error_once(p.name, exc, file=str(p), size=st.st_size, mtime_ns=st.st_mtime_ns)
+            skipped += 1
+            continue
+        labels, records, seconds = everything_labels(seg, img, settings, progress_desc=p.name)
+        bits = write_label_image(out / f"{p.stem}.png", labels)
+        if overlay is not None:
+            write_image(Path(overlay) / f"{p.stem}.png", draw_label_overlay(img, labels))
+        n = int(labels.max(initial=0))
+        run.results.append(
+            {"image": p.name, "labels": f"{p.stem}.png", "instances": n, "masks": len(records), "bits": bits, "height": int(img.shape[0]), "width": int(img.shape[1]), "seconds": round(seconds, 3)}
+        )
+        new += 1
+    run.finish(new_rows=new)
+    rows = run.results.rows()
+    n_err = len({str(e.get("item")) for e in run.errors})
+    report = [
+        "# segment everything",
+        "",
+        f"Input: {folder}; model: {(config or {}).get('model', '?')}; settings: {', '.join(f'{k}={v}' for k, v in amg.items() if k != 'point_grids')}.",
+        "",
+        "| image | label image | instances | bits | seconds |",
+        "|---|---|---:|---:|---:|",
+        *(f"| {r['image']} | {r['labels']} | {r['instances']} | {r['bits']} | {r['seconds']} |" for r in rows),
+        "",
+        f"Skipped inputs: {n_err} (errors.jsonl).",
+        "",
+        run.timing_text(),
+        "",
+    ]
+    run.write_text("report.md", "\n".join(report))
+    click.echo(f"{out}: {len(rows)} label images ({new} new this run), {n_err} skipped input{'s' if n_err != 1 else ''} (errors.jsonl). {run.timing_text()}")
+    return {"done": len(rows), "new": new, "skipped": n_err, "total": len(images)}
+
+
+def draw_label_overlay(image, labels):  # noqa: ANN001, ANN201
+    """(H, W, 3) uint8: ``image`` with each instance of ``labels`` (0 = background) tinted in its
+    own colour (a fixed palette, the same for the same id) and outlined."""
+    import numpy as np
+
+    vis = image.copy()
+    n = int(labels.max(initial=0))
+    if n == 0:
+        return vis
+    rng = np.random.default_rng(0)
+    palette = np.concatenate([np.zeros((1, 3)), rng.integers(40, 256, size=(n, 3))]).astype(np.float32)
+    fg = labels > 0
+    vis[fg] = (0.5 * vis[fg] + 0.5 * palette[labels[fg]]).astype(np.uint8)
+    edges = np.zeros(labels.shape, bool)
+    step = labels[:-1] != labels[1:]
+    edges[:-1] |= step
+    edges[1:] |= step
+    step = labels[:, :-1] != labels[:, 1:]
+    edges[:, :-1] |= step
+    edges[:, 1:] |= step
+    vis[edges] = 255
+    return vis
 
 
 def _quality(score: float, model: str = "") -> str:
