@@ -519,3 +519,27 @@ def test_segment_everything_runs_in_background_reports_progress_and_cancels(qtbo
     assert not w.labels_layer.data.any() and "cancelled" in w.status.text()
     assert panel.run_button.isEnabled() and not panel.cancel_button.isEnabled()
     assert w.undo() is False
+
+
+def test_segment_everything_on_a_3d_stack_writes_the_slice_shown(qtbot, viewer, make_widget):
+    from segprompt.everything import EverythingSettings, label_map, segment_everything
+
+    seg = create_segmenter("sam-tiny")
+    stack = np.stack([lesion(64).image[..., 0].astype(np.uint16) * (k + 1) * 50 for k in range(3)])
+    viewer.add_image(stack, name="vol")
+    w = make_widget()
+    w.set_segmenter(seg, "sam-tiny")
+    viewer.dims.set_current_step(0, 2)
+    assert w.current_slice() == 2
+    with qtbot.waitSignal(w.everything_done, timeout=WAIT_MS) as blocker:
+        w.segment_everything(**EVERYTHING_FAST)
+    assert blocker.args == ["ready"]
+    lm = label_map(segment_everything(seg, to_rgb_uint8(stack[2]), EverythingSettings(**EVERYTHING_FAST)), stack.shape[1:])
+    assert lm.max() >= 1
+    data = w.labels_layer.data
+    np.testing.assert_array_equal(data[2], lm)  # no object before: ids 1..K as label_map's
+    assert not data[[0, 1]].any()
+    viewer.dims.set_current_step(0, 0)
+    assert w.undo() is False  # Undo works on the slice shown: slice 0 has nothing to undo
+    viewer.dims.set_current_step(0, 2)
+    assert w.undo() is True and not data.any()
