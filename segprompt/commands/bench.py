@@ -8,6 +8,7 @@ from segprompt.cli import LazyGroup
 
 SUITES = {
     "pointprompt": ("pointprompt.cli:pointprompt", "Human and automated point prompts for SAM-like models."),
+    "everything": ("segprompt.everything_bench.cli:everything", "Segment everything, scored against instance ground truth (AP, PQ, best IoU)."),
     "tunevlseg": ("tunevlseg.cli:tunevlseg", "Prompt tuning of vision-language segmentation models across depths."),
 }
 
