@@ -7,6 +7,7 @@ a second on a CPU; the thresholds are lowered so that sam-tiny keeps some masks.
 
 from __future__ import annotations
 
+import csv
 import json
 
 import numpy as np
@@ -61,6 +62,15 @@ def test_everything_writes_the_label_map_of_segment_everything(tmp_path, capsys)
     np.testing.assert_array_equal(written, everything.label_map(records, img.shape[:2]))
     n = int(expected.max())
     assert f"{n} instance" in text.out and "8-bit PNG" in text.out
+    # the instance table: amg.py's metadata.csv columns, id = the label id
+    order = sorted((i for i, r in enumerate(records) if np.any(r["segmentation"])), key=lambda i: -int(np.sum(records[i]["segmentation"])))
+    with open(out.with_suffix(".csv")) as f:
+        rows = list(csv.DictReader(f))
+    assert [int(r["id"]) for r in rows] == list(range(1, n + 1))
+    for r, i in zip(rows, order):
+        assert int(r["area"]) == records[i]["area"] and float(r["predicted_iou"]) == pytest.approx(records[i]["predicted_iou"])
+        assert [int(r[c]) for c in ("bbox_x0", "bbox_y0", "bbox_w", "bbox_h")] == list(records[i]["bbox"])
+        assert int(r["visible_pixels"]) == int((written == int(r["id"])).sum())
     with Image.open(ov) as im:
         assert im.size == (128, 96) and im.mode == "RGB"
 
@@ -100,6 +110,7 @@ def test_folder_skips_a_corrupt_image_and_a_rerun_resumes_without_recomputing(tm
     assert err["item"] == "broken.png" and "not an image" in err["error"]
     (row,) = _rows(out / "results.jsonl")
     assert row["image"] == "a.png" and row["labels"] == "a.png" and row["seconds"] >= 0
+    assert row["metadata"] == "a.csv" and (out / "a.csv").is_file()
     with Image.open(out / "a.png") as im:
         assert row["instances"] == int(np.array(im).max())
     img = read_image(src / "a.png")
@@ -137,11 +148,13 @@ def test_folder_skips_a_corrupt_image_and_a_rerun_resumes_without_recomputing(tm
     [
         (["--point", "5,5", "--points-per-side", "4"], "--points-per-side only apply with --everything"),
         (["--everything", "--point", "5,5"], "--everything segments without prompts"),
+        (["--everything", "--out", "labels.tif"], "--everything writes a PNG label image"),
     ],
 )
 def test_everything_flags_are_checked(tmp_path, capsys, args, message):
     img = _image(tmp_path)
-    assert main(["segment", str(img), *args, "--out", str(tmp_path / "o.png")]) == 2
+    out = [] if "--out" in args else ["--out", str(tmp_path / "o.png")]
+    assert main(["segment", str(img), *args, *out]) == 2
     assert message in capsys.readouterr().err
 
 

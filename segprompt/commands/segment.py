@@ -149,6 +149,8 @@ def _segment_everything(image: Path, model: str, checkpoint: str | None, out: Pa
         return
     from segprompt.data.io import read_image, write_image
 
+    if out.suffix.lower() != ".png":
+        raise ConfigError(f"--out {out}: --everything writes a PNG label image; give a .png path (or a folder IMAGE for a run folder)")
     img = read_image(image)
     seg = make_segmenter()
     labels, records, seconds = everything_labels(seg, img, settings, progress_desc=image.name)
@@ -158,6 +160,9 @@ def _segment_everything(image: Path, model: str, checkpoint: str | None, out: Pa
         f"{out}: {n} instance{'' if n == 1 else 's'} ({len(records)} masks found), {bits}-bit PNG label image "
         f"(0 = background, 1..{n} largest first); {np.count_nonzero(labels) / labels.size:.1%} of pixels labelled; {seconds:.1f} s"
     )
+    meta = write_instance_metadata(out.with_suffix(".csv"), records, labels)
+    if meta is not None:
+        click.echo(f"instances: {meta} (one row per id: area, bbox, input point, predicted IoU, stability score, crop box)")
     if overlay:
         write_image(overlay, draw_label_overlay(img, labels))
         click.echo(f"overlay: {overlay}")
@@ -205,6 +210,65 @@ def write_label_image(path: str | Path, labels: Any) -> int:
     with atomic_path(path, suffix=".png") as tmp:
         Image.fromarray(arr.astype(np.uint8 if bits == 8 else np.uint16)).save(tmp, format="PNG")
     return bits
+
+
+METADATA_COLUMNS = (
+    "id", "area", "bbox_x0", "bbox_y0", "bbox_w", "bbox_h", "point_input_x", "point_input_y",
+    "predicted_iou", "stability_score", "crop_box_x0", "crop_box_y0", "crop_box_w", "crop_box_h", "visible_pixels",
+)  # fmt: skip
+
+
+def instance_metadata(records: list[dict[str, Any]], labels: Any) -> list[dict[str, Any]] | None:
+    """One row per id of ``labels`` with the record it came from, in amg.py's ``metadata.csv``
+    columns (``id`` = the label id instead of amg's mask file number) plus ``visible_pixels`` (the
+    pixels that hold the id once smaller masks are painted over it).
+
+    label_map numbers the non-empty masks by decreasing area, ties in record order; that pairing is
+    checked against ``labels`` (each id's pixels lie in its record's mask, no id is missing or
+    extra) and None is returned when it does not hold. Binary-mask records only (else None).
+    """
+    import numpy as np
+
+    masks = []
+    for r in records:
+        m = r.get("segmentation")
+        if not isinstance(m, np.ndarray):
+            return None
+        masks.append(m.astype(bool, copy=False))
+    order = sorted((i for i, m in enumerate(masks) if m.any()), key=lambda i: -int(masks[i].sum()))
+    n = int(np.max(labels, initial=0))
+    if n != len(order):
+        return None
+    rows = []
+    for k, i in enumerate(order, start=1):
+        own = labels == k
+        if np.any(own & ~masks[i]):
+            return None
+        r = records[i]
+        (px, py), bbox, crop = r["point_coords"][0], r["bbox"], r["crop_box"]
+        rows.append(
+            dict(zip(METADATA_COLUMNS, (k, int(r["area"]), *bbox, px, py, float(r["predicted_iou"]), float(r["stability_score"]), *crop, int(own.sum()))))
+        )
+    return rows
+
+
+def write_instance_metadata(path: Path, records: list[dict[str, Any]], labels: Any) -> Path | None:
+    """Write :func:`instance_metadata` as CSV at ``path`` (atomically); None when it cannot be paired."""
+    import csv
+    import io
+    import logging
+
+    from segprompt.fileio import atomic_write_text
+
+    rows = instance_metadata(records, labels)
+    if rows is None:
+        logging.getLogger(__name__).warning("%s: the label ids could not be paired with the masks; no instance table written", path)
+        return None
+    buf = io.StringIO()
+    writer = csv.DictWriter(buf, fieldnames=METADATA_COLUMNS, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return atomic_write_text(path, buf.getvalue())
 
 
 def everything_folder(folder: Path, out: Path, make_segmenter: Any, settings: Any, *, overlay: Path | None = None, config: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -273,11 +337,12 @@ def everything_folder(folder: Path, out: Path, make_segmenter: Any, settings: An
             continue
         labels, records, seconds = everything_labels(seg, img, settings, progress_desc=p.name)
         bits = write_label_image(out / f"{p.stem}.png", labels)
+        meta = write_instance_metadata(out / f"{p.stem}.csv", records, labels)
         if overlay is not None:
             write_image(Path(overlay) / f"{p.stem}.png", draw_label_overlay(img, labels))
         n = int(labels.max(initial=0))
         run.results.append(
-            {"image": p.name, "labels": f"{p.stem}.png", "instances": n, "masks": len(records), "bits": bits, "height": int(img.shape[0]), "width": int(img.shape[1]), "seconds": round(seconds, 3)}
+            {"image": p.name, "labels": f"{p.stem}.png", "metadata": None if meta is None else meta.name, "instances": n, "masks": len(records), "bits": bits, "height": int(img.shape[0]), "width": int(img.shape[1]), "seconds": round(seconds, 3)}
         )
         new += 1
     run.finish(new_rows=new)
