@@ -543,3 +543,17 @@ def test_segment_everything_on_a_3d_stack_writes_the_slice_shown(qtbot, viewer, 
     assert w.undo() is False  # Undo works on the slice shown: slice 0 has nothing to undo
     viewer.dims.set_current_step(0, 2)
     assert w.undo() is True and not data.any()
+
+
+def test_segment_everything_panel_starts_at_segment_anythings_defaults(qtbot, viewer, make_widget):
+    from dataclasses import asdict
+
+    from segprompt.everything import EverythingSettings
+
+    w = make_widget()
+    ref = asdict(EverythingSettings())
+    got = asdict(w.everything_panel.settings())
+    for key in ("points_per_side", "pred_iou_thresh", "stability_score_thresh", "min_mask_region_area", "crop_n_layers"):
+        assert got[key] == pytest.approx(ref[key]), key
+    assert {k: v for k, v in got.items() if v != ref[k]} == {}  # and the rest left at the defaults
+    assert (ref["points_per_side"], ref["pred_iou_thresh"], ref["stability_score_thresh"]) == (32, 0.88, 0.95)  # SamAutomaticMaskGenerator's

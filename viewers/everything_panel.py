@@ -37,6 +37,12 @@ from qtpy.QtWidgets import (
 from segprompt.errors import Cancelled, SegpromptError
 
 
+#: the panel's starting values: segment-anything's SamAutomaticMaskGenerator defaults, as
+#: :class:`segprompt.everything.EverythingSettings` (a test checks they agree); written here so that
+#: opening the widget does not import torch
+DEFAULTS = {"points_per_side": 32, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95, "min_mask_region_area": 0, "crop_n_layers": 0}
+
+
 class _Bridge(QObject):
     progress = Signal(int, int)
 
@@ -53,30 +59,28 @@ class EverythingPanel(QGroupBox):
 
     def __init__(self, widget: Any) -> None:
         super().__init__("Segment everything")
-        from segprompt.everything import EverythingSettings
-
         self.widget = widget
         self._job: dict[str, Any] | None = None
         self._steps: list[dict[str, Any]] = []  # undoable results, oldest first
         self.last_result: Any = None
-        d = EverythingSettings()
+        d = DEFAULTS
         form = QFormLayout(self)
         self.points_per_side = QSpinBox()
         self.points_per_side.setRange(1, 256)
-        self.points_per_side.setValue(int(d.points_per_side or 32))
+        self.points_per_side.setValue(int(d["points_per_side"]))
         self.pred_iou_thresh = QDoubleSpinBox()
         self.stability_score_thresh = QDoubleSpinBox()
-        for box, value in ((self.pred_iou_thresh, d.pred_iou_thresh), (self.stability_score_thresh, d.stability_score_thresh)):
+        for box, value in ((self.pred_iou_thresh, d["pred_iou_thresh"]), (self.stability_score_thresh, d["stability_score_thresh"])):
             box.setRange(0.0, 1.0)
             box.setDecimals(3)
             box.setSingleStep(0.01)
             box.setValue(float(value))
         self.min_mask_region_area = QSpinBox()
         self.min_mask_region_area.setRange(0, 10_000_000)
-        self.min_mask_region_area.setValue(int(d.min_mask_region_area))
+        self.min_mask_region_area.setValue(int(d["min_mask_region_area"]))
         self.crop_n_layers = QSpinBox()
         self.crop_n_layers.setRange(0, 4)
-        self.crop_n_layers.setValue(int(d.crop_n_layers))
+        self.crop_n_layers.setValue(int(d["crop_n_layers"]))
         self.points_per_side.setToolTip("grid points per image side (segment-anything: 32)")
         self.pred_iou_thresh.setToolTip("drop masks whose predicted IoU is below this (0.88)")
         self.stability_score_thresh.setToolTip("drop masks whose stability score is below this (0.95)")
@@ -262,4 +266,4 @@ class EverythingPanel(QGroupBox):
         return False
 
 
-__all__ = ["EverythingPanel"]
+__all__ = ["DEFAULTS", "EverythingPanel"]
