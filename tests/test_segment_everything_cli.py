@@ -162,3 +162,24 @@ def test_a_folder_needs_everything(tmp_path, capsys):
     _image(tmp_path)
     assert main(["segment", str(tmp_path), "--point", "5,5", "--out", str(tmp_path / "o.png")]) == 2
     assert "needs --everything" in capsys.readouterr().err
+
+
+def test_every_amg_setting_flag_reaches_the_settings(tmp_path, monkeypatch, capsys):
+    img = _image(tmp_path)
+    seen = []
+    real = everything.segment_everything
+
+    def spy(seg, image, settings=None, **kwargs):
+        seen.append(settings)
+        return real(seg, image, settings, **kwargs)
+
+    monkeypatch.setattr(everything, "segment_everything", spy)
+    flags = {
+        "points_per_side": 4, "points_per_batch": 5, "pred_iou_thresh": 0.1, "stability_score_thresh": 0.2,
+        "min_mask_region_area": 3, "crop_n_layers": 1, "stability_score_offset": 0.5, "box_nms_thresh": 0.6,
+        "crop_nms_thresh": 0.65, "crop_overlap_ratio": 0.25, "crop_n_points_downscale_factor": 2,
+    }  # fmt: skip
+    args = [a for k, v in flags.items() for a in ("--" + k.replace("_", "-"), str(v))]
+    assert main(["segment", str(img), "--everything", *args, "--out", str(tmp_path / "l.png")]) == 0, capsys.readouterr().err
+    (settings,) = seen
+    assert settings == EverythingSettings(**flags)

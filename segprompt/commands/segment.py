@@ -44,6 +44,11 @@ def _numbers(text: str, n: tuple[int, ...], what: str) -> list[float]:
 @click.option("--stability-score-thresh", type=float, default=None, help="--everything: drop masks whose stability score is below this [default: 0.95].")
 @click.option("--min-mask-region-area", type=click.IntRange(min=0), default=None, help="--everything: remove disconnected regions and holes smaller than this many pixels (0 = off) [default: 0].")
 @click.option("--crop-n-layers", type=click.IntRange(min=0), default=None, help="--everything: also run on crops, this many layers of them (0 = whole image only) [default: 0].")
+@click.option("--stability-score-offset", type=float, default=None, help="--everything: how far the stability score moves the mask threshold [default: 1.0].")
+@click.option("--box-nms-thresh", type=float, default=None, help="--everything: box IoU above which a duplicate mask is dropped [default: 0.7].")
+@click.option("--crop-nms-thresh", type=float, default=None, help="--everything: the same across crops [default: 0.7].")
+@click.option("--crop-overlap-ratio", type=float, default=None, help="--everything: how much crops overlap [default: 512/1500].")
+@click.option("--crop-n-points-downscale-factor", type=click.IntRange(min=1), default=None, help="--everything: points per side divided by this in each crop layer [default: 1].")
 def segment(
     image: Path,
     model: str,
@@ -61,6 +66,11 @@ def segment(
     stability_score_thresh: float | None,
     min_mask_region_area: int | None,
     crop_n_layers: int | None,
+    stability_score_offset: float | None,
+    box_nms_thresh: float | None,
+    crop_nms_thresh: float | None,
+    crop_overlap_ratio: float | None,
+    crop_n_points_downscale_factor: int | None,
 ) -> None:
     """Segment IMAGE from point and/or box prompts; (x, y) = (column, row) pixels.
 
@@ -75,6 +85,11 @@ def segment(
         "stability_score_thresh": stability_score_thresh,
         "min_mask_region_area": min_mask_region_area,
         "crop_n_layers": crop_n_layers,
+        "stability_score_offset": stability_score_offset,
+        "box_nms_thresh": box_nms_thresh,
+        "crop_nms_thresh": crop_nms_thresh,
+        "crop_overlap_ratio": crop_overlap_ratio,
+        "crop_n_points_downscale_factor": crop_n_points_downscale_factor,
     }
     amg = {k: v for k, v in amg.items() if v is not None}
     if everything:
