@@ -224,3 +224,23 @@ def test_real_data_cli_sam_tiny_then_resume(tmp_path, monkeypatch):
     assert len(calls) == 6 and (out / "results.jsonl").read_text() == before
     assert "nothing new computed" in again.output
     assert [json.loads(l)["new_rows"] for l in (out / "invocations.jsonl").read_text().splitlines()] == [6, 0]
+
+
+def test_cli_config_yaml_of_a_run_resumes_it(tmp_path):
+    """--config takes a run folder's config.yaml as is: the same run, resumed (nothing new);
+    an option on the command line overrides the file (a new folder, a different setting)."""
+    from click.testing import CliRunner
+
+    from segprompt.cli import cli
+
+    folder = _binary_folder(tmp_path / "data", n=1)
+    out = tmp_path / "run"
+    first = CliRunner().invoke(cli, ["bench", "everything", "--dataset", str(folder), "--model", "sam-tiny", "--points-per-side", "2", "--pred-iou-thresh", "0", "--out", str(out)])
+    assert first.exit_code == 0, first.output
+    again = CliRunner().invoke(cli, ["bench", "everything", "--config", str(out / "config.yaml"), "--out", str(out)])
+    assert again.exit_code == 0, again.output
+    assert [json.loads(l)["new_rows"] for l in (out / "invocations.jsonl").read_text().splitlines()] == [1, 0]
+    other = CliRunner().invoke(cli, ["bench", "everything", "--config", str(out / "config.yaml"), "--points-per-side", "3", "--out", str(tmp_path / "run2")])
+    assert other.exit_code == 0, other.output
+    cfg = yaml.safe_load((tmp_path / "run2" / "config.yaml").read_text())
+    assert cfg["settings"] == {"points_per_side": 3, "pred_iou_thresh": 0.0} and cfg["datasets"] == [str(folder)]
