@@ -28,4 +28,8 @@ class ConfigError(SegpromptError, ValueError):
     """A setting, name or option is unknown or inconsistent."""
 
 
-__all__ = ["SegpromptError", "DataError", "PromptError", "WeightsError", "ConfigError"]
+class Cancelled(SegpromptError):
+    """A long computation was stopped on request (its ``cancel`` callback returned True)."""
+
+
+__all__ = ["SegpromptError", "DataError", "PromptError", "WeightsError", "ConfigError", "Cancelled"]

@@ -289,3 +289,29 @@ class SamSegmenter(Segmenter):
                     full = tf.upscale_logits(low[list(sub)]) > threshold
                     out_masks[rows[list(sub)]] = full.cpu().numpy()
         return Prediction(masks=out_masks, scores=out_scores, logits=out_logits, chosen=chosen)
+
+    @torch.no_grad()
+    def segment_logits(
+        self, state: ImageState, prompts: Sequence[PromptSet], multimask_output: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-size logits and predicted IoU, as segment-anything's
+        ``SamPredictor.predict_torch(..., return_logits=True)`` returns them.
+
+        For automatic mask generation (:mod:`segprompt.everything`), whose stability score
+        thresholds the logits upscaled to the image size. Prompts are not checked here (the
+        caller builds them inside the image); every set must have the same structure.
+
+        Returns:
+            (logits float32 (N, K, H, W), scores float32 (N, K)), torch tensors on ``self.device``.
+        """
+        tf = LongestSide(self.arch.img_size, tuple(state.original_size))
+        embeddings = state.features["embeddings"].to(self.device)
+        inputs = [self._prompt_inputs(s, tf) for s in prompts]
+        if len({(len(xy), box is not None, mask is not None) for xy, _, box, mask in inputs}) > 1:
+            raise PromptError("segment_logits() needs prompt sets of one structure (same number of points, box, mask)")
+        logits, scores = [], []
+        for chunk in _chunks(inputs, self.max_batch):
+            low, iou = self._decode(embeddings, list(chunk), multimask_output)
+            logits.append(tf.upscale_logits(low))
+            scores.append(iou)
+        return torch.cat(logits), torch.cat(scores)
