@@ -76,7 +76,7 @@ def test_everything_writes_the_label_map_of_segment_everything(tmp_path, capsys)
 
 
 def test_label_image_is_8_bit_up_to_255_ids_and_16_bit_above(tmp_path):
-    from segprompt.commands.segment import write_label_image
+    from segprompt.commands.segment_everything import write_label_image
 
     for n, bits, mode in ((255, 8, "L"), (300, 16, "I;16")):
         labels = np.arange(n + 1, dtype=np.int32).reshape(1, -1).repeat(3, axis=0)
