@@ -20,6 +20,9 @@ from segprompt.errors import ConfigError, DataError
 
 
 def run_everything(image: Path, model: str, checkpoint: str | None, out: Path, overlay: Path | None, device: str, amg: dict[str, Any]) -> None:
+    """What ``segment IMAGE --everything`` does: IMAGE a file -> the label image ``out`` (.png), its
+    instance table ``out`` with .csv, and the overlay; IMAGE a folder -> :func:`everything_folder`.
+    ``amg``: the :class:`segprompt.everything.EverythingSettings` fields given on the command line."""
     import numpy as np
 
     from segprompt.devices import check_device
