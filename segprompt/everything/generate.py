@@ -118,19 +118,26 @@ def _process_batch(
     k = logits.shape[1]
     logits, scores = logits.flatten(0, 1), scores.flatten(0, 1).float()
     pts = torch.as_tensor(np.repeat(points, k, axis=0))
-    keep = torch.ones(len(scores), dtype=torch.bool, device=scores.device)
+
+    def take(keep: torch.Tensor) -> None:  # copies only when something is dropped
+        nonlocal logits, scores, pts
+        if not bool(keep.all()):
+            logits, scores, pts = logits[keep], scores[keep], pts[keep.cpu()]
+
     if s.pred_iou_thresh > 0:
-        keep &= scores > s.pred_iou_thresh
-    logits, scores, pts = logits[keep], scores[keep], pts[keep.cpu()]
+        take(scores > s.pred_iou_thresh)
     stability = M.stability_score(logits, threshold, s.stability_score_offset)
-    keep = stability >= s.stability_score_thresh if s.stability_score_thresh > 0 else torch.ones_like(stability, dtype=torch.bool)
-    masks = logits[keep] > threshold
+    if s.stability_score_thresh > 0:
+        keep = stability >= s.stability_score_thresh
+        take(keep)
+        stability = stability[keep]
+    masks = logits > threshold
     del logits
-    scores, stability, pts = scores[keep], stability[keep], pts[keep.cpu()]
     boxes = M.mask_boxes(masks)
     h, w = size
     keep = ~M.near_crop_edge(boxes, crop, [0, 0, w, h]) & masks.flatten(1).any(1)
-    masks, boxes, scores, stability, pts = masks[keep], boxes[keep], scores[keep], stability[keep], pts[keep.cpu()]
+    if not bool(keep.all()):
+        masks, boxes, scores, stability, pts = masks[keep], boxes[keep], scores[keep], stability[keep], pts[keep.cpu()]
     x0, y0, x1, y1 = crop
     if (x0, y0, x1, y1) != (0, 0, w, h):
         masks = torch.nn.functional.pad(masks, (x0, w - x1, y0, h - y1), value=False)

@@ -314,4 +314,6 @@ class SamSegmenter(Segmenter):
             low, iou = self._decode(embeddings, list(chunk), multimask_output)
             logits.append(tf.upscale_logits(low))
             scores.append(iou)
+        if len(logits) == 1:
+            return logits[0], scores[0]
         return torch.cat(logits), torch.cat(scores)
