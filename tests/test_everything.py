@@ -222,9 +222,9 @@ def test_empty_image_gives_no_masks(relaxed):
 
 
 def test_all_zero_image_through_sam(models):
-    out = segment_everything(models[0], np.zeros((64, 64, 3), np.uint8), points_per_side=4)
-    assert isinstance(out, list)
-    assert label_map(out, (64, 64)).shape == (64, 64)
+    out = segment_everything(models[0], np.zeros((64, 64, 3), np.uint8), points_per_side=8)  # default thresholds
+    assert out == []
+    np.testing.assert_array_equal(label_map(out, (64, 64)), np.zeros((64, 64), np.int32))
 
 
 def test_uint16_grey_image_is_converted(models):
