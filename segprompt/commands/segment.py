@@ -6,9 +6,11 @@ object of an image (or of a folder of images) as an integer label image
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import click
 
+from segprompt.commands.everything_options import settings_options
 from segprompt.errors import ConfigError, PromptError
 from segprompt.models.base import MULTIMASK_POLICIES, multimask_help
 
@@ -34,17 +36,7 @@ def _numbers(text: str, n: tuple[int, ...], what: str) -> list[float]:
 @click.option("--overlay", type=click.Path(path_type=Path), default=None, help="Also write the image with the mask and prompts drawn (--everything: the instances; for a folder IMAGE a folder of overlays).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--everything", is_flag=True, help="Segment every object without prompts (segment-anything's automatic mask generator over --model): --out gets an integer label image (0 = background, 1..K = instances, largest first), 8-bit PNG up to 255 instances, else 16-bit. IMAGE may be a folder: then --out is a resumable run folder with one label image per input.")
-@click.option("--points-per-side", type=click.IntRange(min=1), default=None, help="--everything: grid points per image side [default: 32, segment-anything's].")
-@click.option("--points-per-batch", type=click.IntRange(min=1), default=None, help="--everything: points decoded together (memory, not results) [default: 64].")
-@click.option("--pred-iou-thresh", type=float, default=None, help="--everything: drop masks whose predicted IoU is below this [default: 0.88].")
-@click.option("--stability-score-thresh", type=float, default=None, help="--everything: drop masks whose stability score is below this [default: 0.95].")
-@click.option("--min-mask-region-area", type=click.IntRange(min=0), default=None, help="--everything: remove disconnected regions and holes smaller than this many pixels (0 = off) [default: 0].")
-@click.option("--crop-n-layers", type=click.IntRange(min=0), default=None, help="--everything: also run on crops, this many layers of them (0 = whole image only) [default: 0].")
-@click.option("--stability-score-offset", type=float, default=None, help="--everything: how far the stability score moves the mask threshold [default: 1.0].")
-@click.option("--box-nms-thresh", type=float, default=None, help="--everything: box IoU above which a duplicate mask is dropped [default: 0.7].")
-@click.option("--crop-nms-thresh", type=float, default=None, help="--everything: the same across crops [default: 0.7].")
-@click.option("--crop-overlap-ratio", type=float, default=None, help="--everything: how much crops overlap [default: 512/1500].")
-@click.option("--crop-n-points-downscale-factor", type=click.IntRange(min=1), default=None, help="--everything: points per side divided by this in each crop layer [default: 1].")
+@settings_options(help_prefix="--everything: ")
 def segment(
     image: Path,
     model: str,
@@ -56,17 +48,7 @@ def segment(
     overlay: Path | None,
     device: str,
     everything: bool,
-    points_per_side: int | None,
-    points_per_batch: int | None,
-    pred_iou_thresh: float | None,
-    stability_score_thresh: float | None,
-    min_mask_region_area: int | None,
-    crop_n_layers: int | None,
-    stability_score_offset: float | None,
-    box_nms_thresh: float | None,
-    crop_nms_thresh: float | None,
-    crop_overlap_ratio: float | None,
-    crop_n_points_downscale_factor: int | None,
+    settings: dict[str, Any],
 ) -> None:
     """Segment IMAGE from point and/or box prompts; (x, y) = (column, row) pixels.
 
@@ -74,20 +56,7 @@ def segment(
     """
     import numpy as np
 
-    amg = {
-        "points_per_side": points_per_side,
-        "points_per_batch": points_per_batch,
-        "pred_iou_thresh": pred_iou_thresh,
-        "stability_score_thresh": stability_score_thresh,
-        "min_mask_region_area": min_mask_region_area,
-        "crop_n_layers": crop_n_layers,
-        "stability_score_offset": stability_score_offset,
-        "box_nms_thresh": box_nms_thresh,
-        "crop_nms_thresh": crop_nms_thresh,
-        "crop_overlap_ratio": crop_overlap_ratio,
-        "crop_n_points_downscale_factor": crop_n_points_downscale_factor,
-    }
-    amg = {k: v for k, v in amg.items() if v is not None}
+    amg = settings  # segment-anything automatic-mask-generator settings given on the command line
     if everything:
         if points or box or multimask:
             raise ConfigError("--everything segments without prompts: leave out --point, --box and --multimask")

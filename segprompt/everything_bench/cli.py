@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from segprompt.commands.everything_options import SETTING_FIELDS, settings_options
 from segprompt.errors import ConfigError
 
 _NO_DEVICE = ("classical", "grabcut", "random-walker")
@@ -40,10 +41,6 @@ def parse_classes(items: tuple[str, ...], datasets: list[str]) -> dict[str, list
 @click.option("--min-gt-area", type=int, default=0, show_default=True, help="Ground-truth instances under this many pixels are dropped.")
 @click.option("--ignore-id", type=int, default=None, help="With --gt labels: this id is an ignore region, not an instance.")
 @click.option("--max-dets", type=int, default=100, show_default=True, help="Predictions per image kept for AP (COCO's 100).")
-@click.option("--points-per-side", type=int, default=None, help="EverythingSettings.points_per_side (default 32).")
-@click.option("--pred-iou-thresh", type=float, default=None, help="EverythingSettings.pred_iou_thresh (default 0.88).")
-@click.option("--stability-score-thresh", type=float, default=None, help="EverythingSettings.stability_score_thresh (default 0.95).")
-@click.option("--min-mask-region-area", type=int, default=None, help="EverythingSettings.min_mask_region_area (default 0).")
 @click.option("--overlays", type=int, default=3, show_default=True, help="Images per dataset drawn in overlays.png.")
 @click.option("--limit", type=int, default=None, help="Use only the first N images of each dataset.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Recorded in config.yaml (segment everything draws no random numbers).")
@@ -52,7 +49,8 @@ def parse_classes(items: tuple[str, ...], datasets: list[str]) -> dict[str, list
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML of EverythingBenchConfig fields (a run folder's config.yaml works); options given on the command line override it.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (rerun the same command to resume). Required.")
 @click.pass_context
-def everything(ctx, datasets, roots, models, checkpoint, gt, classes, other_classes, connectivity, min_gt_area, ignore_id, max_dets, points_per_side, pred_iou_thresh, stability_score_thresh, min_mask_region_area, overlays, limit, seed, cache, device, config_file, out) -> None:
+@settings_options()
+def everything(ctx, datasets, roots, models, checkpoint, gt, classes, other_classes, connectivity, min_gt_area, ignore_id, max_dets, settings, overlays, limit, seed, cache, device, config_file, out) -> None:
     """Segment everything on each image and score the masks against instance ground truth:
     AP50, AP (COCO), PQ / SQ / RQ, mean best IoU per object, seconds per image. Resumable."""
     if out is None:
@@ -70,7 +68,6 @@ def everything(ctx, datasets, roots, models, checkpoint, gt, classes, other_clas
         if m.split("@")[0] == "sam" and checkpoint:
             kw["checkpoint"] = checkpoint
         model_kwargs[m] = kw
-    settings = {k: v for k, v in dict(points_per_side=points_per_side, pred_iou_thresh=pred_iou_thresh, stability_score_thresh=stability_score_thresh, min_mask_region_area=min_mask_region_area).items() if v is not None}
     given = dict(
         datasets=datasets,
         dataset_kwargs={name: {"root": folder} for name, folder in parse_root_options(roots, datasets).items()},
@@ -100,8 +97,8 @@ _OPTION_FIELDS = {
     "datasets": ("datasets",), "roots": ("dataset_kwargs",), "models": ("models", "model_kwargs"), "checkpoint": ("model_kwargs",),
     "device": ("model_kwargs",), "gt": ("gt",), "classes": ("classes",), "other_classes": ("other_classes",),
     "connectivity": ("connectivity",), "min_gt_area": ("min_gt_area",), "ignore_id": ("ignore_id",), "max_dets": ("max_dets",),
-    "points_per_side": ("settings",), "pred_iou_thresh": ("settings",), "stability_score_thresh": ("settings",),
-    "min_mask_region_area": ("settings",), "overlays": ("overlays",), "limit": ("limit",), "seed": ("seed",),
+    "overlays": ("overlays",), "limit": ("limit",), "seed": ("seed",),
+    **{name: ("settings",) for name in SETTING_FIELDS},
 }
 
 
