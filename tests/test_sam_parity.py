@@ -184,6 +184,29 @@ def test_tiny_architecture_round_trip(tmp_path):
     pth = save_sam(model, tmp_path / "m.pth", arch)
     sd = torch.load(pth, weights_only=True)
     assert set(sd) == set(model.state_dict())
+    # ... and the head counts the weights cannot show travel beside it, so a .pth loads as the same model
+    assert load_sam(pth)[1] == arch and load_sam(pth)[1].decoder_num_heads == 4
+
+
+def test_a_pth_without_its_record_warns_that_decoder_heads_are_assumed(tmp_path, caplog):
+    arch = tiny_arch(decoder_num_heads=4)
+    model = arch.build().eval()
+    pth = save_sam(model, tmp_path / "m.pth", arch)
+    image = torch.rand(1, 3, arch.img_size, arch.img_size)
+
+    def masks(m: torch.nn.Module) -> torch.Tensor:
+        emb = m.image_encoder(image)
+        sparse, dense = m.prompt_encoder(points=(torch.tensor([[[40.0, 50.0]]]), torch.tensor([[1]])), boxes=None, masks=None)
+        return m.mask_decoder(emb, m.prompt_encoder.get_dense_pe(), sparse, dense, multimask_output=True)[0]
+
+    with torch.no_grad():
+        assert torch.allclose(masks(load_sam(pth)[0]), masks(model), atol=1e-5)
+        (tmp_path / "m.pth.arch.json").unlink()  # e.g. a .pth copied without its record
+        with caplog.at_level("WARNING", logger="segprompt.models.sam_arch"):
+            loaded, read = load_sam(pth)
+        assert read.decoder_num_heads == 8 and "head count is assumed" in caplog.text
+        assert not torch.allclose(masks(loaded), masks(model), atol=1e-5)  # why the warning matters
+        assert load_sam(pth, {"decoder_num_heads": 4})[1] == arch
 
 
 def test_bad_checkpoints_raise_clear_errors(tmp_path):

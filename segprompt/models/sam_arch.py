@@ -10,6 +10,7 @@ head count (8) and, for encoders without relative positions, the encoder head co
 from __future__ import annotations
 
 import json
+import logging
 import re
 from dataclasses import asdict, dataclass, fields, replace
 from functools import partial
@@ -19,6 +20,8 @@ from typing import Any, Mapping
 import torch
 
 from segprompt.errors import WeightsError
+
+log = logging.getLogger(__name__)
 
 ARCH_METADATA_KEY = "segprompt.sam_arch"
 
@@ -255,11 +258,24 @@ def load_sam(
     """Build a ``Sam`` whose architecture is read from ``checkpoint`` and load its weights (strict)."""
     sd, metadata = read_checkpoint(checkpoint)
     overrides: dict[str, Any] = {}
-    if ARCH_METADATA_KEY in metadata:
-        stored = json.loads(metadata[ARCH_METADATA_KEY])
+    sidecar = arch_sidecar(checkpoint)
+    stored_json = metadata.get(ARCH_METADATA_KEY)
+    if stored_json is None and sidecar.is_file():
+        stored_json = sidecar.read_text()
+    if stored_json is not None:
+        try:
+            stored = json.loads(stored_json)
+        except ValueError as exc:
+            raise WeightsError(f"{sidecar if ARCH_METADATA_KEY not in metadata else checkpoint}: the stored SAM architecture is not valid JSON ({exc})") from exc
         overrides.update({k: stored[k] for k in ("decoder_num_heads", "encoder_num_heads") if k in stored})
     overrides.update(arch_overrides or {})
     arch = SamArch.from_state_dict(sd, overrides)
+    if stored_json is None and "decoder_num_heads" not in overrides and arch.prompt_embed_dim != 256:
+        log.warning(
+            "%s: a non-official SAM (decoder width %d) without its architecture record (%s); the mask decoder's "
+            "head count is assumed to be %d, which the weights cannot confirm: pass arch_overrides="
+            "{'decoder_num_heads': N} or save it as .safetensors", checkpoint, arch.prompt_embed_dim, sidecar.name, arch.decoder_num_heads,
+        )
     model = arch.build()
     sd = {k: v.float() if v.is_floating_point() else v for k, v in sd.items()}
     try:
@@ -292,7 +308,18 @@ def save_sam(model: "torch.nn.Module", path: str | Path, arch: SamArch | None = 
             save_file(sd, str(tmp), metadata={ARCH_METADATA_KEY: arch.to_json(), "format": "pt"})
         else:
             torch.save(sd, tmp)
+    if path.suffix != ".safetensors":  # the head counts the weights cannot show, beside the plain state dict
+        with atomic_path(arch_sidecar(path)) as tmp:
+            Path(tmp).write_text(arch.to_json())
     return path
+
+
+def arch_sidecar(checkpoint: str | Path) -> Path:
+    """``<checkpoint>.arch.json``: the architecture record :func:`save_sam` writes beside a plain
+    ``.pth`` state dict (segment-anything's layout has no room for it), read by :func:`load_sam`;
+    it holds what the weights cannot show, such as the attention head counts."""
+    path = Path(checkpoint)
+    return path.with_name(path.name + ".arch.json")
 
 
 def tiny_arch(**changes: Any) -> SamArch:
