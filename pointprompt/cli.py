@@ -6,7 +6,6 @@ from pathlib import Path
 
 import click
 
-from segprompt.errors import ConfigError
 from segprompt.models.base import SINGLE_MASK_POLICIES, multimask_help
 
 
@@ -94,27 +93,11 @@ def _merge_config(ctx: click.Context, path: Path, given: dict) -> dict:
     """Fields from a YAML file, overridden by the options that were given on the command line."""
     import dataclasses
 
-    import yaml
-
     from pointprompt.bench import PointBenchConfig
+    from segprompt.engine.config_files import apply_command_line, read_config_file
 
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    data.pop("suite", None)  # a run folder's config.yaml can be reused as is
-    known = {f.name for f in dataclasses.fields(PointBenchConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{path}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    explicit = {f for opt, fields in _OPTION_FIELDS.items() if ctx.get_parameter_source(opt) == click.core.ParameterSource.COMMANDLINE for f in fields}
-    merged = {**data}
-    for key, value in given.items():
-        if key in explicit or key not in data:
-            merged[key] = value
-    return merged
+    data = read_config_file(path, (f.name for f in dataclasses.fields(PointBenchConfig)))
+    return apply_command_line(ctx, data, given, _OPTION_FIELDS)
 
 
 @pointprompt.command("features")

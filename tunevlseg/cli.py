@@ -101,23 +101,11 @@ def load_presets(paths: tuple[Path, ...] | list[Path]) -> dict:
     """The --config files merged in order: later files win; mappings (``train``, ``vlsm_kwargs``,
     ``learner_kwargs`` and the mappings inside them, ``dataset_roots``) merge key by key, lists
     are replaced. A run folder's config.yaml can be passed as is."""
-    import yaml
+    from segprompt.engine.config_files import read_config_file
 
     merged: dict = {}
     for path in paths:
-        path = Path(path)
-        if not path.is_file():
-            raise ConfigError(f"--config {path}: config file not found")
-        try:
-            data = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"--config {path}: not valid YAML ({exc})") from None
-        if not isinstance(data, dict):
-            raise ConfigError(f"--config {path}: expected a mapping of SweepConfig fields ({', '.join(PRESET_KEYS)})")
-        data.pop("suite", None)
-        unknown = sorted(set(data) - set(PRESET_KEYS))
-        if unknown:
-            raise ConfigError(f"--config {path}: unknown field(s) {', '.join(unknown)}; known: {', '.join(PRESET_KEYS)}")
+        data = read_config_file(path, PRESET_KEYS, label="--config ")
         for key, value in data.items():
             merged[key] = _deep_merge(merged[key], value) if isinstance(value, dict) and isinstance(merged.get(key), dict) else value
     return merged

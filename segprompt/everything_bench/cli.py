@@ -107,27 +107,8 @@ def _merge_config(ctx: click.Context, path: Path, given: dict) -> dict:
     merged field by field)."""
     import dataclasses
 
-    import yaml
-
+    from segprompt.engine.config_files import apply_command_line, read_config_file
     from segprompt.everything_bench.bench import EverythingBenchConfig
 
-    if not path.is_file():
-        raise ConfigError(f"{path}: config file not found")
-    try:
-        data = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML ({exc})") from None
-    data.pop("suite", None)  # a run folder's config.yaml can be reused as is
-    data.pop("resolved_settings", None)
-    known = {f.name for f in dataclasses.fields(EverythingBenchConfig)}
-    unknown = sorted(set(data) - known)
-    if unknown:
-        raise ConfigError(f"{path}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-    explicit = {f for opt, fields in _OPTION_FIELDS.items() if ctx.get_parameter_source(opt) == click.core.ParameterSource.COMMANDLINE for f in fields}
-    merged = {**data}
-    for key, value in given.items():
-        if key == "settings" and key in data:
-            merged[key] = {**(data[key] or {}), **value}
-        elif key in explicit or key not in data:
-            merged[key] = value
-    return merged
+    data = read_config_file(path, (f.name for f in dataclasses.fields(EverythingBenchConfig)), drop=("suite", "resolved_settings"))
+    return apply_command_line(ctx, data, given, _OPTION_FIELDS, merge=("settings",))
