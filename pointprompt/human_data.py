@@ -87,6 +87,7 @@ from segprompt.errors import DataError, SegpromptError
 from segprompt.fileio import atomic_write_bytes
 from segprompt.prompts import Points
 
+from pointprompt.human_protocol import natural_key
 from pointprompt.human_protocol import (  # re-exported: the protocol lived here before
     ANNOTATOR_COLUMNS,
     BEST_BY,
@@ -118,10 +119,6 @@ ImageSizes = Mapping[Any, Sequence[int]] | Callable[[str, str], Sequence[int] | 
 
 # --------------------------------------------------------------------------------------------
 # low-level readers
-
-
-def _natural_key(name: str) -> list[Any]:
-    return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", name)]
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -401,7 +398,7 @@ def _is_annotator_dir(p: Path) -> bool:
 
 
 def _subdirs(p: Path) -> list[Path]:
-    return sorted((c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")), key=lambda c: _natural_key(c.name))
+    return sorted((c for c in p.iterdir() if c.is_dir() and not c.name.startswith(".")), key=lambda c: natural_key(c.name))
 
 
 def _as_names(value: str | Iterable[str] | None) -> list[str] | None:
@@ -469,7 +466,7 @@ def read_pointprompt_human(
             missing = [a for a in wanted if a not in names]
             if missing:
                 where = folders[0].parent if folders else root
-                raise DataError(f"{where}: no annotator folder {missing}; available: {sorted(names, key=_natural_key)}")
+                raise DataError(f"{where}: no annotator folder {missing}; available: {sorted(names, key=natural_key)}")
             folders = [f for f in folders if f.name in wanted]
         for f in folders:
             out.extend(read_annotator_folder(f, dataset=ds_name, annotator=f.name, image_sizes=image_sizes, load_masks=load_masks))

@@ -52,8 +52,8 @@ REPLAY_COLUMNS = [
 REPLAY_STEP_COLUMNS = ["dataset", "model", "image", "annotator", "step", "round", "n_points", "recorded_iou", "replayed_iou", "diff"]
 
 
-def _natural_key(name: str) -> list[Any]:
-    """Sort key putting "st2" before "st10" and image "9" before "10" (as the human-data reader orders files)."""
+def natural_key(name: str) -> list[Any]:
+    """Sort key putting "st2" before "st10" and image "9" before "10" (the human-data reader orders its folders by it)."""
     return [int(p) if p.isdigit() else p.lower() for p in re.split(r"(\d+)", name)]
 
 
@@ -214,7 +214,7 @@ def _replay(rows: Sequence[Mapping[str, Any]], units: Sequence[Mapping[str, Any]
         for r in rows
         if r.get("strategy") == HUMAN
     ]
-    steps.sort(key=lambda r: (str(r["dataset"]), str(r["model"]), _natural_key(r["image"]), _natural_key(r["annotator"]), r["step"]))
+    steps.sort(key=lambda r: (str(r["dataset"]), str(r["model"]), natural_key(r["image"]), natural_key(r["annotator"]), r["step"]))
     for r in steps:
         r["diff"] = r["replayed_iou"] - _num(r["recorded_iou"])
     summary = []
@@ -241,7 +241,7 @@ def _replay(rows: Sequence[Mapping[str, Any]], units: Sequence[Mapping[str, Any]
 
 def _annotators(units: Sequence[Mapping[str, Any]]) -> list[dict[str, Any]]:
     out = []
-    keys = sorted({(u["dataset"], u["model"], u["annotator"]) for u in units}, key=lambda k: (str(k[0]), str(k[1]), _natural_key(k[2])))
+    keys = sorted({(u["dataset"], u["model"], u["annotator"]) for u in units}, key=lambda k: (str(k[0]), str(k[1]), natural_key(k[2])))
     for ds, model, annot in keys:
         mine = [u for u in units if (u["dataset"], u["model"], u["annotator"]) == (ds, model, annot)]
         out.append(
@@ -281,7 +281,7 @@ def human_protocol(rows: Iterable[Mapping[str, Any]], best_by: str = "recorded")
         raise DataError(f"best_by must be one of {BEST_BY}, got {best_by!r}")
     rows = list(rows)
     units = _human_units(rows, best_by)
-    units.sort(key=lambda u: (str(u["dataset"]), str(u["model"]), _natural_key(u["annotator"]), _natural_key(u["image"])))
+    units.sort(key=lambda u: (str(u["dataset"]), str(u["model"]), natural_key(u["annotator"]), natural_key(u["image"])))
     replay, replay_steps = _replay(rows, units)
     return {
         "best_by": best_by,
