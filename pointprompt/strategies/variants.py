@@ -17,6 +17,7 @@ from segprompt.prompts import Points
 
 from pointprompt.strategies.base import _RegionStrategy, _cycle, _subsample, _xy, check_mask, interleave, register_strategy
 from pointprompt.strategies.geometry import _distance_inside, _ring, diameter, farthest_points, kmedoids
+from pointprompt.strategies.study import _good_features
 
 
 @register_strategy("centre", "center")
@@ -181,31 +182,11 @@ class ShiTomasiRingStrategy(_RegionStrategy):
     name: str = "shi-tomasi-ring"
 
     def _corners(self, region: np.ndarray, grey: np.ndarray | None, n: int) -> np.ndarray:
-        """(≤ n, 2) (row, col) corners inside ``region``, strongest first."""
-        import cv2
-
+        """(≤ n, 2) (row, col) corners inside ``region`` eroded, strongest first."""
         if grey is None or not region.any():
             return np.zeros((0, 2), np.int64)
         eroded = _erode_cascade(region, tuple(self.erosion), self.min_pixels)
-        rows, cols = np.nonzero(eroded)
-        r0, r1 = max(0, rows.min() - 4), min(region.shape[0], rows.max() + 5)
-        c0, c1 = max(0, cols.min() - 4), min(region.shape[1], cols.max() + 5)
-        found = cv2.goodFeaturesToTrack(
-            np.ascontiguousarray(grey[r0:r1, c0:c1]),
-            maxCorners=int(n),
-            qualityLevel=float(self.quality),
-            minDistance=float(diameter(eroded)) / n,
-            mask=np.ascontiguousarray(eroded[r0:r1, c0:c1]).astype(np.uint8),
-            blockSize=3,
-            gradientSize=3,
-        )
-        if found is None:
-            return np.zeros((0, 2), np.int64)
-        xy = np.round(found.reshape(-1, 2)).astype(np.int64) + [c0, r0]
-        rc = xy[:, ::-1]
-        rc = rc[eroded[rc[:, 0], rc[:, 1]]]
-        _, first = np.unique(rc, axis=0, return_index=True)
-        return rc[np.sort(first)][:n]
+        return _good_features(grey, eroded, n, self.quality, float(diameter(eroded)) / n)
 
     def _place(self, region, grey, rng, n):
         corners = self._corners(region, grey, n)
