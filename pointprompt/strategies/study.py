@@ -7,6 +7,7 @@ and lives in :mod:`~pointprompt.strategies.salient`. Negatives come from the who
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import numpy as np
 from scipy import ndimage
@@ -73,6 +74,18 @@ def _pp_candidates(rc: np.ndarray, rng: np.random.Generator, n: int) -> tuple[np
     if amt < n:
         amt, n = total, total
     return rc[rng.choice(total, size=amt, replace=False)], n
+
+def _seed_then_ranked(region: np.ndarray, rng: np.random.Generator, n: int, score: Callable[[np.ndarray, np.ndarray], np.ndarray]) -> np.ndarray:
+    """The study's seed-and-rank rule shared by entropy and max-distance: a uniformly random seed
+    pixel of ``region``, then the study's candidate subsample (:func:`_pp_candidates`) ranked by
+    ``score(seed_rc, candidates_rc)`` (highest first, ties in subsample order); (n + 1, 2) (x, y),
+    the seed first."""
+    rc = np.argwhere(region)
+    seed = rc[int(rng.integers(len(rc)))]
+    cand, n_eff = _pp_candidates(rc, rng, n)
+    order = np.argsort(-score(seed, cand), kind="stable")[:n_eff]
+    return _cycle(_xy(np.concatenate([seed[None], cand[order]])), n + 1)
+
 
 
 @register_strategy("kmedoids", "k-medoids", "kmedoid")
@@ -237,16 +250,13 @@ class EntropyStrategy(_RegionStrategy):
     def _place(self, region, grey, rng, n):
         from pointprompt.saliency import patch_entropy
 
-        rc = np.argwhere(region)
-        seed = rc[int(rng.integers(len(rc)))]
-        cand, n_eff = _pp_candidates(rc, rng, n)
-        if grey is None:
-            score = np.zeros(len(cand))
-        else:
+        def score(seed: np.ndarray, cand: np.ndarray) -> np.ndarray:
+            if grey is None:
+                return np.zeros(len(cand))
             ent = patch_entropy(grey, np.concatenate([seed[None], cand]), self.patch, border="shift")
-            score = np.round(np.abs(ent[1:] - ent[0]), 9)  # equal up to float noise -> a tie
-        order = np.argsort(-score, kind="stable")[:n_eff]
-        return _cycle(_xy(np.concatenate([seed[None], cand[order]])), n + 1)
+            return np.round(np.abs(ent[1:] - ent[0]), 9)  # equal up to float noise -> a tie
+
+        return _seed_then_ranked(region, rng, n, score)
 
 
 @register_strategy("max-distance", "maxdistance", "max-dist")
@@ -270,9 +280,4 @@ class MaxDistanceStrategy(_RegionStrategy):
     seed_points: int = 1
 
     def _place(self, region, grey, rng, n):
-        rc = np.argwhere(region)
-        seed = rc[int(rng.integers(len(rc)))]
-        cand, n_eff = _pp_candidates(rc, rng, n)
-        dist = np.sqrt(((cand - seed) ** 2).sum(1).astype(np.float64))
-        order = np.argsort(-dist, kind="stable")[:n_eff]
-        return _cycle(_xy(np.concatenate([seed[None], cand[order]])), n + 1)
+        return _seed_then_ranked(region, rng, n, lambda seed, cand: np.sqrt(((cand - seed) ** 2).sum(1).astype(np.float64)))
