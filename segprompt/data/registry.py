@@ -20,7 +20,7 @@ folder when it holds ``classes.json``, a TuneVLSeg folder when it holds ``anns/`
 folder when its ``labels.csv`` has ``mask`` and ``image`` columns, else a :class:`FolderDataset`;
 failing those, the original-download layouts of the registered datasets are tried.
 
-The synthetic sets (``synthetic-lesions``, ``synthetic-scenes``) need no root (kwargs ``n``, ``seed``).
+The synthetic sets (``synthetic-lesions``, ``synthetic-random``, ``synthetic-scenes``) need no root (kwargs ``n``, ``seed``).
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ import csv
 import json
 import os
 import re
+from functools import partial
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -884,6 +885,7 @@ def _synthetic(cls: type[SegmentationDataset]) -> Builder:
 for _name, _cls, _title, _task, _text in (
     ("synthetic-lesions", SyntheticLesions, "Synthetic lesions (endoscopy / ultrasound / dermoscopy looks)", "binary", "lesion"),
     ("synthetic-scenes", SyntheticScenes, "Synthetic multi-class shape scenes", "multiclass", None),
+    ("synthetic-random", partial(SyntheticLesions, style="randomised"), "Domain-randomised synthetic objects (sam-tiny's training data)", "binary", "object"),
 ):
     DATASETS.add(
         _name,

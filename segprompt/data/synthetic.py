@@ -4,6 +4,8 @@
   in three looks: ``"endoscopy"`` (pink-red mucosa, vignette, specular highlights, a polyp of a
   slightly different colour), ``"ultrasound"`` (grey speckle, a dark hypoechoic lesion with
   posterior shadowing) and ``"dermoscopy"`` (skin tone, a brown lesion with an irregular border).
+  ``style="randomised"`` is the domain-randomised mode (:mod:`segprompt.data.synthetic_random`):
+  any shape, texture, colour and artefact, the data the bundled ``sam-tiny`` is trained on.
 * :class:`SyntheticScenes`: multi-class label maps of textured shapes whose classes have word
   names (``background``, ``circle``, ``square``, ``triangle``), for text / reference prompting.
 
@@ -26,6 +28,8 @@ from segprompt.errors import ConfigError
 LesionStyle = Literal["endoscopy", "ultrasound", "dermoscopy"]
 LESION_STYLES: tuple[str, ...] = ("endoscopy", "ultrasound", "dermoscopy")
 SCENE_CLASSES: tuple[str, ...] = ("background", "circle", "square", "triangle")
+#: the domain-randomised style (:mod:`segprompt.data.synthetic_random`), not part of ``"mixed"``
+RANDOMISED = "randomised"
 
 
 def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float) -> np.ndarray:
@@ -158,8 +162,11 @@ class SyntheticLesions(SegmentationDataset):
     Args:
         n: number of samples.
         seed: sample ``i`` is generated from ``(seed, i)`` alone.
-        size: (H, W), a square side, or None for sizes varying in 192..352.
-        style: ``endoscopy``, ``ultrasound``, ``dermoscopy`` or ``mixed``.
+        size: (H, W), a square side, or None for varied sizes (192..352; for ``randomised``,
+            a longer side of 224..384 and an aspect ratio of 0.75..1.5).
+        style: ``endoscopy``, ``ultrasound``, ``dermoscopy``, ``mixed`` (the three in turn) or
+            ``randomised``: domain-randomised objects, textures and artefacts
+            (:mod:`segprompt.data.synthetic_random`), the training data of ``sam-tiny``.
     """
 
     task = "binary"
@@ -172,8 +179,8 @@ class SyntheticLesions(SegmentationDataset):
         style: str = "mixed",
     ) -> None:
         super().__init__()
-        if style != "mixed" and style not in LESION_STYLES:
-            raise ConfigError(f"unknown lesion style {style!r}; use mixed or one of {', '.join(LESION_STYLES)}")
+        if style not in ("mixed", RANDOMISED) and style not in LESION_STYLES:
+            raise ConfigError(f"unknown lesion style {style!r}; use mixed, {RANDOMISED} or one of {', '.join(LESION_STYLES)}")
         if n < 0:
             raise ConfigError(f"n must be >= 0, got {n}")
         self.seed, self.size, self.style = int(seed), size, style
@@ -188,6 +195,12 @@ class SyntheticLesions(SegmentationDataset):
 
     def load(self, record: int) -> Sample:
         rng = np.random.default_rng([self.seed, record])
+        if self.style == RANDOMISED:
+            from segprompt.data.synthetic_random import make_randomised
+
+            size = None if self.size is None else _sizes(self.size, rng)
+            image, mask, meta = make_randomised(rng, size)
+            return Sample(id=self.record_id(record), image=image, mask=mask, texts=("object",), meta={"style": RANDOMISED, **meta})
         size = _sizes(self.size, rng)
         style = self.style_of(record)
         image, mask = make_lesion(rng, size, style)  # type: ignore[arg-type]
