@@ -27,6 +27,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "bench": ("segprompt.commands.bench:bench", "Benchmarks (pointprompt, ...)."),
     "finetune": ("pointprompt.finetune_cli:finetune", "Finetune SAM with automated, iterative or box prompts."),
     "napari": ("segprompt.commands.napari:napari", "Open napari with the promptable-segmentation widget docked."),
+    "distill": ("segprompt.commands.distill:distill", "Distil a SAM checkpoint into a small fast student."),
 }
 
 
