@@ -167,6 +167,8 @@ class SyntheticLesions(SegmentationDataset):
         style: ``endoscopy``, ``ultrasound``, ``dermoscopy``, ``mixed`` (the three in turn) or
             ``randomised``: domain-randomised objects, textures and artefacts
             (:mod:`segprompt.data.synthetic_random`), the training data of ``sam-tiny``.
+        variant: the version of the randomised generator (``v1``, ``v2``; default the latest),
+            see :data:`segprompt.data.synthetic_random.VARIANTS`.
     """
 
     task = "binary"
@@ -177,8 +179,16 @@ class SyntheticLesions(SegmentationDataset):
         seed: int = 0,
         size: int | tuple[int, int] | None = 256,
         style: str = "mixed",
+        variant: str | None = None,
     ) -> None:
         super().__init__()
+        if variant is not None and style != RANDOMISED:
+            raise ConfigError(f"variant={variant!r} is a setting of style={RANDOMISED!r} only")
+        from segprompt.data.synthetic_random import DEFAULT_VARIANT, VARIANTS
+
+        if variant is not None and variant not in VARIANTS:
+            raise ConfigError(f"unknown variant {variant!r} of the randomised generator; known: {', '.join(VARIANTS)}")
+        self.variant = variant or DEFAULT_VARIANT
         if style not in ("mixed", RANDOMISED) and style not in LESION_STYLES:
             raise ConfigError(f"unknown lesion style {style!r}; use mixed, {RANDOMISED} or one of {', '.join(LESION_STYLES)}")
         if n < 0:
@@ -196,10 +206,10 @@ class SyntheticLesions(SegmentationDataset):
     def load(self, record: int) -> Sample:
         rng = np.random.default_rng([self.seed, record])
         if self.style == RANDOMISED:
-            from segprompt.data.synthetic_random import make_randomised
+            from segprompt.data.synthetic_random import VARIANTS, make_randomised
 
             size = None if self.size is None else _sizes(self.size, rng)
-            image, mask, meta = make_randomised(rng, size)
+            image, mask, meta = make_randomised(rng, size, VARIANTS[self.variant])
             return Sample(id=self.record_id(record), image=image, mask=mask, texts=("object",), meta={"style": RANDOMISED, **meta})
         size = _sizes(self.size, rng)
         style = self.style_of(record)
