@@ -178,3 +178,36 @@ def binarise(sample: Sample, cls: str | int) -> Sample:
     meta["ignore"] = sample.mask == sample.ignore_index
     meta["class_index"] = index
     return replace(sample, mask=sample.mask == index, texts=(name,), class_names=(), meta=meta)
+
+
+class ClassSamples(SegmentationDataset):
+    """One binary sample per (image, class present) of a label-map dataset: "one class at a
+    time", for benchmarks of binary promptable models on multi-class data (CamVid).
+
+    Sample ids are ``<image id>:<class name>``; a class counts as present when it covers at
+    least ``min_fraction`` of the image (void / ignore pixels never count). Listing the samples
+    reads every label map once.
+    """
+
+    task = "binary"
+
+    def __init__(self, dataset: SegmentationDataset, min_fraction: float = 0.01, classes: Sequence[str] | None = None) -> None:
+        super().__init__()
+        self.base, self.name = dataset, f"{dataset.name}-per-class"
+        self.records = []
+        for i in range(len(dataset)):
+            labels = dataset[i].mask
+            for index, name in enumerate(dataset[i].class_names):
+                if classes is not None and name not in classes:
+                    continue
+                if labels is not None and (labels == index).mean() >= min_fraction:
+                    self.records.append((i, index, name))
+
+    def record_id(self, record: tuple[int, int, str]) -> str:
+        i, _, name = record
+        return f"{self.base.ids[i]}:{name}"
+
+    def load(self, record: tuple[int, int, str]) -> Sample:
+        i, index, name = record
+        sample = binarise(self.base[i], index)
+        return replace(sample, id=self.record_id(record))
