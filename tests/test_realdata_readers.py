@@ -104,3 +104,20 @@ def test_data_check_passes_on_real_folder(name, capsys):
     assert ", 0 errors, " in lines[-1]
     if name == "busi":
         assert sorted(line.split(":")[0] for line in lines[:-1]) == [f"warning  masks/normal_{i}.png" for i in (1, 10, 2, 3)]
+
+
+def test_camvid_one_class_at_a_time():
+    """ClassSamples: one binary sample per (image, class covering >= 1 % of it); void never counts."""
+    from segprompt.data.labelmap import ClassSamples
+
+    base = load_dataset("camvid")
+    per_class = ClassSamples(base, min_fraction=0.01)
+    first = base[0]
+    names = [n for i, n in enumerate(first.class_names) if (first.mask == i).mean() >= 0.01]
+    mine = [i for i in per_class.ids if i.startswith(f"{first.id}:")]
+    assert mine == [f"{first.id}:{n}" for n in names] and len(names) >= 3
+    s = per_class[per_class.ids.index(mine[0])]
+    assert s.mask.dtype == bool and s.texts == (names[0],)
+    assert s.mask.sum() == (first.mask == first.class_names.index(names[0])).sum()
+    assert not any(i.endswith(":void") for i in per_class.ids)
+    assert len(per_class) > 3 * len(base)
