@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import pytest
 from hypothesis import given, settings, strategies as st
@@ -11,7 +13,7 @@ from segprompt.data import procedural as pr
 from segprompt.data.registry import load_dataset
 from segprompt.data.shapes import SHAPES, random_object
 from segprompt.data.synthetic import SyntheticLesions
-from segprompt.data.synthetic_random import DEFAULT_SETTINGS, RandomisedSettings, make_randomised
+from segprompt.data.synthetic_random import DEFAULT_SETTINGS, DEFAULT_VARIANT, VARIANTS, RandomisedSettings, make_randomised
 from segprompt.errors import ConfigError
 
 
@@ -101,7 +103,7 @@ def test_artefacts_keep_the_image_frame() -> None:
 def test_an_unknown_style_names_the_choices() -> None:
     with pytest.raises(ConfigError, match="randomised"):
         SyntheticLesions(style="cartoon")
-    with pytest.raises(ConfigError, match="v1, v2"):
+    with pytest.raises(ConfigError, match="v1, v2, v3"):
         SyntheticLesions(style="randomised", variant="v9")
     with pytest.raises(ConfigError, match="randomised"):
         SyntheticLesions(style="mixed", variant="v1")
@@ -111,11 +113,26 @@ def test_variants_share_geometry_draws_but_v2_adds_parts_inside_the_object() -> 
     """v1 (sam-tiny's first training phase) stays reproducible; v2 paints parts of other colours
     inside some objects without changing what the object is (one connected mask)."""
     v1 = SyntheticLesions(n=30, seed=9, size=None, style="randomised", variant="v1")
-    v2 = SyntheticLesions(n=30, seed=9, size=None, style="randomised")
-    assert v2.variant == "v2"
+    v2 = SyntheticLesions(n=30, seed=9, size=None, style="randomised", variant="v2")
+    assert SyntheticLesions(style="randomised").variant == DEFAULT_VARIANT == "v3"
     assert all(v1[i].image.shape == v2[i].image.shape for i in range(5))  # the size is drawn first
     assert np.mean([v1[i].meta["area"] for i in range(30)]) < np.mean([v2[i].meta["area"] for i in range(30)])
     # inner parts: inside the mask the colour varies more than in v1 on average
     def spread(s):
         return float(s.image[s.mask].astype(np.float32).std(axis=0).mean())
     assert np.mean([spread(v2[i]) for i in range(30)]) > np.mean([spread(v1[i]) for i in range(30)])
+
+
+def test_a_raised_object_is_told_apart_by_shading_not_by_colour() -> None:
+    """v3's raised objects: inside and around the object the mean colour barely differs, but
+    the brightness inside varies along the light direction far more than the surface does."""
+    raised = dataclasses.replace(VARIANTS["v3"], p_raised=1.0, max_distractors=0)
+    painted = dataclasses.replace(VARIANTS["v3"], p_raised=0.0, max_distractors=0)
+
+    def contrast(settings, seed):
+        img, mask, _ = make_randomised(np.random.default_rng(seed), (240, 240), settings)
+        ring = ndimage.binary_dilation(mask, iterations=6) & ~mask
+        grey = img.astype(np.float32).mean(axis=2)
+        return abs(grey[mask].mean() - grey[ring].mean())
+
+    assert np.median([contrast(raised, s) for s in range(16)]) < np.median([contrast(painted, s) for s in range(16)])

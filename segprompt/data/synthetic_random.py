@@ -45,17 +45,21 @@ class RandomisedSettings:
     max_distractors: int = 4
     min_pixels: int = 30
     p_inner: float = 0.35
+    p_raised: float = 0.25
 
 
 #: named versions of the generator: ``v1`` trained sam-tiny's first phase (objects 0.4-50 % of
 #: the image, no inner structure), ``v2`` its second (0.8-55 %, and in 35 % of the images the
-#: object holds parts of another colour, so a click on a part still means the whole object).
+#: object holds parts of another colour, so a click on a part still means the whole object),
+#: ``v3`` its third (v2, and in 25 % of the images the object is *raised*: the background's own
+#: surface, barely tinted, told apart only by its shading, a cast shadow and highlights).
 #: A version's samples stay the same for a seed: a probability of 0 draws nothing.
 VARIANTS: dict[str, RandomisedSettings] = {
-    "v1": RandomisedSettings(area=(0.004, 0.5), p_inner=0.0),
-    "v2": RandomisedSettings(),
+    "v1": RandomisedSettings(area=(0.004, 0.5), p_inner=0.0, p_raised=0.0),
+    "v2": RandomisedSettings(p_raised=0.0),
+    "v3": RandomisedSettings(),
 }
-DEFAULT_VARIANT = "v2"
+DEFAULT_VARIANT = "v3"
 DEFAULT_SETTINGS = VARIANTS[DEFAULT_VARIANT]
 
 
@@ -149,6 +153,31 @@ def _inner_parts(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, gr
     return img
 
 
+def _raised(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray, grey: bool) -> np.ndarray:
+    """``img`` with the region ``mask`` raised out of the surface (a sessile polyp, a nodule
+    under the skin): the surface goes on through it, tinted by a few grey levels at most; the
+    object shows by its shading, a shadow cast on one side and, often, highlights on it."""
+    h, w = mask.shape
+    tint = rng.standard_normal(3).astype(np.float32) if not grey else np.full(3, rng.choice([-1.0, 1.0]), np.float32)
+    tint *= _log_uniform(rng, 1.0, 12.0) / max(1e-6, float(np.abs(tint).max()))
+    alpha = _alpha(rng, mask)[..., None]
+    dist = cv2.distanceTransform(mask.astype(np.uint8), cv2.DIST_L2, 3)
+    radius = max(1.0, float(dist.max()))
+    height = cv2.GaussianBlur(np.sqrt(np.clip(dist / radius, 0, 1)), (0, 0), max(1.0, 0.15 * radius))
+    gy, gx = np.gradient(height)
+    a = rng.uniform(0, 2 * np.pi)
+    shade = gx * np.cos(a) + gy * np.sin(a)
+    shade = shade / max(1e-6, float(np.abs(shade).max())) * rng.uniform(30, 80)
+    out = img + alpha * (tint[None, None] + shade[..., None])
+    shift = rng.uniform(2, 8)
+    moved = np.roll(np.roll(mask, int(round(shift * np.sin(a))), axis=0), int(round(shift * np.cos(a))), axis=1)
+    shadow = cv2.GaussianBlur((moved & ~mask).astype(np.float32), (0, 0), rng.uniform(1.0, 3.0))
+    out = out * (1 - rng.uniform(0.2, 0.6) * shadow[..., None])
+    if rng.random() < 0.6:
+        out = pr.specular_highlights(rng, out, where=mask, count=int(rng.integers(2, 15)))
+    return out
+
+
 def _acoustic_shadow(rng: np.random.Generator, img: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Posterior shadowing (or enhancement) under an object, as in ultrasound."""
     h, w = mask.shape
@@ -195,9 +224,12 @@ def make_randomised(rng: np.random.Generator, size: tuple[int, int] | None = Non
             in_front.append(d_mask)
         else:
             img = _paint(rng, img, d_mask, background, grey, shaded=rng.random() < 0.4)
-    img = _paint(rng, img, target, background, grey, shaded=rng.random() < 0.6)
-    if settings.p_inner > 0 and rng.random() < settings.p_inner:
-        img = _inner_parts(rng, img, target, grey)
+    if settings.p_raised > 0 and rng.random() < settings.p_raised:
+        img = _raised(rng, img, target, grey)
+    else:
+        img = _paint(rng, img, target, background, grey, shaded=rng.random() < 0.6)
+        if settings.p_inner > 0 and rng.random() < settings.p_inner:
+            img = _inner_parts(rng, img, target, grey)
     if grey and rng.random() < 0.3:
         img = _acoustic_shadow(rng, img, target)
     for d_mask in in_front:  # occluders cut the object of interest
