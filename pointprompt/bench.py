@@ -435,8 +435,8 @@ def pivot(rows: Sequence[dict[str, Any]], row_key: str, col_key: str, value: str
 
 #: what a reader should know about a model named in a report (others: see its describe())
 MODEL_NOTES = {
-    "sam-tiny": "the bundled demo model: a 1.9 M-parameter SAM-architecture model trained from scratch on synthetic "
-    "lesions (scripts/train_sam_tiny.py); not a foundation model, it knows nothing of real anatomy",
+    "sam-tiny": "the bundled demo model: a 1.85 M-parameter SAM-architecture model trained on domain-randomised synthetic "
+    "images only (scripts/train_sam_tiny.py); not a foundation model: on real images about as good as GrabCut from a click",
     "grabcut": "OpenCV GrabCut, a weight-free classical baseline (no score: its predicted quality is empty)",
     "random-walker": "scikit-image's random walker, a weight-free classical baseline",
     "classical": "a weight-free classical baseline (GrabCut or the random walker)",

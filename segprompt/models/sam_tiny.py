@@ -1,10 +1,11 @@
 """``sam-tiny``: the small SAM-architecture demo model shipped inside the package.
 
 A demo and test model, *not* a foundation model: segment-anything's classes at 256 px input
-with a 4-block, 128-wide ViT (1.9 M parameters, 3.7 MB in fp16), trained from scratch on
-synthetic lesion images by ``scripts/train_sam_tiny.py`` (training record in
-``segprompt/assets/sam_tiny.json``). It makes ``segprompt demo``, the tests and the napari
-plugin work with no download; it knows nothing about real anatomy.
+with a 4-block, 128-wide ViT (1.85 M parameters, 3.7 MB in fp16), trained on domain-randomised
+synthetic images only (``synthetic-random``, :mod:`segprompt.data.synthetic_random`) by
+``scripts/train_sam_tiny.py`` (training record in ``segprompt/assets/sam_tiny.json``; the
+whole story in docs/sam_tiny.md). It makes ``segprompt demo``, the tests and the napari plugin
+work with no download; on real images it is about as good as GrabCut from a click.
 """
 
 from __future__ import annotations
