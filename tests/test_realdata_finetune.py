@@ -19,11 +19,11 @@ def test_sam_tiny_finetuned_on_kvasir_beats_the_unfinetuned_model_on_test(tmp_pa
     cfg = FinetuneConfig(
         dataset="kvasir",
         model="sam-tiny",
-        train=["mask_decoder", "prompt_encoder"],
+        train=["all"],  # the randomised sam-tiny starts higher: only adapting its encoder to the real images still gains
         prompts="random",
         epochs=4,
         batch_size=4,
-        lr=1e-3,
+        lr=2e-4,
         test_fraction=0.2,
         val_fraction=0.25,
         split_seed=0,
@@ -38,7 +38,8 @@ def test_sam_tiny_finetuned_on_kvasir_beats_the_unfinetuned_model_on_test(tmp_pa
     assert (result["train_images"], result["val_images"], result["test_images"]) == (36, 12, 12)
     before, after = result["test"]["before"], result["test"]["best"]
     assert before["n"] == after["n"] == 12
-    # test mean IoU of random one-point prompts: measured 0.116 before, 0.169 after 4 epochs (checkpoint of epoch 4)
+    # test mean IoU of random one-point prompts: 0.351 before (the randomised sam-tiny); the
+    # decoder and prompt encoder alone at lr 1e-3 (this test's setting for the first sam-tiny, 0.116 -> 0.169) fell to 0.318
     assert after["iou"] > before["iou"] + 0.03, (before, after)
     assert after["dice"] > before["dice"]
     assert result["final"]["val_dice"] > result["baseline"]["val_dice"]

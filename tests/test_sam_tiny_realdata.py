@@ -1,0 +1,107 @@
+"""The bundled sam-tiny on real images: at least as good as GrabCut from the centre click and
+after two micro-sam correction clicks on kvasir_seg, busi and ph2 (issue 16's bar), while still
+segmenting the synthetic lesions it has always been tested on. sam-tiny never saw these sets:
+it is trained on the domain-randomised synthetic data only (its record says so)."""
+
+from __future__ import annotations
+
+import os
+
+import numpy as np
+import pytest
+from scipy import ndimage
+
+from pointprompt.bench import PointBenchConfig, run_pointprompt
+from segprompt.data.synthetic import SyntheticLesions
+from segprompt.models import create_segmenter
+from segprompt.models.sam_tiny import sam_tiny_record
+from segprompt.prompts import Points, PromptSet
+
+REAL_SETS = ("kvasir_seg", "busi", "ph2")
+
+
+def real(test):
+    """The real-data marks: ``realdata``, skipped (with the reason) without SEGPROMPT_DATA_ROOT."""
+    skip = pytest.mark.skipif(not os.environ.get("SEGPROMPT_DATA_ROOT"), reason="SEGPROMPT_DATA_ROOT is not set (the real sample data)")
+    return pytest.mark.realdata(skip(test))
+
+
+@pytest.fixture(scope="module")
+def real_table(tmp_path_factory):
+    """sam-tiny and GrabCut on every image of each set (BUSI's 4 normal images have no lesion
+    and are skipped for both), the same micro-sam trajectories for both: click 1 at the centre
+    (the point farthest from the border), clicks 2-3 at the centre of the largest error region."""
+    cfg = PointBenchConfig(datasets=list(REAL_SETS), models=["sam-tiny", "grabcut"], strategies=["microsam"], n_positive=3, n_negative=0, steps=3)
+    summary = run_pointprompt(cfg, tmp_path_factory.mktemp("real") / "run", progress=False)
+    table = {(t["dataset"], t["model"]): t for t in summary["table"]}
+    for name in REAL_SETS:
+        tiny, grab = table[(name, "sam-tiny")], table[(name, "grabcut")]
+        assert tiny["trajectories"] == grab["trajectories"] >= 36
+        print(f"{name}: sam-tiny {tiny['iou@1']:.3f} / {tiny['iou@last']:.3f}, grabcut {grab['iou@1']:.3f} / {grab['iou@last']:.3f}")
+    return table
+
+
+#: (set, clicks) where the bundled sam-tiny is at least GrabCut, and where not yet (issue 16)
+REACHED = [("busi", 3), ("ph2", 1), ("ph2", 3)]
+NOT_REACHED = [("kvasir_seg", 1), ("kvasir_seg", 3), ("busi", 1)]
+#: how far above the first sam-tiny's centre-click IoU the current one must stay
+FLOOR_MARGIN = {"kvasir_seg": 0.15, "busi": 0.08, "ph2": 0.05}
+
+
+@real
+@pytest.mark.parametrize("name,clicks", REACHED)
+def test_sam_tiny_is_at_least_grabcut(real_table, name, clicks):
+    key = "iou@1" if clicks == 1 else "iou@last"
+    assert real_table[(name, "sam-tiny")][key] >= real_table[(name, "grabcut")][key]
+
+
+@real
+@pytest.mark.parametrize("name,clicks", NOT_REACHED)
+@pytest.mark.xfail(strict=True, reason="issue 16 is open: sam-tiny does not reach GrabCut here yet (see docs/sam_tiny.md); strict, so reaching it fails this marker")
+def test_sam_tiny_is_at_least_grabcut_where_it_is_not_yet(real_table, name, clicks):
+    key = "iou@1" if clicks == 1 else "iou@last"
+    assert real_table[(name, "sam-tiny")][key] >= real_table[(name, "grabcut")][key]
+
+
+@real
+def test_sam_tiny_is_far_above_its_first_version_everywhere(real_table):
+    """The first sam-tiny (trained on three fixed synthetic looks) reached 0.16 / 0.26 / 0.64 from
+    the centre click on kvasir_seg / busi / ph2 and its correction clicks did nothing; the
+    randomised training must keep a clear margin over that on every set, and clicks must help."""
+    first_version = {"kvasir_seg": 0.162, "busi": 0.259, "ph2": 0.637}
+    for name, old in first_version.items():
+        row = real_table[(name, "sam-tiny")]
+        assert row["iou@1"] >= old + FLOOR_MARGIN[name], (name, row["iou@1"])
+        assert row["iou@last"] > row["iou@1"], name
+
+
+def _synthetic_centre_iou() -> float:
+    seg = create_segmenter("sam-tiny")
+    ious = []
+    for s in SyntheticLesions(n=48, seed=2, size=None, style="mixed"):
+        state = seg.encode(s.image)
+        dist = ndimage.distance_transform_edt(np.pad(s.mask, 1))[1:-1, 1:-1]
+        r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
+        m = seg.segment(state, PromptSet(points=Points([[float(c), float(r)]], [1]))).masks[0, 0]
+        ious.append((m & s.mask).sum() / (m | s.mask).sum())
+    return float(np.mean(ious))
+
+
+def test_sam_tiny_still_segments_the_synthetic_lesions_from_the_centre_point():
+    """The three fixed looks of synthetic-lesions (48 images, seed 2), centre click: 0.758 now
+    (the first sam-tiny, trained on these looks only: 0.92)."""
+    assert _synthetic_centre_iou() >= 0.74
+
+
+@pytest.mark.xfail(strict=True, reason="issue 16 is open: the randomised sam-tiny reaches 0.758, not the issue's 0.8, on the old synthetic looks")
+def test_sam_tiny_keeps_the_issues_synthetic_bar():
+    assert _synthetic_centre_iou() >= 0.8
+
+
+def test_the_record_says_how_sam_tiny_was_trained():
+    record = sam_tiny_record()
+    assert record["version"] >= 2 and record["data"]["dataset"] == "synthetic-random"
+    assert "never on real images" in record["note"]
+    assert record["trained_with"].startswith("python scripts/train_sam_tiny.py")
+    assert record["training_seconds"] > 0 and record["best_epoch"] >= 1
+    assert record["arch"]["img_size"] == 256
