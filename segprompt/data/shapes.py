@@ -17,14 +17,19 @@ import numpy as np
 Shape = Callable[[np.random.Generator, tuple[int, int], tuple[float, float], float], np.ndarray]
 
 
-def star_polygon(rng: np.random.Generator, centre: tuple[float, float], radius: float, roughness: float, harmonics: int = 6) -> np.ndarray:
-    """int32 (M, 2) polygon (x, y): a star-shaped border with random harmonics, stretched and rotated."""
-    theta = np.linspace(0, 2 * np.pi, 128, endpoint=False)
+def star_polygon(
+    rng: np.random.Generator, centre: tuple[float, float], radius: float, roughness: float, harmonics: int = 6,
+    points: int = 128, floor: float = 0.35, stretch_range: tuple[float, float] = (0.6, 1.4),
+) -> np.ndarray:
+    """int32 (``points``, 2) polygon (x, y): a star-shaped border with ``harmonics`` random
+    harmonics (orders 2, 3, ...), its radius kept above ``floor`` x ``radius``, stretched by a
+    factor drawn in ``stretch_range`` and rotated."""
+    theta = np.linspace(0, 2 * np.pi, points, endpoint=False)
     r = np.ones_like(theta)
     for k in range(2, harmonics + 2):
         r += roughness * rng.uniform(0.0, 1.0) / k * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-    r = radius * np.clip(r, 0.35, None)
-    stretch = rng.uniform(0.6, 1.4)
+    r = radius * np.clip(r, floor, None)
+    stretch = rng.uniform(*stretch_range)
     angle = rng.uniform(0, np.pi)
     x, y = r * np.cos(theta) * stretch, r * np.sin(theta) / stretch
     xr = x * np.cos(angle) - y * np.sin(angle) + centre[0]

@@ -43,18 +43,11 @@ def _smooth_noise(rng: np.random.Generator, shape: tuple[int, int], scale: float
 
 
 def _blob_polygon(rng: np.random.Generator, centre: tuple[float, float], radius: float, roughness: float) -> np.ndarray:
-    """int32 (M, 2) polygon (x, y) of a star-shaped blob with a random harmonic border."""
-    theta = np.linspace(0, 2 * np.pi, 96, endpoint=False)
-    r = np.ones_like(theta)
-    for k in range(2, 6):
-        r += roughness * rng.uniform(0.0, 1.0) / k * np.cos(k * theta + rng.uniform(0, 2 * np.pi))
-    r = radius * np.clip(r, 0.45, None)
-    stretch = rng.uniform(0.75, 1.25)
-    angle = rng.uniform(0, np.pi)
-    x, y = r * np.cos(theta) * stretch, r * np.sin(theta) / stretch
-    xr = x * np.cos(angle) - y * np.sin(angle) + centre[0]
-    yr = x * np.sin(angle) + y * np.cos(angle) + centre[1]
-    return np.stack([xr, yr], axis=1).round().astype(np.int32)
+    """int32 (96, 2) polygon (x, y) of a star-shaped blob with a random harmonic border (the
+    lesion looks' parameters of :func:`segprompt.data.shapes.star_polygon`)."""
+    from segprompt.data.shapes import star_polygon
+
+    return star_polygon(rng, centre, radius, roughness, harmonics=4, points=96, floor=0.45, stretch_range=(0.75, 1.25))
 
 
 def _lesion_mask(rng: np.random.Generator, size: tuple[int, int]) -> np.ndarray:
