@@ -31,7 +31,7 @@ REAL = ("kvasir_seg", "busi", "ph2", "camvid")
 SYNTHETIC = {"synthetic-lesions": {"n": 60, "seed": 2}, "synthetic-random": {"n": 60, "seed": 77}}
 
 
-def dataset(name: str, limit: int | None):  # noqa: ANN201 - a SegmentationDataset
+def dataset(name: str):  # noqa: ANN201 - a SegmentationDataset
     if name in SYNTHETIC:
         return load_dataset(name, **SYNTHETIC[name])
     ds = load_dataset(name)
@@ -58,7 +58,7 @@ def main() -> int:
     for name in args.dataset or [*REAL, *SYNTHETIC]:
         cfg = PointBenchConfig(datasets=[name], models=models, model_kwargs=kwargs, strategies=["microsam"], n_positive=args.steps, n_negative=0,
                                steps=args.steps, multimask="auto", limit=args.limit)
-        summary = run_pointprompt(cfg, args.out / name, dataset=dataset(name, args.limit), progress=False)
+        summary = run_pointprompt(cfg, args.out / name, dataset=dataset(name), progress=False)
         for row in summary["table"]:
             table[(row["model"], name)] = row
     lines = ["| model | set | n | IoU, 1 click | IoU, 3 clicks |", "|---|---|---|---|---|"]

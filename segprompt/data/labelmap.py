@@ -196,11 +196,11 @@ class ClassSamples(SegmentationDataset):
         self.base, self.name = dataset, f"{dataset.name}-per-class"
         self.records = []
         for i in range(len(dataset)):
-            labels = dataset[i].mask
-            for index, name in enumerate(dataset[i].class_names):
+            sample = dataset[i]  # one read per image: image and label map
+            for index, name in enumerate(sample.class_names):
                 if classes is not None and name not in classes:
                     continue
-                if labels is not None and (labels == index).mean() >= min_fraction:
+                if sample.mask is not None and (sample.mask == index).mean() >= min_fraction:
                     self.records.append((i, index, name))
 
     def record_id(self, record: tuple[int, int, str]) -> str:

@@ -160,7 +160,7 @@ class SyntheticLesions(SegmentationDataset):
         style: ``endoscopy``, ``ultrasound``, ``dermoscopy``, ``mixed`` (the three in turn) or
             ``randomised``: domain-randomised objects, textures and artefacts
             (:mod:`segprompt.data.synthetic_random`), the training data of ``sam-tiny``.
-        variant: the version of the randomised generator (``v1``, ``v2``; default the latest),
+        variant: the version of the randomised generator (``v1``, ``v2``, ``v3``; default the latest),
             see :data:`segprompt.data.synthetic_random.VARIANTS`.
     """
 
@@ -177,11 +177,13 @@ class SyntheticLesions(SegmentationDataset):
         super().__init__()
         if variant is not None and style != RANDOMISED:
             raise ConfigError(f"variant={variant!r} is a setting of style={RANDOMISED!r} only")
-        from segprompt.data.synthetic_random import DEFAULT_VARIANT, VARIANTS
+        self.variant = None
+        if style == RANDOMISED:  # the randomised generator is imported only where it is used
+            from segprompt.data.synthetic_random import DEFAULT_VARIANT, VARIANTS
 
-        if variant is not None and variant not in VARIANTS:
-            raise ConfigError(f"unknown variant {variant!r} of the randomised generator; known: {', '.join(VARIANTS)}")
-        self.variant = variant or DEFAULT_VARIANT
+            if variant is not None and variant not in VARIANTS:
+                raise ConfigError(f"unknown variant {variant!r} of the randomised generator; known: {', '.join(VARIANTS)}")
+            self.variant = variant or DEFAULT_VARIANT
         if style not in ("mixed", RANDOMISED) and style not in LESION_STYLES:
             raise ConfigError(f"unknown lesion style {style!r}; use mixed, {RANDOMISED} or one of {', '.join(LESION_STYLES)}")
         if n < 0:
