@@ -28,6 +28,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "finetune": ("pointprompt.finetune_cli:finetune", "Finetune SAM with automated, iterative or box prompts."),
     "napari": ("segprompt.commands.napari:napari", "Open napari with the promptable-segmentation widget docked."),
     "distill": ("segprompt.commands.distill:distill", "Distil a SAM checkpoint into a small fast student."),
+    "train": ("segprompt.commands.train:train", "Train models: the universal decoder (resumable run folders)."),
 }
 
 

@@ -20,6 +20,8 @@ SEGMENTERS: Registry[Factory] = Registry("segmenter")
 # name -> "module:attribute" of a class or factory, imported on first use
 SEGMENTERS.add("sam", "segprompt.models.sam:SamSegmenter")
 SEGMENTERS.add("sam-tiny", "segprompt.models.sam_tiny:create_sam_tiny")
+SEGMENTERS.add("universal", "segprompt.models.universal:UniversalSegmenter")
+SEGMENTERS.add("universal-tiny", "segprompt.models.universal:create_universal_tiny")
 SEGMENTERS.add("classical", "segprompt.models.classical:ClassicalSegmenter")
 SEGMENTERS.add("grabcut", "segprompt.models.classical:create_grabcut")
 SEGMENTERS.add("random-walker", "segprompt.models.classical:create_random_walker")

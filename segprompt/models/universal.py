@@ -1,0 +1,235 @@
+"""``universal``: the SEEM-style decoder (:mod:`segprompt.universal`) as a Segmenter.
+
+.. code-block:: python
+
+    seg = create_segmenter("universal-tiny")              # bundled demo model, no download
+    state = seg.encode(image)                              # (H, W, 3) uint8 RGB
+    pred = seg.segment(state, [
+        PromptSet(points=Points.positive((120, 80))),                 # a click
+        PromptSet(points=Points.positive((120, 80)), box=Box(...)),   # click + box together
+        PromptSet(text=Text("star")),                                 # text
+        PromptSet(reference=Reference(other_image, other_mask)),      # a visual example
+    ])
+    out = seg.generic(state, vocabulary=["disc", "star"])  # every object, classes by text
+    out.semantic   # (H, W) int64: index into the vocabulary, -1 = background
+
+Every prompt kind is accepted alone or combined. The decoder gives ``num_prompt_queries``
+(3) candidate masks per prompt set with a predicted IoU each, so the multimask policies behave as
+for SAM; ``"single"`` returns the candidate of highest predicted IoU. ``Prediction.logits`` are
+the stride-4 mask logits in the padded model frame; passed back as
+``MaskPrompt(logits, kind="logits")`` they become the next round's **memory** prompt.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+import torch
+
+from segprompt.errors import PromptError, WeightsError
+from segprompt.models.base import ImageState, Prediction, Segmenter
+from segprompt.models.resize import LongestSide
+from segprompt.prompts import PROMPT_KINDS, PromptSet
+
+__all__ = ["UniversalSegmenter", "GenericOutput", "create_universal_tiny", "universal_tiny_path"]
+
+ASSET = "universal_tiny.safetensors"
+
+
+@dataclass
+class GenericOutput:
+    """Generic (prompt-free) output for one image.
+
+    Attributes:
+        semantic: (H, W) int64 index into ``vocabulary``, -1 where no class wins (background).
+        masks: (N, H, W) bool instance masks (panoptic segments, non-overlapping).
+        classes: (N,) int64 indices into ``vocabulary``; scores: (N,) float32 confidences.
+        vocabulary: the class names used.
+    """
+
+    semantic: np.ndarray
+    masks: np.ndarray
+    classes: np.ndarray
+    scores: np.ndarray
+    vocabulary: tuple[str, ...]
+
+
+class UniversalSegmenter(Segmenter):
+    """A :class:`~segprompt.universal.model.UniversalModel` behind the Segmenter interface.
+
+    Args:
+        checkpoint: a universal safetensors file (config in its metadata) or a training run's
+            ``checkpoints/best.pt``.
+        model: an already built model instead (tests, finetuning).
+        vocabulary: default class names for :meth:`generic` and :meth:`classify` (the model's
+            words for a closed-vocabulary model).
+        max_rows: prompt sets decoded per decoder call.
+    """
+
+    name = "universal"
+    accepts = frozenset(PROMPT_KINDS)
+    has_multimask = True
+
+    def __init__(
+        self,
+        checkpoint: str | Path | None = None,
+        model: Any = None,
+        multimask: str = "auto",
+        device: str = "cpu",
+        precision: str = "fp32",
+        cache: Any = None,
+        vocabulary: Sequence[str] | None = None,
+        max_rows: int = 32,
+    ) -> None:
+        super().__init__(multimask=multimask, device=device, precision=precision, cache=cache)  # type: ignore[arg-type]
+        if model is None:
+            if checkpoint is None:
+                raise WeightsError("the universal segmenter needs checkpoint=<a universal .safetensors> (or use 'universal-tiny')")
+            from segprompt.universal.checkpoint import load_universal
+
+            model = load_universal(checkpoint, device=self.device)
+        self.model = model.to(self.device).eval()
+        self.checkpoint = None if checkpoint is None else str(checkpoint)
+        words = tuple(getattr(model.text, "words", ()) or ())
+        self.vocabulary: tuple[str, ...] = tuple(vocabulary) if vocabulary is not None else words
+        self.max_rows = int(max_rows)
+
+    # -- helpers ---------------------------------------------------------------
+    def transform(self, size: tuple[int, int]) -> LongestSide:
+        return LongestSide(self.model.img_size, (int(size[0]), int(size[1])))
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        from segprompt.engine.loop import autocast
+
+        return autocast(self.precision, str(self.device))
+
+    def _pixels(self, images: Sequence[np.ndarray]) -> tuple[torch.Tensor, list[LongestSide]]:
+        from segprompt.universal.prompting import model_input
+
+        x, tfs = model_input(images, self.model.img_size)
+        return x.to(self.device), tfs
+
+    def cache_signature(self) -> str | None:
+        return None  # features are a dict of several tensors; the cache is not used yet
+
+    # -- Segmenter hooks ---------------------------------------------------------
+    @torch.no_grad()
+    def _encode(self, image: np.ndarray) -> ImageState:
+        x, (tf,) = self._pixels([image])
+        with self._autocast():
+            feats = self.model.encode_images(x, [tf.input_size])
+        features = {"mask_features": feats.mask_features.float(), **{f"scale{i}": s.float() for i, s in enumerate(feats.scales)}}
+        return ImageState(original_size=tf.original_size, input_size=tf.input_size, features=features)
+
+    def _features(self, state: ImageState) -> Any:
+        from segprompt.universal.model import ImageFeatures
+
+        f = state.features
+        return ImageFeatures(f["mask_features"], [f[f"scale{i}"] for i in range(3)])
+
+    @torch.no_grad()
+    def decode_sets(self, state: ImageState, sets: Sequence[PromptSet]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Raw outputs of R prompt sets: candidate logits (R, P, h4, w4), predicted IoU (R, P),
+        class embeddings (R, P, E), in the padded model frame."""
+        from segprompt.universal.model import ImageFeatures
+        from segprompt.universal.prompting import prompt_tensors
+
+        tf = self.transform(state.original_size)
+        feats = self._features(state)
+        refs = [i for i, s in enumerate(sets) if s.reference is not None]
+        ref_index, ref_tfs = [-1] * len(sets), [None] * len(sets)
+        if refs:
+            x, tfs = self._pixels([sets[i].reference.image for i in refs])  # type: ignore[union-attr]
+            with self._autocast():
+                rf = self.model.encode_images(x, [t.input_size for t in tfs])
+            feats = ImageFeatures(torch.cat((feats.mask_features, rf.mask_features.float())), [torch.cat((a, b.float())) for a, b in zip(feats.scales, rf.scales)])
+            for j, i in enumerate(refs):
+                ref_index[i], ref_tfs[i] = 1 + j, tfs[j]  # type: ignore[call-overload]
+        lowres = int(feats.mask_features.shape[-1])
+        q = self.model.cfg.num_queries
+        logits, scores, embeds = [], [], []
+        for start in range(0, len(sets), self.max_rows):
+            idx = list(range(start, min(len(sets), start + self.max_rows)))
+            pt = prompt_tensors(
+                [sets[i] for i in idx], [tf] * len(idx), [0] * len(idx), self.model.cfg.tokens_per_prompt, lowres,
+                ref_index=[ref_index[i] for i in idx], ref_transforms=[ref_tfs[i] for i in idx],
+            ).to(self.device)
+            with self._autocast():
+                out = self.model.decode(feats, pt)[-1]
+            logits.append(out.masks[:, q:].float())
+            scores.append(out.scores.float())
+            embeds.append(out.class_embed[:, q:].float())
+        return torch.cat(logits), torch.cat(scores), torch.cat(embeds)
+
+    def _segment(self, state: ImageState, sets: list[PromptSet], multimask_output: bool, select: str | None = None) -> Prediction:
+        logits, scores, _ = self.decode_sets(state, sets)
+        if not multimask_output:
+            best = scores.argmax(1)
+            rows = torch.arange(len(sets))
+            logits, scores = logits[rows, best][:, None], scores[rows, best][:, None]
+        tf = self.transform(state.original_size)
+        up = tf.upscale_logits(logits)
+        return Prediction(masks=(up > 0).cpu().numpy(), scores=scores.cpu().numpy().astype(np.float32), logits=logits.cpu().numpy().astype(np.float32))
+
+    # -- classes -----------------------------------------------------------------
+    def _vocabulary(self, vocabulary: Sequence[str] | None) -> tuple[str, ...]:
+        vocab = tuple(vocabulary) if vocabulary is not None else self.vocabulary
+        if not vocab:
+            raise PromptError("generic mode needs vocabulary=[class names] (this model has no default vocabulary)")
+        return vocab
+
+    @torch.no_grad()
+    def classify(self, state: ImageState, sets: Sequence[PromptSet], vocabulary: Sequence[str] | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Class of each prompt set's best candidate: (indices (N,) into the vocabulary, probabilities (N,))."""
+        vocab = self._vocabulary(vocabulary)
+        _, scores, embeds = self.decode_sets(state, list(sets))
+        best = embeds[torch.arange(len(sets)), scores.argmax(1)]
+        probs = self.model.class_logits(best, self.model.embed_texts(vocab), no_object=False).softmax(-1)
+        p, i = probs.max(-1)
+        return i.cpu().numpy(), p.cpu().numpy()
+
+    @torch.no_grad()
+    def generic(self, state_or_image: ImageState | np.ndarray, vocabulary: Sequence[str] | None = None, threshold: float = 0.5, overlap: float = 0.8) -> GenericOutput:
+        """Every object, no prompt: Mask2Former's semantic and panoptic inference over the object
+        queries, classes by cosine similarity to the vocabulary's text embeddings."""
+        from segprompt.universal.inference import panoptic_inference, semantic_from_segments
+
+        state = self.encode(state_or_image) if isinstance(state_or_image, np.ndarray) else state_or_image
+        vocab = self._vocabulary(vocabulary)
+        feats = self._features(state)
+        with self._autocast():
+            out = self.model.decode(feats)[-1]
+        q = self.model.cfg.num_queries
+        cls = self.model.class_logits(out.class_embed[0, :q].float(), self.model.embed_texts(vocab))
+        tf = self.transform(state.original_size)
+        masks = tf.upscale_logits(out.masks[:, :q].float())[0]
+        seg_masks, classes, scores = panoptic_inference(cls, masks, threshold, overlap)
+        semantic = semantic_from_segments(seg_masks, classes)
+        return GenericOutput(semantic.cpu().numpy(), seg_masks.cpu().numpy(), classes.cpu().numpy(), scores.cpu().numpy(), vocab)
+
+
+def universal_tiny_path() -> Path:
+    from importlib import resources
+
+    path = Path(str(resources.files("segprompt") / "assets" / ASSET))
+    if not path.is_file():
+        raise WeightsError(
+            f"the bundled demo model {path} is missing; rebuild it with `python scripts/train_universal_tiny.py` "
+            "(see docs/universal.md), or reinstall segprompt"
+        )
+    return path
+
+
+class UniversalTinySegmenter(UniversalSegmenter):
+    name = "universal-tiny"
+
+
+def create_universal_tiny(**kwargs: Any) -> UniversalSegmenter:
+    """The bundled demo universal model; keyword arguments as for :class:`UniversalSegmenter` (not ``checkpoint``)."""
+    if "checkpoint" in kwargs or "model" in kwargs:
+        raise WeightsError("universal-tiny uses its bundled weights; for another checkpoint use create_segmenter('universal', checkpoint=...)")
+    return UniversalTinySegmenter(checkpoint=universal_tiny_path(), **kwargs)

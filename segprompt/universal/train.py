@@ -1,0 +1,260 @@
+"""``segprompt train universal``: train or finetune a universal model on the engine's loop.
+
+::
+
+    RUN_DIR/
+      config.yaml          the resolved configuration (rerun = resume; another config = ConfigError)
+      results.jsonl        one row per epoch (epoch 0: before training)
+      errors.jsonl         samples that could not be read or have nothing to learn from
+      checkpoints/         last.pt (exact resume), best.pt
+      universal.safetensors   the best weights with their config: create_segmenter("universal", checkpoint=...)
+
+One training step (batch of scenes, :mod:`segprompt.universal.train_data`):
+
+1. the images are encoded once; ``rows_per_image`` prompt sets per image are simulated;
+2. one decoder call gives, for every row, the object queries and the prompt queries;
+3. **generic loss**: the object queries of one row per image (they never see prompts, so any
+   row gives the same) are Hungarian-matched to the image's instances: class CE through text
+   similarity (no-object weight 0.1), BCE + Dice on importance-sampled points, every layer
+   (deep supervision) -- :func:`~segprompt.universal.losses.set_criterion`;
+4. **prompt loss**: of the P candidates of each row the best learns (BCE + Dice), the IoU head
+   learns every candidate's IoU, every layer; the best candidate's class embedding learns its
+   class (grounding);
+5. **second round** (``second_round`` of the rows with visual prompts): the first round's best
+   mask gives a correction click (centre of the largest error) and becomes the memory prompt;
+   that round's outputs get the prompt loss too.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from segprompt.errors import ConfigError, SegpromptError
+
+log = logging.getLogger("segprompt.universal")
+
+__all__ = ["UniversalTrainConfig", "train_universal", "build_model"]
+
+#: fields that may change between a run and its resume (they do not change the result)
+VOLATILE = ("progress", "max_steps", "device", "export")
+
+
+@dataclass
+class UniversalTrainConfig:
+    """Everything a training run needs (the YAML of ``--config`` holds these fields)."""
+
+    model: dict[str, Any] = field(default_factory=dict)
+    init: str | None = None
+    dataset: str = "synthetic-objects"
+    dataset_kwargs: dict[str, Any] = field(default_factory=lambda: {"n": 2000, "seed": 0})
+    val_dataset: str | None = None
+    val_kwargs: dict[str, Any] = field(default_factory=lambda: {"n": 48, "seed": 999})
+    add_words: bool = True
+    epochs: int = 10
+    batch_size: int = 8
+    lr: float = 3e-4
+    backbone_lr: float = 3e-5
+    weight_decay: float = 0.05
+    schedule: str = "cosine"
+    warmup_steps: int = 50
+    precision: str = "fp32"
+    device: str = "cpu"
+    seed: int = 0
+    rows_per_image: int = 4
+    second_round: float = 0.3
+    num_points: int = 2048
+    patience: int = 0
+    checkpoint_every: int | None = 200
+    max_steps: int | None = None
+    progress: bool = True
+    export: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.rows_per_image < 1:
+            raise ConfigError(f"rows_per_image must be >= 1, got {self.rows_per_image}")
+        if not 0 <= self.second_round <= 1:
+            raise ConfigError(f"second_round is a probability in [0, 1], got {self.second_round}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any]) -> "UniversalTrainConfig":
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"train universal: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+        return cls(**dict(data))
+
+
+def build_model(cfg: UniversalTrainConfig, words: Sequence[str]) -> Any:
+    """A new model from ``cfg.model`` (its vocabulary = ``words`` when none is given), or the
+    ``cfg.init`` checkpoint (finetuning; a vocabulary model learns the new ``words`` too)."""
+    from segprompt.universal.checkpoint import load_universal
+    from segprompt.universal.config import UniversalConfig
+    from segprompt.universal.model import UniversalModel
+
+    if cfg.init:
+        path = cfg.init
+        if path == "universal-tiny":
+            from segprompt.models.universal import universal_tiny_path
+
+            path = str(universal_tiny_path())
+        model = load_universal(path)
+        if cfg.add_words and hasattr(model.text, "add_words"):
+            added = model.text.add_words(words)
+            model.cfg.words = tuple(model.text.words)
+            if added:
+                log.info("the vocabulary learns %d new word(s): %s", len(added), ", ".join(added))
+        return model.train()
+    mcfg = dict(cfg.model)
+    if mcfg.get("text", "vocabulary") == "vocabulary" and not mcfg.get("words"):
+        mcfg["words"] = list(words)
+    return UniversalModel(UniversalConfig.from_dict(mcfg)).train()
+
+
+def param_groups(model: Any, cfg: UniversalTrainConfig) -> list[dict[str, Any]]:
+    """AdamW groups: the backbone trunk's trainable tensors at ``backbone_lr``, the rest at ``lr``;
+    no weight decay on norms, biases and embeddings."""
+    trunk = {id(p) for p in model.pyramid.trunk.parameters()} if hasattr(model.pyramid, "trunk") else set()
+    groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
+    for name, p in model.named_parameters():
+        if not p.requires_grad:
+            continue
+        decay = p.ndim >= 2 and "embed" not in name and "norm" not in name and "query" not in name
+        groups.setdefault((id(p) in trunk, decay), []).append(p)
+    return [
+        {"params": ps, "lr": cfg.backbone_lr if is_trunk else cfg.lr, "weight_decay": cfg.weight_decay if decay else 0.0}
+        for (is_trunk, decay), ps in groups.items()
+    ]
+
+
+class UniversalStep:
+    """The loss of one batch of scenes (see the module docstring)."""
+
+    def __init__(self, model: Any, cfg: UniversalTrainConfig, vocabulary: Sequence[str]) -> None:
+        from segprompt.universal.losses import LossWeights
+
+        self.model, self.cfg = model, cfg
+        self.vocabulary = tuple(vocabulary)
+        self.weights = LossWeights()
+
+    def targets_in_frame(self, masks: np.ndarray, tf: Any, side: int) -> torch.Tensor:
+        """(N, H, W) bool at the original size -> (N, side, side) float 0/1 in the padded model
+        frame (``side``: twice the mask features' side; losses sample points there)."""
+        if len(masks) == 0:
+            return torch.zeros((0, side, side))
+        t = torch.from_numpy(masks.astype(np.float32))[:, None]
+        h, w = tf.input_size
+        t = F.interpolate(t, (h, w), mode="bilinear", align_corners=False) if (h, w) != t.shape[-2:] else t
+        t = tf.pad(t)
+        if t.shape[-1] != side:
+            t = F.interpolate(t, (side, side), mode="area")
+        return (t[:, 0] > 0.5).float()
+
+    def __call__(self, scenes: Sequence[Any], rng: np.random.Generator) -> tuple[torch.Tensor | None, dict[str, float]]:
+        from segprompt.universal.losses import set_criterion
+        from segprompt.universal.prompting import model_input
+        from segprompt.universal.train_data import simulate_prompts
+
+        model, cfg = self.model, self.cfg
+        dev = model.device
+        sims = simulate_prompts(scenes, cfg.rows_per_image, rng)
+        if not sims:
+            return None, {}
+        pixels, tfs = model_input([s.image for s in scenes], model.img_size)
+        feats = model.encode_images(pixels.to(dev), [tf.input_size for tf in tfs])
+        outs, pt = self.decode(feats, [s.prompts for s in sims], [s.image for s in sims], [s.reference_image for s in sims], tfs, rng)
+        q = model.cfg.num_queries
+        side = 2 * int(feats.mask_features.shape[-1])
+        text_emb = model.embed_texts(self.vocabulary)
+        index = {n: i for i, n in enumerate(self.vocabulary)}
+
+        # generic: one row per image that has prompts
+        first: dict[int, int] = {}
+        for r, s in enumerate(sims):
+            first.setdefault(s.image, r)
+        rows = torch.tensor(list(first.values()), device=dev)
+        targets = [
+            {
+                "classes": torch.tensor([index[scenes[b].class_names[int(c)]] for c in scenes[b].classes], dtype=torch.int64, device=dev),
+                "masks": self.targets_in_frame(scenes[b].masks, tfs[b], side).to(dev),
+            }
+            for b in first
+        ]
+        layers = [{"class_logits": model.class_logits(o.class_embed[rows, :q], text_emb), "masks": o.masks[rows, :q]} for o in outs]
+        generic = set_criterion(layers, targets, self.weights, cfg.num_points)
+
+        # prompted, with deep supervision and grounding
+        ptargets = torch.cat([self.targets_in_frame(s.target[None], tfs[s.image], side) for s in sims]).to(dev)
+        classes = torch.tensor([index[scenes[s.image].class_names[s.cls]] for s in sims], device=dev)
+        prompted, parts = self.prompt_loss(outs, ptargets, classes, text_emb)
+        total = generic["loss"] + prompted
+        logs = {"generic": float(generic["loss"].detach()), "prompt": float(parts["mask"]), "iou_head": float(parts["iou"]), "ground": float(parts["ground"])}
+
+        # second round: a correction click and the first round's mask as memory
+        again = self.second_round(sims, outs[-1], tfs, rng)
+        if again:
+            idx, sets2 = zip(*again)
+            outs2, _ = self.decode(feats, list(sets2), [sims[i].image for i in idx], [sims[i].reference_image for i in idx], tfs, rng)
+            l2, parts2 = self.prompt_loss(outs2, ptargets[list(idx)], classes[list(idx)], text_emb)
+            total = total + l2
+            logs["round2"] = float(parts2["mask"].detach())
+        return total, logs
+
+    def decode(self, feats: Any, sets: Sequence[Any], images: Sequence[int], refs: Sequence[int], tfs: Sequence[Any], rng: np.random.Generator) -> tuple[list[Any], Any]:
+        from segprompt.universal.prompting import prompt_tensors
+
+        model = self.model
+        lowres = int(feats.mask_features.shape[-1])
+        pt = prompt_tensors(
+            sets, [tfs[b] for b in images], images, model.cfg.tokens_per_prompt, lowres, rng,
+            ref_index=list(refs), ref_transforms=[tfs[b] if b >= 0 else None for b in refs],
+        ).to(model.device)
+        return model.decode(feats, pt), pt
+
+    def prompt_loss(self, outs: Sequence[Any], targets: torch.Tensor, classes: torch.Tensor, text_emb: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        from segprompt.universal.losses import prompt_losses
+
+        q = self.model.cfg.num_queries
+        total = torch.zeros((), device=targets.device)
+        last: dict[str, torch.Tensor] = {}
+        for o in outs:
+            parts = prompt_losses(o.masks[:, q:], o.scores, targets, self.weights, self.cfg.num_points)
+            total = total + parts["loss"]
+            last = parts
+        final = outs[-1]
+        best = final.scores.detach().argmax(1)
+        emb = final.class_embed[torch.arange(len(best), device=best.device), q + best]
+        ground = F.cross_entropy(self.model.class_logits(emb, text_emb, no_object=False), classes)
+        total = total + self.weights.cls * ground
+        return total, {"mask": (last["loss_mask"] + last["loss_dice"]).detach(), "iou": last["loss_iou"].detach(), "ground": ground.detach()}
+
+    def second_round(self, sims: Sequence[Any], final: Any, tfs: Sequence[Any], rng: np.random.Generator) -> list[tuple[int, Any]]:
+        from segprompt.prompts import MaskPrompt, Points, PromptSet
+        from segprompt.universal.train_data import correction_click
+
+        q = self.model.cfg.num_queries
+        chosen = [i for i, s in enumerate(sims) if s.prompts.reference is None and s.prompts.text is None and rng.random() < self.cfg.second_round]
+        out = []
+        for i in chosen:
+            s = sims[i]
+            best = int(final.scores[i].detach().argmax())
+            low = final.masks[i, q + best].detach().float().cpu()
+            pred = (tfs[s.image].upscale_logits(low[None, None])[0, 0] > 0).numpy()
+            click = correction_click(pred, s.target)
+            if click is None:
+                continue
+            xy, label = click
+            old = s.prompts.points
+            pts = Points(xy[None], np.array([label])) if old is None else Points(np.concatenate((old.coords, xy[None])), np.concatenate((old.labels, [label])))
+            p = s.prompts
+            out.append((i, PromptSet(points=pts, box=p.box, scribbles=p.scribbles, mask=MaskPrompt(low.numpy(), kind="logits"), text=p.text)))
+        return out
