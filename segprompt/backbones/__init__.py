@@ -49,3 +49,15 @@ __all__ = [
     "HFTokenizer",
     "PLACEHOLDER",
 ]
+
+# multi-scale vision adapters (issue 11): the backbone libraries load only when a pyramid is created
+from segprompt.backbones.pyramid import (  # noqa: E402
+    PYRAMIDS,
+    SimpleFeaturePyramid,
+    VisionPyramid,
+    create_pyramid,
+    list_pyramids,
+    register_pyramid,
+)
+
+__all__ += ["VisionPyramid", "SimpleFeaturePyramid", "create_pyramid", "register_pyramid", "list_pyramids", "PYRAMIDS"]
