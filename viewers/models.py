@@ -2,18 +2,25 @@
 
 * ``sam-tiny``: the bundled demo model (a demo and test model, not a foundation model);
 * ``classical`` (GrabCut) and ``random-walker``: no weights at all;
-* any ``universal*`` segmenter registered in :func:`segprompt.models.list_segmenters`;
+* ``universal-tiny``: the bundled demo universal (SEEM-style) model, which also takes text and
+  reference prompts; other ``universal-*`` segmenters registered in
+  :func:`segprompt.models.list_segmenters` (``universal`` itself needs a checkpoint: below);
 * every SAM checkpoint file in the weights cache (``segprompt weights fetch sam_vit_b`` puts
   them there; ``$SEGPROMPT_HOME/checkpoints``), official or finetuned: the architecture is read
   from the file (:func:`segprompt.models.sam_arch.load_sam`);
-* a checkpoint file the user picks (``Open checkpoint...``), e.g. one's own finetuned SAM.
+* a checkpoint file the user picks (``Open checkpoint...``), e.g. one's own finetuned SAM; a
+  universal ``.safetensors`` (its metadata says so) loads as ``universal``.
 
-Listing never reads or hashes a checkpoint; loading does (in a worker thread in the widget).
+Listing never hashes a checkpoint nor loads its tensors; of a ``.safetensors`` it reads the header
+(the metadata tells a universal checkpoint from a SAM one). Loading happens in a worker thread in
+the widget.
 """
 
 from __future__ import annotations
 
+import json
 import logging
+import struct
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
@@ -23,6 +30,10 @@ from segprompt.models.base import Segmenter
 log = logging.getLogger(__name__)
 
 CHECKPOINT_SUFFIXES = (".pth", ".pt", ".bin", ".safetensors")
+
+#: what the universal segmenters take (:attr:`segprompt.models.universal.UniversalSegmenter.accepts`,
+#: written here so that listing does not import torch; a test checks they agree)
+UNIVERSAL_ACCEPTS = frozenset({"points", "box", "scribble", "mask", "text", "reference"})
 
 
 @dataclass
@@ -40,6 +51,8 @@ class ModelChoice:
     kwargs: dict[str, Any] = field(default_factory=dict)
     available: bool = True
     note: str = ""
+    #: prompt kinds the model takes when known before loading (the universal models), else None
+    accepts: frozenset[str] | None = None
 
     def load(self, device: str = "cpu", cache: str | Path | None = None) -> Segmenter:
         """Build the segmenter (may take seconds for big checkpoints)."""
@@ -133,8 +146,37 @@ def _registry_name(path: Path) -> str | None:
     return None
 
 
+def _universal_tiny_present() -> bool:
+    try:
+        from segprompt.models.universal import universal_tiny_path
+
+        universal_tiny_path()
+        return True
+    except Exception:  # noqa: BLE001 - WeightsError while the demo model is not built yet
+        return False
+
+
+def is_universal_checkpoint(path: str | Path) -> bool:
+    """Whether ``path`` is a segprompt universal ``.safetensors`` (its header's metadata says
+    ``format: segprompt-universal/...``); reads the header only, without torch."""
+    path = Path(path)
+    if path.suffix.lower() != ".safetensors":
+        return False
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            if n > 100_000_000:
+                return False
+            meta = json.loads(f.read(n)).get("__metadata__") or {}
+    except (OSError, ValueError, struct.error, AttributeError):
+        return False
+    return str(meta.get("format", "")).startswith("segprompt-universal/")
+
+
 def checkpoint_choice(path: str | Path) -> ModelChoice:
     path = Path(path)
+    if is_universal_checkpoint(path):
+        return ModelChoice(f"universal: {path.name}", name="universal", kwargs={"checkpoint": path}, note=str(path), accepts=UNIVERSAL_ACCEPTS)
     reg = _registry_name(path)
     label = f"SAM: {path.name}" + (f" ({reg})" if reg else "")
     return ModelChoice(label=label, checkpoint=path, note=str(path))
@@ -156,9 +198,22 @@ def discover_models(checkpoints_folder: str | Path | None = None) -> list[ModelC
         ModelChoice("classical (GrabCut)", name="classical"),
         ModelChoice("random walker", name="random-walker"),
     ]
-    for n in sorted(names):
-        if n.startswith("universal"):
-            choices.append(ModelChoice(n, name=n))
+    if "universal-tiny" in names:
+        present = _universal_tiny_present()
+        choices.append(
+            ModelChoice(
+                "universal-tiny (bundled demo)",
+                name="universal-tiny",
+                available=present,
+                note="takes text and reference prompts too"
+                if present
+                else "the bundled demo weights are missing (segprompt/assets/universal_tiny.safetensors)",
+                accepts=UNIVERSAL_ACCEPTS,
+            )
+        )
+    for n in sorted(names):  # plug-in universal models; ``universal`` itself needs a checkpoint file
+        if n.startswith("universal-") and n != "universal-tiny":
+            choices.append(ModelChoice(n, name=n, accepts=UNIVERSAL_ACCEPTS))
     try:
         for p in checkpoint_files(checkpoints_folder):
             choices.append(checkpoint_choice(p))
@@ -167,4 +222,13 @@ def discover_models(checkpoints_folder: str | Path | None = None) -> list[ModelC
     return choices
 
 
-__all__ = ["CHECKPOINT_SUFFIXES", "ModelChoice", "avoid_llvm_clash", "checkpoint_choice", "checkpoint_files", "discover_models"]
+__all__ = [
+    "CHECKPOINT_SUFFIXES",
+    "UNIVERSAL_ACCEPTS",
+    "ModelChoice",
+    "avoid_llvm_clash",
+    "checkpoint_choice",
+    "checkpoint_files",
+    "discover_models",
+    "is_universal_checkpoint",
+]

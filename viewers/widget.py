@@ -2,7 +2,8 @@
 
 Layout (top to bottom): model (picker, Load, Open checkpoint..., device, disk cache), image
 (layer, intensity normalisation, Compute embedding, progress bar, Cancel), prompts (polarity,
-text field and reference pickers for the models that take them, live preview, candidate policy,
+text field and reference pickers, enabled for the models that take them: :mod:`viewers.universal_panel`;
+live preview, candidate policy,
 Segment / Commit / Undo / Clear), candidates (scores; click one to pick it), segment everything
 (:class:`viewers.everything_panel.EverythingPanel`: settings, run, Cancel, progress; the result
 goes into the objects layer as new ids, one undoable step), recording (annotator, dataset, steps
@@ -192,7 +193,7 @@ class SegpromptWidget(QWidget):
         self.model_combo.setObjectName("model_combo")
         self.load_button = QPushButton("Load")
         self.open_button = QPushButton("Open checkpoint...")
-        self.open_button.setToolTip("A SAM checkpoint file (official or finetuned, .pth or .safetensors): the architecture is read from it")
+        self.open_button.setToolTip("A SAM checkpoint file (official or finetuned, .pth or .safetensors; the architecture is read from it) or a universal .safetensors")
         row = QHBoxLayout()
         row.addWidget(self.model_combo, 1)
         row.addWidget(self.load_button)
@@ -264,6 +265,9 @@ class SegpromptWidget(QWidget):
         lay.addRow("reference image", self.ref_image_combo)
         lay.addRow("reference mask", self.ref_mask_combo)
         form.addRow(self.reference_row)
+        from viewers.universal_panel import UniversalPrompts
+
+        self.universal = UniversalPrompts(self)  # drives the text field and the reference pickers
         self.policy_combo = QComboBox()
         self.policy_combo.addItems(list(CANDIDATE_POLICIES))
         self.policy_combo.setToolTip("auto: 3 candidates for a single click (ambiguous), one otherwise (SAM's advice)")
@@ -319,9 +323,6 @@ class SegpromptWidget(QWidget):
         self.clear_button.clicked.connect(self.clear)
         self.candidate_list.currentRowChanged.connect(self._on_candidate_row)
         self.policy_combo.currentIndexChanged.connect(lambda _: self._prompt_changed())
-        self.text_edit.textChanged.connect(lambda _: self._prompt_changed())
-        self.ref_image_combo.currentIndexChanged.connect(lambda _: self._prompt_changed())
-        self.ref_mask_combo.currentIndexChanged.connect(lambda _: self._prompt_changed())
         self.annotator_edit.textChanged.connect(self._on_info)
         self.dataset_edit.textChanged.connect(self._on_info)
         self.export_button.clicked.connect(lambda: self.export_trajectories())
@@ -368,6 +369,7 @@ class SegpromptWidget(QWidget):
         i = self.model_combo.findText(current)
         self.model_combo.setCurrentIndex(i if i >= 0 else first_ok)
         self.model_combo.blockSignals(False)
+        self.universal.update_for_model()  # the tooltips name the listed models that take text / references
 
     @property
     def model_choices(self) -> list[ModelChoice]:
@@ -450,8 +452,7 @@ class SegpromptWidget(QWidget):
     def _update_model_ui(self) -> None:
         seg = self.session.segmenter
         accepts = self.session.accepts
-        self.text_row.setHidden("text" not in accepts)
-        self.reference_row.setHidden("reference" not in accepts)
+        self.universal.update_for_model()
         self.policy_combo.setEnabled(bool(seg is not None and seg.has_multimask))
         if seg is None:
             self.model_label.setText("no model loaded")
@@ -840,20 +841,7 @@ class SegpromptWidget(QWidget):
         return not self.prompt_set(z).is_empty()
 
     def _reference(self) -> Reference | None:
-        name_i, name_m = self.ref_image_combo.currentText(), self.ref_mask_combo.currentText()
-        if not name_i or not name_m:
-            return None
-        try:
-            from segprompt.data.io import to_rgb_uint8
-
-            img = self.viewer.layers[name_i]
-            msk = self.viewer.layers[name_m]
-            im = np.asarray(img.data[0] if getattr(img, "multiscale", False) else img.data)
-            mk = np.asarray(msk.data)
-            return Reference(to_rgb_uint8(im), mk > 0)
-        except Exception as exc:  # noqa: BLE001 - shown, not raised, while the user picks
-            self.set_status(f"reference not usable: {exc}")
-            return None
+        return self.universal.reference()
 
     def prompt_set(self, z: int | None = None) -> PromptSet:
         """The current object's prompts on slice ``z`` (default: the current slice)."""
@@ -886,7 +874,7 @@ class SegpromptWidget(QWidget):
             reference=ref,
             accepts=accepts,
         )
-        self._notes = notes
+        self._notes = notes + (self.universal.notes() if ref is None and accepts is not None and "reference" in accepts else [])
         return ps
 
     def add_point(self, x: float, y: float, positive: bool | None = None) -> None:
@@ -1038,6 +1026,8 @@ class SegpromptWidget(QWidget):
         ps = self.prompt_set(z)
         if ps.is_empty():
             self._show_preview(None)
+            if self._notes:  # e.g. an empty reference mask: say why nothing is segmented
+                self.set_status("; ".join(self._notes))
             return
         if self.session.segmenter is None:
             self.set_status("load a model first (Model: Load)")
