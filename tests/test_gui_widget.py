@@ -91,7 +91,7 @@ def test_full_session_pick_embed_click_preview_commit_undo_export(qtbot, home, v
     with qtbot.waitSignal(w.model_loaded, timeout=WAIT_MS):
         qtbot.mouseClick(w.load_button, __import__("qtpy.QtCore", fromlist=["Qt"]).Qt.LeftButton)
     seg = w.session.segmenter
-    assert seg.name == "sam" and w.text_row.isHidden() and w.reference_row.isHidden()
+    assert seg.name == "sam" and not w.text_row.isEnabled() and not w.reference_row.isEnabled()
     # embedding in the background, then ready
     with qtbot.waitSignal(w.embedding_ready, timeout=WAIT_MS):
         w.compute_embedding()
@@ -266,9 +266,9 @@ class TextModel(Segmenter):
 def test_text_and_reference_fields_follow_the_model(qtbot, viewer, make_widget):
     viewer.add_image(lesion(64).image, name="img", rgb=True)
     w = make_widget()
-    assert w.text_row.isHidden() and w.reference_row.isHidden()
+    assert not w.text_row.isEnabled() and not w.reference_row.isEnabled()
     w.set_segmenter(TextModel(), "texty")
-    assert not w.text_row.isHidden() and not w.reference_row.isHidden()
+    assert w.text_row.isEnabled() and w.reference_row.isEnabled()
     with qtbot.waitSignal(w.embedding_ready, timeout=WAIT_MS):
         w.compute_embedding()
     w.text_edit.setText("polyp")  # a text prompt alone triggers the preview
@@ -276,7 +276,7 @@ def test_text_and_reference_fields_follow_the_model(qtbot, viewer, make_widget):
     assert w.prompt_set().text.text == "polyp" and w.preview_mask[:32].all() and not w.preview_mask[32:].any()
     assert w.candidate_list.item(0).text().startswith("candidate 1: score n/a")
     w.set_segmenter(create_segmenter("classical"), "classical")
-    assert w.text_row.isHidden() and w.prompt_set().text is None
+    assert not w.text_row.isEnabled() and w.prompt_set().text is None
 
 
 def test_3d_stack_slice_by_slice_with_cached_embeddings(qtbot, viewer, make_widget):

@@ -38,7 +38,7 @@ from segprompt.data.folder import FolderDataset, MultiMaskFolderDataset, PairedD
 from segprompt.data.io import list_images
 from segprompt.data.labelmap import LabelMapDataset, detect_void, load_classes
 from segprompt.data.sample import SegmentationDataset
-from segprompt.data.scenes import ObjectScenes
+from segprompt.data.scenes import ObjectInstances, ObjectScenes
 from segprompt.data.synthetic import SyntheticLesions, SyntheticScenes
 from segprompt.data.tunevlseg_format import TuneVLSegDataset
 from segprompt.errors import ConfigError, DataError
@@ -888,6 +888,7 @@ for _name, _cls, _title, _task, _text in (
     ("synthetic-scenes", SyntheticScenes, "Synthetic multi-class shape scenes", "multiclass", None),
     ("synthetic-random", partial(SyntheticLesions, style="randomised"), "Domain-randomised synthetic objects (sam-tiny's training data)", "binary", "object"),
     ("synthetic-objects", ObjectScenes, "Synthetic object scenes, 8 word-named classes (universal-tiny's data)", "multiclass", None),
+    ("synthetic-object-instances", ObjectInstances, "Every object of the synthetic-objects scenes as a binary sample (point benchmark)", "binary", None),
 ):
     DATASETS.add(
         _name,

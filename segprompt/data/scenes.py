@@ -436,3 +436,27 @@ class ObjectScenes(SegmentationDataset):
         texts = tuple(OBJECT_CLASSES[c] for c in sorted(set(scene.classes.tolist())))
         meta = {"instances": {"masks": scene.masks, "classes": scene.classes}, **{k: scene.meta[k] for k in ("grey", "occluded", "dropped")}}
         return Sample(id=self.record_id(record), image=scene.image, mask=scene.label_map, texts=texts, class_names=LABEL_NAMES, meta=meta)
+
+
+class ObjectInstances(SegmentationDataset):
+    """Every instance of ``ObjectScenes(n, seed, size)`` as its own binary sample (registry name
+    ``synthetic-object-instances``): the point benchmark's view of the scenes (one object per
+    sample, the others are distractors). ``id`` = ``<scene id>_<k>``, ``texts`` = (its class name,),
+    ``meta["scene"]`` / ``meta["instance"]`` locate it."""
+
+    task = "binary"
+
+    def __init__(self, n: int = 16, seed: int = 0, size: int | tuple[int, int] = 256, settings: SceneSettings = DEFAULT) -> None:
+        super().__init__()
+        self.scenes = ObjectScenes(n, seed, size, settings)
+        self.name = "synthetic-object-instances"
+        self.records = [(i, k) for i in range(n) for k in range(len(self.scenes.scene(i).classes))]
+
+    def record_id(self, record: tuple[int, int]) -> str:
+        return f"{self.scenes.record_id(record[0])}_{record[1]}"
+
+    def load(self, record: tuple[int, int]) -> Sample:
+        i, k = record
+        scene = self.scenes.scene(i)
+        name = OBJECT_CLASSES[int(scene.classes[k])]
+        return Sample(id=self.record_id(record), image=scene.image, mask=scene.masks[k], texts=(name,), meta={"scene": i, "instance": k})

@@ -124,13 +124,30 @@ class CrossAttention(nn.Module):
         return self._split(self.k(feat + pos)), self._split(self.v(feat))
 
     def forward(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, row_image: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
-        r = x.shape[0]
-        if keys.shape[0] == 1:
-            keys, values = keys.expand(r, -1, -1, -1), values.expand(r, -1, -1, -1)
-        else:
-            keys, values = keys[row_image], values[row_image]
-        out = F.scaled_dot_product_attention(self._split(self.q(x)), keys, values, attn_mask=~blocked[:, None])
+        """x (R, Lq, D) queries (positions added); keys / values from :meth:`keys`; blocked (R, Lq, HW)."""
+        q = self._split(self.q(x))  # (R, heads, Lq, dh)
+        out = torch.empty_like(q)
+        for b, rows in rows_by_image(row_image, keys.shape[0]):
+            # the rows of one image attend as one long query sequence: no copy of its keys per row
+            n = rows.numel() if rows is not None else x.shape[0]
+            qb = q if rows is None else q[rows]
+            qb = qb.transpose(0, 1).reshape(1, self.heads, -1, q.shape[-1])
+            mb = (blocked if rows is None else blocked[rows]).reshape(1, 1, -1, blocked.shape[-1])
+            ob = F.scaled_dot_product_attention(qb, keys[b : b + 1], values[b : b + 1], attn_mask=~mb)
+            ob = ob.reshape(self.heads, n, -1, q.shape[-1]).transpose(0, 1)
+            if rows is None:
+                out = ob
+            else:
+                out[rows] = ob
         return self.out(out.transpose(1, 2).reshape(x.shape))
+
+
+def rows_by_image(row_image: torch.Tensor, num_images: int) -> list[tuple[int, torch.Tensor | None]]:
+    """(image, its rows) pairs; rows None when every row belongs to the one image (the common
+    inference case: one image, N prompt sets)."""
+    if num_images == 1:
+        return [(0, None)]
+    return [(int(b), (row_image == b).nonzero()[:, 0]) for b in torch.unique(row_image)]
 
 
 class DecoderLayer(nn.Module):
@@ -188,10 +205,15 @@ class UniversalDecoder(nn.Module):
     def heads(self, x: torch.Tensor, mask_features: torch.Tensor, row_image: torch.Tensor) -> DecoderOutput:
         x = self.norm(x[:, : self.q + self.p])
         emb = self.mask_embed(x)
-        if mask_features.shape[0] == 1:
-            masks = torch.einsum("rqc,chw->rqhw", emb, mask_features[0])
+        r, n, c = emb.shape
+        h, w = mask_features.shape[-2:]
+        groups = rows_by_image(row_image, mask_features.shape[0])
+        if groups[0][1] is None:
+            masks = (emb.reshape(r * n, c) @ mask_features[0].reshape(c, h * w)).reshape(r, n, h, w)
         else:
-            masks = torch.einsum("rqc,rchw->rqhw", emb, mask_features[row_image])
+            masks = emb.new_empty((r, n, h, w))
+            for b, rows in groups:
+                masks[rows] = (emb[rows].reshape(-1, c) @ mask_features[b].reshape(c, h * w)).reshape(-1, n, h, w)
         cls = F.normalize(self.class_proj(x), dim=-1)
         scores = self.score_head(x[:, self.q :]).squeeze(-1)
         return DecoderOutput(masks=masks, class_embed=cls, scores=scores)

@@ -67,3 +67,68 @@ def evaluate_scenes(segmenter: Any, scenes: Sequence[Any], kinds: Sequence[str] 
         for m, c in zip(sc.masks, sc.classes):
             last_seen[sc.class_names[int(c)]] = (sc.image, m)
     return {f"{k}_iou": float(np.mean(v)) if v else float("nan") for k, v in scores.items()}
+
+
+def text_miou(segmenter: Any, scenes: Sequence[Any]) -> dict[str, Any]:
+    """Text prompts on scenes: for every scene and class present, ``PromptSet(text=class)``
+    against that class's region. Returns ``miou`` (mean over classes of the class IoU pooled over
+    scenes: summed intersections / summed unions, the semantic-segmentation rule),
+    ``per_class`` and ``mean_iou`` (mean over (scene, class) pairs)."""
+    inter: dict[str, float] = {}
+    union: dict[str, float] = {}
+    pairs: list[float] = []
+    for sc in scenes:
+        present = sorted({int(c) for c in sc.classes})
+        if not present:
+            continue
+        names = [sc.class_names[c] for c in present]
+        pred = segmenter.predict(sc.image, [PromptSet(text=Text(n)) for n in names], multimask="auto")
+        for c, n, m in zip(present, names, pred.masks[:, 0]):
+            t = sc.class_region(c)
+            inter[n] = inter.get(n, 0.0) + float(np.logical_and(m, t).sum())
+            union[n] = union.get(n, 0.0) + float(np.logical_or(m, t).sum())
+            pairs.append(iou(m, t))
+    per_class = {n: inter[n] / union[n] for n in sorted(inter) if union[n] > 0}
+    return {"miou": float(np.mean(list(per_class.values()))) if per_class else float("nan"), "per_class": per_class, "mean_iou": float(np.mean(pairs)) if pairs else float("nan")}
+
+
+def reference_iou(segmenter: Any, scenes: Sequence[Any]) -> dict[str, Any]:
+    """Reference prompts across scenes: each class present in scene i is prompted by the
+    largest instance of that class in the nearest earlier scene j < i that has one (another
+    image), scored against the class region of scene i. Returns ``mean_iou``, ``n`` and ``per_class``."""
+    seen: dict[str, tuple[np.ndarray, np.ndarray]] = {}
+    scores: dict[str, list[float]] = {}
+    for sc in scenes:
+        present = sorted({int(c) for c in sc.classes})
+        asks = [(c, sc.class_names[c]) for c in present if sc.class_names[c] in seen]
+        if asks:
+            pred = segmenter.predict(sc.image, [PromptSet(reference=Reference(*seen[n])) for _, n in asks], multimask="auto")
+            for (c, n), m in zip(asks, pred.masks[:, 0]):
+                scores.setdefault(n, []).append(iou(m, sc.class_region(c)))
+        for c in present:
+            masks = sc.masks[sc.classes == c]
+            biggest = masks[int(np.argmax(masks.reshape(len(masks), -1).sum(1)))]
+            seen[sc.class_names[c]] = (sc.image, biggest)
+    flat = [v for vs in scores.values() for v in vs]
+    return {"mean_iou": float(np.mean(flat)) if flat else float("nan"), "n": len(flat), "per_class": {k: float(np.mean(v)) for k, v in sorted(scores.items())}}
+
+
+def box_gain(segmenter: Any, scenes: Sequence[Any]) -> dict[str, float]:
+    """Mean IoU over instances of one centre click, and of the same click plus the instance's
+    tight box: what adding a box to a point does."""
+    from segprompt.prompts import Box
+
+    point, both = [], []
+    for sc in scenes:
+        if len(sc.masks) == 0:
+            continue
+        state = segmenter.encode(sc.image)
+        sets = []
+        for m in sc.masks:
+            click = Points.positive(tuple(centre_click(m)))
+            sets += [PromptSet(points=click), PromptSet(points=click, box=Box.from_mask(m))]
+        pred = segmenter.segment(state, sets, multimask="auto").masks[:, 0]
+        for k, m in enumerate(sc.masks):
+            point.append(iou(pred[2 * k], m))
+            both.append(iou(pred[2 * k + 1], m))
+    return {"point": float(np.mean(point)), "point_box": float(np.mean(both)), "n": float(len(point))}

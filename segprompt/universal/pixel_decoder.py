@@ -36,13 +36,19 @@ class PixelDecoder(nn.Module):
         if num_levels < 4:
             raise ValueError(f"the pixel decoder needs at least 4 pyramid levels, got {num_levels}")
         self.num_levels = num_levels
-        self.lateral = nn.ModuleList(nn.Sequential(nn.Conv2d(in_channels, hidden_dim, 1), _norm(hidden_dim)) for _ in range(num_levels))
+        # levels 1.. run the FPN at hidden_dim; the finest level (stride 4, 16x the pixels of
+        # stride 16) is fused at mask_dim with a depthwise 3x3: the cost of a full 3x3 there
+        # dominates a CPU training step and buys little over the upsampled FPN output
+        self.lateral = nn.ModuleList(nn.Sequential(nn.Conv2d(in_channels, hidden_dim, 1), _norm(hidden_dim)) for _ in range(num_levels - 1))
         self.output = nn.ModuleList(
-            nn.Sequential(nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1), _norm(hidden_dim), nn.ReLU()) for _ in range(num_levels - 1)
+            nn.Sequential(nn.Conv2d(hidden_dim, hidden_dim, 3, padding=1), _norm(hidden_dim), nn.ReLU()) for _ in range(num_levels - 2)
         )
+        self.fine_lateral = nn.Sequential(nn.Conv2d(in_channels, mask_dim, 1), _norm(mask_dim))
+        self.fine_top = nn.Conv2d(hidden_dim, mask_dim, 1)
+        self.fine_output = nn.Sequential(nn.Conv2d(mask_dim, mask_dim, 3, padding=1, groups=mask_dim), _norm(mask_dim), nn.ReLU())
         layer = nn.TransformerEncoderLayer(hidden_dim, num_heads, hidden_dim * 4, dropout=0.0, batch_first=True)
         self.encoder = nn.TransformerEncoder(layer, encoder_layers, enable_nested_tensor=False) if encoder_layers else None
-        self.mask_features = nn.Conv2d(hidden_dim, mask_dim, 1)
+        self.mask_features = nn.Conv2d(mask_dim, mask_dim, 1)
         self.hidden_dim = hidden_dim
 
     def forward(self, levels: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -56,10 +62,12 @@ class PixelDecoder(nn.Module):
             seq = self.encoder(seq + pos[None])  # positions enter once, at the input
             x = seq.transpose(1, 2).reshape(b, c, h, w)
         outs = [x]
-        for i in range(self.num_levels - 2, -1, -1):
-            lat = self.lateral[i](levels[i])
+        for i in range(self.num_levels - 2, 0, -1):
+            lat = self.lateral[i - 1](levels[i])
             x = lat + F.interpolate(x, size=lat.shape[-2:], mode="bilinear", align_corners=False)
-            x = self.output[i](x)
+            x = self.output[i - 1](x)
             outs.append(x)
-        # outs: coarse -> fine; the finest gives the mask features, the 3 coarsest the decoder's scales
-        return self.mask_features(outs[-1]), outs[:3]
+        fine = self.fine_lateral(levels[0])
+        fine = fine + F.interpolate(self.fine_top(x), size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        # outs: coarse -> fine; the 3 coarsest are the decoder's scales
+        return self.mask_features(self.fine_output(fine)), outs[:3]

@@ -18,8 +18,9 @@ One training step (batch of scenes, :mod:`segprompt.universal.train_data`):
    similarity (no-object weight 0.1), BCE + Dice on importance-sampled points, every layer
    (deep supervision) -- :func:`~segprompt.universal.losses.set_criterion`;
 4. **prompt loss**: of the P candidates of each row the best learns (BCE + Dice), the IoU head
-   learns every candidate's IoU, every layer; the best candidate's class embedding learns its
-   class (grounding);
+   learns every candidate's IoU, on the middle and the last layer (``prompt_supervision="all"``:
+   every layer, SEEM's deep supervision; the default halves the backward pass on a CPU); the
+   best candidate's class embedding learns its class (grounding);
 5. **second round** (``second_round`` of the rows with visual prompts): the first round's best
    mask gives a correction click (centre of the largest error) and becomes the memory prompt;
    that round's outputs get the prompt loss too.
@@ -70,6 +71,7 @@ class UniversalTrainConfig:
     rows_per_image: int = 4
     second_round: float = 0.3
     num_points: int = 2048
+    prompt_supervision: str = "middle+last"
     patience: int = 0
     checkpoint_every: int | None = 200
     max_steps: int | None = None
@@ -79,6 +81,8 @@ class UniversalTrainConfig:
     def __post_init__(self) -> None:
         if self.rows_per_image < 1:
             raise ConfigError(f"rows_per_image must be >= 1, got {self.rows_per_image}")
+        if self.prompt_supervision not in ("all", "middle+last"):
+            raise ConfigError(f"prompt_supervision is 'all' or 'middle+last', got {self.prompt_supervision!r}")
         if not 0 <= self.second_round <= 1:
             raise ConfigError(f"second_round is a probability in [0, 1], got {self.second_round}")
 
@@ -226,7 +230,8 @@ class UniversalStep:
         q = self.model.cfg.num_queries
         total = torch.zeros((), device=targets.device)
         last: dict[str, torch.Tensor] = {}
-        for o in outs:
+        supervised = outs if self.cfg.prompt_supervision == "all" else [outs[len(outs) // 2], outs[-1]]
+        for o in supervised:
             parts = prompt_losses(o.masks[:, q:], o.scores, targets, self.weights, self.cfg.num_points)
             total = total + parts["loss"]
             last = parts
