@@ -441,6 +441,14 @@ MODEL_NOTES = {
     "random-walker": "scikit-image's random walker, a weight-free classical baseline",
     "classical": "a weight-free classical baseline (GrabCut or the random walker)",
     "sam": "Segment Anything with the checkpoint given in config.yaml (model_kwargs)",
+    # universal: the previous step's logits are its memory prompt; SEEM's own interactive evaluation
+    # (modeling/architectures/seem_model_v1.py: evaluate_interactive) feeds the previous mask back every
+    # round, here only with --mask-feedback, so that all models run one protocol (off by default)
+    "universal-tiny": "the bundled demo universal model: a small SEEM-style decoder trained on synthetic "
+    "multi-class scenes only (scripts/train_universal_tiny.py); 3 candidates with predicted IoU, like SAM; with mask "
+    "feedback the previous step's logits are its memory prompt (SEEM's multi-round memory)",
+    "universal": "the SEEM-style universal decoder (segprompt.universal) with the checkpoint given in config.yaml (model_kwargs); "
+    "with mask feedback the previous step's logits are its memory prompt",
 }
 
 def multimask_note(policy: str) -> str:
@@ -477,6 +485,7 @@ def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig
     )
     budgets = ", ".join(f"{d}: {p} positive + {n} negative over {cfg.steps_of(d)} steps" for d in cfg.datasets for p, n in [cfg.budget_of(d)])
     models = [f"- `{m}`: {MODEL_NOTES.get(m.split('@')[0], 'see config.yaml')}" for m in cfg.models]
+    feedback = "on (each click goes with the previous step's logits, to the models that take a mask)" if cfg.mask_feedback else "off"
     lines = [
         "# Point-prompt benchmark",
         "",
@@ -487,6 +496,8 @@ def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig
         *models,
         "",
         f"Multimask policy {multimask_note(cfg.multimask)}",
+        "",
+        f"Mask feedback between correction clicks: {feedback}.",
         "",
         "## Summary",
         "",

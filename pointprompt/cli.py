@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Sequence
 
 import click
 
+from segprompt.errors import ConfigError
 from segprompt.models.base import SINGLE_MASK_POLICIES, multimask_help
 
 
@@ -16,8 +18,8 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.group("pointprompt", invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--dataset", "datasets", multiple=True, default=("synthetic-lesions",), show_default=True, help="Registry name (see `segprompt data list`) or a dataset folder; repeat for several.")
 @click.option("--root", "roots", multiple=True, help="Folder of a registry-named --dataset: FOLDER (one dataset) or NAME=FOLDER; repeat for several (default: $SEGPROMPT_DATA_ROOT/<folder>).")
-@click.option("--model", "models", multiple=True, default=("sam-tiny",), show_default=True, help="Segmenter name; repeat for several (sam-tiny, sam, classical, grabcut, random-walker).")
-@click.option("--checkpoint", default=None, help="Checkpoint file or registry name for the `sam` model.")
+@click.option("--model", "models", multiple=True, default=("sam-tiny",), show_default=True, help="Segmenter name; repeat for several (sam-tiny, sam, universal-tiny, universal, classical, grabcut, random-walker).")
+@click.option("--checkpoint", "checkpoints", multiple=True, help="Checkpoint of the models that take one (`sam`: a file or registry name; `universal`: a universal .safetensors): PATH for them all (of one kind), or MODEL=PATH; repeatable.")
 @click.option("--strategies", multiple=True, default=("centre,random,microsam",), show_default=True, help="Comma-separated strategy names, or 'all' for every registered one.")
 @click.option("--positive", "n_positive", type=int, default=3, show_default=True)
 @click.option("--negative", "n_negative", type=int, default=1, show_default=True)
@@ -25,7 +27,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--steps", type=int, default=None, help="Steps per trajectory (default: positive + negative).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--multimask", type=click.Choice(SINGLE_MASK_POLICIES), default="auto", show_default=True, help=multimask_help(SINGLE_MASK_POLICIES))
-@click.option("--mask-feedback/--no-mask-feedback", default=False, help="Feed the previous low-res logits back with each correction click.")
+@click.option("--mask-feedback/--no-mask-feedback", default=False, help="Feed the previous low-res logits back with each correction click (for `universal`: its memory prompt).")
 @click.option("--limit", type=int, default=None, help="Use only the first N images.")
 @click.option("--human", type=click.Path(path_type=Path), default=None, help="Recorded human prompts to replay: a trajectory file (.jsonl/.json) or a PointPrompt human-data folder.")
 @click.option("--cache", type=click.Path(path_type=Path), default=None, help="Embedding cache folder.")
@@ -33,7 +35,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML of PointBenchConfig fields (see configs/pointprompt/); options given on the command line override it.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (rerun the same command to resume). Required.")
 @click.pass_context
-def pointprompt(ctx, config_file, datasets, roots, models, checkpoint, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, limit, human, cache, device, out) -> None:
+def pointprompt(ctx, config_file, datasets, roots, models, checkpoints, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, limit, human, cache, device, out) -> None:
     """Benchmark point-prompt strategies on datasets; resumable, deterministic for a seed.
 
     `segprompt bench pointprompt features RUN_DIR` then fits the prompt-feature regressions.
@@ -50,10 +52,11 @@ def pointprompt(ctx, config_file, datasets, roots, models, checkpoint, strategie
 
     check_device(device)
     model_kwargs: dict[str, dict] = {}
+    given_checkpoints = checkpoint_kwargs(checkpoints, models)
     for m in models:
         kw = {"device": device} if m not in ("classical", "grabcut", "random-walker") else {}
-        if m.split("@")[0] == "sam" and checkpoint:
-            kw["checkpoint"] = checkpoint
+        if m in given_checkpoints:
+            kw["checkpoint"] = given_checkpoints[m]
         model_kwargs[m] = kw
     datasets = _split(datasets)
     given = dict(
@@ -80,9 +83,49 @@ def pointprompt(ctx, config_file, datasets, roots, models, checkpoint, strategie
     click.echo(f"\n{timing_text(out)}\nrun folder: {out}  (summary.csv, curves.csv, matched_budget.csv, report.md, iou_per_step.png)")
 
 
+def takes_checkpoint(model: str) -> bool:
+    """Whether the segmenter registered as ``model`` (``sam@vitb``: ``sam``) takes ``checkpoint=``
+    (``sam``, ``universal``; the bundled ``sam-tiny`` / ``universal-tiny`` and the classical ones do not)."""
+    import inspect
+
+    from segprompt.models.registry import SEGMENTERS, _resolve
+
+    return "checkpoint" in inspect.signature(_resolve(SEGMENTERS.get(model.split("@")[0]))).parameters
+
+
+def checkpoint_kwargs(values: Sequence[str], models: Sequence[str]) -> dict[str, str]:
+    """``--checkpoint`` values -> ``{model: checkpoint}``.
+
+    ``MODEL=PATH`` gives that model (one of ``models``) its checkpoint; a plain ``PATH`` goes to
+    every other model that takes one (:func:`takes_checkpoint`), which must all be of one kind
+    (``sam`` and ``sam@2`` may share a file, ``sam`` and ``universal`` cannot). A checkpoint that
+    no model would take is an error, not ignored.
+    """
+    out: dict[str, str] = {}
+    plain: list[str] = []
+    for value in values:
+        name, sep, path = value.partition("=")
+        if sep and name in models:
+            if not takes_checkpoint(name):
+                raise ConfigError(f"--checkpoint {value}: model {name!r} takes no checkpoint (it has bundled weights or none)")
+            out[name] = path
+        else:
+            plain.append(value)
+    if len(plain) > 1:
+        raise ConfigError(f"--checkpoint given {len(plain)} plain paths; name the model of each: --checkpoint MODEL=PATH")
+    if plain:
+        takers = [m for m in models if m not in out and takes_checkpoint(m)]
+        if not takers:
+            raise ConfigError(f"--checkpoint {plain[0]}: none of the models ({', '.join(models)}) takes a checkpoint (sam and universal do)")
+        if len({m.split("@")[0] for m in takers}) > 1:
+            raise ConfigError(f"--checkpoint {plain[0]} would go to models of different kinds ({', '.join(takers)}); name the model of each: --checkpoint MODEL=PATH")
+        out.update({m: plain[0] for m in takers})
+    return out
+
+
 # command-line option name -> the PointBenchConfig fields it sets
 _OPTION_FIELDS = {
-    "datasets": ("datasets",), "roots": ("dataset_kwargs",), "models": ("models", "model_kwargs"), "checkpoint": ("model_kwargs",),
+    "datasets": ("datasets",), "roots": ("dataset_kwargs",), "models": ("models", "model_kwargs"), "checkpoints": ("model_kwargs",),
     "device": ("model_kwargs",), "strategies": ("strategies",), "n_positive": ("n_positive",), "n_negative": ("n_negative",),
     "budget": ("budget",), "steps": ("steps",), "seed": ("seed",), "multimask": ("multimask",), "mask_feedback": ("mask_feedback",),
     "limit": ("limit",), "human": ("human",),
