@@ -139,11 +139,44 @@ def test_generic_output_is_unchanged_when_prompts_are_added(model):
     ]
     pt = prompt_tensors(sets, [seg.transform(img.shape[:2])] * 3, [0] * 3, 8, 16)
     prompted = model.decode(feats, pt)[-1]
-    q = model.cfg.num_queries
-    for r in range(3):
-        torch.testing.assert_close(prompted.masks[r, :q], generic.masks[0, :q], rtol=1e-5, atol=1e-5)
-        torch.testing.assert_close(prompted.class_embed[r, :q], generic.class_embed[0, :q], rtol=1e-5, atol=1e-5)
-    assert not torch.allclose(prompted.masks[0, q:], prompted.masks[1, q:])  # the prompts do reach the prompt queries
+    torch.testing.assert_close(prompted.object_masks, generic.object_masks, rtol=0, atol=0)
+    torch.testing.assert_close(prompted.object_embed, generic.object_embed, rtol=0, atol=0)
+    assert not torch.allclose(prompted.masks[0], prompted.masks[1])  # the prompts do reach the prompt queries
+
+
+def test_the_split_decoder_equals_one_joint_sequence_per_row(model):
+    """Object queries once per image + prompt groups per row == SEEM's one joint sequence per row
+    under the attention mask (a direct re-computation of one layer with the full mask)."""
+    from segprompt.universal.decoder import cross_attention_mask, self_attention_mask
+
+    torch.manual_seed(5)
+    layer = model.decoder.layers[0]
+    q, p, m, d = 4, 3, 2, model.cfg.hidden_dim
+    b, r, t = 2, 3, 5
+    row_image = torch.tensor([0, 1, 1])
+    xo, po = torch.randn(b, q, d), torch.randn(b, q, d)
+    xp, pp = torch.randn(r, p + m, d), torch.randn(r, p + m, d)
+    tokens, tpos = torch.randn(r, t, d), torch.randn(r, t, d)
+    valid = torch.rand(r, t) > 0.3
+    has = torch.tensor([True, False, True])
+    feat, fpos = torch.randn(b, 16, d), torch.randn(1, 16, d)
+    keys, values = layer.cross.keys(feat, fpos)
+    bo, _ = cross_attention_mask(torch.randn(b, q, 8, 8), None, torch.zeros(b, dtype=torch.bool), 0, (4, 4))
+    memory = (torch.rand(r, 8, 8) > 0.5).float()
+    bp, gp = cross_attention_mask(torch.randn(r, p, 8, 8), memory, has, m, (4, 4))
+    full = self_attention_mask(q, p, m, valid, has)
+    new_o, new_p = layer(xo, po, xp, pp, keys, values, row_image, bo, bp, gp, tokens, tpos, full[:, q:])
+    # joint: each row holds its image's object queries, then the prompt group
+    x = torch.cat((xo[row_image], xp), 1)
+    pos = torch.cat((po[row_image], pp), 1)
+    blocked = torch.cat((bo[row_image], bp), 1)
+    gate = torch.cat((torch.ones(r, q, 1), gp), 1)
+    x = layer.cross_attend(x, pos, keys, values, row_image, blocked, gate)
+    k = torch.cat((x + pos, tokens + tpos), 1)
+    v = torch.cat((x, tokens), 1)
+    joint = layer.attend_and_feed(x, pos, k, v, full)
+    torch.testing.assert_close(joint[:, q:], new_p, rtol=1e-5, atol=1e-5)
+    torch.testing.assert_close(joint[:, :q], new_o[row_image], rtol=1e-5, atol=1e-5)
 
 
 def test_memory_attends_only_inside_the_previous_mask():

@@ -60,14 +60,17 @@ def universal(ctx: click.Context, config_file: Path | None, init: str | None, da
     from segprompt.universal.run import train_universal
     from segprompt.universal.train import UniversalTrainConfig
 
+    def explicit(name: str) -> bool:
+        return ctx.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
+
+    # data options add keys to dataset_kwargs / val_kwargs only when given (a --config file's keys stay)
     data_kwargs: dict[str, Any] = {}
     val_kwargs: dict[str, Any] = {}
     if root:
         data_kwargs["root"] = val_kwargs["root"] = root
-    synthetic = dataset.startswith("synthetic")
-    if synthetic:
-        data_kwargs.update(n=limit or 2000, seed=seed)
-        val_kwargs.update(n=48, seed=seed + 999)
+    if dataset.startswith("synthetic"):
+        if limit is not None:
+            data_kwargs["n"] = limit
     else:
         if split:
             data_kwargs["split"] = split
@@ -80,7 +83,13 @@ def universal(ctx: click.Context, config_file: Path | None, init: str | None, da
     data: dict[str, Any] = {}
     if config_file is not None:
         data = read_config_file(config_file, [f for f in UniversalTrainConfig.__dataclass_fields__], label="--config ")
+    if not dataset.startswith("synthetic") and "val_kwargs" in data and not explicit("val_split"):
+        val_kwargs.pop("split", None)  # the file's validation split stays
     merged = apply_command_line(ctx, data, given, _OPTION_FIELDS, merge=("dataset_kwargs", "val_kwargs"))
+    if str(merged.get("dataset", "")).startswith("synthetic"):  # generated data: n / seed defaults under the given keys
+        defaults = UniversalTrainConfig()
+        for key in ("dataset_kwargs", "val_kwargs"):
+            merged[key] = {**getattr(defaults, key), **(merged.get(key) or {})}
     cfg = UniversalTrainConfig.from_dict(merged)
     click.echo(f"segprompt train universal: {cfg.init or 'new model'} on {cfg.dataset} -> {out}")
     result = train_universal(cfg, out)

@@ -150,7 +150,6 @@ class UniversalSegmenter(Segmenter):
             for j, i in enumerate(refs):
                 ref_index[i], ref_tfs[i] = 1 + j, tfs[j]  # type: ignore[call-overload]
         lowres = int(feats.mask_features.shape[-1])
-        q = self.model.cfg.num_queries
         logits, scores, embeds = [], [], []
         for start in range(0, len(sets), self.max_rows):
             idx = list(range(start, min(len(sets), start + self.max_rows)))
@@ -160,9 +159,9 @@ class UniversalSegmenter(Segmenter):
             ).to(self.device)
             with self._autocast():
                 out = self.model.decode(feats, pt)[-1]
-            logits.append(out.masks[:, q:].float())
+            logits.append(out.masks.float())
             scores.append(out.scores.float())
-            embeds.append(out.class_embed[:, q:].float())
+            embeds.append(out.class_embed.float())
         return torch.cat(logits), torch.cat(scores), torch.cat(embeds)
 
     def _segment(self, state: ImageState, sets: list[PromptSet], multimask_output: bool, select: str | None = None) -> Prediction:
@@ -203,10 +202,9 @@ class UniversalSegmenter(Segmenter):
         feats = self._features(state)
         with self._autocast():
             out = self.model.decode(feats)[-1]
-        q = self.model.cfg.num_queries
-        cls = self.model.class_logits(out.class_embed[0, :q].float(), self.model.embed_texts(vocab))
+        cls = self.model.class_logits(out.object_embed[0].float(), self.model.embed_texts(vocab))
         tf = self.transform(state.original_size)
-        masks = tf.upscale_logits(out.masks[:, :q].float())[0]
+        masks = tf.upscale_logits(out.object_masks.float())[0]
         seg_masks, classes, scores = panoptic_inference(cls, masks, threshold, overlap)
         semantic = semantic_from_segments(seg_masks, classes)
         return GenericOutput(semantic.cpu().numpy(), seg_masks.cpu().numpy(), classes.cpu().numpy(), scores.cpu().numpy(), vocab)

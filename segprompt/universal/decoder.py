@@ -40,12 +40,17 @@ __all__ = ["UniversalDecoder", "DecoderOutput", "self_attention_mask", "cross_at
 
 @dataclass
 class DecoderOutput:
-    """One layer's predictions for R rows.
+    """One layer's predictions.
 
-    masks: (R, Q + P, h4, w4) mask logits (object queries first); class_embed: (R, Q + P, E)
-    L2-normalised embeddings in the text space; scores: (R, P) predicted IoU of the prompt queries.
+    Object queries are computed once per image (they never see prompts, so every row of an
+    image would give the same): ``object_masks`` (B, Q, h4, w4) logits and ``object_embed``
+    (B, Q, E). Prompt queries, one group per row: ``masks`` (R, P, h4, w4) logits,
+    ``class_embed`` (R, P, E) and ``scores`` (R, P) predicted IoU. Embeddings are L2-normalised
+    in the text space.
     """
 
+    object_masks: torch.Tensor
+    object_embed: torch.Tensor
     masks: torch.Tensor
     class_embed: torch.Tensor
     scores: torch.Tensor
@@ -125,6 +130,8 @@ class CrossAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, row_image: torch.Tensor, blocked: torch.Tensor) -> torch.Tensor:
         """x (R, Lq, D) queries (positions added); keys / values from :meth:`keys`; blocked (R, Lq, HW)."""
+        if x.shape[0] == 0:
+            return torch.zeros_like(x)
         q = self._split(self.q(x))  # (R, heads, Lq, dh)
         out = torch.empty_like(q)
         for b, rows in rows_by_image(row_image, keys.shape[0]):
@@ -151,7 +158,14 @@ def rows_by_image(row_image: torch.Tensor, num_images: int) -> list[tuple[int, t
 
 
 class DecoderLayer(nn.Module):
-    """Masked cross-attention -> self-attention (queries over queries + tokens) -> FFN, post-norm."""
+    """Masked cross-attention -> self-attention -> FFN, post-norm (Mask2Former's order).
+
+    :meth:`forward` takes the object queries of B images and the prompt groups of R rows; both
+    cross-attend first, then the object queries self-attend among themselves and each prompt
+    group attends to its image's object queries (as they are after this layer's
+    cross-attention), itself and its tokens -- the same computation as one joint sequence per
+    row under :func:`self_attention_mask`, without repeating the object queries per row.
+    """
 
     def __init__(self, dim: int, heads: int, ffn: int, dropout: float = 0.0) -> None:
         super().__init__()
@@ -165,13 +179,26 @@ class DecoderLayer(nn.Module):
         out = self.cross(x + pos, keys, values, row_image, blocked)
         return self.norms[0](x + out * gate)
 
-    def forward(self, x, pos, keys, values, row_image, blocked, gate, tokens, token_pos, self_blocked):  # noqa: ANN001
-        x = self.cross_attend(x, pos, keys, values, row_image, blocked, gate)
-        k = torch.cat((x + pos, tokens + token_pos), 1)
-        v = torch.cat((x, tokens), 1)
-        out = self.self_attn(x + pos, k, v, attn_mask=self_blocked.repeat_interleave(self.heads, dim=0), need_weights=False)[0]
+    def attend_and_feed(self, x, pos, k, v, blocked=None):  # noqa: ANN001
+        mask = None if blocked is None else blocked.repeat_interleave(self.heads, dim=0)
+        out = self.self_attn(x + pos, k, v, attn_mask=mask, need_weights=False)[0]
         x = self.norms[1](x + out)
         return self.norms[2](x + self.ffn(x))
+
+    def forward(self, xo, po, xp, pp, keys, values, row_image, blocked_o, blocked_p, gate_p, tokens, token_pos, self_blocked):  # noqa: ANN001
+        b = xo.shape[0]
+        xo = self.cross_attend(xo, po, keys, values, torch.arange(b, device=xo.device), blocked_o, 1.0)
+        xp = self.cross_attend(xp, pp, keys, values, row_image, blocked_p, gate_p)
+        if xp.shape[0]:
+            if b == 1:
+                obj, obj_pos = xo.expand(xp.shape[0], -1, -1), po.expand(xp.shape[0], -1, -1)
+            else:
+                obj, obj_pos = xo[row_image], po[row_image]
+            k = torch.cat((obj + obj_pos, xp + pp, tokens + token_pos), 1)
+            v = torch.cat((obj, xp, tokens), 1)
+            xp = self.attend_and_feed(xp, pp, k, v, self_blocked)
+        xo = self.attend_and_feed(xo, po, xo + po, xo)
+        return xo, xp
 
 
 class UniversalDecoder(nn.Module):
@@ -202,41 +229,52 @@ class UniversalDecoder(nn.Module):
         self.class_proj = nn.Linear(d, embed_dim)
         self.score_head = MLP(d, d, 1, 3)
 
-    def heads(self, x: torch.Tensor, mask_features: torch.Tensor, row_image: torch.Tensor) -> DecoderOutput:
-        x = self.norm(x[:, : self.q + self.p])
-        emb = self.mask_embed(x)
+    def _masks(self, emb: torch.Tensor, mask_features: torch.Tensor, row_image: torch.Tensor) -> torch.Tensor:
+        """emb (R, n, C) x the mask features of each row's image (B, C, h, w) -> (R, n, h, w)."""
         r, n, c = emb.shape
         h, w = mask_features.shape[-2:]
         groups = rows_by_image(row_image, mask_features.shape[0])
         if groups[0][1] is None:
-            masks = (emb.reshape(r * n, c) @ mask_features[0].reshape(c, h * w)).reshape(r, n, h, w)
-        else:
-            masks = emb.new_empty((r, n, h, w))
-            for b, rows in groups:
-                masks[rows] = (emb[rows].reshape(-1, c) @ mask_features[b].reshape(c, h * w)).reshape(-1, n, h, w)
-        cls = F.normalize(self.class_proj(x), dim=-1)
-        scores = self.score_head(x[:, self.q :]).squeeze(-1)
-        return DecoderOutput(masks=masks, class_embed=cls, scores=scores)
+            return (emb.reshape(r * n, c) @ mask_features[0].reshape(c, h * w)).reshape(r, n, h, w)
+        masks = emb.new_empty((r, n, h, w))
+        for b, rows in groups:
+            masks[rows] = (emb[rows].reshape(-1, c) @ mask_features[b].reshape(c, h * w)).reshape(-1, n, h, w)
+        return masks
+
+    def heads(self, xo: torch.Tensor, xp: torch.Tensor, mask_features: torch.Tensor, row_image: torch.Tensor) -> DecoderOutput:
+        xo = self.norm(xo)
+        xp = self.norm(xp[:, : self.p])
+        b = xo.shape[0]
+        return DecoderOutput(
+            object_masks=self._masks(self.mask_embed(xo), mask_features, torch.arange(b, device=xo.device)),
+            object_embed=F.normalize(self.class_proj(xo), dim=-1),
+            masks=self._masks(self.mask_embed(xp), mask_features, row_image),
+            class_embed=F.normalize(self.class_proj(xp), dim=-1),
+            scores=self.score_head(xp).squeeze(-1),
+        )
 
     def forward(self, scales, mask_features, row_image, tokens, token_pos, token_valid, memory=None, has_memory=None):  # noqa: ANN001
-        r = row_image.shape[0]
+        b, r = mask_features.shape[0], row_image.shape[0]
         dev = mask_features.device
         if has_memory is None:
             has_memory = torch.zeros(r, dtype=torch.bool, device=dev)
-        x = self.query_feat.weight[None].expand(r, -1, -1)
-        pos = self.query_pos.weight[None].expand(r, -1, -1)
+        feat, pos = self.query_feat.weight, self.query_pos.weight
+        xo, po = feat[None, : self.q].expand(b, -1, -1), pos[None, : self.q].expand(b, -1, -1)
+        xp, pp = feat[None, self.q :].expand(r, -1, -1), pos[None, self.q :].expand(r, -1, -1)
         flat, flat_pos, sizes = [], [], []
         for i, s in enumerate(scales):
             h, w = s.shape[-2:]
             flat.append(s.flatten(2).transpose(1, 2) + self.level_embed.weight[i])
             flat_pos.append(grid_encoding(h, w, s.shape[1], dev).to(s.dtype)[None])
             sizes.append((h, w))
-        self_blocked = self_attention_mask(self.q, self.p, self.m, token_valid, has_memory)
-        outputs = [self.heads(x, mask_features, row_image)]
+        self_blocked = self_attention_mask(self.q, self.p, self.m, token_valid, has_memory)[:, self.q :]
+        outputs = [self.heads(xo, xp, mask_features, row_image)]
         for i, layer in enumerate(self.layers):
             level = i % len(scales)
             keys, values = layer.cross.keys(flat[level], flat_pos[level])
-            blocked, gate = cross_attention_mask(outputs[-1].masks, memory, has_memory, self.m, sizes[level])
-            x = layer(x, pos, keys, values, row_image, blocked, gate.to(x.dtype), tokens, token_pos, self_blocked)
-            outputs.append(self.heads(x, mask_features, row_image))
+            prev = outputs[-1]
+            blocked_o, _ = cross_attention_mask(prev.object_masks, None, torch.zeros(b, dtype=torch.bool, device=dev), 0, sizes[level])
+            blocked_p, gate_p = cross_attention_mask(prev.masks, memory, has_memory, self.m, sizes[level])
+            xo, xp = layer(xo, po, xp, pp, keys, values, row_image, blocked_o, blocked_p, gate_p.to(xp.dtype), tokens, token_pos, self_blocked)
+            outputs.append(self.heads(xo, xp, mask_features, row_image))
         return outputs

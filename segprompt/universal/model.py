@@ -121,12 +121,11 @@ class UniversalModel(nn.Module):
     def decode(self, feats: ImageFeatures, prompts: PromptTensors | None = None) -> list[DecoderOutput]:
         """Decode R rows (one per prompt set; with ``prompts=None`` one unprompted row per image)."""
         dev = feats.mask_features.device
-        if prompts is None:
-            r = len(feats)
+        if prompts is None:  # generic: object queries only (no prompt rows)
             d = self.cfg.hidden_dim
-            empty = torch.zeros((r, 0, d), device=dev, dtype=feats.mask_features.dtype)
-            rows = torch.arange(r, device=dev)
-            return self.decoder(feats.scales, feats.mask_features, rows, empty, empty, torch.zeros((r, 0), dtype=torch.bool, device=dev))
+            empty = torch.zeros((0, 0, d), device=dev, dtype=feats.mask_features.dtype)
+            rows = torch.zeros(0, dtype=torch.int64, device=dev)
+            return self.decoder(feats.scales, feats.mask_features, rows, empty, empty, torch.zeros((0, 0), dtype=torch.bool, device=dev))
         tokens, token_pos, valid = self.prompt_tokens(feats, prompts)
         return self.decoder(feats.scales, feats.mask_features, prompts.row_image, tokens, token_pos, valid, prompts.memory, prompts.has_memory)
 

@@ -64,7 +64,7 @@ def sample_features(feature: torch.Tensor, row_image: torch.Tensor, coords: torc
         rows = (row_image == b).nonzero()[:, 0]
         g = grid[rows].reshape(1, -1, 1, 2)
         s = F.grid_sample(feature[b : b + 1], g, mode="bilinear", align_corners=False)  # (1, C, n*T, 1)
-        out[rows] = s[0, :, :, 0].t().reshape(len(rows), t, -1)
+        out[rows] = s[0, :, :, 0].t().reshape(len(rows), t, -1).to(out.dtype)
     return out
 
 

@@ -30,18 +30,17 @@ from __future__ import annotations
 
 import logging
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 from typing import Any, Mapping, Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from segprompt.errors import ConfigError, SegpromptError
+from segprompt.errors import ConfigError
 
 log = logging.getLogger("segprompt.universal")
 
-__all__ = ["UniversalTrainConfig", "train_universal", "build_model"]
+__all__ = ["UniversalTrainConfig", "UniversalStep", "build_model", "param_groups"]
 
 #: fields that may change between a run and its resume (they do not change the result)
 VOLATILE = ("progress", "max_steps", "device", "export")
@@ -176,16 +175,13 @@ class UniversalStep:
         pixels, tfs = model_input([s.image for s in scenes], model.img_size)
         feats = model.encode_images(pixels.to(dev), [tf.input_size for tf in tfs])
         outs, pt = self.decode(feats, [s.prompts for s in sims], [s.image for s in sims], [s.reference_image for s in sims], tfs, rng)
-        q = model.cfg.num_queries
         side = 2 * int(feats.mask_features.shape[-1])
         text_emb = model.embed_texts(self.vocabulary)
         index = {n: i for i, n in enumerate(self.vocabulary)}
 
-        # generic: one row per image that has prompts
-        first: dict[int, int] = {}
-        for r, s in enumerate(sims):
-            first.setdefault(s.image, r)
-        rows = torch.tensor(list(first.values()), device=dev)
+        # generic: the object queries of every image with objects (computed once per image)
+        first = sorted({s.image for s in sims})
+        rows = torch.tensor(first, device=dev)
         targets = [
             {
                 "classes": torch.tensor([index[scenes[b].class_names[int(c)]] for c in scenes[b].classes], dtype=torch.int64, device=dev),
@@ -193,7 +189,7 @@ class UniversalStep:
             }
             for b in first
         ]
-        layers = [{"class_logits": model.class_logits(o.class_embed[rows, :q], text_emb), "masks": o.masks[rows, :q]} for o in outs]
+        layers = [{"class_logits": model.class_logits(o.object_embed[rows], text_emb), "masks": o.object_masks[rows]} for o in outs]
         generic = set_criterion(layers, targets, self.weights, cfg.num_points)
 
         # prompted, with deep supervision and grounding
@@ -227,17 +223,16 @@ class UniversalStep:
     def prompt_loss(self, outs: Sequence[Any], targets: torch.Tensor, classes: torch.Tensor, text_emb: torch.Tensor) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         from segprompt.universal.losses import prompt_losses
 
-        q = self.model.cfg.num_queries
         total = torch.zeros((), device=targets.device)
         last: dict[str, torch.Tensor] = {}
         supervised = outs if self.cfg.prompt_supervision == "all" else [outs[len(outs) // 2], outs[-1]]
         for o in supervised:
-            parts = prompt_losses(o.masks[:, q:], o.scores, targets, self.weights, self.cfg.num_points)
+            parts = prompt_losses(o.masks, o.scores, targets, self.weights, self.cfg.num_points)
             total = total + parts["loss"]
             last = parts
         final = outs[-1]
         best = final.scores.detach().argmax(1)
-        emb = final.class_embed[torch.arange(len(best), device=best.device), q + best]
+        emb = final.class_embed[torch.arange(len(best), device=best.device), best]
         ground = F.cross_entropy(self.model.class_logits(emb, text_emb, no_object=False), classes)
         total = total + self.weights.cls * ground
         return total, {"mask": (last["loss_mask"] + last["loss_dice"]).detach(), "iou": last["loss_iou"].detach(), "ground": ground.detach()}
@@ -246,13 +241,12 @@ class UniversalStep:
         from segprompt.prompts import MaskPrompt, Points, PromptSet
         from segprompt.universal.train_data import correction_click
 
-        q = self.model.cfg.num_queries
         chosen = [i for i, s in enumerate(sims) if s.prompts.reference is None and s.prompts.text is None and rng.random() < self.cfg.second_round]
         out = []
         for i in chosen:
             s = sims[i]
             best = int(final.scores[i].detach().argmax())
-            low = final.masks[i, q + best].detach().float().cpu()
+            low = final.masks[i, best].detach().float().cpu()
             pred = (tfs[s.image].upscale_logits(low[None, None])[0, 0] > 0).numpy()
             click = correction_click(pred, s.target)
             if click is None:

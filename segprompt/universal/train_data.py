@@ -32,8 +32,8 @@ __all__ = ["TrainScene", "scene_from_sample", "simulate_prompts", "correction_cl
 
 #: relative frequency of each prompt recipe in training
 PROMPT_MIX: dict[str, float] = {
-    "point": 0.30, "points": 0.10, "box": 0.12, "point+box": 0.08, "scribble": 0.08, "mask": 0.06,
-    "text": 0.14, "reference": 0.08, "text+point": 0.04,
+    "point": 0.26, "points": 0.10, "box": 0.10, "point+box": 0.08, "scribble": 0.07, "mask": 0.05,
+    "text": 0.18, "reference": 0.12, "text+point": 0.04,
 }
 
 
