@@ -283,3 +283,40 @@ def test_checkpoint_round_trip_and_clear_errors(tmp_path):
         load_universal(tmp_path / "bad.safetensors")
     with pytest.raises(WeightsError, match="checkpoint"):
         create_segmenter("universal")
+
+
+@pytest.mark.parametrize("kind", ["open_clip", "hf_clip"])
+def test_clip_text_towers_give_the_library_text_embedding(kind):
+    """The universal decoder's text encoders over the existing backbone adapters: the pooled
+    embedding is the library's own text feature, and any text is accepted (open vocabulary)."""
+    import torch.nn.functional as F
+
+    from segprompt.models.universal import UniversalSegmenter
+    from segprompt.universal.text import build_text_encoder
+
+    texts = ["a polyp", "a dark round lesion"]
+    if kind == "open_clip":
+        from tunevlseg.models import tiny_openclip_model
+
+        clip, tok = tiny_openclip_model()
+        enc = build_text_encoder("open_clip", (), 0, model=clip, tokenizer=tok)
+        want = clip.encode_text(tok(texts))
+    else:
+        from tunevlseg.testing import tiny_hf_clip
+
+        clip = tiny_hf_clip()
+        enc = build_text_encoder("hf_clip", (), 0, model=clip)
+        ids = enc.tower.tokenize(texts)
+        pooled = clip.text_model(input_ids=ids.input_ids, attention_mask=ids.attention_mask).pooler_output
+        want = clip.text_projection(pooled)  # CLIPModel.get_text_features' rule
+    with torch.no_grad():
+        got = enc(texts)
+    torch.testing.assert_close(got.pooled, want.float(), rtol=1e-5, atol=1e-5)
+    assert got.tokens.shape[:2] == got.valid.shape and got.tokens.shape[-1] == enc.token_dim
+    assert not any(p.requires_grad for p in clip.parameters())  # frozen by default
+    torch.manual_seed(0)
+    model = UniversalModel(tiny_config(text=kind, words=(), embed_dim=enc.embed_dim), pyramid=ConvPyramid(), text=enc).eval()
+    seg = UniversalSegmenter(model=model, vocabulary=["polyp", "background"])
+    pred = seg.predict(_image(), [PromptSet(text=Text("any words at all"))])
+    assert pred.masks.shape == (1, 1, 64, 64)
+    assert seg.generic(_image(), threshold=0.0).vocabulary == ("polyp", "background")
