@@ -25,6 +25,7 @@ SEGMENTERS.add("universal-tiny", "segprompt.models.universal:create_universal_ti
 SEGMENTERS.add("classical", "segprompt.models.classical:ClassicalSegmenter")
 SEGMENTERS.add("grabcut", "segprompt.models.classical:create_grabcut")
 SEGMENTERS.add("random-walker", "segprompt.models.classical:create_random_walker")
+SEGMENTERS.add("persam", "segprompt.models.persam:PerSamSegmenter")
 
 
 def register_segmenter(name: str, *aliases: str) -> Callable[[Factory], Factory]:
