@@ -1,8 +1,8 @@
 #!/usr/bin/env python
 """The numbers of universal-tiny's closing note, on held-out data (seeds the training never saw).
 
-1. the point benchmark (``segprompt bench pointprompt``'s engine, micro-sam corrector, up to 20
-   clicks) for universal-tiny, sam-tiny and GrabCut on the synthetic scenes' objects
+1. the point benchmark (``segprompt bench pointprompt``'s engine, micro-sam corrector, 10 steps:
+   1 + 2 x 9 = 19 clicks, the most micro-sam's two clicks per step allow within the issue's 20) for universal-tiny, sam-tiny and GrabCut on the synthetic scenes' objects
    (``synthetic-object-instances``) and on ../shared/data kvasir_seg / busi / ph2;
 2. text prompts: mIoU over the eight scene classes (pooled per class);
 3. reference prompts: a class's largest instance in one scene prompting the same class in the

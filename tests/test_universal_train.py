@@ -43,6 +43,8 @@ def test_every_dataset_kind_becomes_a_scene():
     lm = Sample("c", np.zeros((8, 8, 3), np.uint8), mask=labels, class_names=("sky", "road", "car"))
     s = scene_from_sample(lm, min_area=1)
     assert s.classes.tolist() == [0, 1, 2] and s.masks.sum() == 63 and not s.masks[:, 7, 7].any()
+    with_bg = Sample("e", np.zeros((8, 8, 3), np.uint8), mask=labels, class_names=("background", "road", "car"))
+    assert scene_from_sample(with_bg, min_area=1).classes.tolist() == [1, 2]  # background is no class to prompt
     with pytest.raises(DataError, match="text"):
         scene_from_sample(Sample("d", np.zeros((8, 8, 3), np.uint8), mask=np.eye(8, dtype=bool)))
 
@@ -121,6 +123,10 @@ def test_a_killed_run_resumes_to_the_same_weights(tmp_path):
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
     rows = [json.loads(x) for x in (tmp_path / "b" / "results.jsonl").read_text().splitlines()]
     assert [r["epoch"] for r in rows] == [0, 1]
+    from segprompt.universal.checkpoint import load_universal
+
+    from_run = load_universal(tmp_path / "b" / "checkpoints" / "best.pt").state_dict()  # a run's best.pt loads too
+    assert all(torch.equal(from_run[k].float(), wb[k].float()) for k in wb)
 
 
 def test_the_command_line_trains_stops_and_resumes(tmp_path):

@@ -17,8 +17,8 @@ from segprompt.errors import ConfigError
 
 @click.command("napari")
 @click.argument("images", nargs=-1, type=click.Path(path_type=Path))
-@click.option("--model", default="sam-tiny", show_default=True, help="Model to load: sam-tiny, classical, random-walker, or a checkpoint file name in the weights cache.")
-@click.option("--checkpoint", default=None, help="A SAM checkpoint file or registry name (sam_vit_b, ...) to load instead (official or finetuned; architecture read from the file).")
+@click.option("--model", default="sam-tiny", show_default=True, help="Model to load: sam-tiny, universal-tiny (text and reference prompts), classical, random-walker, or a checkpoint file name in the weights cache.")
+@click.option("--checkpoint", default=None, help="A SAM checkpoint file or registry name (sam_vit_b, ...), or a universal .safetensors, to load instead (architecture read from the file).")
 @click.option("--sample", is_flag=True, help="Also open the synthetic sample image.")
 @click.option("--device", default=None, help="cpu or cuda (default: the first available).")
 def napari(images: tuple[Path, ...], model: str, checkpoint: str | None, sample: bool, device: str | None) -> None:

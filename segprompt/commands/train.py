@@ -21,8 +21,8 @@ def train() -> None:
 
 #: option name -> the config fields it sets (for apply_command_line)
 _OPTION_FIELDS = {
-    "init": ["init"], "dataset": ["dataset"], "root": ["dataset_kwargs"], "split": ["dataset_kwargs"], "limit": ["dataset_kwargs"],
-    "val_dataset": ["val_dataset"], "val_split": ["val_kwargs"], "epochs": ["epochs"], "batch_size": ["batch_size"], "lr": ["lr"],
+    "init": ["init"], "dataset": ["dataset"], "root": ["dataset_kwargs"], "split": ["dataset_kwargs"],
+    "val_dataset": ["val_dataset"], "val_split": ["val_kwargs"], "val_fraction": ["val_fraction"], "limit": ["dataset_kwargs", "limit"], "epochs": ["epochs"], "batch_size": ["batch_size"], "lr": ["lr"],
     "backbone_lr": ["backbone_lr"], "rows_per_image": ["rows_per_image"], "second_round": ["second_round"], "seed": ["seed"],
     "device": ["device"], "precision": ["precision"], "max_steps": ["max_steps"], "checkpoint_every": ["checkpoint_every"], "export": ["export"],
 }
@@ -31,12 +31,13 @@ _OPTION_FIELDS = {
 @train.command("universal")
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML of UniversalTrainConfig fields (model: {...} sets the architecture).")
 @click.option("--init", default=None, help="Start from a universal checkpoint (.safetensors or a run's best.pt), or 'universal-tiny': finetuning.")
-@click.option("--dataset", default="synthetic-objects", show_default=True, help="Registry name or dataset folder (binary sets with text, label maps with class names, COCO JSON).")
+@click.option("--dataset", default="synthetic-objects", show_default=True, help="Registry name or dataset folder (binary sets with text, label maps with class names; COCO through the library's CocoDataset).")
 @click.option("--root", default=None, help="Folder of a registry-named dataset (default: $SEGPROMPT_DATA_ROOT/<folder>).")
 @click.option("--split", default=None, help="Training split (train, val, test) where the dataset has splits.")
-@click.option("--limit", type=int, default=None, help="synthetic sets: the number of scenes (n).")
+@click.option("--limit", type=int, default=None, help="Use only the first N images (synthetic sets: generate N scenes).")
 @click.option("--val-dataset", default=None, help="Validation dataset [default: --dataset].")
-@click.option("--val-split", default=None, help="Validation split [default: synthetic: another seed; else val].")
+@click.option("--val-split", default=None, help="Validation split of a dataset with splits [default: synthetic: another seed; else --val-fraction of the training images].")
+@click.option("--val-fraction", type=float, default=0.2, show_default=True, help="Share of the images held out for validation when there is no --val-split / --val-dataset (real datasets).")
 @click.option("--epochs", type=int, default=10, show_default=True)
 @click.option("--batch-size", type=int, default=8, show_default=True)
 @click.option("--lr", type=float, default=3e-4, show_default=True, help="AdamW learning rate of the decoder (cosine schedule).")
@@ -52,7 +53,7 @@ _OPTION_FIELDS = {
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (rerun the same command to resume).")
 @click.pass_context
 def universal(ctx: click.Context, config_file: Path | None, init: str | None, dataset: str, root: str | None, split: str | None, limit: int | None,
-              val_dataset: str | None, val_split: str | None, epochs: int, batch_size: int, lr: float, backbone_lr: float, rows_per_image: int,
+              val_dataset: str | None, val_split: str | None, val_fraction: float, epochs: int, batch_size: int, lr: float, backbone_lr: float, rows_per_image: int,
               second_round: float, seed: int, device: str, precision: str, max_steps: int | None, checkpoint_every: int, export: str | None, out: Path) -> None:
     """Train the universal decoder (points, boxes, scribbles, masks, text, references) into OUT;
     writes OUT/universal.safetensors, usable as create_segmenter("universal", checkpoint=...)."""
@@ -68,17 +69,22 @@ def universal(ctx: click.Context, config_file: Path | None, init: str | None, da
     val_kwargs: dict[str, Any] = {}
     if root:
         data_kwargs["root"] = val_kwargs["root"] = root
+    held_out = 0.0
     if dataset.startswith("synthetic"):
         if limit is not None:
             data_kwargs["n"] = limit
+            limit = None
     else:
         if split:
             data_kwargs["split"] = split
-        val_kwargs["split"] = val_split or "val"
+        if val_split:
+            val_kwargs["split"] = val_split
+        elif not val_dataset:
+            held_out = val_fraction
     given = dict(
         init=init, dataset=dataset, dataset_kwargs=data_kwargs, val_dataset=val_dataset, val_kwargs=val_kwargs, epochs=epochs, batch_size=batch_size,
         lr=lr, backbone_lr=backbone_lr, rows_per_image=rows_per_image, second_round=second_round, seed=seed, device=device, precision=precision,
-        max_steps=max_steps, checkpoint_every=checkpoint_every or None, export=export,
+        max_steps=max_steps, checkpoint_every=checkpoint_every or None, export=export, limit=limit, val_fraction=held_out,
     )
     data: dict[str, Any] = {}
     if config_file is not None:

@@ -94,7 +94,7 @@ class UniversalSegmenter(Segmenter):
             model = load_universal(checkpoint, device=self.device)
         self.model = model.to(self.device).eval()
         self.checkpoint = None if checkpoint is None else str(checkpoint)
-        words = tuple(getattr(model.text, "words", ()) or ())
+        words = tuple(model.cfg.words)  # the class names it was trained with
         self.vocabulary: tuple[str, ...] = tuple(vocabulary) if vocabulary is not None else words
         self.max_rows = int(max_rows)
 
@@ -193,8 +193,9 @@ class UniversalSegmenter(Segmenter):
 
     @torch.no_grad()
     def generic(self, state_or_image: ImageState | np.ndarray, vocabulary: Sequence[str] | None = None, threshold: float = 0.5, overlap: float = 0.8) -> GenericOutput:
-        """Every object, no prompt: Mask2Former's semantic and panoptic inference over the object
-        queries, classes by cosine similarity to the vocabulary's text embeddings."""
+        """Every object, no prompt: Mask2Former's panoptic inference over the object queries
+        (classes by cosine similarity to the vocabulary's text embeddings); ``semantic`` is the
+        label map of the panoptic segments."""
         from segprompt.universal.inference import panoptic_inference, semantic_from_segments
 
         state = self.encode(state_or_image) if isinstance(state_or_image, np.ndarray) else state_or_image

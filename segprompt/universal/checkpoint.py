@@ -35,12 +35,23 @@ def save_universal(model: torch.nn.Module, path: str | Path, dtype: torch.dtype 
         if dtype is not None and v.is_floating_point():
             v = v.to(dtype)
         state[k] = v.contiguous()
-    meta = {"format": FORMAT, "config": json.dumps(model.cfg.to_dict())}  # type: ignore[attr-defined]
+    meta = {"format": FORMAT, "config": json.dumps(_self_contained(model))}
     if extra:
         meta["extra"] = json.dumps(extra)
     with atomic_path(path, suffix=".safetensors", prefix=".tmp-") as tmp:
         save_file(state, str(tmp), metadata=meta)
     return path
+
+
+def _self_contained(model: torch.nn.Module) -> dict[str, Any]:
+    """The config to rebuild ``model`` from this file alone: a SAM backbone built from a checkpoint
+    file is recorded by its architecture (the file holds its weights)."""
+    d = model.cfg.to_dict()  # type: ignore[attr-defined]
+    arch = getattr(model.pyramid, "arch", None)  # type: ignore[attr-defined]
+    if d["backbone"] == "sam" and arch is not None and "arch" not in d["backbone_kwargs"]:
+        kwargs = {k: v for k, v in d["backbone_kwargs"].items() if k != "checkpoint"}
+        d["backbone_kwargs"] = {**kwargs, "arch": json.loads(arch.to_json())}
+    return d
 
 
 def read_universal_config(path: str | Path) -> UniversalConfig:
@@ -82,10 +93,11 @@ def _without_backbone_download(cfg: UniversalConfig, keep: bool) -> UniversalCon
         return cfg
     kwargs = dict(cfg.backbone_kwargs)
     kwargs.pop("pretrained", None)
-    if cfg.backbone == "sam" and "checkpoint" in kwargs:
-        kwargs["checkpoint"] = None
+    if cfg.backbone == "sam" and "arch" in kwargs:
+        kwargs.pop("checkpoint", None)
     d = cfg.to_dict()
     d["backbone_kwargs"] = kwargs
+    d["text_kwargs"] = {k: v for k, v in cfg.text_kwargs.items() if k != "pretrained"}
     return UniversalConfig.from_dict(d)
 
 
@@ -105,9 +117,10 @@ def _from_training_checkpoint(path: Path, device: str) -> torch.nn.Module:
     from segprompt.universal.model import UniversalModel
 
     ckpt = load_checkpoint(path)
-    cfg_dict = ckpt.get("extra", {}).get("universal_config") if isinstance(ckpt.get("extra"), dict) else None
-    if cfg_dict is None:
-        raise WeightsError(f"{path} is a training checkpoint without the universal config; export it with `segprompt train universal --export`")
+    beside = path.parent / "universal_config.json"
+    if not beside.is_file():
+        raise WeightsError(f"{path} is a training checkpoint without {beside.name} beside it (written by `segprompt train universal`); use the run's universal.safetensors")
+    cfg_dict = json.loads(beside.read_text())
     model = UniversalModel(_without_backbone_download(UniversalConfig.from_dict(cfg_dict), False))
     _load_state(model, ckpt["model"], path)
     return model.to(device).eval()

@@ -233,6 +233,8 @@ class UniversalDecoder(nn.Module):
         """emb (R, n, C) x the mask features of each row's image (B, C, h, w) -> (R, n, h, w)."""
         r, n, c = emb.shape
         h, w = mask_features.shape[-2:]
+        if r == 0:
+            return emb.new_zeros((0, n, h, w))
         groups = rows_by_image(row_image, mask_features.shape[0])
         if groups[0][1] is None:
             return (emb.reshape(r * n, c) @ mask_features[0].reshape(c, h * w)).reshape(r, n, h, w)

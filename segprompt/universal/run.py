@@ -25,12 +25,36 @@ def dataset_vocabulary(dataset: Any) -> tuple[str, ...]:
     names = [n for n in getattr(dataset, "class_names", ()) if n and n != "background"]
     if names:
         return tuple(names)
+    categories = getattr(dataset, "categories", None)  # COCO readers know their category names
+    if categories:
+        return tuple(dict.fromkeys(c["name"] if isinstance(c, dict) else str(c) for c in categories))
     texts: list[str] = []
-    for i in range(min(len(dataset), 8)):
+    for i in range(len(dataset)):  # every sample: a class may first appear late
         texts += list(dataset[i].texts[:1])
     if not texts:
         raise DataError(f"dataset {getattr(dataset, 'name', '?')} has neither class names nor texts: the text prompts have nothing to learn")
     return tuple(dict.fromkeys(texts))
+
+
+def write_model_config(model: Any, out: Path) -> Path:
+    """``checkpoints/universal_config.json``: the model's config (its vocabulary included), which
+    makes the run's ``best.pt`` / ``last.pt`` loadable by ``load_universal``."""
+    from segprompt.fileio import atomic_write_text
+
+    path = out / "checkpoints" / "universal_config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_text(path, json.dumps(model.cfg.to_dict(), indent=2))
+    return path
+
+
+def split_off(dataset: Any, fraction: float, seed: int) -> tuple[Any, Any]:
+    """(train, validation): ``fraction`` of the samples, drawn by a seeded permutation of the
+    sorted ids (so the split does not depend on the reader's order), held out for validation."""
+    ids = list(dataset.ids)
+    order = sorted(range(len(ids)), key=lambda i: ids[i])
+    perm = [order[i] for i in np.random.default_rng([seed, 7]).permutation(len(order))]
+    n_val = max(1, int(round(fraction * len(ids))))
+    return dataset.subset(sorted(perm[n_val:])), dataset.subset(sorted(perm[:n_val]))
 
 
 def _load(dataset: str, kwargs: dict[str, Any]) -> Any:
@@ -68,11 +92,16 @@ def train_universal(cfg: UniversalTrainConfig, out: str | Path, dataset: Any = N
     check_device(cfg.device)
     out = Path(out)
     dataset = dataset if dataset is not None else _load(cfg.dataset, cfg.dataset_kwargs)
+    if cfg.limit is not None:
+        dataset = dataset.subset(list(range(min(cfg.limit, len(dataset)))))
+    if val is None and cfg.val_fraction:
+        dataset, val = split_off(dataset, cfg.val_fraction, cfg.seed)
     val = val if val is not None else _load(cfg.val_dataset or cfg.dataset, cfg.val_kwargs)
     run = RunFolder(out, {"suite": "train-universal", **cfg.to_dict()}, volatile=VOLATILE)
     seed_everything(cfg.seed)
     vocabulary = dataset_vocabulary(dataset)
     model = build_model(cfg, vocabulary).to(cfg.device)
+    write_model_config(model, out)
     val_scenes = [s for s in (_scene(val, i, run) for i in range(len(val))) if s is not None]
     step = UniversalStep(model, cfg, vocabulary)
 

@@ -6,8 +6,12 @@
       config.yaml          the resolved configuration (rerun = resume; another config = ConfigError)
       results.jsonl        one row per epoch (epoch 0: before training)
       errors.jsonl         samples that could not be read or have nothing to learn from
-      checkpoints/         last.pt (exact resume), best.pt
+      invocations.jsonl    one row per run of the command (start, seconds)
+      checkpoints/         last.pt (exact resume), best.pt, universal_config.json (makes them loadable)
       universal.safetensors   the best weights with their config: create_segmenter("universal", checkpoint=...)
+      summary.json         before / best validation metrics, vocabulary, steps
+
+Training runs in one process (CPU or one GPU); DDP is not wired for this suite yet.
 
 One training step (batch of scenes, :mod:`segprompt.universal.train_data`):
 
@@ -20,7 +24,8 @@ One training step (batch of scenes, :mod:`segprompt.universal.train_data`):
 4. **prompt loss**: of the P candidates of each row the best learns (BCE + Dice), the IoU head
    learns every candidate's IoU, on the middle and the last layer (``prompt_supervision="all"``:
    every layer, SEEM's deep supervision; the default halves the backward pass on a CPU); the
-   best candidate's class embedding learns its class (grounding);
+   class embedding of the candidate the IoU head ranks first (the one ``classify`` reads) learns
+   its class (grounding);
 5. **second round** (``second_round`` of the rows with visual prompts): the first round's best
    mask gives a correction click (centre of the largest error) and becomes the memory prompt;
    that round's outputs get the prompt loss too.
@@ -56,6 +61,8 @@ class UniversalTrainConfig:
     dataset_kwargs: dict[str, Any] = field(default_factory=lambda: {"n": 2000, "seed": 0})
     val_dataset: str | None = None
     val_kwargs: dict[str, Any] = field(default_factory=lambda: {"n": 48, "seed": 999})
+    val_fraction: float = 0.0
+    limit: int | None = None
     add_words: bool = True
     epochs: int = 10
     batch_size: int = 8
@@ -78,6 +85,8 @@ class UniversalTrainConfig:
     export: str | None = None
 
     def __post_init__(self) -> None:
+        if not 0 <= self.val_fraction < 1:
+            raise ConfigError(f"val_fraction is a share in [0, 1), got {self.val_fraction}")
         if self.rows_per_image < 1:
             raise ConfigError(f"rows_per_image must be >= 1, got {self.rows_per_image}")
         if self.prompt_supervision not in ("all", "middle+last"):
@@ -113,7 +122,7 @@ def build_model(cfg: UniversalTrainConfig, words: Sequence[str]) -> Any:
         model = load_universal(path)
         if cfg.add_words and hasattr(model.text, "add_words"):
             added = model.text.add_words(words)
-            model.cfg.words = tuple(model.text.words)
+            model.cfg.words = tuple(dict.fromkeys((*model.cfg.words, *words)))  # class names; rebuilt, they split into the same word order
             if added:
                 log.info("the vocabulary learns %d new word(s): %s", len(added), ", ".join(added))
         return model.train()
@@ -127,11 +136,12 @@ def param_groups(model: Any, cfg: UniversalTrainConfig) -> list[dict[str, Any]]:
     """AdamW groups: the backbone trunk's trainable tensors at ``backbone_lr``, the rest at ``lr``;
     no weight decay on norms, biases and embeddings."""
     trunk = {id(p) for p in model.pyramid.trunk.parameters()} if hasattr(model.pyramid, "trunk") else set()
+    embeddings = {id(p) for m in model.modules() if isinstance(m, torch.nn.Embedding) for p in m.parameters()}
     groups: dict[tuple[bool, bool], list[torch.nn.Parameter]] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        decay = p.ndim >= 2 and "embed" not in name and "norm" not in name and "query" not in name
+        decay = p.ndim >= 2 and id(p) not in embeddings
         groups.setdefault((id(p) in trunk, decay), []).append(p)
     return [
         {"params": ps, "lr": cfg.backbone_lr if is_trunk else cfg.lr, "weight_decay": cfg.weight_decay if decay else 0.0}

@@ -6,7 +6,7 @@
 * binary samples (Kvasir-SEG, BUSI, COCO ``mode="instance"``, ...): the mask is one object whose
   class is the sample's first text (the dataset's text, e.g. ``polyp``);
 * label maps (CamVid, COCO ``mode="semantic"``, ...): one region per class present (semantic
-  training), the ignore index left out.
+  training), the ignore index and a class named ``background`` left out.
 
 :func:`simulate_prompts` draws prompt sets for a scene the way a user gives them: clicks
 (centre-biased, with extra positives and negatives), boxes with jitter, scribbles, coarse masks,
@@ -74,9 +74,13 @@ def scene_from_sample(sample: Sample, min_area: int = 16) -> TrainScene:
     if sample.mask.dtype == bool:
         if not sample.texts:
             raise DataError(f"sample {sample.id}: a binary mask needs a text (the object's class name) to train the text prompts")
-        return TrainScene(sample.id, sample.image, sample.mask[None], np.zeros(1, np.int64), (sample.texts[0],))
+        masks = sample.mask[None] if sample.mask.any() else np.zeros((0, *sample.mask.shape), bool)  # an empty mask (BUSI normal): nothing to learn
+        return TrainScene(sample.id, sample.image, masks, np.zeros(len(masks), np.int64), (sample.texts[0],))
     labels = sample.mask
-    present = [int(c) for c in np.unique(labels) if c != sample.ignore_index and 0 <= c < len(sample.class_names)]
+    present = [
+        int(c) for c in np.unique(labels)
+        if c != sample.ignore_index and 0 <= c < len(sample.class_names) and sample.class_names[int(c)] != "background"
+    ]
     masks = [labels == c for c in present]
     keep = [i for i, m in enumerate(masks) if m.sum() >= min_area]
     return TrainScene(
