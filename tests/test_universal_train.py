@@ -168,3 +168,19 @@ def test_training_learns_clicks_and_words(tmp_path):
     # measured (30 steps, this CPU): click 0.09 -> 0.23-0.27, text 0.09 -> 0.2
     assert best["val_click_iou"] > before["val_click_iou"] + 0.1, (before, best)
     assert best["val_text_iou"] > before["val_text_iou"] + 0.05, (before, best)
+
+
+def test_several_correction_clicks_go_to_the_largest_errors_first():
+    from segprompt.universal.train_data import correction_clicks
+
+    target = np.zeros((40, 40), bool)
+    target[5:25, 5:25] = True
+    pred = target.copy()
+    pred[5:25, 5:10] = False  # missed strip, 100 px
+    pred[30:36, 30:36] = True  # extra blob, 36 px
+    clicks = correction_clicks(pred, target, 4)
+    assert len(clicks) == 2  # two error regions, then nothing left to correct
+    (x0, y0), l0 = clicks[0]
+    (x1, y1), l1 = clicks[1]
+    assert l0 == 1 and 5 <= x0 < 10 and 5 <= y0 < 25
+    assert l1 == 0 and 30 <= x1 < 36 and 30 <= y1 < 36

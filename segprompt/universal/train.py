@@ -27,8 +27,9 @@ One training step (batch of scenes, :mod:`segprompt.universal.train_data`):
    class embedding of the candidate the IoU head ranks first (the one ``classify`` reads) learns
    its class (grounding);
 5. **second round** (``second_round`` of the rows with visual prompts): the first round's best
-   mask gives a correction click (centre of the largest error) and becomes the memory prompt;
-   that round's outputs get the prompt loss too.
+   mask gives 1..``correction_clicks`` correction clicks (centres of the largest error regions,
+   :func:`~segprompt.universal.train_data.correction_clicks`) and, in ``memory_share`` of them,
+   becomes the memory prompt; that round's outputs get the prompt loss too.
 """
 
 from __future__ import annotations
@@ -76,6 +77,8 @@ class UniversalTrainConfig:
     seed: int = 0
     rows_per_image: int = 4
     second_round: float = 0.3
+    correction_clicks: int = 1
+    memory_share: float = 1.0
     num_points: int = 2048
     prompt_supervision: str = "middle+last"
     patience: int = 0
@@ -249,7 +252,7 @@ class UniversalStep:
 
     def second_round(self, sims: Sequence[Any], final: Any, tfs: Sequence[Any], rng: np.random.Generator) -> list[tuple[int, Any]]:
         from segprompt.prompts import MaskPrompt, Points, PromptSet
-        from segprompt.universal.train_data import correction_click
+        from segprompt.universal.train_data import correction_clicks
 
         chosen = [i for i, s in enumerate(sims) if s.prompts.reference is None and s.prompts.text is None and rng.random() < self.cfg.second_round]
         out = []
@@ -258,12 +261,14 @@ class UniversalStep:
             best = int(final.scores[i].detach().argmax())
             low = final.masks[i, best].detach().float().cpu()
             pred = (tfs[s.image].upscale_logits(low[None, None])[0, 0] > 0).numpy()
-            click = correction_click(pred, s.target)
-            if click is None:
+            clicks = correction_clicks(pred, s.target, int(rng.integers(1, self.cfg.correction_clicks + 1)))
+            if not clicks:
                 continue
-            xy, label = click
+            xy = np.stack([c[0] for c in clicks])
+            labels = np.array([c[1] for c in clicks])
             old = s.prompts.points
-            pts = Points(xy[None], np.array([label])) if old is None else Points(np.concatenate((old.coords, xy[None])), np.concatenate((old.labels, [label])))
+            pts = Points(xy, labels) if old is None else Points(np.concatenate((old.coords, xy)), np.concatenate((old.labels, labels)))
             p = s.prompts
-            out.append((i, PromptSet(points=pts, box=p.box, scribbles=p.scribbles, mask=MaskPrompt(low.numpy(), kind="logits"), text=p.text)))
+            memory = MaskPrompt(low.numpy(), kind="logits") if rng.random() < self.cfg.memory_share else p.mask
+            out.append((i, PromptSet(points=pts, box=p.box, scribbles=p.scribbles, mask=memory, text=p.text)))
         return out

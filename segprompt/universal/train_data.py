@@ -28,7 +28,7 @@ from segprompt.data.sample import Sample
 from segprompt.errors import DataError
 from segprompt.prompts import Box, MaskPrompt, Points, PromptSet, Reference, Scribble, Text
 
-__all__ = ["TrainScene", "scene_from_sample", "simulate_prompts", "correction_click", "PROMPT_MIX", "SimulatedPrompt"]
+__all__ = ["TrainScene", "scene_from_sample", "simulate_prompts", "correction_click", "correction_clicks", "PROMPT_MIX", "SimulatedPrompt"]
 
 #: relative frequency of each prompt recipe in training
 PROMPT_MIX: dict[str, float] = {
@@ -208,3 +208,22 @@ def correction_click(pred: np.ndarray, target: np.ndarray) -> tuple[np.ndarray, 
     dist = d_fn if positive else d_fp
     y, x = np.unravel_index(int(dist.argmax()), dist.shape)
     return np.array([x + 0.5, y + 0.5], np.float32), int(positive)
+
+
+def correction_clicks(pred: np.ndarray, target: np.ndarray, k: int) -> list[tuple[np.ndarray, int]]:
+    """Up to ``k`` correction clicks a user would give in a row without looking at a new mask:
+    each is :func:`correction_click` on the errors left after the error region under the previous
+    click has been set right (so the clicks go to the k largest error regions, largest first)."""
+    pred = pred.copy()
+    clicks: list[tuple[np.ndarray, int]] = []
+    for _ in range(k):
+        click = correction_click(pred, target)
+        if click is None:
+            break
+        clicks.append(click)
+        (x, y), label = click
+        error = (target & ~pred) if label else (pred & ~target)
+        regions, _ = ndimage.label(error)
+        fixed = regions == regions[int(y), int(x)]
+        pred[fixed] = target[fixed]
+    return clicks
