@@ -10,6 +10,7 @@ SUITES = {
     "pointprompt": ("pointprompt.cli:pointprompt", "Human and automated point prompts for SAM-like models."),
     "everything": ("segprompt.everything_bench.cli:everything", "Segment everything, scored against instance ground truth (AP, PQ, best IoU)."),
     "tunevlseg": ("tunevlseg.cli:tunevlseg", "Prompt tuning of vision-language segmentation models across depths."),
+    "sot": ("segprompt.commands.bench_sot:sot", "Show or Tell: text prompts against visual references, fixed and calibrated merges, seeds, oracle, cost."),
 }
 
 

@@ -1,0 +1,584 @@
+"""``segprompt bench sot``: Show-or-Tell as a resumable benchmark (datasets x methods x shots x seeds x images).
+
+.. code-block:: python
+
+    from segprompt.sot.bench import SotBenchConfig, run_sot
+
+    cfg = SotBenchConfig(datasets=["synthetic-objects"], methods=["universal-text", "persam"], shots=[1], seeds=[0, 1], limit=8)
+    summary = run_sot(cfg, "runs/sot/demo")      # rerun the same call to resume
+
+For every dataset, shots k and seed, the protocol (FocoosAI/ShowOrTell ``models/base_model.py``,
+``data/*_fss.py``, with our additions) is:
+
+1. **Parts.** ``synthetic-objects``: references from seed-0 scenes (``synthetic_train``), evaluation
+   on seed-2024 scenes (``synthetic_eval``, capped by ``limit``); validation = the last
+   ``val_fraction`` of the seed-0 scenes, or ``synthetic_val`` scenes of ``val_seed`` when set.
+   Real sets without a split (CamVid, Kvasir, ... in ``../shared/data``): images sorted by id
+   (samples grouped by ``meta["image_id"]``), the last ``eval_fraction`` evaluated, the rest the
+   training pool, whose last ``val_fraction`` is the validation part (CamVid's 40: 30 pool =
+   24 references + 6 validation, 10 evaluated).
+2. **References.** Per class, k references drawn with :func:`segprompt.sot.sample_references`
+   (seed, SoT's minimum-area rule :func:`min_area_for`), never a validation or evaluated image;
+   the same references for every image of that seed, their ids in every row.
+3. **Maps.** Each method (:mod:`segprompt.sot.methods`) gives one probability map per class;
+   label maps prompt every class but background, binary sets their one text per image.
+4. **Merges.** SoT's fixed-0.2 merge (:func:`merge_sot`) and the calibrated merge
+   (:func:`merge_calibrated`), the calibration fitted per (method, k, seed) on the validation
+   part by :func:`fit_temperature` and kept in ``calibration.jsonl``.
+5. **Oracle.** For each (text method, visual method) pair, per class the method with the higher
+   validation IoU (ties and classes absent from validation: the text method), evaluated on the
+   same images with each merge (rows ``oracle:<text>+<visual>``).
+
+``results.jsonl`` holds one row per (dataset, method, shots, seed, image): reference ids, the
+``(C, C)`` confusion counts of both merges (C = the dataset's labels; mIoU is pooled over images),
+seconds, forward passes and peak GPU memory. The summary pools the confusion per seed
+(:func:`segprompt.sot.sot_miou`) and gives mean / std (ddof 1) / worst over seeds.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from segprompt.data.sample import IGNORE_INDEX, SegmentationDataset
+from segprompt.engine.runfolder import JsonlLog, RunFolder
+from segprompt.errors import ConfigError, DataError, PromptError
+from segprompt.metrics import ConfusionMatrix
+from segprompt.sot.calibration import Calibration, fit_temperature
+from segprompt.sot.merge import merge_sot
+from segprompt.sot.miou import sot_miou
+from segprompt.sot.references import ReferenceIndex, min_area_for, sample_references
+
+log = logging.getLogger(__name__)
+
+SYNTHETIC = "synthetic-objects"
+BACKGROUND_NAMES = ("background", "bg", "_background_")
+ORACLE = "oracle"
+
+
+@dataclass
+class SotBenchConfig:
+    """Everything that determines a Show-or-Tell run's results (module docstring for the protocol).
+
+    ``size``: ``518`` (SoT: images, labels and references resized to 518 x 518, labels nearest)
+    or ``"original"``. ``min_area``: ``None`` = SoT's per-dataset rule. ``calibration``:
+    ``fit_temperature`` options (``fit``, ``per_class``, ``max_pixels``).
+    """
+
+    datasets: list[str] = field(default_factory=lambda: [SYNTHETIC])
+    dataset_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    methods: list[str] = field(default_factory=lambda: ["universal-text", "universal-reference", "persam"])
+    method_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    shots: list[int] = field(default_factory=lambda: [1, 5])
+    seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
+    limit: int | None = None
+    size: int | str = 518
+    device: str = "cpu"
+    synthetic_train: int = 48
+    synthetic_eval: int = 32
+    synthetic_val: int = 8
+    val_seed: int | None = None
+    eval_fraction: float = 0.25
+    val_fraction: float = 0.2
+    min_area: float | None = None
+    calibration: dict[str, Any] = field(default_factory=lambda: {"fit": "both", "per_class": False, "max_pixels": 500_000})
+    oracle: bool = True
+
+    def __post_init__(self) -> None:
+        from segprompt.sot.methods import METHODS, MISSING_METHODS
+
+        as_list = lambda v: [v] if isinstance(v, (str, int)) else list(v)  # noqa: E731
+        self.datasets, self.methods = [str(d) for d in as_list(self.datasets)], [str(m) for m in as_list(self.methods)]
+        self.shots, self.seeds = [int(s) for s in as_list(self.shots)], [int(s) for s in as_list(self.seeds)]
+        if not self.datasets or not self.methods or not self.shots or not self.seeds:
+            raise ConfigError("give at least one dataset, method, shot count and seed")
+        for m in self.methods:
+            if m.lower() in MISSING_METHODS and m not in METHODS:
+                raise ConfigError(f"SoT method {m!r} is not available: {MISSING_METHODS[m.lower()]}")
+            METHODS.resolve(m)
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"a method is listed twice: {', '.join(self.methods)}")
+        if min(self.shots) < 1 or min(self.seeds) < 0:
+            raise ConfigError(f"shots must be >= 1 and seeds >= 0, got shots {self.shots}, seeds {self.seeds}")
+        if str(self.size) != "original":
+            try:
+                self.size = int(self.size)
+            except ValueError:
+                raise ConfigError(f"size must be 'original' or a side in pixels (SoT: 518), got {self.size!r}") from None
+            if self.size < 32:
+                raise ConfigError(f"size must be at least 32 pixels, got {self.size}")
+        if self.limit is not None and int(self.limit) < 1:
+            raise ConfigError(f"limit must be >= 1, got {self.limit}")
+        for name in ("eval_fraction", "val_fraction"):
+            if not 0.0 < float(getattr(self, name)) < 1.0:
+                raise ConfigError(f"{name} must be in (0, 1), got {getattr(self, name)}")
+        unknown = set(self.calibration) - {"fit", "per_class", "max_pixels"}
+        if unknown:
+            raise ConfigError(f"calibration: unknown option(s) {', '.join(sorted(unknown))}; known: fit, per_class, max_pixels")
+
+    def oracle_pairs(self) -> list[tuple[str, str, str]]:
+        """``(row name, text method, visual method)`` of every oracle of the run."""
+        from segprompt.sot.methods import method_modality
+
+        if not self.oracle:
+            return []
+        text = [m for m in self.methods if method_modality(m) == "text"]
+        visual = [m for m in self.methods if method_modality(m) == "visual"]
+        return [(f"{ORACLE}:{t}+{v}", t, v) for t in text for v in visual]
+
+    def row_methods(self) -> list[str]:
+        return [*self.methods, *(o for o, _, _ in self.oracle_pairs())]
+
+
+# ----------------------------------------------------------------------------------- parts
+
+
+@dataclass
+class Parts:
+    """One dataset cut into its reference pool, validation part and evaluated part."""
+
+    key: str
+    train: SegmentationDataset
+    index: ReferenceIndex
+    val: SegmentationDataset
+    val_pos: list[int]
+    test: SegmentationDataset
+    test_pos: list[int]
+    binary: bool
+    has_background: bool
+    labels: tuple[str, ...]
+    prompted: list[int]
+    exclude: frozenset[str]
+    min_area: float
+    note: str
+
+    def class_key(self, label: int) -> int | str:
+        """What :func:`sample_references` takes for confusion label ``label``."""
+        return self.labels[label] if self.binary and self.labels[label] != "foreground" else (1 if self.binary else label)
+
+
+def _split_keys(index: ReferenceIndex, fraction: float, positions: Sequence[int]) -> tuple[list[int], list[int]]:
+    """``positions`` grouped by image key, keys sorted: (first part, last ``fraction`` of the keys)."""
+    keys = sorted({index.image_keys[p] for p in positions})
+    n_last = max(1, int(round(fraction * len(keys))))
+    if len(keys) <= n_last:
+        raise DataError(f"{index.name}: {len(keys)} image(s) cannot be split into parts (fraction {fraction})")
+    last = set(keys[-n_last:])
+    pos = sorted(positions, key=lambda p: (index.image_keys[p], index.ids[p]))
+    return [p for p in pos if index.image_keys[p] not in last], [p for p in pos if index.image_keys[p] in last]
+
+
+def build_parts(cfg: SotBenchConfig, key: str) -> Parts:
+    """The three parts of dataset ``key`` (module docstring, step 1)."""
+    from segprompt.data.registry import load_dataset
+
+    kwargs = dict(cfg.dataset_kwargs.get(key, {}))
+    min_area = float(cfg.min_area) if cfg.min_area is not None else min_area_for(key)
+    if key.strip().lower().replace("_", "-") == SYNTHETIC:
+        train = load_dataset(key, n=cfg.synthetic_train, seed=0, **kwargs)
+        index = ReferenceIndex.build(train)
+        test = load_dataset(key, n=cfg.synthetic_eval, seed=2024, **kwargs)
+        if cfg.val_seed is None:
+            pool, val_pos = _split_keys(index, cfg.val_fraction, range(len(train)))
+            val, note_val = train, f"the last {len(val_pos)} of them (validation)"
+        else:
+            pool, val = list(range(len(train))), load_dataset(key, n=cfg.synthetic_val, seed=cfg.val_seed, **kwargs)
+            val_pos, note_val = list(range(len(val))), f"{len(val)} seed-{cfg.val_seed} scenes (validation)"
+        exclude = frozenset(index.ids[p] for p in val_pos) if val is train else frozenset()
+        test_pos = list(range(len(test)))
+        note = f"references: seed-0 scenes ({len(pool)} of {len(train)}); {note_val}; evaluated: seed-2024 scenes ({{n}})"
+    else:
+        full = load_dataset(key, **kwargs)
+        index = ReferenceIndex.build(full)
+        pool, test_pos = _split_keys(index, cfg.eval_fraction, range(len(full)))
+        refs, val_pos = _split_keys(index, cfg.val_fraction, pool)
+        train = val = test = full
+        exclude = frozenset(index.ids[p] for p in [*val_pos, *test_pos])
+        note = (
+            f"no split: images sorted by id; references from the first {len(refs)}, validation the next {len(val_pos)}, "
+            f"evaluated the last {len(test_pos)} (eval_fraction {cfg.eval_fraction}, val_fraction {cfg.val_fraction}; {{n}})"
+        )
+    n_eval = len(test_pos)
+    if cfg.limit is not None:
+        test_pos = test_pos[: int(cfg.limit)]
+    note = note.replace("{n}", f"{len(test_pos)} evaluated" + (f" of {n_eval}, --limit {cfg.limit}" if len(test_pos) < n_eval else ""))
+    if index.binary:
+        texts = sorted({(index.texts[p][:1] or ("foreground",))[0] for p in [*val_pos, *test_pos]})
+        labels = ("background", *texts)
+        has_bg, prompted = True, list(range(1, len(labels)))
+    else:
+        labels = tuple(index.class_names)
+        has_bg = bool(labels) and labels[0].lower() in BACKGROUND_NAMES
+        prompted = list(range(1 if has_bg else 0, len(labels)))
+    return Parts(key, train, index, val, list(val_pos), test, list(test_pos), index.binary, has_bg, labels, prompted, exclude, min_area, note)
+
+
+# ------------------------------------------------------------------------------- one image
+
+
+@dataclass
+class Item:
+    """A prepared image: id, (H, W, 3) image, (H, W) target in the dataset's labels, prompted labels."""
+
+    id: str
+    image: np.ndarray
+    target: np.ndarray
+    label_of_map: list[int]
+
+
+def resize_pair(image: np.ndarray, labels: np.ndarray, size: int | str) -> tuple[np.ndarray, np.ndarray]:
+    """SoT's resize: image bilinear, labels (or a bool mask) nearest, to ``size`` x ``size``; ``"original"`` keeps both."""
+    if size == "original":
+        return image, labels
+    import cv2
+
+    s = int(size)
+    img = cv2.resize(np.ascontiguousarray(image), (s, s), interpolation=cv2.INTER_LINEAR)
+    lab = cv2.resize(np.ascontiguousarray(labels).astype(np.uint8 if labels.dtype == bool else np.int32), (s, s), interpolation=cv2.INTER_NEAREST)
+    return img, lab.astype(labels.dtype)
+
+
+def load_item(parts: Parts, ds: SegmentationDataset, pos: int, size: int | str) -> Item:
+    sample = ds[pos]
+    if sample.mask is None:
+        raise DataError(f"{parts.key}: sample {sample.id!r} has no annotation")
+    if parts.binary:
+        text = (sample.texts[:1] or ("foreground",))[0]
+        if text not in parts.labels:
+            raise DataError(f"{parts.key}: sample {sample.id!r} has text {text!r}, not among the prompted {parts.labels[1:]}")
+        label = parts.labels.index(text)
+        target = np.where(sample.mask, label, 0).astype(np.int64)
+        lom = [label]
+    else:
+        target, lom = np.asarray(sample.mask, np.int64), list(parts.prompted)
+    image, target = resize_pair(sample.image, target, size)
+    return Item(str(sample.id), image, target, lom)
+
+
+def to_merge_labels(target: np.ndarray, label_of_map: Sequence[int], has_background: bool) -> np.ndarray:
+    """Dataset labels -> :func:`merge_sot`'s numbering (``0`` = background, ``k + 1`` = map k; or ``k``);
+    labels of unprompted classes become ``IGNORE_INDEX``."""
+    lut = np.full(max(int(target.max(initial=0)), *label_of_map, IGNORE_INDEX) + 1, IGNORE_INDEX, np.int64)
+    if has_background:
+        lut[0] = 0
+    for k, lab in enumerate(label_of_map):
+        lut[lab] = k + 1 if has_background else k
+    return lut[np.clip(target, 0, len(lut) - 1)]
+
+
+def to_dataset_labels(merged: np.ndarray, label_of_map: Sequence[int], has_background: bool) -> np.ndarray:
+    lut = np.asarray(([0] if has_background else []) + list(label_of_map), np.int64)
+    return lut[merged]
+
+
+def confusion(pred: np.ndarray, target: np.ndarray, n_labels: int) -> np.ndarray:
+    return ConfusionMatrix(n_labels, IGNORE_INDEX).update(pred, target).matrix
+
+
+# -------------------------------------------------------------------------------- the run
+
+MethodFactory = Callable[[str], Any]
+
+
+def default_method_factory(cfg: SotBenchConfig) -> MethodFactory:
+    """Methods built on shared segmenters (``universal-text`` and ``universal-reference`` share one)."""
+    from segprompt.models import create_segmenter
+    from segprompt.sot.methods import create_method
+
+    segmenters: dict[str, Any] = {}
+
+    def make_segmenter(name: str, kwargs: dict[str, Any]) -> Any:
+        key = f"{name}:{sorted(kwargs.items())}"
+        if key not in segmenters:
+            segmenters[key] = create_segmenter(name, **kwargs)
+        return segmenters[key]
+
+    return lambda name: create_method(name, device=cfg.device, make_segmenter=make_segmenter, **cfg.method_kwargs.get(name, {}))
+
+
+class _Cache:
+    """A first-in first-out cache bounded in bytes: prepared images, and a text method's maps (they
+    do not depend on shots or seed, so they are computed once per image)."""
+
+    def __init__(self, size_of: Callable[[Any], int], max_bytes: int = 512 * 2**20) -> None:
+        self.items: dict[Any, Any] = {}
+        self.size_of, self.bytes, self.max_bytes = size_of, 0, max_bytes
+
+    def get(self, key: Any) -> Any:
+        return self.items.get(key)
+
+    def put(self, key: Any, value: Any) -> None:
+        self.items[key] = value
+        self.bytes += self.size_of(value)
+        while self.bytes > self.max_bytes and len(self.items) > 1:
+            self.bytes -= self.size_of(self.items.pop(next(iter(self.items))))
+
+
+def _nan_to_none(values: Sequence[float]) -> list[float | None]:
+    return [None if v is None or (isinstance(v, float) and math.isnan(v)) else round(float(v), 6) for v in values]
+
+
+def _references(parts: Parts, shots: int, seed: int, size: int | str) -> tuple[dict[int, list[tuple[np.ndarray, np.ndarray]]], dict[int, list[str]], dict[int, str]]:
+    """Per prompted label: k (image, mask) references (resized like the images), their ids; failures."""
+    refs, ids, failed = {}, {}, {}
+    for label in parts.prompted:
+        try:
+            drawn = sample_references(parts.train, parts.class_key(label), shots, seed, parts.min_area, parts.exclude, index=parts.index)
+        except (DataError, ConfigError) as exc:
+            failed[label] = str(exc)
+            continue
+        pairs = []
+        for r in drawn:
+            image, mask = resize_pair(parts.train[parts.index.position(r.sample_id)].image, r.mask, size)
+            pairs.append((image, mask))
+        refs[label], ids[label] = pairs, [r.sample_id for r in drawn]
+    return refs, ids, failed
+
+
+class _Runner:
+    """One invocation: the run folder, the methods, the caches."""
+
+    def __init__(self, cfg: SotBenchConfig, run: RunFolder, make: MethodFactory, progress: bool) -> None:
+        self.cfg, self.run, self.make, self.progress = cfg, run, make, progress
+        self.calibration = JsonlLog(run.path / "calibration.jsonl")
+        self.cal_rows = {(r["dataset"], r["method"], int(r["shots"]), int(r["seed"])): r for r in self.calibration}
+        self.methods: dict[str, Any] = {}
+        self.cache = _Cache(lambda out: out.maps.nbytes)
+        self.items = _Cache(lambda item: item.image.nbytes + item.target.nbytes, 256 * 2**20)
+        self.new_rows = 0
+
+    def method(self, name: str) -> Any:
+        if name not in self.methods:
+            self.methods[name] = self.make(name)
+            described = {n: m.describe() | {"checkpoint": getattr(m.segmenter, "checkpoint", None)} for n, m in self.methods.items()}
+            self.run.write_text("methods.json", json.dumps(described, indent=1, default=str))
+        return self.methods[name]
+
+    def item(self, parts: Parts, which: str, pos: int) -> Item:
+        key = (parts.key, which, pos)
+        if self.items.get(key) is None:
+            self.items.put(key, load_item(parts, parts.val if which == "val" else parts.test, pos, self.cfg.size))
+        return self.items.get(key)
+
+    def prompts(self, parts: Parts, item: Item, refs: dict[int, Any], visual: bool) -> tuple[list[Any], dict[int, str]]:
+        from segprompt.sot.methods import ClassPrompt
+
+        out, missing = [], {}
+        for k, lab in enumerate(item.label_of_map):
+            if visual and lab not in refs:
+                missing[k] = "no references"
+            out.append(ClassPrompt(parts.labels[lab], tuple(refs.get(lab, ()))))
+        return out, missing
+
+    def maps(self, parts: Parts, name: str, which: str, item: Item, refs: dict[int, Any]) -> Any:
+        """A method's output on one item; classes without references get a zero map."""
+        from segprompt.sot.methods import MethodOutput
+
+        method = self.method(name)
+        visual = method.modality == "visual"
+        key = (parts.key, name, which, item.id)
+        if not visual and self.cache.get(key) is not None:
+            return self.cache.get(key)
+        prompts, missing = self.prompts(parts, item, refs, visual)
+        keep = [k for k in range(len(prompts)) if k not in missing]
+        out = method.maps(item.image, [prompts[k] for k in keep])
+        maps = np.zeros((len(prompts), *item.image.shape[:2]), np.float32)
+        maps[keep] = out.maps
+        failed = {keep[k]: why for k, why in out.failed.items()} | missing
+        full = MethodOutput(maps, out.cost, failed)
+        if not visual:
+            self.cache.put(key, full)
+        return full
+
+    # -- validation: calibration and the oracle's choices -------------------------------
+    def prepare(self, parts: Parts, name: str, refs: dict[int, Any]) -> Any:
+        """The method's once-per-reference-set work (PerSAM: target embeddings), before any image."""
+        from segprompt.sot.methods import ClassPrompt
+
+        method = self.method(name)
+        if method.modality != "visual":
+            return None
+        return method.prepare([ClassPrompt(parts.labels[lab], tuple(refs[lab])) for lab in parts.prompted if lab in refs])
+
+    def calibrate(self, parts: Parts, name: str, shots: int, seed: int, refs: dict[int, Any], ref_ids: dict[int, list[str]], prep: Any) -> dict[str, Any]:
+        key = (parts.key, name, shots, seed)
+        if key in self.cal_rows:
+            return self.cal_rows[key]
+        method = self.method(name)
+        hb, n = parts.has_background, len(parts.labels)
+        maps, merge_labels, items, outs = [], [], [], []
+        for pos in parts.val_pos:
+            try:
+                item = self.item(parts, "val", pos)
+                out = self.maps(parts, name, "val", item, refs)
+            except (DataError, PromptError) as exc:
+                self.run.record_error_once(f"val:{pos}", exc, dataset=parts.key, method=name)
+                continue
+            items.append(item)
+            outs.append(out)
+            maps.append(out.maps)
+            merge_labels.append(to_merge_labels(item.target, item.label_of_map, hb))
+        opts = dict(self.cfg.calibration)
+        if parts.binary:
+            opts["per_class"] = False  # one map per image, its class varies: one shared calibration
+        try:
+            cal = fit_temperature(maps, merge_labels, IGNORE_INDEX, hb, seed=seed, **opts)
+        except DataError as exc:
+            self.run.record_error_once(f"calibration:{parts.key}:{name}", exc, dataset=parts.key, method=name)
+            cal = Calibration.sot(hb)
+        row = {
+            "dataset": parts.key, "method": name, "shots": shots, "seed": seed,
+            "val_ids": [i.id for i in items], "reference_ids": {parts.labels[lab]: ids for lab, ids in ref_ids.items()} if method.modality == "visual" else {},
+            "temperature": cal.temperature.tolist(), "threshold": None if cal.threshold is None else cal.threshold.tolist(),
+            "has_background": hb, "fit": cal.fit, "nll_before": _nan_to_none([cal.nll_before])[0], "nll_after": _nan_to_none([cal.nll_after])[0],
+            "converged": cal.converged, "n_pixels": cal.n_pixels,
+            "prepare": None if prep is None else prep.as_row(),
+        }
+        cal = stored_calibration(row)
+        cm_sot, cm_cal = np.zeros((n, n), np.int64), np.zeros((n, n), np.int64)
+        for item, out in zip(items, outs):
+            cm_sot += confusion(to_dataset_labels(merge_sot(out.maps, hb), item.label_of_map, hb), item.target, n)
+            cm_cal += confusion(to_dataset_labels(np.argmax(cal.apply(out.maps), 0), item.label_of_map, hb), item.target, n)
+        row["val_iou_sot"] = _nan_to_none(sot_miou(cm_sot, hb)[1].tolist())
+        row["val_iou_cal"] = _nan_to_none(sot_miou(cm_cal, hb)[1].tolist())
+        self.calibration.append(row)
+        self.cal_rows[key] = row
+        return row
+
+    # -- one evaluated image: every method's maps, both merges, the oracles ------------
+    def evaluate_image(
+        self, parts: Parts, shots: int, seed: int, pos: int, todo: Sequence[str], refs: dict[int, Any], ref_ids: dict[int, list[str]], cal_rows: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        """The rows of ``todo`` (methods and oracles) on evaluated image ``pos``; errors go to errors.jsonl."""
+        cfg, run, hb = self.cfg, self.run, parts.has_background
+        pairs = [p for p in cfg.oracle_pairs() if p[0] in todo]
+        image_id = parts.test.ids[pos]
+        try:
+            item = self.item(parts, "test", pos)
+        except DataError as exc:
+            run.record_error(image_id, exc, dataset=parts.key, method=None)
+            return []
+        named_refs = {parts.labels[lab]: ids for lab, ids in ref_ids.items()}
+        cals = {m: stored_calibration(r) for m, r in cal_rows.items()}
+        outs, costs, logits = {}, {}, {}
+        for m in cfg.methods:
+            if m not in todo and not any(m in (t, v) for _, t, v in pairs):
+                continue
+            try:
+                outs[m] = self.maps(parts, m, "test", item, refs)
+            except (DataError, PromptError) as exc:
+                run.record_error(image_id, exc, dataset=parts.key, method=m)
+                continue
+            costs[m], logits[m] = outs[m].cost.as_row(), cals[m].logits(outs[m].maps)
+        lom, rows = item.label_of_map, []
+        for m in cfg.methods:
+            if m in todo and m in outs:
+                modality = self.method(m).modality
+                pred_sot = to_dataset_labels(merge_sot(outs[m].maps, hb), lom, hb)
+                pred_cal = to_dataset_labels(_argmax_bg(logits[m], hb), lom, hb)
+                failed = {parts.labels[lom[k]]: why for k, why in outs[m].failed.items()}
+                rows.append(_eval_row(parts, m, modality, shots, seed, item, pred_sot, pred_cal, costs[m], named_refs if modality == "visual" else {}, failed))
+        for o_name, t, v in pairs:
+            if t not in outs or v not in outs:
+                continue
+            pick_sot = _oracle_choice(cal_rows[t], cal_rows[v], "sot")[lom]
+            pick_cal = _oracle_choice(cal_rows[t], cal_rows[v], "cal")[lom]
+            pred_sot = to_dataset_labels(merge_sot(np.where(pick_sot[:, None, None], outs[v].maps, outs[t].maps), hb), lom, hb)
+            pred_cal = to_dataset_labels(_argmax_bg(np.where(pick_cal[:, None, None], logits[v], logits[t]), hb), lom, hb)
+            rows.append(_eval_row(
+                parts, o_name, ORACLE, shots, seed, item, pred_sot, pred_cal, _combine_costs([costs[t], costs[v]]), named_refs, {},
+                visual_classes_sot=[parts.labels[lab] for lab, p in zip(lom, pick_sot) if p],
+                visual_classes_cal=[parts.labels[lab] for lab, p in zip(lom, pick_cal) if p],
+            ))  # fmt: skip
+        return rows
+
+
+def stored_calibration(row: dict[str, Any]) -> Calibration:
+    """The :class:`Calibration` of a ``calibration.jsonl`` row (what every evaluated image uses)."""
+    return Calibration.from_parameters(row["temperature"], row["threshold"], has_background=bool(row["has_background"]))
+
+
+def _oracle_choice(text_row: dict[str, Any], visual_row: dict[str, Any], which: str) -> np.ndarray:
+    """(C,) bool: labels where the visual method's validation IoU beats the text method's."""
+    t = np.array([np.nan if v is None else v for v in text_row[f"val_iou_{which}"]], float)
+    v = np.array([np.nan if x is None else x for x in visual_row[f"val_iou_{which}"]], float)
+    return np.nan_to_num(v, nan=-1.0) > np.nan_to_num(t, nan=-1.0)
+
+
+def _eval_row(parts: Parts, name: str, modality: str, shots: int, seed: int, item: Item, pred_sot: np.ndarray, pred_cal: np.ndarray, cost: dict[str, Any], ref_ids: dict[str, list[str]], failed: dict[str, str], **extra: Any) -> dict[str, Any]:
+    n = len(parts.labels)
+    return {
+        "dataset": parts.key, "method": name, "modality": modality, "shots": shots, "seed": seed, "image": item.id,
+        "size": list(item.target.shape), "labels": list(parts.labels), "has_background": parts.has_background,
+        "prompted": [parts.labels[lab] for lab in item.label_of_map], "reference_ids": ref_ids,
+        "confusion_sot": confusion(pred_sot, item.target, n).tolist(), "confusion_cal": confusion(pred_cal, item.target, n).tolist(),
+        **cost, "failed_classes": failed, **extra,
+    }
+
+
+def _combine_costs(costs: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    out = {k: sum(c[k] for c in costs) for k in ("seconds", "forward_passes", "encoder_passes", "decoder_calls")}
+    mem = [c["peak_mem_mb"] for c in costs if c.get("peak_mem_mb") is not None]
+    return {**out, "seconds": round(out["seconds"], 5), "peak_mem_mb": max(mem) if mem else None}
+
+
+def run_sot(cfg: SotBenchConfig, out: str | Path, method_factory: MethodFactory | None = None, progress: bool = True) -> dict[str, Any]:
+    """Run (or resume) the benchmark into ``out``; returns :func:`summarise`'s summary and writes
+    summary.csv, the other tables and report.md."""
+    from tqdm.auto import tqdm
+
+    from segprompt.sot.report import summarise, write_reports
+
+    run = RunFolder(out, {"suite": "sot", **asdict(cfg)})
+    runner = _Runner(cfg, run, method_factory or default_method_factory(cfg), progress)
+    done = {(r["dataset"], r["method"], int(r["shots"]), int(r["seed"]), r["image"]) for r in run.results}
+    skipped = {(e.get("dataset"), e.get("method"), e.get("item")) for e in run.errors}
+    row_methods, pairs = cfg.row_methods(), cfg.oracle_pairs()
+    all_parts = [build_parts(cfg, key) for key in cfg.datasets]
+    n_total, n_todo, plans = 0, 0, []
+    for parts in all_parts:
+        ids = [parts.test.ids[p] for p in parts.test_pos]
+        for shots in cfg.shots:
+            for seed in cfg.seeds:
+                missing = {
+                    (m, i) for m in row_methods for i in ids
+                    if (parts.key, m, shots, seed, i) not in done and (parts.key, m, i) not in skipped and (parts.key, None, i) not in skipped
+                }
+                n_total += len(ids) * len(row_methods)
+                n_todo += len(missing)
+                if missing:
+                    plans.append((parts, shots, seed, missing))
+    run.announce(done=n_total - n_todo, todo=n_todo, unit="rows")
+
+    for parts, shots, seed, missing in plans:
+        refs, ref_ids, ref_failed = _references(parts, shots, seed, cfg.size)
+        for label, why in ref_failed.items():
+            run.record_error_once(f"references:{parts.labels[label]}", why, dataset=parts.key, shots=shots, seed=seed)
+        need = {m for m, _ in missing}
+        for o, t, v in pairs:
+            if o in need:
+                need |= {t, v}
+        preps = {m: runner.prepare(parts, m, refs) for m in cfg.methods if m in need}
+        cal_rows = {m: runner.calibrate(parts, m, shots, seed, refs, ref_ids, preps[m]) for m in cfg.methods if m in need}
+        for pos in tqdm(parts.test_pos, desc=f"{parts.key} k={shots} seed={seed}", disable=not progress, leave=False):
+            todo = [m for m in cfg.row_methods() if (m, parts.test.ids[pos]) in missing]
+            if todo:
+                rows = runner.evaluate_image(parts, shots, seed, pos, todo, refs, ref_ids, cal_rows)
+                run.results.extend(rows)
+                runner.new_rows += len(rows)
+    run.finish(runner.new_rows)
+    summary = summarise(run.results.rows(), runner.calibration.rows(), cfg)
+    write_reports(run, summary, cfg, {p.key: p.note for p in all_parts})
+    return summary
+
+
+def _argmax_bg(logits: np.ndarray, has_background: bool) -> np.ndarray:
+    """argmax over [background logit 0, class logits] (or the class logits alone), ties to the first."""
+    z = np.concatenate([np.zeros((1, *logits.shape[1:])), logits]) if has_background else logits
+    return np.argmax(z, axis=0).astype(np.int64)
