@@ -21,15 +21,17 @@ from segprompt.models.sam import SamSegmenter
 ASSET = "sam_tiny.safetensors"
 
 
+def bundled_asset(filename: str, rebuild: str) -> Path:
+    """Path of a demo model shipped in ``segprompt/assets``; WeightsError saying how to ``rebuild`` it when missing."""
+    path = Path(str(resources.files("segprompt") / "assets" / filename))
+    if not path.is_file():
+        raise WeightsError(f"the bundled demo model {path} is missing; rebuild it with {rebuild}, or reinstall segprompt")
+    return path
+
+
 def sam_tiny_path() -> Path:
     """Path of the shipped sam-tiny weights."""
-    path = Path(str(resources.files("segprompt") / "assets" / ASSET))
-    if not path.is_file():
-        raise WeightsError(
-            f"the bundled demo model {path} is missing; rebuild it with "
-            "`python scripts/train_sam_tiny.py` then `--export segprompt/assets/sam_tiny.safetensors`, or reinstall segprompt"
-        )
-    return path
+    return bundled_asset(ASSET, "`python scripts/train_sam_tiny.py` then `--export segprompt/assets/sam_tiny.safetensors`")
 
 
 def sam_tiny_record() -> dict[str, Any]:

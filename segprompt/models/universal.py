@@ -212,15 +212,10 @@ class UniversalSegmenter(Segmenter):
 
 
 def universal_tiny_path() -> Path:
-    from importlib import resources
+    """Path of the shipped universal-tiny weights."""
+    from segprompt.models.sam_tiny import bundled_asset
 
-    path = Path(str(resources.files("segprompt") / "assets" / ASSET))
-    if not path.is_file():
-        raise WeightsError(
-            f"the bundled demo model {path} is missing; rebuild it with `python scripts/train_universal_tiny.py` "
-            "(see docs/universal.md), or reinstall segprompt"
-        )
-    return path
+    return bundled_asset(ASSET, "`python scripts/train_universal_tiny.py` (see docs/universal.md)")
 
 
 class UniversalTinySegmenter(UniversalSegmenter):

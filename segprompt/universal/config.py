@@ -7,7 +7,7 @@ from typing import Any, Mapping
 
 from segprompt.errors import ConfigError
 
-__all__ = ["UniversalConfig", "PROMPT_KINDS_TOKENS"]
+__all__ = ["UniversalConfig", "PROMPT_KINDS_TOKENS", "from_fields"]
 
 #: token kinds of the visual sampler (one learned embedding each)
 PROMPT_KINDS_TOKENS: tuple[str, ...] = ("point", "box", "scribble", "mask", "reference")
@@ -73,8 +73,13 @@ class UniversalConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "UniversalConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"universal config: unknown keys {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**dict(data))
+        return from_fields(cls, data, "universal config")
+
+
+def from_fields(cls: Any, data: Mapping[str, Any], what: str) -> Any:
+    """``cls(**data)`` for a dataclass, a ConfigError naming the unknown keys (``what``: whose)."""
+    known = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - known)
+    if unknown:
+        raise ConfigError(f"{what}: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
+    return cls(**dict(data))

@@ -35,7 +35,7 @@ One training step (batch of scenes, :mod:`segprompt.universal.train_data`):
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field
 from typing import Any, Mapping, Sequence
 
 import numpy as np
@@ -102,11 +102,9 @@ class UniversalTrainConfig:
 
     @classmethod
     def from_dict(cls, data: Mapping[str, Any]) -> "UniversalTrainConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"train universal: unknown field(s) {', '.join(unknown)}; known: {', '.join(sorted(known))}")
-        return cls(**dict(data))
+        from segprompt.universal.config import from_fields
+
+        return from_fields(cls, data, "train universal")
 
 
 def build_model(cfg: UniversalTrainConfig, words: Sequence[str]) -> Any:
