@@ -216,7 +216,7 @@ def test_cli_end_to_end_with_report_and_plot(tiny, tmp_path):
     out = tmp_path / "run"
     args = [
         "bench", "sot", "--dataset", "synthetic-objects", "--methods", "universal-text,universal-reference,persam",
-        "--shots", "1", "--seeds", "0,1", "--limit", "2", "--size", "64", "--config", str(config), "--out", str(out),
+        "--shots", "1", "--seed", "0,1", "--limit", "2", "--size", "64", "--config", str(config), "--out", str(out),
     ]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output

@@ -25,7 +25,7 @@ def _ints(text: str, option: str) -> list[int]:
 @click.option("--dataset", "datasets", multiple=True, default=("synthetic-objects",), show_default=True, help="Registry name or dataset folder; repeat (or comma-separate) for several. Label maps prompt every class but background; binary sets their text.")
 @click.option("--methods", default="universal-text,universal-reference,persam", show_default=True, help="Comma-separated SoT methods (text: universal-text; visual: universal-reference, persam).")
 @click.option("--shots", default="1,5", show_default=True, help="Comma-separated k: references per class.")
-@click.option("--seeds", default="0,1,2", show_default=True, help="Comma-separated seeds; each draws its own references.")
+@click.option("--seed", "seeds", multiple=True, default=("0,1,2",), show_default=True, help="Seed; repeat (or comma-separate) for several; each draws its own references.")
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N images of each dataset's evaluated part.")
 @click.option("--size", default="518", show_default=True, help="original, or a side in pixels: images, labels and references resized to it (SoT: 518).")
 @click.option("--no-oracle", is_flag=True, help="Leave out the oracle rows (per class the better of a text and a visual method).")
@@ -49,7 +49,7 @@ def sot(ctx, datasets, methods, shots, seeds, limit, size, no_oracle, device, co
         datasets=_split(datasets),
         methods=_split(methods),
         shots=_ints(shots, "--shots"),
-        seeds=_ints(seeds, "--seeds"),
+        seeds=_ints(",".join(seeds), "--seed"),
         limit=limit,
         size=size,
         device=device,
