@@ -60,7 +60,7 @@ def test_adding_a_box_to_a_point_never_lowers_mean_iou(seg, scenes):
     assert out["point_box"] >= out["point"], out
 
 
-@pytest.mark.xfail(strict=True, reason="universal-tiny v1: NoC@85 16.0 against GrabCut's 7.0 here; its masks stop improving after the second click (IoU about 0.66), see docs/universal.md")
+@pytest.mark.xfail(strict=True, reason="universal-tiny v1: NoC@85 16.0 against GrabCut's 7.0 here; its masks stop improving after the third click (IoU about 0.66), see docs/universal.md")
 def test_noc85_is_at_most_0_7_of_grabcuts(tmp_path):
     """The point benchmark's protocol (micro-sam corrector, 10 steps = up to 19 clicks) on the
     objects of 4 held-out scenes, universal-tiny and GrabCut on the same objects."""
