@@ -23,6 +23,7 @@ the stride-4 mask logits in the padded model frame; passed back as
 from __future__ import annotations
 
 import contextlib
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -38,6 +39,8 @@ from segprompt.prompts import PROMPT_KINDS, PromptSet
 __all__ = ["UniversalSegmenter", "GenericOutput", "create_universal_tiny", "universal_tiny_path"]
 
 ASSET = "universal_tiny.safetensors"
+#: reference images whose features a segmenter keeps (an LRU of their encodings)
+REFERENCE_CACHE = 16
 
 
 @dataclass
@@ -97,6 +100,7 @@ class UniversalSegmenter(Segmenter):
         words = tuple(model.cfg.words)  # the class names it was trained with
         self.vocabulary: tuple[str, ...] = tuple(vocabulary) if vocabulary is not None else words
         self.max_rows = int(max_rows)
+        self._ref_cache: OrderedDict[str, tuple[Any, LongestSide]] = OrderedDict()  # reference features, see _reference_features
 
     # -- helpers ---------------------------------------------------------------
     def transform(self, size: tuple[int, int]) -> LongestSide:
@@ -140,15 +144,18 @@ class UniversalSegmenter(Segmenter):
 
         tf = self.transform(state.original_size)
         feats = self._features(state)
-        refs = [i for i, s in enumerate(sets) if s.reference is not None]
         ref_index, ref_tfs = [-1] * len(sets), [None] * len(sets)
+        refs = [i for i, s in enumerate(sets) if s.reference is not None]
         if refs:
-            x, tfs = self._pixels([sets[i].reference.image for i in refs])  # type: ignore[union-attr]
-            with self._autocast():
-                rf = self.model.encode_images(x, [t.input_size for t in tfs])
-            feats = ImageFeatures(torch.cat((feats.mask_features, rf.mask_features.float())), [torch.cat((a, b.float())) for a, b in zip(feats.scales, rf.scales)])
-            for j, i in enumerate(refs):
-                ref_index[i], ref_tfs[i] = 1 + j, tfs[j]  # type: ignore[call-overload]
+            encoded = self._reference_features([sets[i].reference.image for i in refs])  # type: ignore[union-attr]
+            unique = list(dict.fromkeys(key for key, _ in encoded))
+            cached = [self._ref_cache[key] for key in unique]
+            feats = ImageFeatures(
+                torch.cat([feats.mask_features] + [c[0].mask_features for c in cached]),
+                [torch.cat([a] + [c[0].scales[k] for c in cached]) for k, a in enumerate(feats.scales)],
+            )
+            for i, (key, ref_tf) in zip(refs, encoded):
+                ref_index[i], ref_tfs[i] = 1 + unique.index(key), ref_tf  # type: ignore[call-overload]
         lowres = int(feats.mask_features.shape[-1])
         logits, scores, embeds = [], [], []
         for start in range(0, len(sets), self.max_rows):
@@ -173,6 +180,27 @@ class UniversalSegmenter(Segmenter):
         tf = self.transform(state.original_size)
         up = tf.upscale_logits(logits)
         return Prediction(masks=(up > 0).cpu().numpy(), scores=scores.cpu().numpy().astype(np.float32), logits=logits.cpu().numpy().astype(np.float32))
+
+    @torch.no_grad()
+    def _reference_features(self, images: Sequence[np.ndarray]) -> list[tuple[str, LongestSide]]:
+        """(cache key, geometry) of each reference image; the images not yet in the cache of the
+        last ``REFERENCE_CACHE`` references are encoded, in one batch (a reference reused across
+        prompt sets, calls or target images -- live preview, Show-or-Tell -- is encoded once)."""
+        import hashlib
+
+        keys = [f"{im.shape}:{hashlib.blake2b(np.ascontiguousarray(im).tobytes(), digest_size=16).hexdigest()}" for im in images]
+        todo = {k: im for k, im in zip(keys, images) if k not in self._ref_cache}
+        if todo:
+            x, tfs = self._pixels(list(todo.values()))
+            with self._autocast():
+                rf = self.model.encode_images(x, [t.input_size for t in tfs])
+            for j, key in enumerate(todo):
+                self._ref_cache[key] = (rf.rows(j), tfs[j])
+        for key in keys:
+            self._ref_cache.move_to_end(key)
+        while len(self._ref_cache) > max(REFERENCE_CACHE, len(set(keys))):
+            self._ref_cache.popitem(last=False)
+        return [(k, self._ref_cache[k][1]) for k in keys]
 
     # -- classes -----------------------------------------------------------------
     def _vocabulary(self, vocabulary: Sequence[str] | None) -> tuple[str, ...]:

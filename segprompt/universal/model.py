@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Sequence
 
 import torch
 import torch.nn.functional as F
@@ -35,8 +35,9 @@ class ImageFeatures:
     mask_features: torch.Tensor
     scales: list[torch.Tensor]
 
-    def rows(self, index: torch.Tensor) -> "ImageFeatures":
-        return ImageFeatures(self.mask_features[index], [s[index] for s in self.scales])
+    def rows(self, index: int) -> "ImageFeatures":
+        """Image ``index`` alone, as a batch of one."""
+        return ImageFeatures(self.mask_features[index : index + 1].float(), [s[index : index + 1].float() for s in self.scales])
 
     def __len__(self) -> int:
         return int(self.mask_features.shape[0])
@@ -134,6 +135,3 @@ class UniversalModel(nn.Module):
 
     def extra_repr(self) -> str:
         return f"config={self.cfg.to_dict()}"
-
-    def config_dict(self) -> dict[str, Any]:
-        return self.cfg.to_dict()
