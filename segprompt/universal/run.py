@@ -138,6 +138,8 @@ def train_universal(cfg: UniversalTrainConfig, out: str | Path, dataset: Any = N
     if result.interrupted:
         log.info("%s: stopped after %d optimizer steps (--max-steps); rerun the command to continue", out, result.global_step)
         return {"interrupted": True, "stopped_at_step": result.global_step, "out": str(out)}
+    if result.already_finished:
+        log.info("resuming %s: already finished (%d epochs); nothing to train, the summary is rewritten", out, len(result.history) - 1)
     load_best(task, out)
     if not (out / EXPORT_NAME).is_file():
         save_universal(model, out / EXPORT_NAME)
