@@ -109,7 +109,7 @@ def test_rows_references_and_resume_without_recomputing(tiny, tmp_path):
 
 class _Fake(SotMethod):
     """Maps from the ground truth: 0.9 on the pixels of the classes it knows, 0.1 elsewhere,
-    and 0.3 everywhere for class ``fuzzy`` (above SoT's 0.2 only)."""
+    and at least 0.3 everywhere for class ``fuzzy`` (above SoT's 0.2 only)."""
 
     def __init__(self, name, modality, knows, truth, fuzzy=None):
         super().__init__(None)
@@ -123,7 +123,7 @@ class _Fake(SotMethod):
             if p.name in self.knows:
                 out[k][labels == c] = 0.9
             if p.name == self.fuzzy:
-                out[k] = 0.3
+                out[k] = np.maximum(out[k], 0.3)
         cost.encoder_passes += 1
         return out, {}
 
@@ -196,8 +196,35 @@ def test_both_merges_summary_over_seeds_and_oracle(truth, tmp_path):
     assert by["oracle:universal-text+universal-reference"]["miou_sot"] > max(by["universal-text"]["miou_sot"], by["universal-reference"]["miou_sot"])
     gain = [g for g in summary["oracle"] if g["merge"] == "sot"][0]
     assert gain["gain"] > 0 and gain["seeds"] == 2
+    # the bound: per class the better method's IoU on the evaluated images, mean over the
+    # non-background classes with ground truth, per seed, then averaged over seeds
+    def per_class_iou(method, seed):
+        m = np.asarray(sum(np.asarray(r["confusion_sot"]) for r in rows if r["method"] == method and r["seed"] == seed), float)
+        tp, gt, pr = np.diag(m), m.sum(1), m.sum(0)
+        return np.where(gt > 0, tp / np.maximum(gt + pr - tp, 1), np.nan)
+
+    bounds = [np.nanmean(np.fmax(per_class_iou("universal-text", s), per_class_iou("universal-reference", s))[1:]) for s in (0, 1)]
+    assert gain["bound"] == pytest.approx(np.mean(bounds))
+    assert gain["bound"] >= gain["best_of_pair"] and gain["bound_gain"] == pytest.approx(gain["bound"] - gain["best_of_pair"])
     report = (out / "report.md").read_text()
     assert "SoT merge (fixed 0.2)" in report and "calibrated merge" in report and "## Oracle" in report
+
+
+def test_miou_calibration_fixes_what_the_fixed_threshold_paints(truth, tmp_path):
+    """calibration={"fit": "miou"}: the threshold is the validation-mIoU optimum (0.35 for a text
+    method that is 0.3 off the leaves and 0.9 on them: the grid value nearest 0.2 that sends the rest
+    of the image to background)."""
+    method = lambda: _Fake("universal-text", "text", WORDS, truth, fuzzy="leaf")  # noqa: E731
+    cfg = SotBenchConfig(methods=["universal-text"], shots=[1], seeds=[0], calibration={"fit": "miou"}, **SMALL)
+    summary = run_sot(cfg, tmp_path / "run", method_factory=lambda name: method(), progress=False)
+    (c,) = _rows(tmp_path / "run", "calibration.jsonl")
+    # (the maps are float32: 0.3 is a hair above 0.3, so the grid's 0.35 is the first to separate)
+    assert c["fit"] == "threshold-miou" and c["threshold"] == [pytest.approx(0.35)] and c["temperature"] == [1.0]
+    (t,) = summary["table"]
+    assert t["miou_cal"] > t["miou_sot"] + 0.05
+    assert "maximises the validation mIoU" in (tmp_path / "run" / "report.md").read_text()
+    with pytest.raises(Exception, match="calibration fit must be one of"):
+        SotBenchConfig(calibration={"fit": "f1"})
 
 
 def _conf(pred, target, n=9):
@@ -217,11 +244,13 @@ def test_cli_end_to_end_with_report_and_plot(tiny, tmp_path):
     args = [
         "bench", "sot", "--dataset", "synthetic-objects", "--methods", "universal-text,universal-reference,persam",
         "--shots", "1", "--seed", "0,1", "--limit", "2", "--size", "64", "--config", str(config), "--out", str(out),
+        "--calibration", "miou",
     ]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     rows = _rows(out)
     assert len(rows) == 2 * 2 * 5  # images x seeds x (3 methods + 2 oracles)
+    assert {c["fit"] for c in _rows(out, "calibration.jsonl")} == {"threshold-miou"}
     assert {r["method"] for r in rows} >= {"persam", "oracle:universal-text+persam"}
     report = (out / "report.md").read_text()
     assert "![mIoU per seed](variance.png)" in report and (out / "variance.png").stat().st_size > 1000

@@ -21,6 +21,7 @@ from segprompt.data import Sample, SegmentationDataset, load_dataset
 from segprompt.errors import ConfigError, DataError
 from segprompt.metrics import ConfusionMatrix
 from segprompt.sot import (
+    fit_threshold_miou,
     MIN_AREA,
     MIN_AREA_AS_RUN,
     Calibration,
@@ -420,3 +421,45 @@ def test_sammed2d_exclusion_covers_every_structure_of_an_evaluated_image():
         assert image_of[refs[0].sample_id] != image_of[liver[0]]
     excluded = index.excluded({index.ids[0]})
     assert excluded.sum() > 1 and {image_of[s] for s, e in zip(index.ids, excluded) if e} == {image_of[index.ids[0]]}
+
+
+def _two_level_maps(inside, outside, n=3, k=2, size=24, seed=0):
+    """k classes, each a random square of its own; map k is ``inside[k]`` on its square, ``outside[k]``
+    elsewhere (labels: 0 background, k + 1 class k)."""
+    rng = np.random.default_rng(seed)
+    maps, labels = [], []
+    for _ in range(n):
+        y = np.zeros((size, size), np.int64)
+        m = np.empty((k, size, size))
+        for j in range(k):
+            r, c = rng.integers(0, size - 8, 2)
+            y[r : r + 6, c : c + 6] = j + 1
+        for j in range(k):
+            m[j] = np.where(y == j + 1, inside[j], outside[j])
+        maps.append(m)
+        labels.append(y)
+    return maps, labels
+
+
+def test_miou_fit_picks_the_threshold_that_separates_and_per_class_thresholds():
+    # one shared level pair: anything in [0.35, 0.5) separates; the grid value nearest 0.2 in it is 0.35
+    maps, labels = _two_level_maps([0.5, 0.5], [0.35, 0.35])
+    cal = fit_threshold_miou(maps, labels)
+    assert cal.fit == "threshold-miou" and cal.threshold[0] == pytest.approx(0.35)
+    assert cal.meta["val_miou_after"] == pytest.approx(1.0) and cal.meta["val_miou_before"] < 0.6
+    assert (merge_calibrated(maps[0], cal) == labels[0]).all()
+    assert cal.temperature[0] == 1.0
+    # classes whose separating ranges do not overlap: a shared threshold cannot, per-class can
+    maps, labels = _two_level_maps([0.3, 0.9], [0.1, 0.6])
+    shared, per = fit_threshold_miou(maps, labels), fit_threshold_miou(maps, labels, per_class=True)
+    assert shared.meta["val_miou_after"] < 1.0
+    assert per.meta["val_miou_after"] == pytest.approx(1.0)
+    assert 0.1 <= per.threshold[0] < 0.3 and 0.6 <= per.threshold[1] < 0.9
+    # SoT's 0.2 already best: it stays (ties go to the value nearest 0.2)
+    maps, labels = _two_level_maps([0.9, 0.9], [0.05, 0.05])
+    assert fit_threshold_miou(maps, labels).threshold[0] == pytest.approx(0.2)
+    # no background: a threshold cannot move the argmax; SoT's merge comes back, and says why
+    nobg = fit_threshold_miou(maps, [np.maximum(y - 1, 0) for y in labels], has_background=False)
+    assert nobg.threshold is None and nobg.fit == "none" and "background" in nobg.meta["note"]
+    with pytest.raises(ConfigError, match="grid"):
+        fit_threshold_miou(maps, labels, grid=[0.0, 0.5])

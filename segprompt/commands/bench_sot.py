@@ -28,12 +28,13 @@ def _ints(text: str, option: str) -> list[int]:
 @click.option("--seed", "seeds", multiple=True, default=("0,1,2",), show_default=True, help="Seed; repeat (or comma-separate) for several; each draws its own references.")
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N images of each dataset's evaluated part.")
 @click.option("--size", default="518", show_default=True, help="original, or a side in pixels: images, labels and references resized to it (SoT: 518).")
+@click.option("--calibration", "calibration", type=click.Choice(["nll", "miou"]), default=None, help="The calibrated merge's fit on the validation part: nll (temperature and threshold minimising the NLL; the default) or miou (the background threshold with the best validation mIoU).")
 @click.option("--no-oracle", is_flag=True, help="Leave out the oracle rows (per class the better of a text and a visual method).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML of SotBenchConfig fields (a run folder's config.yaml works); options given on the command line override it.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (rerun the same command to resume). Required.")
 @click.pass_context
-def sot(ctx, datasets, methods, shots, seeds, limit, size, no_oracle, device, config_file, out) -> None:
+def sot(ctx, datasets, methods, shots, seeds, limit, size, calibration, no_oracle, device, config_file, out) -> None:
     """Show or Tell: text-prompted against reference-prompted segmentation, per-class maps merged
     by SoT's fixed 0.2 rule and by a calibrated rule; mIoU mean / std / worst over seeds, an oracle
     per class, cost per image. Resumable."""
@@ -55,6 +56,8 @@ def sot(ctx, datasets, methods, shots, seeds, limit, size, no_oracle, device, co
         device=device,
         oracle=not no_oracle,
     )
+    if calibration is not None:
+        given["calibration"] = {"fit": "both" if calibration == "nll" else "miou"}
     if config_file is not None:
         given = _merge_config(ctx, config_file, given)
     summary = run_sot(SotBenchConfig(**given), out)
@@ -64,7 +67,7 @@ def sot(ctx, datasets, methods, shots, seeds, limit, size, no_oracle, device, co
 
 _OPTION_FIELDS = {
     "datasets": ("datasets",), "methods": ("methods",), "shots": ("shots",), "seeds": ("seeds",), "limit": ("limit",),
-    "size": ("size",), "device": ("device",), "no_oracle": ("oracle",),
+    "size": ("size",), "device": ("device",), "no_oracle": ("oracle",), "calibration": ("calibration",),
 }  # fmt: skip
 
 
@@ -75,4 +78,4 @@ def _merge_config(ctx: click.Context, path: Path, given: dict) -> dict:
     from segprompt.sot.bench import SotBenchConfig
 
     data = read_config_file(path, (f.name for f in dataclasses.fields(SotBenchConfig)))
-    return apply_command_line(ctx, data, given, _OPTION_FIELDS)
+    return apply_command_line(ctx, data, given, _OPTION_FIELDS, merge=("calibration",))

@@ -5,7 +5,8 @@ The protocol core, independent of any model:
 - :func:`merge_sot` / :func:`merge_calibrated`: per-class probability maps -> one label map
   (SoT's fixed-threshold merge, and a per-method calibrated one);
 - :func:`fit_temperature` -> :class:`Calibration`: temperatures / thresholds fitted on a
-  validation split by minimising the NLL of the per-pixel class posterior;
+  validation split by minimising the NLL of the per-pixel class posterior, or
+  :func:`fit_threshold_miou`: the background threshold that maximises the validation mIoU;
 - :func:`sample_references` (+ :class:`ReferenceIndex`, :data:`MIN_AREA`): seeded k-shot
   references per class with SoT's minimum-area rule, never an evaluated image;
 - :func:`sot_miou`: SoT's mIoU from a :class:`segprompt.metrics.ConfusionMatrix`.
@@ -13,7 +14,7 @@ The protocol core, independent of any model:
 Reference: FocoosAI/ShowOrTell (``models/base_model.py``, ``data/*_fss.py``, ``common/evaluation.py``).
 """
 
-from segprompt.sot.calibration import Calibration, fit_temperature
+from segprompt.sot.calibration import Calibration, fit_temperature, fit_threshold_miou
 from segprompt.sot.merge import SOT_THRESHOLD, check_prob_maps, merge_calibrated, merge_sot
 from segprompt.sot.miou import sot_miou
 from segprompt.sot.references import (
@@ -35,6 +36,7 @@ __all__ = [
     "ReferenceIndex",
     "check_prob_maps",
     "fit_temperature",
+    "fit_threshold_miou",
     "merge_calibrated",
     "merge_sot",
     "min_area_for",

@@ -24,7 +24,9 @@ For every dataset, shots k and seed, the protocol (FocoosAI/ShowOrTell ``models/
    label maps prompt every class but background, binary sets their one text per image.
 4. **Merges.** SoT's fixed-0.2 merge (:func:`merge_sot`) and the calibrated merge
    (:func:`merge_calibrated`), the calibration fitted per (method, k, seed) on the validation
-   part by :func:`fit_temperature` and kept in ``calibration.jsonl``.
+   part by :func:`fit_temperature` (``calibration={"fit": "both"}``: NLL) or
+   :func:`fit_threshold_miou` (``{"fit": "miou"}``: the threshold with the best validation mIoU),
+   kept in ``calibration.jsonl``.
 5. **Oracle.** For each (text method, visual method) pair, per class the method with the higher
    validation IoU (ties and classes absent from validation: the text method), evaluated on the
    same images with each merge (rows ``oracle:<text>+<visual>``).
@@ -50,7 +52,7 @@ from segprompt.data.sample import IGNORE_INDEX, SegmentationDataset
 from segprompt.engine.runfolder import JsonlLog, RunFolder
 from segprompt.errors import ConfigError, DataError, PromptError
 from segprompt.metrics import ConfusionMatrix
-from segprompt.sot.calibration import Calibration, fit_temperature
+from segprompt.sot.calibration import Calibration, fit_temperature, fit_threshold_miou
 from segprompt.sot.merge import merge_sot
 from segprompt.sot.miou import sot_miou
 from segprompt.sot.references import ReferenceIndex, min_area_for, sample_references
@@ -60,6 +62,8 @@ log = logging.getLogger(__name__)
 SYNTHETIC = "synthetic-objects"
 BACKGROUND_NAMES = ("background", "bg", "_background_")
 ORACLE = "oracle"
+#: ``calibration["fit"]``: the NLL fits of :func:`fit_temperature`, or ``"miou"`` (:func:`fit_threshold_miou`)
+CALIBRATION_FITS = ("both", "temperature", "threshold", "miou")
 
 
 @dataclass
@@ -121,6 +125,9 @@ class SotBenchConfig:
         unknown = set(self.calibration) - {"fit", "per_class", "max_pixels"}
         if unknown:
             raise ConfigError(f"calibration: unknown option(s) {', '.join(sorted(unknown))}; known: fit, per_class, max_pixels")
+        fit = self.calibration.get("fit", "both")
+        if fit not in CALIBRATION_FITS:
+            raise ConfigError(f"calibration fit must be one of {', '.join(CALIBRATION_FITS)} (miou: the threshold with the best validation mIoU; the others minimise the NLL), got {fit!r}")
 
     def oracle_pairs(self) -> list[tuple[str, str, str]]:
         """``(row name, text method, visual method)`` of every oracle of the run."""
@@ -428,7 +435,11 @@ class _Runner:
         if parts.binary:
             opts["per_class"] = False  # one map per image, its class varies: one shared calibration
         try:
-            cal = fit_temperature(maps, merge_labels, IGNORE_INDEX, hb, seed=seed, **opts)
+            if opts.get("fit") == "miou":
+                opts.pop("fit")
+                cal = fit_threshold_miou(maps, merge_labels, IGNORE_INDEX, hb, seed=seed, **opts)
+            else:
+                cal = fit_temperature(maps, merge_labels, IGNORE_INDEX, hb, seed=seed, **opts)
         except DataError as exc:
             self.run.record_error_once(f"calibration:{parts.key}:{name}", exc, dataset=parts.key, method=name)
             cal = Calibration.sot(hb)
