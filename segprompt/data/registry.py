@@ -39,6 +39,7 @@ from segprompt.data.io import list_images
 from segprompt.data.labelmap import LabelMapDataset, detect_void, load_classes
 from segprompt.data.sample import SegmentationDataset
 from segprompt.data.scenes import ObjectInstances, ObjectScenes
+from segprompt.data.semantic_sets import load_semantic
 from segprompt.data.synthetic import SyntheticLesions, SyntheticScenes
 from segprompt.data.tunevlseg_format import TuneVLSegDataset
 from segprompt.errors import ConfigError, DataError
@@ -53,6 +54,7 @@ __all__ = [
     "load_path",
     "list_datasets",
     "dataset_info",
+    "dataset_splits",
     "resolve_root",
     "find_layout",
 ]
@@ -95,6 +97,8 @@ class DatasetSpec:
         layouts: the layouts tried in order.
         inner: folder names a download unpacks into (looked inside ``root`` too).
         notes: anything else worth knowing (licence, quirks).
+        splits: the splits ``load_dataset(name, split=...)`` takes (``()`` = the layout decides;
+            see :func:`dataset_splits`).
     """
 
     name: str
@@ -113,6 +117,7 @@ class DatasetSpec:
     layouts: tuple[Layout, ...] = field(default=(), repr=False)
     inner: tuple[str, ...] = ()
     notes: str = ""
+    splits: tuple[str, ...] = ()
 
 
 DATASETS: Registry[DatasetSpec] = Registry("dataset")
@@ -481,6 +486,22 @@ def _camvid_layouts() -> tuple[Layout, ...]:
     )
 
 
+def _semantic_layout(name: str, description: str, fits: Callable[[Path], bool]) -> Layout:
+    """The original-download layout of a :mod:`segprompt.data.semantic_sets` dataset.
+
+    ``split``: ``"train"`` / ``"val"`` (None = both); ADE20K takes ``zero_label=`` too.
+    """
+
+    def build(root: Path, split: str | None, **kwargs: Any) -> SegmentationDataset:
+        kwargs.pop("texts", None)  # label maps: the class names are the texts
+        options = {"zero_label": kwargs.pop("zero_label")} if name == "ade20k" and "zero_label" in kwargs else {}
+        if kwargs:
+            raise ConfigError(f"{name}: unknown option(s) {', '.join(sorted(kwargs))}" + ("; ADE20K takes zero_label" if name == "ade20k" else ""))
+        return load_semantic(name, root, split, **options)
+
+    return Layout("original", description, fits, build)
+
+
 # ---------------------------------------------------------------------------------------------
 # Loading
 
@@ -638,6 +659,13 @@ def dataset_info(name: str) -> DatasetSpec:
     return DATASETS.get(name)
 
 
+def dataset_splits(name: str) -> tuple[str, ...]:
+    """The named splits of registered dataset ``name`` (aliases accepted), e.g. ``("train", "val")``
+    for ``voc``, ``ade20k`` and ``cityscapes``: Show-or-Tell draws references from ``"train"`` and
+    evaluates ``"val"``. ``()`` when the dataset declares none (its layout may still take ``split=``)."""
+    return DATASETS.get(name).splits
+
+
 # ---------------------------------------------------------------------------------------------
 # The registry
 
@@ -657,12 +685,13 @@ def _register(
     inner: Sequence[str] = (),
     task: str = "binary",
     notes: str = "",
+    splits: Sequence[str] = (),
 ) -> None:
     layout_text = "\n".join(f"{i}. {lay.description}" for i, lay in enumerate(layouts, 1))
     spec = DatasetSpec(
         name=name, title=title, modality=modality, task=task, homepage=homepage, download=download, citation=citation,
         layout=layout_text, text=text, loader=_layout_loader(name), folder_names=tuple(folder_names),
-        aliases=tuple(aliases), layouts=tuple(layouts), inner=tuple(inner), notes=notes,
+        aliases=tuple(aliases), layouts=tuple(layouts), inner=tuple(inner), notes=notes, splits=tuple(splits),
     )
     DATASETS.add(name, spec, *aliases)
 
@@ -857,6 +886,83 @@ _register(
     folder_names=("camvid", "CamVid"),
     inner=("CamVid",),
     notes="Label 11 = void/unlabelled is remapped to the ignore index 255.",
+)
+
+_register(
+    "voc",
+    title="Pascal VOC 2012 (segmentation, 20 classes + background)",
+    modality="natural images (objects)",
+    task="multiclass",
+    homepage="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/",
+    download="http://host.robots.ox.ac.uk/pascal/VOC/voc2012/VOCtrainval_11-May-2012.tar",
+    citation="Everingham M, Van Gool L, Williams CKI, Winn J, Zisserman A. The PASCAL Visual Object Classes (VOC) "
+    "Challenge. International Journal of Computer Vision 88(2):303-338, 2010.",
+    text=None,
+    layouts=(
+        _semantic_layout(
+            "voc",
+            "VOC2012 download: JPEGImages/<id>.jpg + SegmentationClass/<id>.png (palette index = class 0-20, 255 = void) "
+            "+ ImageSets/Segmentation/{train,val}.txt",
+            lambda r: _has(r, "JPEGImages", "SegmentationClass", "ImageSets/Segmentation"),
+        ),
+    ),
+    folder_names=("voc", "VOCdevkit", "VOC2012", "pascal_voc", "voc2012"),
+    aliases=("pascal_voc", "pascal", "voc2012"),
+    inner=("VOCdevkit/VOC2012", "VOC2012"),
+    splits=("train", "val"),
+    notes="Class 0 = background (unprompted in the SoT bench); 255 = void boundary, ignored. "
+    "Show-or-Tell minimum reference area 10 % (segprompt.sot.min_area_for).",
+)
+
+_register(
+    "ade20k",
+    title="ADE20K SceneParsing (ADEChallengeData2016, 150 classes)",
+    modality="natural scenes (stuff and objects)",
+    task="multiclass",
+    homepage="http://sceneparsing.csail.mit.edu/",
+    download="http://data.csail.mit.edu/places/ADEchallenge/ADEChallengeData2016.zip",
+    citation="Zhou B, Zhao H, Puig X, Fidler S, Barriuso A, Torralba A. Scene Parsing through ADE20K Dataset. "
+    "CVPR 2017, pp. 633-641.",
+    text=None,
+    layouts=(
+        _semantic_layout(
+            "ade20k",
+            "ADEChallengeData2016: images/{training,validation}/*.jpg + annotations/{training,validation}/*.png (0 = other, 1-150)",
+            lambda r: any(_has(r, f"images/{p}", f"annotations/{p}") for p in ("training", "validation")),
+        ),
+    ),
+    folder_names=("ade20k", "ADEChallengeData2016", "ade"),
+    aliases=("ade",),
+    inner=("ADEChallengeData2016",),
+    splits=("train", "val"),
+    notes="zero_label='background' (default, Show-or-Tell): label 0 is class 0 'background' (151 names, unprompted); "
+    "zero_label='ignore' (mmsegmentation reduce_zero_label): 0 -> 255, k -> k-1 (150 names). "
+    "Show-or-Tell minimum reference area 4 %.",
+)
+
+_register(
+    "cityscapes",
+    title="Cityscapes (gtFine, 19 train ids)",
+    modality="urban street scenes",
+    task="multiclass",
+    homepage="https://www.cityscapes-dataset.com/",
+    download="https://www.cityscapes-dataset.com/downloads/ (leftImg8bit_trainvaltest.zip + gtFine_trainvaltest.zip, login)",
+    citation="Cordts M, Omran M, Ramos S, et al. The Cityscapes Dataset for Semantic Urban Scene Understanding. "
+    "CVPR 2016, pp. 3213-3223.",
+    text=None,
+    layouts=(
+        _semantic_layout(
+            "cityscapes",
+            "Cityscapes download: leftImg8bit/{train,val}/<city>/*_leftImg8bit.png + gtFine/{train,val}/<city>/*_gtFine_labelIds.png "
+            "(label ids -> 19 train ids, others 255)",
+            lambda r: _has(r, "leftImg8bit", "gtFine"),
+        ),
+    ),
+    folder_names=("cityscapes", "Cityscapes"),
+    inner=("cityscapes",),
+    splits=("train", "val"),
+    notes="No background class. Label ids are converted with the official cityscapesScripts table; ids without a "
+    "train id (unlabeled, parking, guard rail, ...) are ignored (255). Show-or-Tell minimum reference area 1 %.",
 )
 
 _register(
