@@ -324,3 +324,39 @@ def test_camvid_parts_never_draw_an_evaluated_image(tmp_path):
     assert drawn and drawn <= set(ids[:24])
     assert all(img.shape == (64, 64, 3) and m.shape == (64, 64) for v in refs.values() for img, m in v)
     assert set(failed) | set(ref_ids) == set(range(11))
+
+
+def test_voc_layout_uses_official_splits_and_prompts_background_as_sot(tmp_path):
+    """A registered dataset with train / val lists (a fake VOC folder): references and validation from
+    train, evaluation on val; SoT's VOC prompts background as a class (no threshold, in the mean);
+    the minimum area is VOC's 10 %."""
+    from PIL import Image
+
+    from segprompt.sot.bench import build_parts
+
+    base = tmp_path / "VOCdevkit" / "VOC2012"
+    rng = np.random.default_rng(0)
+    ids = [f"2007_{i:06d}" for i in range(10)]
+    for i, vid in enumerate(ids):
+        (base / "JPEGImages").mkdir(parents=True, exist_ok=True)
+        (base / "SegmentationClass").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (16, 24, 3), dtype=np.uint8)).save(base / "JPEGImages" / f"{vid}.jpg")
+        lab = np.zeros((16, 24), np.uint8)
+        lab[:, 8:16] = 8 if i % 2 else 12  # cat or dog, a third of the image
+        lab[0, 0] = 1 if i == 3 else 0  # an aeroplane of 1 pixel: below VOC's 10 %, never a reference
+        Image.fromarray(lab, mode="L").save(base / "SegmentationClass" / f"{vid}.png")
+    (base / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (base / "ImageSets" / "Segmentation" / "train.txt").write_text("\n".join(ids[:8]) + "\n")
+    (base / "ImageSets" / "Segmentation" / "val.txt").write_text("\n".join(ids[8:]) + "\n")
+    cfg = SotBenchConfig(datasets=["pascal_voc"], dataset_kwargs={"pascal_voc": {"root": str(tmp_path)}}, methods=["universal-reference"], shots=[1], seeds=[0])
+    parts = build_parts(cfg, "pascal_voc")
+    assert parts.min_area == pytest.approx(0.10) and not parts.has_background and parts.labels[0] == "background"
+    assert parts.prompted == list(range(21))  # background is prompted too
+    assert [parts.test.ids[p] for p in parts.test_pos] == ids[8:]
+    assert {parts.val.ids[p] for p in parts.val_pos} <= set(ids[:8]) and parts.exclude == {parts.val.ids[p] for p in parts.val_pos}
+    from segprompt.sot.bench import _references
+
+    refs, ref_ids, failed = _references(parts, 1, 0, "original")
+    drawn = {i for v in ref_ids.values() for i in v}
+    assert drawn and drawn.isdisjoint(parts.exclude) and drawn <= set(ids[:8])
+    assert 1 in failed and 8 in refs and 12 in refs  # the 1-pixel aeroplane fails the area rule

@@ -101,6 +101,8 @@ class UniversalSegmenter(Segmenter):
         self.vocabulary: tuple[str, ...] = tuple(vocabulary) if vocabulary is not None else words
         self.max_rows = int(max_rows)
         self._ref_cache: OrderedDict[str, tuple[Any, LongestSide]] = OrderedDict()  # reference features, see _reference_features
+        #: images through the image encoder: targets (``encode``) and reference images (cache misses), for cost tables
+        self.counts: dict[str, int] = {"image_encoder": 0, "reference_encoder": 0}
 
     # -- helpers ---------------------------------------------------------------
     def transform(self, size: tuple[int, int]) -> LongestSide:
@@ -126,6 +128,7 @@ class UniversalSegmenter(Segmenter):
         x, (tf,) = self._pixels([image])
         with self._autocast():
             feats = self.model.encode_images(x, [tf.input_size])
+        self.counts["image_encoder"] += 1
         features = {"mask_features": feats.mask_features.float(), **{f"scale{i}": s.float() for i, s in enumerate(feats.scales)}}
         return ImageState(original_size=tf.original_size, input_size=tf.input_size, features=features)
 
@@ -194,6 +197,7 @@ class UniversalSegmenter(Segmenter):
             x, tfs = self._pixels(list(todo.values()))
             with self._autocast():
                 rf = self.model.encode_images(x, [t.input_size for t in tfs])
+            self.counts["reference_encoder"] += len(todo)
             for j, key in enumerate(todo):
                 self._ref_cache[key] = (rf.rows(j), tfs[j])
         for key in keys:

@@ -181,12 +181,26 @@ def _split_keys(index: ReferenceIndex, fraction: float, positions: Sequence[int]
     return [p for p in pos if index.image_keys[p] not in last], [p for p in pos if index.image_keys[p] in last]
 
 
+def _registered_name(key: str) -> str:
+    """The registry's own name of ``key`` (aliases resolved), or ``key`` itself (a folder path)."""
+    from segprompt.data.registry import DATASETS, dataset_info
+
+    return dataset_info(key).name if key in DATASETS else key
+
+
+def _has_train_val(key: str) -> bool:
+    """A registered dataset with official train and val splits (SoT draws from train, evaluates val)."""
+    from segprompt.data.registry import DATASETS, dataset_splits
+
+    return key in DATASETS and {"train", "val"} <= set(dataset_splits(key))
+
+
 def build_parts(cfg: SotBenchConfig, key: str) -> Parts:
     """The three parts of dataset ``key`` (module docstring, step 1)."""
     from segprompt.data.registry import load_dataset
 
     kwargs = dict(cfg.dataset_kwargs.get(key, {}))
-    min_area = float(cfg.min_area) if cfg.min_area is not None else min_area_for(key)
+    min_area = float(cfg.min_area) if cfg.min_area is not None else min_area_for(_registered_name(key))
     if key.strip().lower().replace("_", "-") == SYNTHETIC:
         train = load_dataset(key, n=cfg.synthetic_train, seed=0, **kwargs)
         index = ReferenceIndex.build(train)
@@ -200,6 +214,16 @@ def build_parts(cfg: SotBenchConfig, key: str) -> Parts:
         exclude = frozenset(index.ids[p] for p in val_pos) if val is train else frozenset()
         test_pos = list(range(len(test)))
         note = f"references: seed-0 scenes ({len(pool)} of {len(train)}); {note_val}; evaluated: seed-2024 scenes ({{n}})"
+    elif _has_train_val(key):  # VOC, ADE20K, Cityscapes: SoT's rule, references from train, evaluation on val
+        train, test = load_dataset(key, split="train", **kwargs), load_dataset(key, split="val", **kwargs)
+        index = ReferenceIndex.build(train)
+        pool, val_pos = _split_keys(index, cfg.val_fraction, range(len(train)))
+        val, test_pos = train, list(range(len(test)))
+        exclude = frozenset(index.ids[p] for p in val_pos)
+        note = (
+            f"official splits: references from train ({len(pool)} images), validation (calibration, oracle) the last "
+            f"{len(val_pos)} train images by id (val_fraction {cfg.val_fraction}), evaluated: val ({{n}})"
+        )
     else:
         full = load_dataset(key, **kwargs)
         index = ReferenceIndex.build(full)
@@ -222,6 +246,8 @@ def build_parts(cfg: SotBenchConfig, key: str) -> Parts:
     else:
         labels = tuple(index.class_names)
         has_bg = bool(labels) and labels[0].lower() in BACKGROUND_NAMES
+        if getattr(getattr(test, "semantic", None), "sot_background", None) == "prompted":
+            has_bg = False  # SoT's VOC: background is one of the prompted classes (references, no threshold, in the mean)
         prompted = list(range(1 if has_bg else 0, len(labels)))
     return Parts(key, train, index, val, list(val_pos), test, list(test_pos), index.binary, has_bg, labels, prompted, exclude, min_area, note)
 

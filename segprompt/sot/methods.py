@@ -38,8 +38,9 @@ Not built yet (:data:`MISSING_METHODS`): CLIPSeg (text and visual prompt) and Ma
 open_clip similarity) from the issue; asking for them raises :class:`ConfigError` saying so.
 
 Cost accounting: ``encoder_passes`` counts images through an image encoder (the target, and for
-``universal-reference`` every reference image of every prompt set, which the decoder re-encodes
-per call), ``decoder_calls`` counts mask-decoder calls (one batched call = 1; PerSAM: 3 per class,
+``universal-reference`` the reference images the segmenter had not encoded yet: it keeps the
+features of the last 16 and more if one call needs them, so within a seed a reference is
+encoded once, on the first image), ``decoder_calls`` counts mask-decoder calls (one batched call = 1; PerSAM: 3 per class,
 its prior pass and two refinements). ``prepare`` does the per-reference-set work a method can
 reuse over images (PerSAM's target embeddings) and reports it as its own :class:`Cost`.
 """
@@ -210,8 +211,9 @@ class UniversalText(SotMethod):
         from segprompt.prompts import PromptSet, Text
 
         seg = self.segmenter
+        before = seg.counts["image_encoder"]
         state = seg.encode(image)
-        cost.encoder_passes += 1
+        cost.encoder_passes += seg.counts["image_encoder"] - before  # 0 when the segmenter's cache had it
         out = np.zeros((len(prompts), *image.shape[:2]), np.float32)
         failed: dict[int, str] = {}
         ok = []
@@ -251,8 +253,8 @@ class UniversalReference(SotMethod):
         from segprompt.prompts import PromptSet, Reference
 
         seg = self.segmenter
+        before = dict(seg.counts)
         state = seg.encode(image)
-        cost.encoder_passes += 1
         sets, owner = [], []
         for k, p in enumerate(prompts):
             refs = p.references[:1] if self.reference_mode == "first" else p.references
@@ -260,7 +262,8 @@ class UniversalReference(SotMethod):
                 sets.append(PromptSet(reference=Reference(ref_image, ref_mask)))
                 owner.append(k)
         logits, scores, _ = seg.decode_sets(state, sets)
-        cost.encoder_passes += len(sets)  # decode_sets encodes every reference image of the call
+        # the target, and the reference images the segmenter had not encoded yet (it keeps an LRU of them)
+        cost.encoder_passes += sum(seg.counts[k] - before[k] for k in ("image_encoder", "reference_encoder"))
         cost.decoder_calls += math.ceil(len(sets) / seg.max_rows)
         probs = _best_probability(seg, state, logits, scores)
         owner_arr = np.asarray(owner)

@@ -353,7 +353,7 @@ def write_reports(run: RunFolder, summary: Mapping[str, Any], cfg: SotBenchConfi
         "## Cost",
         "",
         "Per evaluated image: wall seconds, forward passes (images through an image encoder + mask-decoder calls; "
-        "`universal-reference` re-encodes every reference image per call), peak GPU memory (MiB; none on CPU). prepare_s: "
+        "a reference image is encoded once per seed and its features kept, so `universal-reference` pays for them on the first image), peak GPU memory (MiB; none on CPU). prepare_s: "
         "the once-per-seed reference work (PerSAM's target embeddings). A text method's maps are computed once per image "
         "and reused over shots and seeds (its cost is that one computation's). Oracle rows cost both of their methods.",
         "",
