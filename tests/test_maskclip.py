@@ -104,6 +104,8 @@ def test_template_ensemble_is_mean_of_normalised(tiny):
             rows = torch.stack([F.normalize(model.encode_text(tok([t.format(n)]))[0], dim=-1) for t in templates])
             expected.append(F.normalize(rows.mean(0), dim=-1))
     torch.testing.assert_close(ours, torch.stack(expected), atol=1e-5, rtol=1e-5)
+    chunked = text_embeddings(model, tok, names, templates, batch=4)  # 6 texts in 2 calls
+    torch.testing.assert_close(chunked, ours, atol=1e-6, rtol=1e-6)
 
 
 def test_template_sets():

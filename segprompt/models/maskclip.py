@@ -69,6 +69,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 from dataclasses import dataclass
 from typing import Any, Iterator, Sequence
@@ -126,14 +127,15 @@ def template_set(templates: str | Sequence[str]) -> tuple[str, ...]:
 
 
 @torch.no_grad()
-def text_embeddings(model: nn.Module, tokenizer: Any, names: Sequence[str], templates: Sequence[str]) -> torch.Tensor:
+def text_embeddings(model: nn.Module, tokenizer: Any, names: Sequence[str], templates: Sequence[str], batch: int = 256) -> torch.Tensor:
     """(K, E) MaskCLIP class embeddings: per name, ``encode_text`` of every template, each row
-    L2-normalised, mean over templates, normalised again (prompt_engineering.py)."""
+    L2-normalised, mean over templates, normalised again (prompt_engineering.py). The K x T
+    texts go through the text tower ``batch`` at a time (``ceil(K * T / batch)`` calls)."""
     from segprompt.backbones.openclip import openclip_text_tower
 
     tower = openclip_text_tower(model, tokenizer)
     texts = [t.format(n) for n in names for t in templates]
-    feats = tower.encode(tower.tokenize(texts)).float()
+    feats = torch.cat([tower.encode(tower.tokenize(texts[i : i + batch])).float() for i in range(0, len(texts), batch)])
     feats = F.normalize(feats, dim=-1).reshape(len(names), len(templates), -1).mean(dim=1)
     return F.normalize(feats, dim=-1)
 
@@ -295,7 +297,10 @@ class MaskClipSegmenter(Segmenter):
         logit_scale: multiplies the cosines before the softmax; None = the model's ``logit_scale.exp()``.
         inference: ``"resize"`` (default) or ``"slide"``; slide_short_side, slide_stride for the latter.
         key_smoothing, prompt_denoising: the reference's ``ks_thresh`` / ``pd_thresh`` (0 = off).
-        text_cache: class embeddings kept (they repeat over images).
+        multimask, device, precision, cache: as for every Segmenter (``bf16`` / ``fp16`` autocast on
+            CUDA only; the embedding cache only for a model loaded by registered weights name).
+        text_cache: class embeddings kept (they repeat over images); text_batch: texts per
+            text-encoder call (K classes x T templates are chunked).
     """
 
     name = "maskclip"
@@ -319,6 +324,7 @@ class MaskClipSegmenter(Segmenter):
         key_smoothing: float = 0.0,
         prompt_denoising: float = 0.0,
         text_cache: int = 4096,
+        text_batch: int = 256,
         multimask: MultimaskPolicy = "single",
         device: str = "cpu",
         precision: str = "fp32",
@@ -357,6 +363,7 @@ class MaskClipSegmenter(Segmenter):
         self.key_smoothing = float(key_smoothing)
         self.prompt_denoising = float(prompt_denoising)
         self.text_cache = int(text_cache)
+        self.text_batch = max(1, int(text_batch))
         cfg = getattr(model.visual, "preprocess_cfg", None) or {}
         self.mean = torch.tensor(cfg.get("mean") or getattr(model.visual, "image_mean", None) or _OPENAI_MEAN).view(3, 1, 1)
         self.std = torch.tensor(cfg.get("std") or getattr(model.visual, "image_std", None) or _OPENAI_STD).view(3, 1, 1)
@@ -402,8 +409,8 @@ class MaskClipSegmenter(Segmenter):
         todo = list(dict.fromkeys(n for n in names if n not in self._text))
         if todo:
             with self._autocast():
-                emb = text_embeddings(self.model, self.tokenizer, todo, self.templates)
-            self.counts["text_encoder"] += 1
+                emb = text_embeddings(self.model, self.tokenizer, todo, self.templates, self.text_batch)
+            self.counts["text_encoder"] += math.ceil(len(todo) * len(self.templates) / self.text_batch)
             for n, e in zip(todo, emb):
                 self._text[n] = e
             while len(self._text) > max(self.text_cache, len(names)):

@@ -12,7 +12,9 @@ One image encoding per image (the dense features do not depend on the prompts; w
 ``inference="slide"`` every crop counts as one encoder pass), and all K classes in one similarity
 head call (``decoder_calls`` = 1). Class embeddings are computed once per class name and reused over
 images; :meth:`MaskClipText.prepare` computes them ahead and reports that as its own cost
-(``encoder_passes`` there counts text-encoder calls, one batched call for every new name).
+(``encoder_passes`` there counts text-encoder calls: the new names' K x T template texts in
+chunks of the segmenter's ``text_batch``). Without ``prepare`` that one-off cost lands in the first
+image's ``seconds``.
 
 The maps are each class's probability under the softmax over the classes prompted together (plus
 the segmenter's ``background`` channel when it has one), so at a pixel they sum to at most 1; SoT's
