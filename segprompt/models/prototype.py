@@ -87,7 +87,7 @@ import hashlib
 import logging
 from collections import OrderedDict
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence, Union
 
 import numpy as np
 import torch
@@ -105,7 +105,7 @@ PROBABILITY_KINDS = ("sot", "similarity", "mask")
 REFINE_MODES = ("sam", "none")
 
 #: a reference, k references, or a prototype already computed ((D,) tensor)
-RefOrPrototype = "Reference | Sequence[Reference] | torch.Tensor"
+RefOrPrototype = Union[Reference, Sequence[Reference], torch.Tensor]
 
 
 def _check_choice(what: str, value: str, options: Sequence[str]) -> str:
@@ -411,7 +411,7 @@ class PrototypeSegmenter(Segmenter):
         return state.features[key][0].float()
 
     # -- prototypes ----------------------------------------------------------------------------
-    def prototype(self, reference: RefOrPrototype) -> torch.Tensor:  # type: ignore[valid-type]
+    def prototype(self, reference: RefOrPrototype) -> torch.Tensor:
         """(D,) prototype of one or k references (the mean of the per-reference prototypes);
         a (D,) tensor passes through (a prototype computed before)."""
         if isinstance(reference, torch.Tensor):
@@ -438,7 +438,7 @@ class PrototypeSegmenter(Segmenter):
                 self._prototypes.popitem(last=False)
         return proto
 
-    def similarity(self, state: ImageState, reference: RefOrPrototype) -> tuple[torch.Tensor, torch.Tensor]:  # type: ignore[valid-type]
+    def similarity(self, state: ImageState, reference: RefOrPrototype) -> tuple[torch.Tensor, torch.Tensor]:
         """(grid (g, g), image (H, W)) cosine similarity of the prototype with the target cells."""
         feats = self.dense(state)
         grid = cosine_map(self.prototype(reference).to(feats.device).float(), feats)
@@ -458,7 +458,7 @@ class PrototypeSegmenter(Segmenter):
         return self.base.segment(state, prompt, multimask="all")
 
     @torch.no_grad()
-    def run(self, state: ImageState, reference: RefOrPrototype) -> PrototypeResult:  # type: ignore[valid-type]
+    def run(self, state: ImageState, reference: RefOrPrototype) -> PrototypeResult:
         """Steps 1-4 of the module docstring on one target image (``state`` from :meth:`encode`)."""
         grid, sim = self.similarity(state, reference)
         points = location_prior(sim.cpu())
@@ -507,7 +507,7 @@ class PrototypeSegmenter(Segmenter):
             chosen=np.array([r.best for r in results], np.int64) if has_logits else None,
         )
 
-    def probability(self, state: ImageState, reference: RefOrPrototype, kind: str | None = None) -> np.ndarray:  # type: ignore[valid-type]
+    def probability(self, state: ImageState, reference: RefOrPrototype, kind: str | None = None) -> np.ndarray:
         """float32 (H, W) in [0, 1]: the reference's object in the target image, for SoT's merging
         (kinds ``"sot"``, ``"similarity"``, ``"mask"``: module docstring)."""
         kind = _check_choice("probability kind", kind or self.probability_kind, PROBABILITY_KINDS)
