@@ -87,7 +87,7 @@ def test_k_references_average_their_conditional_embeddings(seg):
 @pytest.mark.parametrize(
     "box, crop",
     [((20, 10, 50, 30), (17, 8, 53, 32)),  # wide: 36 x 24 crop, padded above and below
-     ((30, 5, 40, 50), (29, 0, 41, 54))],  # tall: 12 x 54 crop, padded left and right
+     ((30, 5, 42, 50), (28, 0, 43, 54))],  # tall: 15 x 54 crop, padded 19 left and 20 right
 )
 def test_visual_prompt_pixels_by_hand(seg, box, crop):
     ref = _ref(7, box=box, size=(64, 64))  # at the input size: no resize before the rule
@@ -136,19 +136,31 @@ def test_missing_weights_and_checkpoint_say_where(seg, tmp_path, monkeypatch):
         ClipSegSegmenter(vlsm=seg.vlsm, learner_checkpoint=tmp_path / "run")
 
 
-def test_a_learner_checkpoint_prompts_text_and_vision(seg, tmp_path):
+@pytest.mark.parametrize("method, layout", [("maple", "best"), ("cocoop", "last")])
+def test_a_learner_checkpoint_prompts_text_and_vision(seg, tmp_path, method, layout):
+    """MaPLe (text + vision prompts + the extra decoder layer) from best.pt; CoCoOp (image-conditioned)
+    from last.pt with the run's config.yaml: the logits of the VLSM's own forward with that learner."""
+    import yaml
+
     from tunevlseg.learners import create_learner
 
     vlsm = seg.vlsm
-    learner = create_learner("maple", vlsm, n_ctx=2, depth=2, seed=0)  # text + vision prompts + extra decoder layer
+    learner = create_learner(method, vlsm, n_ctx=2, depth=2, seed=0)
     with torch.no_grad():
         gen = torch.Generator().manual_seed(0)
         for p in learner.parameters():
             p.add_(0.5 * torch.randn(p.shape, generator=gen))
-    cfg = {"vlsm": "clipseg-tiny", "vlsm_kwargs": {}, "method": "maple", "n_ctx": 2, "depth": 2, "learner_kwargs": {}, "seed": 0}
+    cfg = {"vlsm": "clipseg-tiny", "vlsm_kwargs": {}, "method": method, "n_ctx": 2, "depth": 2, "learner_kwargs": {}, "seed": 0}
     (tmp_path / "checkpoints").mkdir()
-    torch.save({"learner": learner.state_dict(), "vlsm": {}, "config": cfg, "epoch": 3}, tmp_path / "checkpoints" / "best.pt")
-    tuned = ClipSegSegmenter(vlsm=vlsm, learner_checkpoint=tmp_path)
+    trained = {"learner": learner.state_dict(), "vlsm": {}}
+    if layout == "best":
+        torch.save({**trained, "config": cfg, "epoch": 3}, tmp_path / "checkpoints" / "best.pt")
+        path = tmp_path
+    else:
+        torch.save({"format": "segprompt-fit-v1", "model": trained, "config": {"epochs": 3}}, tmp_path / "checkpoints" / "last.pt")
+        (tmp_path / "config.yaml").write_text(yaml.safe_dump({"suite": "tunevlseg-train", **cfg}))
+        path = tmp_path / "checkpoints" / "last.pt"
+    tuned = ClipSegSegmenter(vlsm=vlsm, learner_checkpoint=path)
     image = _image(64, 64, 10)
     x = vlsm.preprocess(image).expand(2, -1, -1, -1)
     with torch.no_grad():

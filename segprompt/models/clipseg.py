@@ -1,63 +1,52 @@
 """``clipseg``: CLIPSeg (Lüddecke & Ecker, CVPR 2022) behind the Segmenter interface, prompted by
-text or by a visual reference, built on the tunevlseg VLSM (so a tuned prompt learner enters too).
+text or by a visual reference, on the tunevlseg VLSM (so a tuned prompt learner enters too).
 
 .. code-block:: python
 
-    seg = create_segmenter("clipseg")                       # weights "clipseg-rd64-refined"
-    seg = create_segmenter("clipseg", learner_checkpoint="runs/tunevlseg/kvasir_coop/checkpoints/best.pt")
-    state = seg.encode(image)                               # (H, W, 3) uint8 RGB; CLIP's vision pass, kept
+    seg = create_segmenter("clipseg")                # weights "clipseg-rd64-refined"; or learner_checkpoint=RUN
+    state = seg.encode(image)                        # (H, W, 3) uint8 RGB: CLIP's vision pass, kept
     pred = seg.segment(state, [PromptSet(text="polyp"), PromptSet(reference=Reference(ref_img, ref_mask))])
-    pred.masks          # (N, 1, H, W) bool: sigmoid(logits) > 0.5 at the image size
-    pred.logits         # (N, 1, S, S) float32 at CLIPSeg's input size (S = 352 for the real weights)
-    seg.probability(state, "polyp")                         # (H, W) float32 in [0, 1]
+    pred.masks     # (N, 1, H, W) bool: sigmoid(logits) > 0.5 at the image size; pred.scores NaN
+    pred.logits    # (N, 1, S, S) float32 at CLIPSeg's input size (S = 352 for the real weights)
+    seg.probability(state, "polyp")                  # (H, W) float32 in [0, 1]
     seg.probability(state, [Reference(i1, m1), Reference(i2, m2)])   # k-shot
 
-The model is transformers' ``CLIPSegForImageSegmentation`` wrapped by
-:class:`tunevlseg.models.CLIPSegVLSM`; the steps are the library forward's, split at the point
-where the prompt enters:
+transformers' ``CLIPSegForImageSegmentation`` (in :class:`tunevlseg.models.CLIPSegVLSM`), its forward
+split where the prompt enters. ``encode``: the VLSM's preprocess (resize to S x S, the checkpoint's
+normalisation) and one vision pass; the state keeps the decoder's activations and the pooled image
+feature, so any number of prompts decodes without another vision pass (not cached on disk:
+``cache_signature`` is None, the activations are several MB). The **condition** of a prompt set is
+a text's CLIP text embedding (``input_ids`` path) or the CLIP image embedding of a reference's
+*visual prompt* (``conditional_pixel_values`` path); ``segment`` decodes all N in one batched call
+(chunks of ``max_rows``) and resizes the logits bilinearly to (H, W).
 
-* ``encode``: the image through the VLSM's preprocess (non-aspect-preserving resize to S x S,
-  normalisation of the checkpoint's preprocessor) and CLIP's vision tower once; the state keeps the
-  decoder's activations and the pooled image feature (prompt-independent: any number of prompts is
-  then decoded without another vision pass). The state is not cached on disk
-  (``cache_signature`` is None): it holds the image-size activations, several MB per image.
-* the **condition** of one prompt set (a ``projection_dim`` vector): a text's CLIP text embedding
-  (``input_ids`` path; through the learner when one is loaded), or a reference's CLIP image
-  embedding of its *visual prompt* (``conditional_pixel_values`` path), see below;
-* ``segment``: all N conditions in one batched decoder call (chunks of ``max_rows``); masks are the
-  logits resized bilinearly to (H, W) and thresholded at ``threshold`` after the sigmoid; scores NaN.
+Visual prompt engineering (``visual_prompt=``), after timojl/clipseg ``evaluation_utils.py``
+(``img_preprocess``, ``crop_mask``, ``object_crop``, ``pad_to_square``) and ``datasets/utils.py``
+(``blend_image_segmentation``), in the model's normalised pixel space:
 
-Visual prompt engineering (``visual_prompt=``), from timojl/clipseg ``evaluation_utils.py``
-(``img_preprocess``, ``crop_mask``, ``object_crop``, ``pad_to_square``) and
-``datasets/utils.py`` (``blend_image_segmentation``); all in the model's normalised pixel space:
-
-* ``"crop-blur-darken"`` (default): the reference repository's ``crop_blur_highlight352``, the
-  rule its one-shot models were trained with (experiments/pascal_1shot.yaml, ``mask:
-  text_and_crop_blur_highlight352``) and the best combination of the paper's visual prompt
-  engineering table ("crop & background blur & intensity 10%", Visual_Feature_Engineering.ipynb):
-  background = 0.1 x Gaussian blur (15 x 15 kernel, sigma 3, mirrored border) of the image, object
-  kept; crop to the mask's box widened by 10 % of its extent on each side; zero-pad to a square
-  (centred); nearest resize to S x S;
-* ``"blur-darken"``: the same without the crop (the repository's ``blur3_highlight01``);
-* ``"mask-out"``: background set to 0 in normalised space, i.e. the mean colour (``overlay``);
-* ``"none"``: the reference image as it is; its mask is ignored (``image_only``).
+* ``"crop-blur-darken"`` (default): the repository's ``crop_blur_highlight352``, the rule its
+  one-shot models were trained with (experiments/pascal_1shot.yaml, ``text_and_crop_blur_highlight352``)
+  and the best row of the paper's visual prompt engineering table ("crop & background blur &
+  intensity 10%", Visual_Feature_Engineering.ipynb): background = 0.1 x Gaussian blur (15 x 15,
+  sigma 3, mirrored border), object kept; crop to the mask's box widened by 10 % of its extent per
+  side; zero-pad to a centred square; nearest resize to S x S;
+* ``"blur-darken"``: the same without the crop (``blur3_highlight01``);
+* ``"mask-out"``: background 0 in normalised space, i.e. the mean colour (``overlay``);
+* ``"none"``: the reference image as it is, mask ignored (``image_only``).
 
 k references: the condition is the **mean of the k conditional embeddings** (unnormalised, as the
-decoder's FiLM reads them). This is our rule: CLIPSeg defines one visual prompt per query.
+decoder's FiLM reads them); our rule, CLIPSeg has one visual prompt per query.
 
-A learner checkpoint (``learner_checkpoint=``: a tunevlseg run's ``checkpoints/best.pt``, its
-``last.pt`` or the run folder) is rebuilt as :func:`tunevlseg.train.build_model` builds it (method,
-n_ctx, depth, learner_kwargs, seed from the run's TrainConfig) and loaded; text prompts then go
-through the learner, and its vision prompts (VPT, MaPLe, Shared-*) enter every vision pass: the
-target's, and the reference images' (the tuned model is the model). ShowOrTell has no CLIPSeg
-wrapper; :meth:`ClipSegSegmenter.probability` (sigmoid of the logits resized to the image) is the map
-its merging rule expects.
+``learner_checkpoint=`` (a tunevlseg run's ``checkpoints/best.pt``, ``last.pt`` or run folder):
+the learner is rebuilt as tunevlseg/train.py ``build_model`` builds it and loaded; text prompts go
+through it, and its vision prompts (VPT, MaPLe, Shared-*) enter every vision pass, the reference
+images' included. ShowOrTell has no CLIPSeg wrapper; :meth:`ClipSegSegmenter.probability` (sigmoid
+of the logits resized to the image) is the map its merging rule takes.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
 import os
 from collections import OrderedDict
 from dataclasses import dataclass
@@ -71,8 +60,6 @@ import torch.nn.functional as F
 from segprompt.errors import ConfigError, PromptError, WeightsError
 from segprompt.models.base import ImageState, MultimaskPolicy, Prediction, Segmenter
 from segprompt.prompts import PromptSet, Reference, Text
-
-log = logging.getLogger(__name__)
 
 __all__ = ["ClipSegSegmenter", "VisualPromptRule", "VISUAL_PROMPTS", "create_clipseg_tiny", "visual_prompt", "read_learner_checkpoint"]
 
@@ -258,7 +245,8 @@ class ClipSegSegmenter(Segmenter):
             self.weights = DEFAULT_WEIGHTS if weights is None else os.fspath(weights)
             vlsm = create_vlsm("clipseg", device=self.device, weights=self.weights)
         if not isinstance(vlsm, CLIPSegVLSM):
-            raise ConfigError(f"clipseg needs a CLIPSeg VLSM, got {type(vlsm).__name__} (the learner checkpoint's VLSM is {cfg and cfg.get('vlsm')!r})")
+            trained = f"; the learner checkpoint was trained on VLSM {cfg.get('vlsm')!r}" if cfg else ""
+            raise ConfigError(f"clipseg needs a CLIPSeg VLSM (tunevlseg.models.CLIPSegVLSM), got {type(vlsm).__name__}{trained}")
         self.vlsm = vlsm.eval()
         self.learner = build_learner(vlsm, state, cfg) if state is not None else None
         self.learner_checkpoint = None if learner_checkpoint is None else os.fspath(learner_checkpoint)
