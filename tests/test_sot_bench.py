@@ -151,7 +151,7 @@ def test_both_merges_summary_over_seeds_and_oracle(truth, tmp_path):
         "universal-text": lambda: _Fake("universal-text", "text", text_knows, truth, fuzzy="leaf"),
         "universal-reference": lambda: _Fake("universal-reference", "visual", visual_knows, truth),
     }
-    cfg = SotBenchConfig(methods=list(methods), shots=[1], seeds=[0, 1], **SMALL)
+    cfg = SotBenchConfig(methods=list(methods), shots=[1], seeds=[0, 1], calibration={"fit": "both"}, **SMALL)
     out = tmp_path / "run"
     summary = run_sot(cfg, out, method_factory=lambda name: methods[name](), progress=False)
     rows, cal = _rows(out), {(c["method"], c["seed"]): c for c in _rows(out, "calibration.jsonl")}
@@ -211,11 +211,11 @@ def test_both_merges_summary_over_seeds_and_oracle(truth, tmp_path):
 
 
 def test_miou_calibration_fixes_what_the_fixed_threshold_paints(truth, tmp_path):
-    """calibration={"fit": "miou"}: the threshold is the validation-mIoU optimum (0.35 for a text
+    """The default calibration, {"fit": "miou"}: the threshold is the validation-mIoU optimum (0.35 for a text
     method that is 0.3 off the leaves and 0.9 on them: the grid value nearest 0.2 that sends the rest
     of the image to background)."""
     method = lambda: _Fake("universal-text", "text", WORDS, truth, fuzzy="leaf")  # noqa: E731
-    cfg = SotBenchConfig(methods=["universal-text"], shots=[1], seeds=[0], calibration={"fit": "miou"}, **SMALL)
+    cfg = SotBenchConfig(methods=["universal-text"], shots=[1], seeds=[0], **SMALL)  # miou is the default
     summary = run_sot(cfg, tmp_path / "run", method_factory=lambda name: method(), progress=False)
     (c,) = _rows(tmp_path / "run", "calibration.jsonl")
     # (the maps are float32: 0.3 is a hair above 0.3, so the grid's 0.35 is the first to separate)
@@ -244,17 +244,17 @@ def test_cli_end_to_end_with_report_and_plot(tiny, tmp_path):
     args = [
         "bench", "sot", "--dataset", "synthetic-objects", "--methods", "universal-text,universal-reference,persam",
         "--shots", "1", "--seed", "0,1", "--limit", "2", "--size", "64", "--config", str(config), "--out", str(out),
-        "--calibration", "miou",
+        "--calibration", "nll",
     ]  # fmt: skip
     result = CliRunner().invoke(cli, args)
     assert result.exit_code == 0, result.output
     rows = _rows(out)
     assert len(rows) == 2 * 2 * 5  # images x seeds x (3 methods + 2 oracles)
-    assert {c["fit"] for c in _rows(out, "calibration.jsonl")} == {"threshold-miou"}
+    assert {c["fit"] for c in _rows(out, "calibration.jsonl")} == {"both"}
     assert {r["method"] for r in rows} >= {"persam", "oracle:universal-text+persam"}
     report = (out / "report.md").read_text()
     assert "![mIoU per seed](variance.png)" in report and (out / "variance.png").stat().st_size > 1000
-    assert "| persam" in report and "## Cost" in report and "clipseg" in report
+    assert "| persam" in report and "## Cost" in report and "Not built yet" not in report
     summary = (out / "summary.csv").read_text().splitlines()
     assert summary[0].startswith("dataset,method,modality,shots,seeds") and len(summary) == 6
     again = CliRunner().invoke(cli, args)
@@ -299,8 +299,10 @@ def test_methods_follow_their_rules(tiny):
 def test_config_errors_are_clear():
     from segprompt.errors import ConfigError
 
-    with pytest.raises(ConfigError, match="clipseg.*not built"):
-        SotBenchConfig(methods=["clipseg"])
+    with pytest.raises(ConfigError, match="unknown SoT method 'clipsek'"):
+        SotBenchConfig(methods=["clipsek"])
+    with pytest.raises(ConfigError, match="segmenters.*mapping"):
+        SotBenchConfig(methods=["clipseg"], segmenters={"clipseg": "clipseg-tiny"})
     with pytest.raises(ConfigError, match="size"):
         SotBenchConfig(size="big")
 
@@ -360,3 +362,38 @@ def test_voc_layout_uses_official_splits_and_prompts_background_as_sot(tmp_path)
     drawn = {i for v in ref_ids.values() for i in v}
     assert drawn and drawn.isdisjoint(parts.exclude) and drawn <= set(ids[:8])
     assert 1 in failed and 8 in refs and 12 in refs  # the 1-pixel aeroplane fails the area rule
+
+
+def test_every_new_method_runs_in_the_bench_on_tiny_models(tmp_path):
+    """clipseg and clipseg-visual on the random tiny CLIPSeg (``--segmenter clipseg=clipseg-tiny``),
+    prototype on sam-tiny features, maskclip on a tiny random open_clip: rows for every method, the
+    visual ones with reference ids, costs counted, a text method's rows without references."""
+    from click.testing import CliRunner
+
+    from segprompt.cli import cli
+    from segprompt.models.maskclip import MaskClipSegmenter
+    from segprompt.sot.methods import create_method
+    from tunevlseg.models import tiny_openclip_model
+
+    model, tok = tiny_openclip_model(seed=0, image_size=32, patch_size=8, width=32, layers=2)
+    maskclip = MaskClipSegmenter(model=model.eval(), tokenizer=tok, templates="single")
+    cfg = SotBenchConfig(
+        methods=["clipseg", "clipseg-visual", "prototype", "maskclip"], segmenters={"clipseg": {"name": "clipseg-tiny"}, "clipseg-visual": {"name": "clipseg-tiny"}},
+        shots=[1], seeds=[0], limit=2, oracle=False, **{**SMALL, "synthetic_train": 8},
+    )  # fmt: skip
+    default = default_method_factory(cfg)
+    factory = lambda name: create_method(name, segmenter=maskclip) if name == "maskclip" else default(name)  # noqa: E731
+    summary = run_sot(cfg, tmp_path / "run", method_factory=factory, progress=False)
+    rows = _rows(tmp_path / "run")
+    assert sorted({r["method"] for r in rows}) == sorted(cfg.methods) and len(rows) == 4 * 2
+    for r in rows:
+        assert (r["modality"] == "visual") == bool(r["reference_ids"]), r["method"]
+        assert r["encoder_passes"] >= 1 and r["decoder_calls"] >= (0 if r["method"] == "maskclip" else 1)
+    assert {t["method"] for t in summary["table"]} == set(cfg.methods)
+    # the CLI's --segmenter reaches the same place
+    result = CliRunner().invoke(cli, ["bench", "sot", "--methods", "clipseg", "--segmenter", "clipseg=clipseg-tiny", "--shots", "1", "--seed", "0",
+                                      "--limit", "1", "--size", "64", "--no-oracle", "--out", str(tmp_path / "cli")])  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert [r["method"] for r in _rows(tmp_path / "cli")] == ["clipseg"]
+    bad = CliRunner().invoke(cli, ["bench", "sot", "--segmenter", "clipseg", "--out", str(tmp_path / "bad")])
+    assert bad.exit_code != 0 and "METHOD=NAME" in bad.output + str(bad.exception)

@@ -23,18 +23,19 @@ def _ints(text: str, option: str) -> list[int]:
 
 @click.command("sot", context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--dataset", "datasets", multiple=True, default=("synthetic-objects",), show_default=True, help="Registry name or dataset folder; repeat (or comma-separate) for several. Label maps prompt every class but background; binary sets their text.")
-@click.option("--methods", default="universal-text,universal-reference,persam", show_default=True, help="Comma-separated SoT methods (text: universal-text; visual: universal-reference, persam).")
+@click.option("--methods", default="universal-text,universal-reference,persam", show_default=True, help="Comma-separated SoT methods. Text: universal-text, clipseg, maskclip; visual: universal-reference, persam, prototype, clipseg-visual. clipseg and maskclip need their weights (segprompt weights list).")
+@click.option("--segmenter", "segmenters", multiple=True, metavar="METHOD=NAME", help="Run METHOD on another registered segmenter, e.g. clipseg=clipseg-tiny (a random tiny CLIPSeg, for a dry run); repeat for several. Keywords for it (weights, learner_checkpoint, ...) go in --config under segmenters.")
 @click.option("--shots", default="1,5", show_default=True, help="Comma-separated k: references per class.")
 @click.option("--seed", "seeds", multiple=True, default=("0,1,2",), show_default=True, help="Seed; repeat (or comma-separate) for several; each draws its own references.")
 @click.option("--limit", type=int, default=None, help="Evaluate only the first N images of each dataset's evaluated part.")
 @click.option("--size", default="518", show_default=True, help="original, or a side in pixels: images, labels and references resized to it (SoT: 518).")
-@click.option("--calibration", "calibration", type=click.Choice(["nll", "miou"]), default=None, help="The calibrated merge's fit on the validation part: nll (temperature and threshold minimising the NLL; the default) or miou (the background threshold with the best validation mIoU).")
+@click.option("--calibration", "calibration", type=click.Choice(["nll", "miou"]), default=None, help="The calibrated merge's fit on the validation part: miou (the background threshold with the best validation mIoU; the default) or nll (temperature and threshold minimising the NLL).")
 @click.option("--no-oracle", is_flag=True, help="Leave out the oracle rows (per class the better of a text and a visual method).")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML of SotBenchConfig fields (a run folder's config.yaml works); options given on the command line override it.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (rerun the same command to resume). Required.")
 @click.pass_context
-def sot(ctx, datasets, methods, shots, seeds, limit, size, calibration, no_oracle, device, config_file, out) -> None:
+def sot(ctx, datasets, methods, segmenters, shots, seeds, limit, size, calibration, no_oracle, device, config_file, out) -> None:
     """Show or Tell: text-prompted against reference-prompted segmentation, per-class maps merged
     by SoT's fixed 0.2 rule and by a calibrated rule; mIoU mean / std / worst over seeds, an oracle
     per class, cost per image. Resumable."""
@@ -56,6 +57,8 @@ def sot(ctx, datasets, methods, shots, seeds, limit, size, calibration, no_oracl
         device=device,
         oracle=not no_oracle,
     )
+    if segmenters:
+        given["segmenters"] = _segmenter_specs(segmenters)
     if calibration is not None:
         given["calibration"] = {"fit": "both" if calibration == "nll" else "miou"}
     if config_file is not None:
@@ -65,9 +68,19 @@ def sot(ctx, datasets, methods, shots, seeds, limit, size, calibration, no_oracl
     click.echo(f"\n{timing_text(out)}\nrun folder: {out}  (report.md, summary.csv, seeds.csv, variance.png, results.jsonl)")
 
 
+def _segmenter_specs(values: tuple[str, ...]) -> dict[str, dict[str, str]]:
+    out: dict[str, dict[str, str]] = {}
+    for item in _split(values):
+        method, sep, name = item.partition("=")
+        if not sep or not method.strip() or not name.strip():
+            raise ConfigError(f"--segmenter takes METHOD=NAME, e.g. --segmenter clipseg=clipseg-tiny; got {item!r}")
+        out[method.strip()] = {"name": name.strip()}
+    return out
+
+
 _OPTION_FIELDS = {
     "datasets": ("datasets",), "methods": ("methods",), "shots": ("shots",), "seeds": ("seeds",), "limit": ("limit",),
-    "size": ("size",), "device": ("device",), "no_oracle": ("oracle",), "calibration": ("calibration",),
+    "size": ("size",), "device": ("device",), "no_oracle": ("oracle",), "calibration": ("calibration",), "segmenters": ("segmenters",),
 }  # fmt: skip
 
 
@@ -78,4 +91,4 @@ def _merge_config(ctx: click.Context, path: Path, given: dict) -> dict:
     from segprompt.sot.bench import SotBenchConfig
 
     data = read_config_file(path, (f.name for f in dataclasses.fields(SotBenchConfig)))
-    return apply_command_line(ctx, data, given, _OPTION_FIELDS, merge=("calibration",))
+    return apply_command_line(ctx, data, given, _OPTION_FIELDS, merge=("calibration", "segmenters"))

@@ -26,6 +26,10 @@ SEGMENTERS.add("classical", "segprompt.models.classical:ClassicalSegmenter")
 SEGMENTERS.add("grabcut", "segprompt.models.classical:create_grabcut")
 SEGMENTERS.add("random-walker", "segprompt.models.classical:create_random_walker")
 SEGMENTERS.add("persam", "segprompt.models.persam:PerSamSegmenter")
+SEGMENTERS.add("prototype", "segprompt.models.prototype:PrototypeSegmenter")
+SEGMENTERS.add("maskclip", "segprompt.models.maskclip:MaskClipSegmenter")
+SEGMENTERS.add("clipseg", "segprompt.models.clipseg:ClipSegSegmenter")
+SEGMENTERS.add("clipseg-tiny", "segprompt.models.clipseg:create_clipseg_tiny")
 
 
 def register_segmenter(name: str, *aliases: str) -> Callable[[Factory], Factory]:

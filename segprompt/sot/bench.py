@@ -24,9 +24,10 @@ For every dataset, shots k and seed, the protocol (FocoosAI/ShowOrTell ``models/
    label maps prompt every class but background, binary sets their one text per image.
 4. **Merges.** SoT's fixed-0.2 merge (:func:`merge_sot`) and the calibrated merge
    (:func:`merge_calibrated`), the calibration fitted per (method, k, seed) on the validation
-   part by :func:`fit_temperature` (``calibration={"fit": "both"}``: NLL) or
-   :func:`fit_threshold_miou` (``{"fit": "miou"}``: the threshold with the best validation mIoU),
-   kept in ``calibration.jsonl``.
+   part by :func:`fit_threshold_miou` (``calibration={"fit": "miou"}``, the default: the threshold
+   with the best validation mIoU) or :func:`fit_temperature` (``{"fit": "both"}``: temperature and
+   threshold minimising the NLL, which on weak models pushes the threshold to 0.8-1.0 and sends
+   almost every pixel to background), kept in ``calibration.jsonl``.
 5. **Oracle.** For each (text method, visual method) pair, per class the method with the higher
    validation IoU (ties and classes absent from validation: the text method), evaluated on the
    same images with each merge (rows ``oracle:<text>+<visual>``).
@@ -70,6 +71,9 @@ CALIBRATION_FITS = ("both", "temperature", "threshold", "miou")
 class SotBenchConfig:
     """Everything that determines a Show-or-Tell run's results (module docstring for the protocol).
 
+    ``segmenters``: per method, the segmenter it runs on instead of its default
+    (:func:`segprompt.sot.methods.create_method`'s ``segmenter_spec``: ``{"clipseg": {"name":
+    "clipseg-tiny"}}``, ``{"clipseg": {"learner_checkpoint": "runs/coop/checkpoints/best.pt"}}``).
     ``size``: ``518`` (SoT: images, labels and references resized to 518 x 518, labels nearest)
     or ``"original"``. ``min_area``: ``None`` = SoT's per-dataset rule. ``calibration``:
     ``fit_temperature`` options (``fit``, ``per_class``, ``max_pixels``).
@@ -79,6 +83,7 @@ class SotBenchConfig:
     dataset_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     methods: list[str] = field(default_factory=lambda: ["universal-text", "universal-reference", "persam"])
     method_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    segmenters: dict[str, dict[str, Any]] = field(default_factory=dict)
     shots: list[int] = field(default_factory=lambda: [1, 5])
     seeds: list[int] = field(default_factory=lambda: [0, 1, 2])
     limit: int | None = None
@@ -91,7 +96,7 @@ class SotBenchConfig:
     eval_fraction: float = 0.25
     val_fraction: float = 0.2
     min_area: float | None = None
-    calibration: dict[str, Any] = field(default_factory=lambda: {"fit": "both", "per_class": False, "max_pixels": 500_000})
+    calibration: dict[str, Any] = field(default_factory=lambda: {"fit": "miou", "per_class": False, "max_pixels": 500_000})
     oracle: bool = True
 
     def __post_init__(self) -> None:
@@ -106,6 +111,10 @@ class SotBenchConfig:
             if m.lower() in MISSING_METHODS and m not in METHODS:
                 raise ConfigError(f"SoT method {m!r} is not available: {MISSING_METHODS[m.lower()]}")
             METHODS.resolve(m)
+        for m, spec in self.segmenters.items():
+            METHODS.resolve(m)
+            if not isinstance(spec, dict):
+                raise ConfigError(f"segmenters[{m!r}] must be a mapping such as {{'name': 'clipseg-tiny'}}, got {spec!r}")
         if len(set(self.methods)) != len(self.methods):
             raise ConfigError(f"a method is listed twice: {', '.join(self.methods)}")
         if min(self.shots) < 1 or min(self.seeds) < 0:
@@ -332,7 +341,9 @@ def default_method_factory(cfg: SotBenchConfig) -> MethodFactory:
             segmenters[key] = create_segmenter(name, **kwargs)
         return segmenters[key]
 
-    return lambda name: create_method(name, device=cfg.device, make_segmenter=make_segmenter, **cfg.method_kwargs.get(name, {}))
+    return lambda name: create_method(
+        name, device=cfg.device, make_segmenter=make_segmenter, segmenter_spec=cfg.segmenters.get(name), **cfg.method_kwargs.get(name, {})
+    )
 
 
 class _Cache:

@@ -37,6 +37,10 @@ METHOD_NOTES = {
     "universal-text": "text: universal decoder, `Text(class name)`, sigmoid of the best candidate's logits",
     "universal-reference": "visual: universal decoder, `Reference(image, mask)` per reference, mean of the k best-candidate sigmoids",
     "persam": "visual: PerSAM on sam-tiny, k-shot mean target embedding, ShowOrTell's PerSAM map (mean similarity inside the final mask)",
+    "prototype": "visual: mean reference feature (sam-tiny features by default) matched by cosine, refined by SAM from PerSAM's points; map = mean similarity inside the mask",
+    "clipseg": "text: CLIPSeg (tunevlseg VLSM, a tuned prompt learner optional), sigmoid of its logits",
+    "clipseg-visual": "visual: CLIPSeg conditioned on the mean CLIP embedding of the k references (crop, blur, darken), sigmoid of its logits",
+    "maskclip": "text: MaskCLIP, open_clip's value path in the last block, softmax over the prompted classes of the scaled cosine",
 }
 
 
@@ -316,8 +320,7 @@ def write_reports(run: RunFolder, summary: Mapping[str, Any], cfg: SotBenchConfi
         "",
         *method_lines,
         "",
-        "Not built yet, so not in this run: " + "; ".join(f"`{k}` ({v.split(' (')[0]})" for k, v in MISSING_METHODS.items()) + ".",
-        "",
+        *(["Not built yet, so not in this run: " + "; ".join(f"`{k}` ({v.split(' (')[0]})" for k, v in MISSING_METHODS.items()) + ".", ""] if MISSING_METHODS else []),
         "Merges: **SoT** = SoT's rule (a zero background map, probabilities <= 0.2 zeroed where the dataset has background, "
         "argmax); **cal** = the calibrated merge, fitted per (method, shots, seed) on the validation part: "
         + ("the background threshold that maximises the validation mIoU" if cfg.calibration.get("fit") == "miou" else "temperature and threshold minimising the NLL")
