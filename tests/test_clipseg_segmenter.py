@@ -1,4 +1,4 @@
-"""segprompt.models.clipseg and segprompt.sot.methods_clipseg on the tiny random CLIPSeg:
+"""tunevlseg.segmenter and segprompt.sot.methods_clipseg on the tiny random CLIPSeg:
 parity with transformers' CLIPSegForImageSegmentation, the visual prompt rule, k-shot, a learner
 checkpoint, bad prompts, the two Show-or-Tell methods and their cost."""
 
@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from segprompt.errors import ConfigError, PromptError, WeightsError
-from segprompt.models.clipseg import ClipSegSegmenter, create_clipseg_tiny
+from tunevlseg.segmenter import ClipSegSegmenter, create_clipseg_tiny
 from segprompt.prompts import Points, PromptSet, Reference, Text
 from segprompt.sot.methods import ClassPrompt
 from segprompt.sot.methods_clipseg import ClipSegText, ClipSegVisual

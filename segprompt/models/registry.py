@@ -28,8 +28,10 @@ SEGMENTERS.add("random-walker", "segprompt.models.classical:create_random_walker
 SEGMENTERS.add("persam", "segprompt.models.persam:PerSamSegmenter")
 SEGMENTERS.add("prototype", "segprompt.models.prototype:PrototypeSegmenter")
 SEGMENTERS.add("maskclip", "segprompt.models.maskclip:MaskClipSegmenter")
-SEGMENTERS.add("clipseg", "segprompt.models.clipseg:ClipSegSegmenter")
-SEGMENTERS.add("clipseg-tiny", "segprompt.models.clipseg:create_clipseg_tiny")
+# CLIPSeg runs on the tunevlseg VLSM (a tuned prompt learner enters too), so it lives in that package;
+# the core names it here as a lazy path, as the CLI mounts the packages' commands, and never imports it
+SEGMENTERS.add("clipseg", "tunevlseg.segmenter:ClipSegSegmenter")
+SEGMENTERS.add("clipseg-tiny", "tunevlseg.segmenter:create_clipseg_tiny")
 
 
 def register_segmenter(name: str, *aliases: str) -> Callable[[Factory], Factory]:

@@ -442,12 +442,14 @@ class _Runner:
 
     # -- validation: calibration and the oracle's choices -------------------------------
     def prepare(self, parts: Parts, name: str, refs: dict[int, Any]) -> Any:
-        """The method's once-per-reference-set work (PerSAM: target embeddings), before any image."""
+        """The method's once-per-reference-set work before any image: PerSAM's target embeddings, a
+        prototype per class, CLIPSeg's reference embeddings; for text methods the class names' text
+        embeddings (MaskCLIP's template ensemble), so that the first image does not pay for them."""
         from segprompt.sot.methods import ClassPrompt
 
         method = self.method(name)
         if method.modality != "visual":
-            return None
+            return method.prepare([ClassPrompt(parts.labels[lab]) for lab in parts.prompted])
         return method.prepare([ClassPrompt(parts.labels[lab], tuple(refs[lab])) for lab in parts.prompted if lab in refs])
 
     def calibrate(self, parts: Parts, name: str, shots: int, seed: int, refs: dict[int, Any], ref_ids: dict[int, list[str]], prep: Any) -> dict[str, Any]:

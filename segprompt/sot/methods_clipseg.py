@@ -1,4 +1,4 @@
-"""Show-or-Tell methods on CLIPSeg (:mod:`segprompt.models.clipseg`): ``clipseg`` (text) and
+"""Show-or-Tell methods on CLIPSeg (:mod:`tunevlseg.segmenter`): ``clipseg`` (text) and
 ``clipseg-visual`` (visual reference).
 
 .. code-block:: python
