@@ -357,7 +357,8 @@ def write_reports(run: RunFolder, summary: Mapping[str, Any], cfg: SotBenchConfi
         "",
         "Per evaluated image: wall seconds, forward passes (images through an image encoder + mask-decoder calls; "
         "a reference image is encoded once per seed and its features kept, so `universal-reference` pays for them on the first image), peak GPU memory (MiB; none on CPU). prepare_s: "
-        "the once-per-seed reference work (PerSAM's target embeddings). A text method's maps are computed once per image "
+        "the work done once per seed and k before the first image (PerSAM's target embeddings, the prototypes, CLIPSeg's "
+        "reference embeddings, a text method's class-name embeddings). A text method's maps are computed once per image "
         "and reused over shots and seeds (its cost is that one computation's). Oracle rows cost both of their methods.",
         "",
         markdown_table(table, cost_cols),
