@@ -276,8 +276,17 @@ def _calibration_table(cal_rows: Sequence[Mapping[str, Any]]) -> list[dict[str, 
             "temperature": mean([np.mean(c["temperature"]) for c in cs]),
             "threshold": mean([None if c["threshold"] is None else float(np.mean(c["threshold"])) for c in cs]),
             "nll_before": mean([c["nll_before"] for c in cs]), "nll_after": mean([c["nll_after"] for c in cs]),
+            "val_miou_sot": mean([_val_miou(c, "sot") for c in cs]), "val_miou_cal": mean([_val_miou(c, "cal") for c in cs]),
         })
     return out
+
+
+def _val_miou(cal_row: Mapping[str, Any], merge: str) -> float | None:
+    """The validation mIoU of one calibration row's merge: the mean of its per-class IoUs (classes with
+    ground truth; background, label 0, left out where the dataset has one)."""
+    ious = cal_row.get(f"val_iou_{merge}") or []
+    vals = [v for i, v in enumerate(ious) if v is not None and not (cal_row.get("has_background") and i == 0)]
+    return float(np.mean(vals)) if vals else None
 
 
 def write_reports(run: RunFolder, summary: Mapping[str, Any], cfg: SotBenchConfig, notes: Mapping[str, str]) -> None:
@@ -294,7 +303,7 @@ def write_reports(run: RunFolder, summary: Mapping[str, Any], cfg: SotBenchConfi
     write_csv(run.path / "oracle.csv", summary["oracle"], or_cols)
     cal_rows = run.path / "calibration.jsonl"
     cal_table = _calibration_table([json.loads(x) for x in cal_rows.read_text().splitlines() if x.strip()] if cal_rows.exists() else [])
-    cal_cols = ["dataset", "method", "shots", "seeds", "val_images", "temperature", "threshold", "nll_before", "nll_after"]
+    cal_cols = ["dataset", "method", "shots", "seeds", "val_images", "temperature", "threshold", "nll_before", "nll_after", "val_miou_sot", "val_miou_cal"]
     write_csv(run.path / "calibration.csv", cal_table, cal_cols)
     plot = variance_plot(summary["seeds"], run.path / "variance.png", cfg.row_methods())
 
@@ -365,7 +374,7 @@ def write_reports(run: RunFolder, summary: Mapping[str, Any], cfg: SotBenchConfi
         "",
     ]
     if cal_table:
-        lines += ["## Calibration", "", "Mean over seeds of the fitted temperature, threshold and validation NLL (before: SoT's T = 1, t = 0.2; an mIoU fit reports the NLL too, which it does not minimise).", "", markdown_table(cal_table, cal_cols), ""]
+        lines += ["## Calibration", "", "Mean over seeds of the fitted temperature, threshold, validation NLL (before: SoT's T = 1, t = 0.2; an mIoU fit reports the NLL too, which it does not minimise) and validation mIoU of SoT's merge and of the calibrated one.", "", markdown_table(cal_table, cal_cols), ""]
     if summary.get("unprompted"):
         lines += [
             "## Classes a method could not prompt",
