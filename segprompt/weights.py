@@ -1,7 +1,7 @@
 """Checkpoint registry, verified download, and clear errors when a file is missing.
 
-Every real checkpoint segprompt knows (SAM ViT-B/L/H, MedSAM, CLIPSeg, open_clip models
-including BiomedCLIP) is a :class:`WeightsEntry` in the :data:`WEIGHTS` registry, with its
+Every real checkpoint segprompt knows (SAM ViT-B/L/H, MedSAM, SAM 2 / 2.1 Hiera t/s/b+/l,
+MedSAM2, CLIPSeg, open_clip models including BiomedCLIP) is a :class:`WeightsEntry` in the :data:`WEIGHTS` registry, with its
 source and, where the file is fixed, its SHA-256. Nothing downloads at import time or behind
 the user's back:
 
@@ -52,7 +52,7 @@ log = logging.getLogger(__name__)
 
 PathLike = Union[str, "os.PathLike[str]"]
 
-FAMILIES = ("sam", "clipseg", "open_clip")
+FAMILIES = ("sam", "sam2", "clipseg", "open_clip")
 SOURCES = ("url", "hf-hub", "open_clip")
 
 #: seconds to wait for the server to answer / between two received blocks
@@ -73,7 +73,7 @@ class WeightsEntry:
     """One named checkpoint: where it comes from, how to check it, what it is.
 
     name:          registry name (``_`` and ``-`` are equivalent, case-insensitive).
-    family:        ``"sam"``, ``"clipseg"`` or ``"open_clip"``: which loader reads it.
+    family:        ``"sam"``, ``"sam2"``, ``"clipseg"`` or ``"open_clip"``: which loader reads it.
     source:        ``"url"`` (one file at ``url``), ``"hf-hub"`` (a Hugging Face Hub repository
                    ``repo_id``, fetched as a folder) or ``"open_clip"`` (one file at ``url``
                    that open_clip loads as ``create_model(model, pretrained=<path>)``).
@@ -83,7 +83,8 @@ class WeightsEntry:
     sha256:        expected SHA-256 of the file (lower-case hex), or None where not fixed
                    (Hub repositories, user entries without a checksum).
     size_bytes:    approximate size, for messages and the disk-space check (None: unknown).
-    architecture:  e.g. ``"vit_b"``; for SAM, the ``sam_model_registry`` key.
+    architecture:  e.g. ``"vit_b"``; for SAM, the ``sam_model_registry`` key; for SAM 2, a
+                   :data:`segprompt.models.sam2_build.ARCHS` name (``"sam2.1_hiera_t512"``).
     license:       licence of the weights (SPDX id where there is one).
     citation:      paper or source to cite.
     notes:         anything else (provenance of the checksum, how to load it).
@@ -169,6 +170,17 @@ def get_entry(name: str) -> WeightsEntry:
 
 def list_weights() -> list[WeightsEntry]:
     return [entry for _, entry in WEIGHTS.items()]
+
+
+def entry_for(name_or_path: PathLike) -> WeightsEntry | None:
+    """The registry entry a name or a checkpoint path stands for (by name, else by file name), or None.
+
+    Lets a loader read what a file cannot say about itself (e.g. MedSAM2's 512 px input).
+    """
+    text = os.fspath(name_or_path)
+    if text in WEIGHTS:
+        return get_entry(text)
+    return _entry_by_filename(Path(text).name)
 
 
 def _entry_by_filename(filename: str) -> WeightsEntry | None:
@@ -340,6 +352,62 @@ _BUILTIN: list[tuple[WeightsEntry, tuple[str, ...]]] = [
         (),
     ),
 ]
+
+# SAM 2 (2024-07-29 release, "072824") and SAM 2.1 (2024-09-29, "092824"): URLs as in
+# facebookresearch/sam2 checkpoints/download_ckpts.sh; each file is {"model": state_dict}.
+# Meta publishes no SHA-256 for these files and none was found in a source we could read, so
+# sha256 is None: `segprompt weights fetch` logs the hash it computed, and the file is not
+# verified against a pinned value. Sizes are approximate (for messages and the disk check).
+_SAM2_CITATION = "Ravi et al., SAM 2: Segment Anything in Images and Videos, ICLR 2025 (arXiv:2408.00714)"
+_SAM2_NOTES = (
+    "Official Meta checkpoint (facebookresearch/sam2 README); no published SHA-256, so it is not "
+    "verified. Loads with create_segmenter('sam2', checkpoint=...), the configuration read from its keys."
+)
+_SAM2_SIZES = {"tiny": ("t", 156_000_000), "small": ("s", 185_000_000), "base_plus": ("b+", 324_000_000), "large": ("l", 898_000_000)}
+for _version, _stamp in (("sam2", "072824"), ("sam2.1", "092824")):
+    for _long, (_short, _size) in _SAM2_SIZES.items():
+        _BUILTIN.append(
+            (
+                WeightsEntry(
+                    name=f"{_version}_hiera_{_long}",
+                    family="sam2",
+                    source="url",
+                    url=f"https://dl.fbaipublicfiles.com/segment_anything_2/{_stamp}/{_version}_hiera_{_long}.pt",
+                    filename=f"{_version}_hiera_{_long}.pt",
+                    size_bytes=_size,
+                    architecture=f"{_version}_hiera_{_short}",
+                    license="Apache-2.0",
+                    citation=_SAM2_CITATION,
+                    notes=_SAM2_NOTES,
+                ),
+                (f"{_version}-{_short}",),
+            )
+        )
+_BUILTIN.append(
+    (
+        # MedSAM2: the authors' download script (bowang-lab/MedSAM2 checkpoints/
+        # download_medsam2_models.py) fetches it from the Hub repository wanglab/MedSAM2; their
+        # inference scripts build it with configs/sam2.1_hiera_t512.yaml (sam2.1 hiera_t at 512 px).
+        # No SHA-256 is published; the file changes when the authors update "latest".
+        WeightsEntry(
+            name="medsam2_latest",
+            family="sam2",
+            source="url",
+            url="https://huggingface.co/wanglab/MedSAM2/resolve/main/MedSAM2_latest.pt",
+            filename="MedSAM2_latest.pt",
+            size_bytes=156_000_000,
+            architecture="sam2.1_hiera_t512",
+            license="Apache-2.0",
+            citation="Ma et al., MedSAM2: Segment Anything in 3D Medical Images and Videos, arXiv:2504.03600 (2025)",
+            notes=(
+                "SAM 2.1 hiera_t finetuned on 3-D medical images and videos, run at 512 px; "
+                "box prompts on a key slice, then propagation. No published SHA-256 (not verified)."
+            ),
+        ),
+        ("medsam2",),
+    )
+)
+del _version, _stamp, _long, _short, _size
 
 for _entry, _aliases in _BUILTIN:
     register_weights(_entry, *_aliases)
@@ -799,6 +867,7 @@ __all__ = [
     "WEIGHTS",
     "WeightsEntry",
     "checkpoints_dir",
+    "entry_for",
     "fetch",
     "find_weights",
     "get_entry",
