@@ -8,6 +8,8 @@
   any shape, texture, colour and artefact, the data the bundled ``sam-tiny`` is trained on.
 * :class:`SyntheticScenes`: multi-class label maps of textured shapes whose classes have word
   names (``background``, ``circle``, ``square``, ``triangle``), for text / reference prompting.
+* :func:`synthetic_volume`: a (Z, H, W, 3) stack with blobs that move and grow / shrink from slice
+  to slice, and its (Z, H, W) int32 object labels, for the volume propagation tests and demo.
 
 Sample ``i`` of a dataset with seed ``s`` depends only on ``(s, i)``, so subsets, shuffles and
 reruns see identical pixels. These are not medical data and support no clinical claim.
@@ -271,6 +273,82 @@ class SyntheticScenes(SegmentationDataset):
         img = np.clip(img + rng.normal(0, 4, img.shape), 0, 255).astype(np.uint8)
         present = tuple(SCENE_CLASSES[c] for c in np.unique(labels) if c > 0)
         return Sample(id=self.record_id(record), image=img, mask=labels, texts=present, class_names=SCENE_CLASSES, meta={})
+
+
+def _volume_layout(n: int, size: int) -> list[tuple[float, float, float, float]]:
+    """(x0, y0, width, height) of one grid cell per object (objects never overlap)."""
+    cols = int(np.ceil(np.sqrt(n)))
+    rows = int(np.ceil(n / cols))
+    cw, ch = size / cols, size / rows
+    return [((i % cols) * cw, (i // cols) * ch, cw, ch) for i in range(n)]
+
+
+def synthetic_volume(seed: int = 0, depth: int = 12, size: int = 64, n_objects: int = 2) -> tuple[np.ndarray, np.ndarray]:
+    """A seeded synthetic stack: textured blobs that move and change size across slices.
+
+    Each object is a star-shaped blob (the lesion looks' border) with a fixed outline whose
+    radius follows an ellipsoid profile along z (it appears, grows, shrinks and vanishes; every
+    object is present on the middle slice) and whose centre drifts in a straight line inside its
+    own grid cell, so objects never touch. Objects have their own colour and a fine texture on a
+    grey, smoothly varying (along z too) textured background: GrabCut and ``sam-tiny`` find them.
+
+    Args:
+        seed: the stack depends only on ``(seed, depth, size, n_objects)``.
+        depth: number of slices Z (>= 2). size: slice side H = W (>= 16). n_objects: 1..9.
+
+    Returns:
+        ``volume`` (Z, H, W, 3) uint8 RGB and ``labels`` (Z, H, W) int32 (0 background, object i
+        has id i, 1-based).
+    """
+    if depth < 2 or size < 16 or not 1 <= n_objects <= 9:
+        raise ConfigError(f"synthetic_volume needs depth >= 2, size >= 16 and 1..9 objects, got depth={depth}, size={size}, n_objects={n_objects}")
+    rng = np.random.default_rng([seed, depth, size, n_objects, 13])
+    h = w = size
+    base = np.array([rng.uniform(95, 135)] * 3, np.float32) + rng.uniform(-10, 10, 3)
+    bg_a = _smooth_noise(rng, (h, w), size / 4) * 10 + _smooth_noise(rng, (h, w), 3) * 4
+    bg_b = _smooth_noise(rng, (h, w), size / 4) * 10 + _smooth_noise(rng, (h, w), 3) * 4
+    hues = rng.permutation(9)[:n_objects]
+    palette = np.array([(205, 60, 50), (50, 175, 70), (60, 80, 210), (215, 190, 40), (170, 60, 190),
+                        (40, 185, 195), (230, 120, 30), (240, 240, 240), (30, 30, 30)], np.float32)
+    objects = []
+    for cell in _volume_layout(n_objects, size):
+        cx0, cy0, cw, ch = cell
+        half = 0.5 * min(cw, ch)
+        rmax = rng.uniform(0.36, 0.44) * half  # the outline reaches at most ~1.4 x the radius
+        slack = np.array([0.5 * cw - 1.45 * rmax, 0.5 * ch - 1.45 * rmax]).clip(0, None)
+        start = np.array([cx0 + cw / 2, cy0 + ch / 2]) + rng.uniform(-1, 1, 2) * slack
+        end = np.array([cx0 + cw / 2, cy0 + ch / 2]) + rng.uniform(-1, 1, 2) * slack
+        zc = (depth - 1) / 2 + rng.uniform(-0.1, 0.1) * depth
+        hz = rng.uniform(0.45, 0.65) * depth
+        star_outline = (rng.uniform(0.1, 0.5), rng.uniform(0, 1, 3), rng.uniform(0, 2 * np.pi, 3), rng.uniform(0.8, 1.2), rng.uniform(0, np.pi))
+        objects.append((start, end, rmax, zc, hz, star_outline))
+    theta = np.linspace(0, 2 * np.pi, 96, endpoint=False)
+    volume = np.zeros((depth, h, w, 3), np.uint8)
+    labels = np.zeros((depth, h, w), np.int32)
+    tex = [_smooth_noise(rng, (h, w), 2.5) for _ in range(n_objects)]
+    for z in range(depth):
+        t = z / (depth - 1)
+        img = base[None, None] + ((1 - t) * bg_a + t * bg_b)[..., None]
+        for i, (start, end, rmax, zc, hz, (rough, amps, phases, stretch, angle)) in enumerate(objects):
+            radius = rmax * np.sqrt(max(0.0, 1.0 - ((z - zc) / hz) ** 2))
+            if radius < 1.0:
+                continue
+            r = np.ones_like(theta)
+            for k, (a, ph) in enumerate(zip(amps, phases), start=2):
+                r += rough * a / k * np.cos(k * theta + ph + 0.08 * z)
+            r = radius * np.clip(r, 0.5, None)
+            x, y = r * np.cos(theta) * stretch, r * np.sin(theta) / stretch
+            c = start + (end - start) * t
+            poly = np.stack([x * np.cos(angle) - y * np.sin(angle) + c[0], x * np.sin(angle) + y * np.cos(angle) + c[1]], 1)
+            canvas = np.zeros((h, w), np.uint8)
+            cv2.fillPoly(canvas, [np.round(poly).astype(np.int32)], 1)
+            m = canvas.astype(bool)
+            colour = palette[hues[i]]
+            img = np.where(m[..., None], colour[None, None] + (tex[i] * 12)[..., None], img)
+            labels[z][m] = i + 1
+        noise = rng.normal(0, 3, (h, w, 3))
+        volume[z] = np.clip(img + noise, 0, 255).astype(np.uint8)
+    return volume, labels
 
 
 def write_folder(dataset: Sequence[Sample], out: str | Path, image_suffix: str = ".png") -> Path:
