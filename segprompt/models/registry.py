@@ -20,6 +20,7 @@ SEGMENTERS: Registry[Factory] = Registry("segmenter")
 # name -> "module:attribute" of a class or factory, imported on first use
 SEGMENTERS.add("sam", "segprompt.models.sam:SamSegmenter")
 SEGMENTERS.add("sam-tiny", "segprompt.models.sam_tiny:create_sam_tiny")
+SEGMENTERS.add("sam2", "segprompt.models.sam2:Sam2Segmenter")
 SEGMENTERS.add("universal", "segprompt.models.universal:UniversalSegmenter")
 SEGMENTERS.add("universal-tiny", "segprompt.models.universal:create_universal_tiny")
 SEGMENTERS.add("classical", "segprompt.models.classical:ClassicalSegmenter")
