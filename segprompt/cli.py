@@ -24,6 +24,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "data": ("segprompt.commands.data:data", "Inspect and check datasets."),
     "weights": ("segprompt.commands.weights:weights", "List, fetch and locate model checkpoints."),
     "segment": ("segprompt.commands.segment:segment", "Segment one image from point or box prompts."),
+    "segment-volume": ("segprompt.commands.segment_volume:segment_volume", "Segment a TIFF / NIfTI volume: prompt a slice, propagate through the stack."),
     "bench": ("segprompt.commands.bench:bench", "Benchmarks (pointprompt, ...)."),
     "finetune": ("pointprompt.finetune_cli:finetune", "Finetune SAM with automated, iterative or box prompts."),
     "napari": ("segprompt.commands.napari:napari", "Open napari with the promptable-segmentation widget docked."),

@@ -289,8 +289,9 @@ def synthetic_volume(seed: int = 0, depth: int = 12, size: int = 64, n_objects: 
     Each object is a star-shaped blob (the lesion looks' border) with a fixed outline whose
     radius follows an ellipsoid profile along z (it appears, grows, shrinks and vanishes; every
     object is present on the middle slice) and whose centre drifts in a straight line inside its
-    own grid cell, so objects never touch. Objects have their own colour and a fine texture on a
-    grey, smoothly varying (along z too) textured background: GrabCut and ``sam-tiny`` find them.
+    own grid cell, so objects never touch. Objects have their own colour (darker or brighter than
+    the background, so also visible in grey) and a fine texture on a grey, smoothly varying (along
+    z too) textured background: GrabCut and ``sam-tiny`` find them.
 
     Args:
         seed: the stack depends only on ``(seed, depth, size, n_objects)``.
@@ -307,9 +308,11 @@ def synthetic_volume(seed: int = 0, depth: int = 12, size: int = 64, n_objects: 
     base = np.array([rng.uniform(95, 135)] * 3, np.float32) + rng.uniform(-10, 10, 3)
     bg_a = _smooth_noise(rng, (h, w), size / 4) * 10 + _smooth_noise(rng, (h, w), 3) * 4
     bg_b = _smooth_noise(rng, (h, w), size / 4) * 10 + _smooth_noise(rng, (h, w), 3) * 4
-    hues = rng.permutation(9)[:n_objects]
-    palette = np.array([(205, 60, 50), (50, 175, 70), (60, 80, 210), (215, 190, 40), (170, 60, 190),
-                        (40, 185, 195), (230, 120, 30), (240, 240, 240), (30, 30, 30)], np.float32)
+    # dark and bright colours: objects differ from the grey background in hue and in luminance,
+    # so a grey (single-channel) version of the stack shows them too
+    palette = np.array([(130, 25, 20), (20, 95, 35), (35, 45, 150), (75, 30, 95), (20, 20, 20),
+                        (250, 185, 165), (175, 250, 180), (170, 200, 255), (250, 240, 120), (240, 240, 240)], np.float32)
+    hues = rng.permutation(len(palette))[:n_objects]
     objects = []
     for cell in _volume_layout(n_objects, size):
         cx0, cy0, cw, ch = cell
