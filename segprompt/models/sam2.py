@@ -26,6 +26,15 @@ What it does as ``SAM2ImagePredictor`` does (sam2/sam2_image_predictor.py, set_i
 
 Scribbles become points along the stroke and binary mask prompts become low-res logits as in
 :mod:`segprompt.models.sam`.
+
+Volumes: the segmenter is a :class:`~segprompt.volumes.api.VolumePropagator` itself
+(``init_volume`` / ``propagate``), running the package's ``SAM2VideoPredictor`` with the same
+weights on an in-memory stack (:mod:`segprompt.volumes.sam2_video`):
+
+.. code-block:: python
+
+    state = seg.init_volume(volume)             # (Z, H, W[, 3])
+    res = seg.propagate(state, VolumePrompts().add(6, points=[(30.5, 20.5)]), direction="both")
 """
 
 from __future__ import annotations
@@ -35,7 +44,7 @@ import logging
 import os
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import TYPE_CHECKING, Any, Iterator, Sequence
 
 import numpy as np
 import torch
@@ -46,6 +55,10 @@ from segprompt.models.base import ImageState, MultimaskPolicy, Prediction, Segme
 from segprompt.models.sam import scribble_to_points
 from segprompt.models.sam2_build import Sam2Arch, build_sam2_model, detect_arch, get_arch, load_sam2
 from segprompt.prompts import PromptSet
+
+if TYPE_CHECKING:
+    from segprompt.volumes.api import CancelFn, Direction, ProgressFn, Volume, VolumePrompts, VolumeResult, VolumeState
+    from segprompt.volumes.sam2_video import Sam2VolumePropagator
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +105,11 @@ class Sam2Segmenter(Segmenter):
         max_batch: prompt sets per decoder call.
         scribble_points: points sampled along each scribble.
         mask_logit_scale: logit magnitude of a binary mask prompt.
-        mask_threshold: logit threshold of the output masks (the predictor's 0.0).
+        mask_threshold: logit threshold of the output masks (the predictor's 0.0; volumes too).
+        video_settings: volume propagation options, a
+            :class:`~segprompt.volumes.sam2_video.Sam2VideoSettings` or a dict of its fields
+            (``offload_video_to_cpu``, ``offload_state_to_cpu``, ``keep_features``,
+            ``corrections_as_cond``, ``postprocessing``, ``fill_hole_area``, ``non_overlap_masks``).
     """
 
     name = "sam2"
@@ -112,6 +129,7 @@ class Sam2Segmenter(Segmenter):
         scribble_points: int = 5,
         mask_logit_scale: float = 10.0,
         mask_threshold: float = 0.0,
+        video_settings: Any = None,
     ) -> None:
         from segprompt.devices import check_device
 
@@ -139,6 +157,10 @@ class Sam2Segmenter(Segmenter):
         self.mask_logit_scale = float(mask_logit_scale)
         self.mask_threshold = float(mask_threshold)
         self._weights_hash: str | None = None
+        from segprompt.volumes.sam2_video import Sam2VideoSettings
+
+        self.video_settings = Sam2VideoSettings.coerce(video_settings)
+        self._volume_propagator: Any = None
 
     # -- properties -------------------------------------------------------------
     @property
@@ -160,9 +182,45 @@ class Sam2Segmenter(Segmenter):
         """Side of the low-resolution logits (``Prediction.logits``, mask feedback)."""
         return 4 * int(self.model.sam_image_embedding_size)
 
-    def video_predictor(self, device: str | None = None, postprocessing: bool = True) -> torch.nn.Module:
-        """A ``SAM2VideoPredictor`` of the same configuration and weights (for volumes)."""
-        return build_sam2_model(self.arch, self.model.state_dict(), device=device or self.device, video=True, postprocessing=postprocessing)
+    def video_predictor(self, device: str | None = None, postprocessing: bool = True, extra_overrides: Sequence[str] = ()) -> torch.nn.Module:
+        """A ``SAM2VideoPredictor`` of the same configuration and weights (a copy of them), with
+        hydra ``extra_overrides`` (e.g. ``"++model.add_all_frames_to_correct_as_cond=true"``)."""
+        return build_sam2_model(
+            self.arch, self.model.state_dict(), device=device or self.device, video=True, postprocessing=postprocessing, extra_overrides=extra_overrides
+        )
+
+    # -- volumes ------------------------------------------------------------------
+    def volume_propagator(self) -> "Sam2VolumePropagator":
+        """The :class:`~segprompt.volumes.sam2_video.Sam2VolumePropagator` of this model with
+        :attr:`video_settings` (built once: its video predictor holds a copy of the weights;
+        :meth:`forget_weights_hash` or new ``video_settings`` make a new one)."""
+        from segprompt.volumes.sam2_video import Sam2VideoSettings, Sam2VolumePropagator
+
+        self.video_settings = Sam2VideoSettings.coerce(self.video_settings)
+        prop = self._volume_propagator
+        if prop is None or prop.settings != self.video_settings:
+            prop = self._volume_propagator = Sam2VolumePropagator(self, self.video_settings)
+        return prop
+
+    def init_volume(self, volume: "Volume | np.ndarray") -> "VolumeState":
+        """Prepare a (Z, H, W[, 3]) stack for :meth:`propagate` (frames resized and normalised
+        once, sam2's ``inference_state`` in ``state.native``); see :mod:`segprompt.volumes.sam2_video`."""
+        return self.volume_propagator().init_volume(volume)
+
+    def propagate(
+        self,
+        state: "VolumeState",
+        prompts: "VolumePrompts | None" = None,
+        *,
+        direction: "Direction" = "both",
+        progress: "ProgressFn | None" = None,
+        cancel: "CancelFn | None" = None,
+    ) -> "VolumeResult":
+        """Add ``prompts`` (by slice and object) to ``state`` and propagate every object with
+        SAM 2's video memory, ``direction`` ``"both"`` / ``"forward"`` / ``"backward"``;
+        ``progress(done, total)`` per slice, ``cancel()`` polled per slice (True raises
+        :class:`~segprompt.errors.Cancelled`). See :mod:`segprompt.volumes.sam2_video`."""
+        return self.volume_propagator().propagate(state, prompts, direction=direction, progress=progress, cancel=cancel)
 
     def _autocast(self) -> contextlib.AbstractContextManager:
         if self.precision == "fp32":
@@ -188,7 +246,10 @@ class Sam2Segmenter(Segmenter):
         return self._weights_hash
 
     def forget_weights_hash(self) -> None:
+        """Call after changing the weights in place: the cache key and the volume propagator's
+        copy of the weights are rebuilt on next use."""
         self._weights_hash = None
+        self._volume_propagator = None
 
     def cache_signature(self) -> dict[str, Any]:
         return {
