@@ -72,6 +72,9 @@ the model frame), :mod:`~pointprompt.finetune_prompts` (training prompts and box
 step, iterative prompting, the validation loss), :mod:`~pointprompt.finetune_model` (load,
 trainable parts, evaluation, export), :mod:`~pointprompt.finetune_report` (log lines and the
 report); this module is the run: the loop's settings and task, test scores, resuming.
+The run is model-family agnostic through :class:`ModelFamily` (load, trainable parts, frames,
+training step, cached embedding, export, report): :data:`SAM` by default; SAM 2 is
+:data:`pointprompt.finetune_sam2.SAM2` (``segprompt finetune sam2``), the same loop on an adapter.
 """
 
 from __future__ import annotations
@@ -80,10 +83,12 @@ import json
 import logging
 import math
 import time
-from dataclasses import asdict
+from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
+import numpy as np
+import torch
 import torch.nn as nn
 
 from segprompt.data.sample import Sample, SegmentationDataset
@@ -122,6 +127,8 @@ __all__ = [
     # the run
     "finetune_sam",
     "fit_config",
+    "ModelFamily",
+    "SAM",
     # finetune_config
     "FinetuneConfig",
     "PRESETS",
@@ -174,6 +181,49 @@ __all__ = [
 ]
 
 
+@dataclass(frozen=True)
+class ModelFamily:
+    """What :func:`finetune_sam`'s run needs from the model family it finetunes: :data:`SAM`
+    here, SAM 2 in :mod:`pointprompt.finetune_sam2`. ``seg`` is the family's Segmenter (with
+    ``.model``, the trained module).
+
+    Attributes:
+        name: for messages (``SAM``, ``SAM 2``).
+        suite: the run folder's suite (a folder of another family is a ConfigError).
+        best_file / last_file: the exported checkpoints' names in the run folder.
+        load: ``load(cfg) -> seg``.
+        prepare: ``prepare(seg, cfg) -> trainable parameter count`` (``cfg.train``, LoRA).
+        frames: ``frames(samples, indices, seg, run) -> [FrameSample]`` in the model's input frame.
+        train_step: ``train_step(seg, cfg, embeddings) -> module``, ``module(batch, epoch) -> (loss, parts)``.
+        embedding: ``embedding(seg, image) -> tensor`` the step reads when the image encoder is frozen.
+        export: ``export(seg, path) -> path``: the checkpoint in the family's official layout.
+        report: ``report(run, result, history, cfg)``: writes report.md and summary.csv.
+    """
+
+    name: str
+    suite: str
+    best_file: str
+    last_file: str
+    load: Callable[[FinetuneConfig], Any]
+    prepare: Callable[[Any, FinetuneConfig], int]
+    frames: Callable[[Sequence[Sample], Sequence[int], Any, RunFolder | None], list[FrameSample]]
+    train_step: Callable[[Any, FinetuneConfig, dict[str, torch.Tensor] | None], nn.Module]
+    embedding: Callable[[Any, np.ndarray], torch.Tensor]
+    export: Callable[[Any, Path], Path]
+    report: Callable[[RunFolder, dict[str, Any], list[dict[str, Any]], FinetuneConfig], None]
+
+
+#: segment-anything's SAM (module globals looked up at call time)
+SAM = ModelFamily(
+    name="SAM", suite="finetune-sam", best_file="sam_best.pth", last_file="sam_last.pth",
+    load=lambda cfg: _load_model(cfg), prepare=lambda seg, cfg: _prepare_model(seg, cfg),
+    frames=lambda samples, idx, seg, run: _frames(samples, idx, seg, run),
+    train_step=lambda seg, cfg, embeddings: SamTrainStep(seg.model, cfg, embeddings),
+    embedding=lambda seg, image: seg.encode(image).features["embeddings"].cpu(),
+    export=lambda seg, path: export_checkpoint(seg, path), report=lambda *a: _write_report(*a),
+)
+
+
 def fit_config(cfg: FinetuneConfig, progress: bool = False) -> FitConfig:
     """The training loop's settings for ``cfg``: AdamW (Adam when the weight decay is 0),
     gradient clipping ``grad_clip``, early stopping and the best checkpoint on ``select_on`` over
@@ -208,9 +258,10 @@ def _upgrade_checkpoint(cfg: FinetuneConfig) -> Any:
 
 
 def _fit_task(
-    seg: SamSegmenter, cfg: FinetuneConfig, train: list[FrameSample], val: list[Sample], val_frames: list[FrameSample], out: Path, run: RunFolder | None, dist: Any, progress: bool
+    seg: SamSegmenter, cfg: FinetuneConfig, train: list[FrameSample], val: list[Sample], val_frames: list[FrameSample], out: Path, run: RunFolder | None, dist: Any, progress: bool,
+    family: ModelFamily = SAM,
 ) -> FitTask:
-    """The finetuning's part of the loop: the SAM training step (DDP-wrapped under torchrun),
+    """The finetuning's part of the loop: the family's training step (DDP-wrapped under torchrun),
     validation through the real inference path (plus the validation loss for
     ``select_on="val_loss"``), epoch lines and the best-checkpoint export."""
     embeddings = None
@@ -218,8 +269,8 @@ def _fit_task(
         from segprompt.cache import EmbeddingCache
 
         seg.cache = EmbeddingCache(out / "embeddings")
-        embeddings = {fs.id: seg.encode(fs.original.image).features["embeddings"].cpu() for fs in [*train, *val_frames]}
-    step = SamTrainStep(seg.model, cfg, embeddings)
+        embeddings = {fs.id: family.embedding(seg, fs.original.image) for fs in [*train, *val_frames]}
+    step = family.train_step(seg, cfg, embeddings)
     trainer: nn.Module = step
     if dist.enabled:
         from torch.nn.parallel import DistributedDataParallel
@@ -236,7 +287,7 @@ def _fit_task(
 
     return FitTask(
         seg.model, lambda batch, epoch: trainer(batch, epoch), evaluate_epoch, params=_optimizer_params(seg, cfg),
-        on_best=lambda row: export_checkpoint(seg, out / "sam_best.pth"), describe_epoch=lambda row: _epoch_line(out, row, cfg.epochs),
+        on_best=lambda row: family.export(seg, out / family.best_file), describe_epoch=lambda row: _epoch_line(out, row, cfg.epochs),
     )
 
 
@@ -259,7 +310,9 @@ def _test_scores(seg: SamSegmenter, test: Sequence[Sample], cfg: FinetuneConfig,
     return m
 
 
-def finetune_sam(cfg: FinetuneConfig, out: str | Path, resume: bool | None = None, dataset: SegmentationDataset | None = None, progress: bool = True) -> dict[str, Any]:
+def finetune_sam(
+    cfg: FinetuneConfig, out: str | Path, resume: bool | None = None, dataset: SegmentationDataset | None = None, progress: bool = True, family: ModelFamily = SAM
+) -> dict[str, Any]:
     """Run a finetuning run into ``out``, or resume the one there; returns the final metrics and paths.
 
     The best checkpoint is chosen on validation; ``result["test"]`` holds the test-split
@@ -269,6 +322,7 @@ def finetune_sam(cfg: FinetuneConfig, out: str | Path, resume: bool | None = Non
     ``resume`` is ignored (kept for old callers: resuming is automatic). ``progress``: progress
     bars over images (shown only when a loop takes more than a few seconds); the per-epoch lines
     are logged at INFO either way. The loop itself is :func:`segprompt.engine.loop.fit`.
+    ``family``: the model family (:data:`SAM`; SAM 2: :func:`pointprompt.finetune_sam2.finetune_sam2`).
     """
     check_device(cfg.device)
     dist = init_distributed(cfg.device)
@@ -279,21 +333,21 @@ def finetune_sam(cfg: FinetuneConfig, out: str | Path, resume: bool | None = Non
 
         dataset = dataset if dataset is not None else load_dataset(cfg.dataset, **cfg.dataset_kwargs)
         seed_everything(cfg.seed)
-        seg = _load_model(cfg)
-    run = RunFolder(out, {"suite": "finetune-sam", **asdict(cfg)}, volatile=("device", "max_steps")) if dist.is_main else None
+        seg = family.load(cfg)
+    run = RunFolder(out, {"suite": family.suite, **asdict(cfg)}, volatile=("device", "max_steps")) if dist.is_main else None
     if finished:
-        return _already_finished(run, out, cfg)
-    n_trainable = _prepare_model(seg, cfg)
+        return _already_finished(run, out, cfg, family)
+    n_trainable = family.prepare(seg, cfg)
     if run is not None:
         log.info("%s: %s trainable parameters (%s)", out.name, f"{n_trainable:,}", ", ".join(cfg.train))
     seg.model.to(cfg.device)
     samples, train_idx, val_idx, test_idx = load_split(cfg, dataset, run, progress=progress and dist.is_main)
-    train = _frames(samples, train_idx, seg, run)
+    train = family.frames(samples, train_idx, seg, run)
     val = [samples[i] for i in val_idx]
     test = [samples[i] for i in test_idx]
-    val_frames = _frames(samples, val_idx, seg, run) if cfg.select_on == "val_loss" else []
+    val_frames = family.frames(samples, val_idx, seg, run) if cfg.select_on == "val_loss" else []
     t0 = time.time()
-    task = _fit_task(seg, cfg, train, val, val_frames, out, run, dist, progress)
+    task = _fit_task(seg, cfg, train, val, val_frames, out, run, dist, progress, family)
     t_cache = time.time() - t0
     n_rows = len(run.results.rows()) if run is not None else 0
     test_before = _test_scores(seg, test, cfg, run, "before", progress) if test and run is not None else None
@@ -312,17 +366,17 @@ def finetune_sam(cfg: FinetuneConfig, out: str | Path, resume: bool | None = Non
         "out": str(out), "trainable_parameters": n_trainable, "train_images": len(train), "val_images": len(val), "test_images": len(test),
         "baseline": history[0], "final": history[-1], "best_epoch": best_epoch, "selected_on": cfg.select_on, "best_val": fitted.best,
         "best_val_dice": best_row["val_dice"], "epochs_run": len(history) - 1, "stopped_early": fitted.stopped_early,
-        "embedding_seconds": round(t_cache, 3), "checkpoint": str(out / "sam_best.pth"), "test": None,
+        "embedding_seconds": round(t_cache, 3), "checkpoint": str(out / family.best_file), "test": None,
     }
     if dist.is_main:
-        export_checkpoint(seg, out / "sam_last.pth")
+        family.export(seg, out / family.last_file)
         if test:
             load_best(task, out)  # the checkpoint chosen on validation
             after = _test_scores(seg, test, cfg, run, "best", progress, epoch=best_epoch)
             result["test"] = {"before": test_before, "best": after}
         atomic_write_text(out / "summary.json", json.dumps(result, indent=2))
         run.finish(len(run.results.rows()) - n_rows)
-        _write_report(run, result, history, cfg)
+        family.report(run, result, history, cfg)
     return result
 
 
@@ -335,12 +389,12 @@ def _announce(run: RunFolder, out: Path, cfg: FinetuneConfig, shard: int, state:
     log.info(_resume_line(out, cfg, state["epoch"], state["batch"], steps_per_epoch, state["global_step"], bool(state.get("stopped_early"))))
 
 
-def _already_finished(run: RunFolder | None, out: Path, cfg: FinetuneConfig) -> dict[str, Any]:
+def _already_finished(run: RunFolder | None, out: Path, cfg: FinetuneConfig, family: ModelFamily = SAM) -> dict[str, Any]:
     """The rerun of a finished run: nothing is trained or evaluated; the report is rewritten."""
     result = json.loads((out / "summary.json").read_text())
     if run is not None:
         early = ", stopped early" if result.get("stopped_early") else ""
         log.info("%s: already finished (%s%s); nothing to train, rewriting the report", out, plural(result["epochs_run"], "epoch"), early)
         run.finish(0)
-        _write_report(run, result, [{k: h.get(k) for k in history_columns(cfg)} for h in _epoch_rows(run)], cfg)
+        family.report(run, result, [{k: h.get(k) for k in history_columns(cfg)} for h in _epoch_rows(run)], cfg)
     return result

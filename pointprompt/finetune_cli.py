@@ -1,4 +1,4 @@
-"""``segprompt finetune``: SAM finetuning runs and the train-on-A / test-on-B strategy matrix.
+"""``segprompt finetune``: SAM and SAM 2 finetuning runs and the train-on-A / test-on-B strategy matrix.
 
 Rerunning a command on the same ``--out`` folder resumes it (a finished run is not retrained);
 the option names are those of ``segprompt bench pointprompt``. ``--preset NAME`` starts from a
@@ -18,7 +18,7 @@ from segprompt.errors import ConfigError
 
 @click.group("finetune", context_settings={"help_option_names": ["-h", "--help"]})
 def finetune() -> None:
-    """Finetune SAM (prompt encoder, mask decoder, LoRA or all) with automated or iterative prompts."""
+    """Finetune SAM or SAM 2 (prompt encoder, mask decoder, LoRA or all) with automated or iterative prompts."""
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -97,32 +97,34 @@ def _explicit(ctx: click.Context) -> set[str]:
     return {_PARAM_FIELDS.get(name, name) for name in ctx.params if ctx.get_parameter_source(name) == source}
 
 
-@finetune.command("sam")
-@_common
-@click.option("--train", default="mask_decoder", show_default=True, help="Comma-separated: prompt_encoder, mask_decoder, image_encoder, lora, all, or dotted submodule names.")
-@click.option("--prompts", default="mixed", show_default=True, help="A strategy name (random, centre, ...), iterative, box-jitter or mixed.")
-@click.option("--strategy", default="random", show_default=True, help="Point strategy used by --prompts mixed.")
-@click.option("--positive", "n_positive", type=int, default=1, show_default=True)
-@click.option("--negative", "n_negative", type=int, default=0, show_default=True)
-@click.option("--box-jitter", type=float, default=20.0, show_default=True, help="Largest box-side shift; unit of --box-jitter-mode (medsam: pixels at 1024).")
-@click.option("--box-jitter-mode", type=click.Choice(["medsam", "microsam", "symmetric"]), default="medsam", show_default=True,
-              help="medsam: each side moved outward by randint(0, J) px of the 1024 input frame; microsam: outward by uniform(0, J) x the box side; symmetric: the old uniform(-J, J) px of the original image.")
-@click.option("--iterations", type=int, default=8, show_default=True, help="Forward passes per sample of --prompts iterative, the first included (micro-sam's n_sub_iteration).")
-@click.option("--weight-decay", type=float, default=0.01, show_default=True)
-@click.option("--iou-weight", type=float, default=1.0, show_default=True, help="Weight of the IoU head's MSE loss (0: none).")
-@click.option("--schedule", type=click.Choice(["cosine", "plateau", "constant"]), default="cosine", show_default=True)
-@click.option("--loss", type=click.Choice(["dice+bce", "dice+focal", "dice"]), default="dice+bce", show_default=True)
-@click.option("--early-stop", type=int, default=5, show_default=True, help="Epochs without a better validation score before stopping (0: never).")
-@click.option("--lora-rank", type=int, default=4, show_default=True)
-@click.option("--checkpoint-every", type=int, default=0, help="Also checkpoint every N steps (default: every epoch).")
-@click.option("--resume", is_flag=True, hidden=True, help="Kept for old scripts: rerunning the same command resumes.")
-@click.pass_context
-def sam(ctx, train, prompts, strategy, n_positive, n_negative, box_jitter, box_jitter_mode, iterations, weight_decay, iou_weight, schedule, loss, early_stop, lora_rank, checkpoint_every, resume, out, preset, **common) -> None:  # noqa: ANN001
-    """Finetune SAM on a dataset; writes checkpoints (SAM layout), results.jsonl, report.md.
+def _train_options(f):  # noqa: ANN001, ANN202 - click decorator stack
+    """The training options of ``finetune sam`` and ``finetune sam2``."""
+    options = [
+        click.option("--train", default="mask_decoder", show_default=True, help="Comma-separated: prompt_encoder, mask_decoder, image_encoder, lora, all, or dotted submodule names."),
+        click.option("--prompts", default="mixed", show_default=True, help="A strategy name (random, centre, ...), iterative, box-jitter or mixed."),
+        click.option("--strategy", default="random", show_default=True, help="Point strategy used by --prompts mixed."),
+        click.option("--positive", "n_positive", type=int, default=1, show_default=True),
+        click.option("--negative", "n_negative", type=int, default=0, show_default=True),
+        click.option("--box-jitter", type=float, default=20.0, show_default=True, help="Largest box-side shift; unit of --box-jitter-mode (medsam: pixels at 1024)."),
+        click.option("--box-jitter-mode", type=click.Choice(["medsam", "microsam", "symmetric"]), default="medsam", show_default=True,
+                     help="medsam: each side moved outward by randint(0, J) px of the 1024 input frame; microsam: outward by uniform(0, J) x the box side; symmetric: the old uniform(-J, J) px of the original image."),
+        click.option("--iterations", type=int, default=8, show_default=True, help="Forward passes per sample of --prompts iterative, the first included (micro-sam's n_sub_iteration)."),
+        click.option("--weight-decay", type=float, default=0.01, show_default=True),
+        click.option("--iou-weight", type=float, default=1.0, show_default=True, help="Weight of the IoU head's MSE loss (0: none)."),
+        click.option("--schedule", type=click.Choice(["cosine", "plateau", "constant"]), default="cosine", show_default=True),
+        click.option("--loss", type=click.Choice(["dice+bce", "dice+focal", "dice"]), default="dice+bce", show_default=True),
+        click.option("--early-stop", type=int, default=5, show_default=True, help="Epochs without a better validation score before stopping (0: never)."),
+        click.option("--lora-rank", type=int, default=4, show_default=True),
+        click.option("--checkpoint-every", type=int, default=0, help="Also checkpoint every N steps (default: every epoch)."),
+        click.option("--resume", is_flag=True, hidden=True, help="Kept for old scripts: rerunning the same command resumes."),
+    ]
+    for opt in reversed(options):
+        f = opt(f)
+    return f
 
-    The checkpoint is chosen on the validation split; the numbers printed are those of the
-    test split. Rerun the same command to resume an interrupted run; a finished run is not retrained.
-    """
+
+def _train_and_print(ctx, family, train, prompts, strategy, n_positive, n_negative, box_jitter, box_jitter_mode, iterations, weight_decay, iou_weight, schedule, loss, early_stop, lora_rank, checkpoint_every, resume, out, preset, **common) -> None:  # noqa: ANN001
+    """Build the configuration from the options, run ``finetune_sam`` (``family``: ``sam`` or ``sam2``), print the outcome."""
     from pointprompt.finetune import FinetuneConfig, finetune_sam, plural, preset_fields
 
     given = dict(
@@ -144,7 +146,12 @@ def sam(ctx, train, prompts, strategy, n_positive, n_negative, box_jitter, box_j
         checkpoint_every=checkpoint_every,
     )
     cfg = FinetuneConfig(**preset_fields(preset, given, _explicit(ctx)))
-    result = finetune_sam(cfg, out)
+    if family == "sam2":
+        from pointprompt.finetune_sam2 import finetune_sam2
+
+        result = finetune_sam2(cfg, out)
+    else:
+        result = finetune_sam(cfg, out)
     if "final" not in result:
         click.echo(f"stopped at step {result['stopped_at_step']}; rerun the same command to resume")
         return
@@ -159,7 +166,36 @@ def sam(ctx, train, prompts, strategy, n_positive, n_negative, box_jitter, box_j
     if test:
         tb, ta = test["before"], test["best"]
         click.echo(f"test IoU {tb['iou']:.4f} -> {ta['iou']:.4f}, Dice {tb['dice']:.4f} -> {ta['dice']:.4f} ({plural(ta['n'], 'held-out image')})")
-    click.echo(f"checkpoint: {result['checkpoint']}  (load with create_segmenter('sam', checkpoint=...)); report: {out / 'report.md'}")
+    click.echo(f"checkpoint: {result['checkpoint']}  (load with create_segmenter('{family}', checkpoint=...)); report: {out / 'report.md'}")
+
+
+@finetune.command("sam")
+@_common
+@_train_options
+@click.pass_context
+def sam(ctx, **options) -> None:  # noqa: ANN001
+    """Finetune SAM on a dataset; writes checkpoints (SAM layout), results.jsonl, report.md.
+
+    The checkpoint is chosen on the validation split; the numbers printed are those of the
+    test split. Rerun the same command to resume an interrupted run; a finished run is not retrained.
+    """
+    _train_and_print(ctx, "sam", **options)
+
+
+@finetune.command("sam2")
+@_common
+@_train_options
+@click.pass_context
+def sam2(ctx, **options) -> None:  # noqa: ANN001
+    """Finetune SAM 2 / 2.1 (--checkpoint: a file or registry name such as sam2.1_hiera_tiny, medsam2).
+
+    The same loop, prompts, losses and presets as `finetune sam`; --train prompt_encoder,
+    mask_decoder, lora (LoRA on the Hiera blocks' attention + the mask decoder), image_encoder,
+    all. Writes sam2_best.pt / sam2_last.pt in the sam2 package's layout (LoRA merged), which
+    `create_segmenter('sam2', checkpoint=...)` and the package's build_sam2 load. Rerun the same
+    command to resume.
+    """
+    _train_and_print(ctx, "sam2", **options)
 
 
 @finetune.command("matrix")
