@@ -38,7 +38,8 @@ def _split(values: tuple[str, ...]) -> list[str]:
 def pointprompt(ctx, config_file, datasets, roots, models, checkpoints, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, limit, human, cache, device, out) -> None:
     """Benchmark point-prompt strategies on datasets; resumable, deterministic for a seed.
 
-    `segprompt bench pointprompt features RUN_DIR` then fits the prompt-feature regressions.
+    `segprompt bench pointprompt features RUN_DIR` then fits the prompt-feature regressions;
+    `segprompt bench pointprompt volumes --out DIR` runs the 3-D benchmark (prompt a slice, propagate).
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -141,6 +142,62 @@ def _merge_config(ctx: click.Context, path: Path, given: dict) -> dict:
 
     data = read_config_file(path, (f.name for f in dataclasses.fields(PointBenchConfig)))
     return apply_command_line(ctx, data, given, _OPTION_FIELDS)
+
+
+@pointprompt.command("volumes")
+@click.option("--dataset", "datasets", multiple=True, default=("synthetic-volumes",), show_default=True, help="'synthetic-volumes' or a folder with images/ and labels/ (TIFF, NIfTI or .npy stacks matched by name); repeat for several.")
+@click.option("--n-volumes", type=int, default=10, show_default=True, help="synthetic-volumes: number of volumes.")
+@click.option("--depth", type=int, default=12, show_default=True, help="synthetic-volumes: slices per volume.")
+@click.option("--size", default="64", show_default=True, help="synthetic-volumes: slice side in pixels, or LOW-HIGH spread over the volumes.")
+@click.option("--objects", "n_objects", type=int, default=2, show_default=True, help="synthetic-volumes: objects per volume.")
+@click.option("--model", "models", multiple=True, default=("sam-tiny",), show_default=True, help="Segmenter name; repeat for several (sam2 propagates natively, the others slice by slice).")
+@click.option("--checkpoint", "checkpoints", multiple=True, help="As for the 2-D benchmark: PATH, or MODEL=PATH; repeatable.")
+@click.option("--strategies", "prompts", multiple=True, default=("centre",), show_default=True, help="Comma-separated placement strategies, each optionally NAME+box (adds the object's box); 'box' alone is the box only.")
+@click.option("--positive", "n_positive", type=int, default=1, show_default=True)
+@click.option("--negative", "n_negative", type=int, default=0, show_default=True)
+@click.option("--slice", "slice_choice", type=click.Choice(["middle", "largest"]), default="middle", show_default=True, help="Prompted slice of each object: the middle of its z-extent, or where its area is largest.")
+@click.option("--direction", type=click.Choice(["both", "forward", "backward"]), default="both", show_default=True)
+@click.option("--method", type=click.Choice(["auto", "native", "fallback"]), default="auto", show_default=True, help="auto: a model's own propagation where it has one, else the slice-by-slice fallback.")
+@click.option("--projection", default=None, help="Fallback: what a slice passes to the next (box+point, box, point, box+mask, ...; default box+point).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--limit", type=int, default=None, help="Use only the first N volumes of each set.")
+@click.option("--device", default="cpu", show_default=True)
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (rerun the same command to resume).")
+def volumes(datasets, n_volumes, depth, size, n_objects, models, checkpoints, prompts, n_positive, n_negative, slice_choice, direction, method, projection, seed, limit, device, out) -> None:
+    """Prompt one slice of each object of each volume, propagate, report 3-D Dice and slice IoU along z."""
+    from pointprompt.bench_volume import VolumeBenchConfig, run_volume_bench
+    from pointprompt.report_volume import format_volume_summary
+    from segprompt.devices import check_device
+    from segprompt.engine.runfolder import timing_text
+
+    check_device(device)
+    given_checkpoints = checkpoint_kwargs(checkpoints, models)
+    model_kwargs = {m: ({"device": device} if m not in ("classical", "grabcut", "random-walker") else {}) | ({"checkpoint": given_checkpoints[m]} if m in given_checkpoints else {}) for m in models}
+    lo, _, hi = size.partition("-")
+    try:
+        sizes = [int(lo), int(hi or lo)]
+    except ValueError:
+        raise ConfigError(f"--size {size!r}: give a number of pixels or LOW-HIGH") from None
+    synthetic = {"n": n_volumes, "seed": seed, "depth": depth, "size": sizes, "n_objects": n_objects}
+    datasets = _split(datasets)
+    cfg = VolumeBenchConfig(
+        datasets=datasets,
+        dataset_kwargs={d: synthetic for d in datasets if d == "synthetic-volumes"},
+        models=list(models),
+        model_kwargs=model_kwargs,
+        prompts=_split(prompts),
+        n_positive=n_positive,
+        n_negative=n_negative,
+        slice_choice=slice_choice,
+        direction=direction,
+        method=method,
+        fallback={"projection": projection} if projection else {},
+        seed=seed,
+        limit=limit,
+    )
+    summary = run_volume_bench(cfg, out)
+    click.echo(format_volume_summary(summary))
+    click.echo(f"\n{timing_text(out)}\nrun folder: {out}  (summary.csv, curves.csv, report.md, iou_by_dz.png, labels/)")
 
 
 @pointprompt.command("features")
