@@ -350,8 +350,9 @@ class Sam2VolumePropagator:
     @contextlib.contextmanager
     def _session(self, state: VolumeState) -> Iterator[None]:
         """Autocast as the segmenter's precision, and (``keep_features``) every encoded slice
-        kept in ``state.slices``: the predictor looks a frame up in ``cached_features`` and, on a miss, replaces the
-        dict with that frame alone; we put our store back and keep what it added."""
+        kept in ``state.slices``: the predictor looks a frame up in ``cached_features`` and, on
+        a miss, replaces the dict with that frame alone; we put our store back and keep what
+        it added."""
         native = state.native
         keep = self.settings.keep_features
         store = state.slices  # z -> (frame, backbone output), as the predictor caches them
