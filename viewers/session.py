@@ -17,7 +17,18 @@ so it is tested (and benchmarked) on its own:
   as a :class:`pointprompt.trajectory.Trajectory` with ``source="napari"``;
 * :meth:`SegmentationSession.segment_everything`: every object of a slice without prompts
   (:func:`segprompt.everything.segment_everything`, with progress and cancel) as a label map,
-  and :func:`instances_write`: where those instances go in the committed-objects label image.
+  and :func:`instances_write`: where those instances go in the committed-objects label image;
+* :meth:`SegmentationSession.propagate`: the prompts of several slices of a 3-D stack propagated
+  through it (:mod:`segprompt.volumes`: the model's own propagation, e.g. SAM 2's video memory,
+  else the slice-by-slice fallback), with progress and cancel; :func:`volume_write` puts the
+  result into the committed-objects label volume, and :meth:`SegmentationSession.finish_volume`
+  closes the recordings of the prompted slices.
+
+Recording on 3-D stacks: the recording of an object is per slice (``image_id`` ``<name>_z0007``,
+``meta["slice"]``), and every step also names its slice (``extra["slice"]``), so each click keeps
+the slice it was made on; a propagated object adds ``meta["propagation"]`` (direction, method,
+the prompted slices, the slices labelled). Readers of the trajectory format ignore what they do
+not know, so files stay readable by older versions.
 """
 
 from __future__ import annotations
@@ -107,6 +118,23 @@ class ImageSource:
 
     def key(self, z: int = 0) -> tuple[Hashable, ...]:
         return (self.uid, int(z), self.normalisation, self.window)
+
+    def volume(self) -> Any:
+        """The whole 3-D stack as a :class:`segprompt.volumes.Volume` ((Z, H, W, 3) uint8) for
+        propagation: :func:`segprompt.volumes.as_volume` with this source's normalisation, i.e. ONE
+        intensity window for the whole stack (a window per slice would change the contrast from
+        slice to slice, which propagation would follow); an RGBA stack loses its alpha. Reads
+        every slice of a lazy array."""
+        from segprompt.volumes import as_volume
+
+        if self.ndim != 3:
+            raise DataError(f"image {self.name!r} is 2-D; propagation needs a 3-D stack (Z, H, W)")
+        arr = np.asarray(self.data)
+        if self.rgb:
+            if arr.shape[-1] not in (3, 4):
+                raise DataError(f"image {self.name!r}: an RGB stack needs 3 or 4 channels, got shape {arr.shape}")
+            arr = arr[..., :3]
+        return as_volume(arr, normalisation=self.normalisation, window=self.window)
 
     def image_id(self, z: int = 0) -> str:
         return self.name if self.ndim == 2 else f"{self.name}_z{int(z):04d}"
@@ -513,6 +541,23 @@ def instances_write(labels: np.ndarray, instances: np.ndarray, z: int | None = N
     return tuple(indices), values, offset
 
 
+def volume_write(labels: np.ndarray, mask: np.ndarray, object_id: int | None = None) -> tuple[tuple[np.ndarray, ...], int]:
+    """Where a propagated 3-D object goes in a committed-objects label volume, as a new object.
+
+    ``mask`` bool (Z, H, W) must have the shape of ``labels``; the id is ``labels.max() + 1``
+    unless given; voxels already owned by a committed object keep their id (:func:`commit_mask`'s
+    rule). Returns ``(indices, object_id)``: fancy indices into ``labels`` to set to the id; nothing
+    is written here, so the caller writes through napari's ``Labels.data_setitem`` (one undoable
+    step).
+    """
+    mask = np.asarray(mask, bool)
+    if labels.shape != mask.shape:
+        raise PromptError(f"a propagated mask of shape {mask.shape} does not fit the label volume of shape {labels.shape}")
+    if object_id is None:
+        object_id = int(np.max(labels, initial=0)) + 1
+    return tuple(np.nonzero(mask & (np.asarray(labels) == 0))), int(object_id)
+
+
 # --------------------------------------------------------------------------------------------
 # the session
 
@@ -622,6 +667,104 @@ class SegmentationSession:
         labels = label_map(records, tuple(image.shape[:2]))
         return EverythingResult(labels=labels, records=records, z=int(z), seconds=time.perf_counter() - t0)
 
+    # -- volumes ---------------------------------------------------------------------------
+    def propagation_support(self) -> str:
+        """``"native"`` when the loaded model propagates volumes itself (SAM 2), else ``"fallback"``
+        (:func:`segprompt.volumes.volume_support`); ``""`` without a model."""
+        from segprompt.volumes import volume_support
+
+        return "" if self.segmenter is None else volume_support(self.segmenter)
+
+    def _volume(self) -> Any:
+        _, src = self._require()
+        key = (src.uid, src.normalisation, src.window)
+        cached = getattr(self, "_volume_cache", None)
+        if cached is None or cached[0] != key or cached[2] is not src.data:
+            cached = (key, src.volume(), src.data)
+            self._volume_cache = cached
+        return cached[1]
+
+    def propagate(
+        self,
+        prompts: Any,
+        direction: str = "both",
+        method: str = "auto",
+        progress: Callable[[int, int], None] | None = None,
+        cancel: Callable[[], bool] | None = None,
+    ) -> Any:
+        """Propagate ``prompts`` (a :class:`segprompt.volumes.VolumePrompts`: slice index, object id,
+        prompts in the slice's (x, y) pixels) through the 3-D source.
+
+        Goes through :func:`segprompt.volumes.volume_propagator` (``method`` ``"auto"``: the
+        model's own propagation where it has one, e.g. SAM 2's video predictor, else the
+        slice-by-slice fallback; ``"native"`` / ``"fallback"`` to choose), on
+        :meth:`ImageSource.volume` (converted once per source and kept). Each call starts from a
+        fresh :class:`~segprompt.volumes.VolumeState` holding exactly ``prompts``; with the fallback
+        the encoded slices are kept across calls (the same model and source), so a correction only
+        decodes. ``progress(done, total)`` after each slice step; ``cancel()`` True stops at the
+        next slice step with :class:`segprompt.errors.Cancelled`. Holds the segmenter's encode lock
+        (the embedding's progress hooks must not fire inside these encodes).
+
+        Returns:
+            a :class:`segprompt.volumes.VolumeResult` (``labels`` int32 (Z, H, W), ``masks`` by id).
+        """
+        from segprompt.volumes.api import check_direction, volume_propagator
+
+        seg, src = self._require()
+        if src.ndim != 3:
+            raise DataError(f"image {src.name!r} is 2-D; propagation needs a 3-D stack (Z, H, W)")
+        check_direction(direction)
+        if not len(prompts):
+            raise PromptError("nothing to propagate: click on a slice first")
+        prop = volume_propagator(seg, method)  # type: ignore[arg-type]
+        t0 = time.perf_counter()
+        with _encode_lock(seg):
+            state = prop.init_volume(self._volume())
+            if getattr(state, "method", "") == "fallback" and getattr(state, "native", None) is None:
+                key = (self._model_token, src.uid, src.normalisation, src.window)
+                kept = getattr(self, "_volume_slices", None)
+                if kept is None or kept[0] != key:
+                    kept = (key, {})
+                    self._volume_slices = kept
+                state.slices = kept[1]  # encoded slices, shared across propagations
+            result = prop.propagate(state, prompts, direction=direction, progress=progress, cancel=cancel)  # type: ignore[arg-type]
+        from dataclasses import replace
+
+        return replace(result, seconds=time.perf_counter() - t0)
+
+    def finish_volume(self, object_id: int, result: Any, prompts: Any, direction: str, obj_id: int = 1) -> list[Any]:
+        """Close the recordings of the slices ``prompts`` prompted for object ``obj_id``, now
+        committed as ``object_id`` from the propagation ``result``.
+
+        A prompted slice with no recorded step yet (live preview off) gets one: its prompts and
+        the propagated mask on that slice. Every trajectory gets ``meta["propagation"]``:
+        ``{"direction", "method", "prompted_slices", "slices_labelled", "seconds"}``. Returns the
+        finished trajectories (slice order).
+        """
+        _, src = self._require()
+        slices = list(prompts.slices(obj_id))
+        info = {
+            "direction": str(direction),
+            "method": str(result.method),
+            "prompted_slices": [int(z) for z in slices],
+            "slices_labelled": [int(z) for z in result.slices_labelled(obj_id)] if obj_id in result.masks else [],
+            "seconds": None if not math.isfinite(float(result.seconds)) else round(float(result.seconds), 6),
+        }
+        row = list(result.obj_ids).index(obj_id) if obj_id in result.obj_ids else None
+        out = []
+        for z in slices:
+            rec = self.recorder(z)
+            if not len(rec):
+                mask = np.asarray(result.masks[obj_id][z], bool) if obj_id in result.masks else np.zeros(src.size, bool)
+                score = np.float32(np.nan) if row is None else result.scores[row, z]
+                preview = Preview(masks=mask[None], scores=np.asarray([score], np.float32), chosen=0)
+                self.record(prompts.get(z, obj_id), preview, time.monotonic(), z, extra={"propagated": True})
+            self.recorders.pop((src.uid, int(z)), None)
+            traj = rec.finish(object_id=int(object_id), committed=True, propagation=dict(info))
+            self.trajectories.append(traj)
+            out.append(traj)
+        return out
+
     def decode(self, prompt_set: PromptSet, z: int = 0, policy: str = "auto") -> Preview:
         """Decode ``prompt_set`` on slice ``z`` from its cached state (raises if not encoded)."""
         seg, _ = self._require()
@@ -644,6 +787,10 @@ class SegmentationSession:
         return rec
 
     def record(self, prompt_set: PromptSet, preview: Preview, t_prompt: float, z: int = 0, extra: dict[str, Any] | None = None) -> Any:
+        """Add a step to slice ``z``'s recording; on a 3-D stack the step names its slice
+        (``extra["slice"]``) besides the trajectory's ``meta["slice"]``."""
+        if self.source is not None and self.source.ndim == 3:
+            extra = {"slice": int(z), **(extra or {})}
         return self.recorder(z).add(prompt_set, preview, t_prompt, extra)
 
     def discard(self, z: int = 0) -> None:
@@ -706,4 +853,5 @@ __all__ = [
     "encode_with_progress",
     "encoder_blocks",
     "instances_write",
+    "volume_write",
 ]

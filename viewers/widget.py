@@ -6,8 +6,11 @@ text field and reference pickers, enabled for the models that take them: :mod:`v
 live preview, candidate policy,
 Segment / Commit / Undo / Clear), candidates (scores; click one to pick it), segment everything
 (:class:`viewers.everything_panel.EverythingPanel`: settings, run, Cancel, progress; the result
-goes into the objects layer as new ids, one undoable step), recording (annotator, dataset, steps
-count, Export...).
+goes into the objects layer as new ids, one undoable step), volume propagation on 3-D stacks
+(:class:`viewers.propagate_panel.PropagatePanel`: direction forward / backward / both, Propagate,
+Cancel, progress; the current object's prompts on any slices are propagated through the stack in
+a worker, by the model's own propagation (SAM 2) or the slice-by-slice fallback, and committed as
+one new 3-D object), recording (annotator, dataset, steps count, Export...).
 
 Threads: loading a model, computing an embedding and decoding a preview run in worker threads
 (superqt ``create_worker``, the engine of ``napari.qt.threading``), so the viewer never
@@ -117,6 +120,7 @@ class SegpromptWidget(QWidget):
     committed = Signal(int)
     status_changed = Signal(str)
     everything_done = Signal(str)  # "ready", "cancelled" or "failed"
+    propagate_done = Signal(str)  # "ready", "cancelled" or "failed"
 
     def __init__(
         self,
@@ -193,7 +197,9 @@ class SegpromptWidget(QWidget):
         self.model_combo.setObjectName("model_combo")
         self.load_button = QPushButton("Load")
         self.open_button = QPushButton("Open checkpoint...")
-        self.open_button.setToolTip("A SAM checkpoint file (official or finetuned, .pth or .safetensors; the architecture is read from it) or a universal .safetensors")
+        self.open_button.setToolTip(
+            "A SAM or SAM 2 checkpoint file (official or finetuned, MedSAM2; .pt, .pth or .safetensors; the architecture is read from it) or a universal .safetensors"
+        )
         row = QHBoxLayout()
         row.addWidget(self.model_combo, 1)
         row.addWidget(self.load_button)
@@ -291,6 +297,12 @@ class SegpromptWidget(QWidget):
         self.everything_panel.done.connect(self.everything_done.emit)
         root.addWidget(self.everything_panel)
 
+        from viewers.propagate_panel import PropagatePanel
+
+        self.propagate_panel = PropagatePanel(self)
+        self.propagate_panel.done.connect(self.propagate_done.emit)
+        root.addWidget(self.propagate_panel)
+
         box = QGroupBox("Recording")
         form = QFormLayout(box)
         self.annotator_edit = QLineEdit()
@@ -384,11 +396,12 @@ class SegpromptWidget(QWidget):
         return choice
 
     def add_checkpoint(self, path: str | Path, select: bool = True) -> ModelChoice:
-        """Offer a SAM checkpoint file (what ``Open checkpoint...`` does after the dialog)."""
+        """Offer a checkpoint file (what ``Open checkpoint...`` does after the dialog): SAM, SAM 2
+        or universal, recognised from the file (:func:`viewers.models.checkpoint_kind`)."""
         return self.add_model_choice(checkpoint_choice(path), select=select)
 
     def _open_checkpoint_dialog(self) -> None:
-        path, _ = QFileDialog.getOpenFileName(self, "SAM checkpoint", "", "Checkpoints (*.pth *.pt *.bin *.safetensors);;All files (*)")
+        path, _ = QFileDialog.getOpenFileName(self, "SAM / SAM 2 checkpoint", "", "Checkpoints (*.pth *.pt *.bin *.safetensors);;All files (*)")
         if path:
             self.add_checkpoint(path)
             self.load_model()
@@ -461,6 +474,7 @@ class SegpromptWidget(QWidget):
             self.model_label.setText(f"{self.session.model_label} - takes {kinds}")
         if "reference" in accepts:
             self._refresh_reference_lists()
+        self.propagate_panel.update_state()
 
     # ======================================================================================
     # images and layers
@@ -549,6 +563,7 @@ class SegpromptWidget(QWidget):
             self.image_combo.blockSignals(True)
             self.image_combo.setCurrentIndex(i)
             self.image_combo.blockSignals(False)
+        self.propagate_panel.update_state()
         self.set_status(f"image: {layer.name} ({'x'.join(map(str, source.spatial_shape))}{', 3-D stack' if source.ndim == 3 else ''})")
         if self.auto_embed.isChecked() and self.session.segmenter is not None:
             self.compute_embedding()
@@ -672,7 +687,13 @@ class SegpromptWidget(QWidget):
 
     @property
     def busy(self) -> bool:
-        return self._encode_job is not None or self._decode_worker is not None or self._load_worker is not None or self.everything_panel.running
+        return (
+            self._encode_job is not None
+            or self._decode_worker is not None
+            or self._load_worker is not None
+            or self.everything_panel.running
+            or self.propagate_panel.running
+        )
 
     def segment_everything(self, **settings: Any) -> Any:
         """Segment every object of the current slice in a worker thread (the panel's settings, with
@@ -683,6 +704,17 @@ class SegpromptWidget(QWidget):
     def cancel_everything(self) -> None:
         """Stop a running segment everything at its next batch of points."""
         self.everything_panel.cancel()
+
+    def propagate(self, direction: str | None = None, method: str | None = None) -> Any:
+        """Propagate the current object's prompts (on any slices of a 3-D image) through the stack
+        in a worker thread (``direction`` ``"both"`` / ``"forward"`` / ``"backward"``, ``method``
+        ``"auto"`` / ``"native"`` / ``"fallback"``; default: the panel's); the result is committed
+        into the objects layer as one new object. Returns the worker; ``propagate_done`` follows."""
+        return self.propagate_panel.run(direction, method)
+
+    def cancel_propagation(self) -> None:
+        """Stop a running propagation before its next slice step; nothing is written."""
+        self.propagate_panel.cancel()
 
     def _busy_progress(self, on: bool) -> None:
         if on:
@@ -955,14 +987,16 @@ class SegpromptWidget(QWidget):
 
     def undo(self) -> bool:
         """Remove the last prompt added on the current slice, or the objects of a segment everything
-        done after it (the newest first); returns False if there was nothing."""
+        or the object of a propagation done after it (the newest first); returns False if there was
+        nothing."""
         z = self._z
         kind = None
+        panels = {"everything": self.everything_panel, "propagate": self.propagate_panel}
         for i in range(len(self._history) - 1, -1, -1):
             k, hz = self._history[i]
-            if hz == z and k == "everything":
+            if hz == z and k in panels:
                 del self._history[i]
-                if self.everything_panel.undo(z):
+                if panels[k].undo(z):
                     return True
                 continue
             if hz == z:
@@ -1231,6 +1265,7 @@ class SegpromptWidget(QWidget):
         self._soon.stop()
         self.cancel_embedding()
         self.cancel_everything()
+        self.cancel_propagation()
         for p in list(self._bound):
             self._unbind_keys(p)
         try:
