@@ -9,6 +9,7 @@ import click
 
 from segprompt.errors import ConfigError
 from segprompt.models.base import SINGLE_MASK_POLICIES, multimask_help
+from segprompt.volumes.fallback import PROJECTIONS
 
 
 def _split(values: tuple[str, ...]) -> list[str]:
@@ -155,10 +156,10 @@ def _merge_config(ctx: click.Context, path: Path, given: dict) -> dict:
 @click.option("--strategies", "prompts", multiple=True, default=("centre",), show_default=True, help="Comma-separated placement strategies, each optionally NAME+box (adds the object's box); 'box' alone is the box only.")
 @click.option("--positive", "n_positive", type=int, default=1, show_default=True)
 @click.option("--negative", "n_negative", type=int, default=0, show_default=True)
-@click.option("--slice", "slice_choice", type=click.Choice(["middle", "largest"]), default="middle", show_default=True, help="Prompted slice of each object: the middle of its z-extent, or where its area is largest.")
+@click.option("--prompt-slice", "slice_choice", type=click.Choice(["middle", "largest"]), default="middle", show_default=True, help="Prompted slice of each object: the middle of its z-extent, or where its area is largest.")
 @click.option("--direction", type=click.Choice(["both", "forward", "backward"]), default="both", show_default=True)
 @click.option("--method", type=click.Choice(["auto", "native", "fallback"]), default="auto", show_default=True, help="auto: a model's own propagation where it has one, else the slice-by-slice fallback.")
-@click.option("--projection", default=None, help="Fallback: what a slice passes to the next (box+point, box, point, box+mask, ...; default box+point).")
+@click.option("--projection", type=click.Choice(PROJECTIONS), default="box+point", show_default=True, help="Fallback: what a slice's mask passes to the next slice (its box, its centre point, the mask).")
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--limit", type=int, default=None, help="Use only the first N volumes of each set.")
 @click.option("--device", default="cpu", show_default=True)

@@ -79,7 +79,7 @@ def test_segment_volume_nifti_two_objects_forward(tmp_path, capsys) -> None:  # 
         prompts.append({"z": 4, "object": o, "points": [[x, y, 1]], "box": [float(v) for v in box]})
     (tmp_path / "prompts.json").write_text(json.dumps(prompts))
     out = tmp_path / "labels.nii.gz"
-    rc = main(["segment-volume", str(tmp_path / "vol.nii.gz"), "--model", "grabcut", "--prompts", str(tmp_path / "prompts.json"), "--direction", "forward", "--out", str(out)])
+    rc = main(["segment-volume", str(tmp_path / "vol.nii.gz"), "--model", "grabcut", "--prompt-file", str(tmp_path / "prompts.json"), "--direction", "forward", "--out", str(out)])
     text = capsys.readouterr()
     assert rc == 0, text.err
     back = nib.load(out)

@@ -248,7 +248,7 @@ def test_model_discovery_lists_cache_checkpoints(tmp_path, monkeypatch):
     choices = discover_models()
     labels = [c.label for c in choices]
     assert labels[:3] == ["sam-tiny (bundled demo)", "classical (GrabCut)", "random walker"]
-    assert "SAM: my_finetuned.safetensors" in labels and len(labels) == 5 and labels[3] == "universal-tiny (bundled demo)"
+    assert "SAM: my_finetuned.safetensors" in labels and len(labels) == 6 and labels[3] == "universal-tiny (bundled demo)" and labels[4] == "sam2 (SAM 2)"
     seg = choices[labels.index("SAM: my_finetuned.safetensors")].load()
     assert seg.name == "sam" and seg.arch.img_size == 256  # architecture read from the file
 

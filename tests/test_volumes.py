@@ -504,3 +504,12 @@ def test_bad_volume_files(tmp_path) -> None:  # noqa: ANN001
         read_volume(tmp_path / "a.png")
     with pytest.raises(DataError, match="labels are written as"):
         write_labels(tmp_path / "l.png", np.zeros((2, 3, 3), np.int32))
+
+
+def test_a_later_prompt_on_the_same_slice_and_object_is_the_one_in_force():
+    from segprompt.volumes import VolumePrompts
+
+    first = VolumePrompts().add(3, obj_id=1, points=[(4, 5)]).add(3, obj_id=2, points=[(9, 9)])
+    both = first.merged(VolumePrompts().add(3, obj_id=1, points=[(7, 8)]))
+    assert both.get(3, 1).points.coords.tolist() == [[7, 8]]
+    assert [(e.obj_id, e.prompts.points.coords.tolist()) for e in both.on_slice(3)] == [(1, [[7, 8]]), (2, [[9, 9]])]

@@ -5,7 +5,7 @@
     segprompt segment-volume stack.tif --model sam-tiny --slice 6 --point 30,20 --out labels.tif
     segprompt segment-volume ct.nii.gz --model grabcut --slice 40 --box 100,80,160,150 \\
         --normalisation window --window -160,240 --out labels.nii.gz
-    segprompt segment-volume stack.tif --prompts prompts.json --out labels.tif   # several objects
+    segprompt segment-volume stack.tif --prompt-file prompts.json --out labels.tif   # several objects
 
 The model's own propagation is used where it has one (``--method auto``), else the slice-by-slice
 fallback (:mod:`segprompt.volumes.fallback`). The labels keep the input's voxel spacing (and a
@@ -51,7 +51,7 @@ def _prompts(volume_shape: tuple[int, ...], slice_: int | None, obj: int, points
     elif slice_ is not None and prompts_file is None:
         raise PromptError(f"--slice {slice_} needs a --point or a --box on that slice")
     if not len(vp):
-        raise PromptError("give at least one --point or a --box (on --slice Z), or --prompts FILE")
+        raise PromptError("give at least one --point or a --box (on --slice Z), or --prompt-file FILE")
     return vp.check(volume_shape)
 
 
@@ -63,7 +63,7 @@ def _prompts(volume_shape: tuple[int, ...], slice_: int | None, obj: int, points
 @click.option("--point", "points", multiple=True, help="x,y or x,y,label in the slice's pixels (label 1 positive, 0 negative); repeat.")
 @click.option("--box", default=None, help="x0,y0,x1,y1 in the slice's pixels.")
 @click.option("--object", "obj", type=int, default=1, show_default=True, help="Object id of the --point / --box prompts (its value in the labels).")
-@click.option("--prompts", "prompts_file", type=click.Path(path_type=Path), default=None, help='JSON list of slice prompts, for several objects and corrections: [{"z": 6, "object": 1, "points": [[x, y, 1]], "box": [x0, y0, x1, y1]}, ...].')
+@click.option("--prompt-file", "prompts_file", type=click.Path(path_type=Path), default=None, help='JSON list of slice prompts, for several objects and corrections: [{"z": 6, "object": 1, "points": [[x, y, 1]], "box": [x0, y0, x1, y1]}, ...].')
 @click.option("--direction", type=click.Choice(DIRECTIONS), default="both", show_default=True, help="Propagate toward higher z (forward), lower z (backward) or both.")
 @click.option("--method", type=click.Choice(METHODS), default="auto", show_default=True, help="auto: the model's own propagation where it has one, else the fallback; native; fallback: slice by slice, each slice prompted from its neighbour's mask.")
 @click.option("--projection", type=click.Choice(PROJECTIONS), default="box+point", show_default=True, help="Fallback: what a slice's mask passes to the next slice (its box, its centre point, the mask).")

@@ -286,14 +286,17 @@ class VolumePrompts:
         return tuple(sorted({e.z for e in self.entries if obj_id is None or e.obj_id == obj_id}))
 
     def get(self, z: int, obj_id: int) -> PromptSet | None:
-        for e in self.entries:
+        """The prompt of object ``obj_id`` on slice ``z``: the latest one given (a later entry
+        replaces an earlier one), or ``None``."""
+        for e in reversed(self.entries):
             if e.z == z and e.obj_id == obj_id:
                 return e.prompts
         return None
 
     def on_slice(self, z: int) -> list[SlicePrompt]:
-        """The entries on slice ``z``, by ascending object id."""
-        return sorted((e for e in self.entries if e.z == z), key=lambda e: e.obj_id)
+        """The entries in force on slice ``z`` (the latest per object), by ascending object id."""
+        latest = {e.obj_id: e for e in self.entries if e.z == z}
+        return [latest[k] for k in sorted(latest)]
 
     def __len__(self) -> int:
         return len(self.entries)
