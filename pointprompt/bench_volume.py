@@ -149,22 +149,10 @@ def _stem(path: Path) -> str:
 
 
 def read_label_stack(path: str | Path) -> np.ndarray:
-    """The raw (Z, H, W) array of a label stack (TIFF, NIfTI or .npy), axes as
-    :func:`segprompt.volumes.io.read_volume` orders them, no intensity conversion."""
-    from segprompt.volumes import io
+    """The raw (Z, H, W) array of a label stack: :func:`segprompt.volumes.io.read_label_volume`."""
+    from segprompt.volumes.io import read_label_volume
 
-    path = Path(path)
-    if not path.is_file():
-        raise DataError(f"{path}: file not found")
-    kind = io._kind(path)
-    if kind == "tiff":
-        return io._read_tiff(path)[0]
-    if kind == "nifti":
-        return io._read_nifti(path)[0]
-    try:
-        return np.load(path, allow_pickle=False)
-    except (ValueError, OSError) as exc:
-        raise DataError(f"{path}: not a readable .npy array ({exc})") from exc
+    return read_label_volume(path)
 
 
 class VolumeFolder:

@@ -175,6 +175,23 @@ def read_volume(path: str | Path, normalisation: str = "percentile", window: tup
 
 
 # -- writing ------------------------------------------------------------------------------------
+def read_label_volume(path: str | Path) -> np.ndarray:
+    """The raw (Z, H, W) array of a label stack (TIFF, NIfTI or ``.npy``): the axes ordered as
+    :func:`read_volume` orders them, the values untouched (no intensity conversion)."""
+    path = Path(path)
+    if not path.is_file():
+        raise DataError(f"{path}: file not found")
+    kind = _kind(path)
+    if kind == "tiff":
+        return _read_tiff(path)[0]
+    if kind == "nifti":
+        return _read_nifti(path)[0]
+    try:
+        return np.load(path, allow_pickle=False)
+    except (ValueError, OSError) as exc:
+        raise DataError(f"{path}: not a readable .npy array ({exc})") from exc
+
+
 def _label_dtype(labels: np.ndarray) -> np.dtype:
     if labels.size and (labels.min() < 0 or labels.max() > np.iinfo(np.uint16).max):
         return np.dtype(np.int32)
@@ -254,4 +271,4 @@ def _write_nifti(path: Path, arr: np.ndarray, spacing: tuple[float, float, float
         nib.save(img, str(tmp))
 
 
-__all__ = ["LABEL_SUFFIXES", "VOLUME_SUFFIXES", "read_volume", "write_labels"]
+__all__ = ["LABEL_SUFFIXES", "VOLUME_SUFFIXES", "read_label_volume", "read_volume", "write_labels"]
