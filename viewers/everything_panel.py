@@ -22,29 +22,17 @@ import threading
 import time
 from typing import Any
 
-from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import (
-    QDoubleSpinBox,
-    QFormLayout,
-    QGroupBox,
-    QHBoxLayout,
-    QLabel,
-    QProgressBar,
-    QPushButton,
-    QSpinBox,
-)
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QDoubleSpinBox, QFormLayout, QGroupBox, QSpinBox
 
 from segprompt.errors import Cancelled, SegpromptError
+from viewers.run_controls import add_run_controls
 
 
 #: the panel's starting values: segment-anything's SamAutomaticMaskGenerator defaults, as
 #: :class:`segprompt.everything.EverythingSettings` (a test checks they agree); written here so that
 #: opening the widget does not import torch
 DEFAULTS = {"points_per_side": 32, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95, "min_mask_region_area": 0, "crop_n_layers": 0}
-
-
-class _Bridge(QObject):
-    progress = Signal(int, int)
 
 
 class EverythingPanel(QGroupBox):
@@ -91,22 +79,9 @@ class EverythingPanel(QGroupBox):
         form.addRow("stability >=", self.stability_score_thresh)
         form.addRow("min region area", self.min_mask_region_area)
         form.addRow("crop layers", self.crop_n_layers)
-        self.run_button = QPushButton("Segment everything")
-        self.run_button.setToolTip("Every object of the current slice, added to the objects layer as new ids (one Undo removes them)")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        row = QHBoxLayout()
-        row.addWidget(self.run_button, 1)
-        row.addWidget(self.cancel_button)
-        form.addRow(row)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        form.addRow(self.progress)
-        self.result_label = QLabel("")
-        self.result_label.setWordWrap(True)
-        form.addRow(self.result_label)
-        self._bridge = _Bridge(self)
+        controls = add_run_controls(form, self, "Segment everything", "Every object of the current slice, added to the objects layer as new ids (one Undo removes them)")
+        self.run_button, self.cancel_button, self.progress = controls.run_button, controls.cancel_button, controls.progress
+        self.result_label, self._bridge = controls.label, controls.bridge
         self._bridge.progress.connect(self._on_progress)
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)

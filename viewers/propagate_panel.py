@@ -38,10 +38,11 @@ import time
 from typing import Any
 
 import numpy as np
-from qtpy.QtCore import QObject, Signal
-from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel, QProgressBar, QPushButton
+from qtpy.QtCore import Signal
+from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel
 
 from segprompt.errors import Cancelled, SegpromptError
+from viewers.run_controls import add_run_controls
 
 #: the direction box's entries (:data:`segprompt.volumes.DIRECTIONS`, written here so that the
 #: widget opens without importing the volume package; a test checks they agree)
@@ -50,10 +51,6 @@ DIRECTIONS = ("both", "forward", "backward")
 METHODS = ("auto", "native", "fallback")
 #: object id of the current object inside the propagation (the committed id is the labels' next)
 OBJ = 1
-
-
-class _Bridge(QObject):
-    progress = Signal(int, int)
 
 
 class PropagatePanel(QGroupBox):
@@ -86,22 +83,9 @@ class PropagatePanel(QGroupBox):
         row.addWidget(QLabel("method"))
         row.addWidget(self.method_combo, 1)
         form.addRow(row)
-        self.run_button = QPushButton("Propagate")
-        self.run_button.setToolTip("Propagate the current object's prompts (on any slices) through the stack; the result is committed as one new object")
-        self.cancel_button = QPushButton("Cancel")
-        self.cancel_button.setEnabled(False)
-        row = QHBoxLayout()
-        row.addWidget(self.run_button, 1)
-        row.addWidget(self.cancel_button)
-        form.addRow(row)
-        self.progress = QProgressBar()
-        self.progress.setRange(0, 1)
-        self.progress.setValue(0)
-        form.addRow(self.progress)
-        self.info_label = QLabel("")
-        self.info_label.setWordWrap(True)
-        form.addRow(self.info_label)
-        self._bridge = _Bridge(self)
+        controls = add_run_controls(form, self, "Propagate", "Propagate the current object's prompts (on any slices) through the stack; the result is committed as one new object")
+        self.run_button, self.cancel_button, self.progress = controls.run_button, controls.cancel_button, controls.progress
+        self.info_label, self._bridge = controls.label, controls.bridge
         self._bridge.progress.connect(self._on_progress)
         self.run_button.clicked.connect(lambda: self.run())
         self.cancel_button.clicked.connect(self.cancel)

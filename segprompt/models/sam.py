@@ -56,6 +56,18 @@ def scribble_to_points(coords: np.ndarray, n: int) -> np.ndarray:
     return np.stack([xs, ys], axis=1)
 
 
+def cached_dense_pe(owner: Any, prompt_encoder: Any) -> torch.Tensor:
+    """A SAM / SAM 2 prompt encoder's dense positional encoding, kept on ``owner``: it depends only
+    on a fixed buffer, so it is computed once per device (and autocast state) instead of on every
+    decoder call. A changed buffer (new weights, another device) recomputes it."""
+    buf = prompt_encoder.pe_layer.positional_encoding_gaussian_matrix
+    key = (buf.device, buf.data_ptr(), buf._version, torch.is_autocast_enabled())
+    if getattr(owner, "_dense_pe_key", None) != key:
+        owner._dense_pe_cache = prompt_encoder.get_dense_pe()
+        owner._dense_pe_key = key
+    return owner._dense_pe_cache
+
+
 class SamSegmenter(Segmenter):
     """Segment Anything.
 
@@ -218,15 +230,7 @@ class SamSegmenter(Segmenter):
         return xy, lab, box, mask
 
     def _dense_pe(self) -> torch.Tensor:
-        """The prompt encoder's dense positional encoding: it depends only on a fixed buffer, so
-        it is computed once per device instead of on every decoder call."""
-        pe = self.model.prompt_encoder
-        buf = pe.pe_layer.positional_encoding_gaussian_matrix
-        key = (buf.device, buf.data_ptr(), buf._version, torch.is_autocast_enabled())
-        if getattr(self, "_dense_pe_key", None) != key:
-            self._dense_pe_cache = pe.get_dense_pe()
-            self._dense_pe_key = key
-        return self._dense_pe_cache
+        return cached_dense_pe(self, self.model.prompt_encoder)
 
     @torch.no_grad()
     def _decode(

@@ -349,13 +349,9 @@ class Sam2Segmenter(Segmenter):
         return xy, lab, box, mask
 
     def _dense_pe(self) -> torch.Tensor:
-        pe = self.model.sam_prompt_encoder
-        buf = pe.pe_layer.positional_encoding_gaussian_matrix
-        key = (buf.device, buf.data_ptr(), buf._version, torch.is_autocast_enabled())
-        if getattr(self, "_dense_pe_key", None) != key:
-            self._dense_pe_cache = pe.get_dense_pe()
-            self._dense_pe_key = key
-        return self._dense_pe_cache
+        from segprompt.models.sam import cached_dense_pe
+
+        return cached_dense_pe(self, self.model.sam_prompt_encoder)
 
     @torch.no_grad()
     def _decode(self, feats: dict[str, torch.Tensor], inputs: list[tuple], multimask_output: bool) -> tuple[torch.Tensor, torch.Tensor]:

@@ -1,0 +1,44 @@
+"""The controls every long-running panel shares: a run button, Cancel, a progress bar and a
+result line, with a bridge that carries progress from the worker thread to the Qt thread."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from qtpy.QtCore import QObject, Signal
+from qtpy.QtWidgets import QFormLayout, QHBoxLayout, QLabel, QProgressBar, QPushButton
+
+
+class ProgressBridge(QObject):
+    """``progress(done, total)`` emitted from a worker, received on the Qt thread."""
+
+    progress = Signal(int, int)
+
+
+@dataclass
+class RunControls:
+    run_button: QPushButton
+    cancel_button: QPushButton
+    progress: QProgressBar
+    label: QLabel
+    bridge: ProgressBridge
+
+
+def add_run_controls(form: QFormLayout, parent: QObject, run_text: str, tooltip: str) -> RunControls:
+    """Append [run | Cancel], a progress bar (0 of 1) and a word-wrapped result label to ``form``."""
+    run_button = QPushButton(run_text)
+    run_button.setToolTip(tooltip)
+    cancel_button = QPushButton("Cancel")
+    cancel_button.setEnabled(False)
+    row = QHBoxLayout()
+    row.addWidget(run_button, 1)
+    row.addWidget(cancel_button)
+    form.addRow(row)
+    progress = QProgressBar()
+    progress.setRange(0, 1)
+    progress.setValue(0)
+    form.addRow(progress)
+    label = QLabel("")
+    label.setWordWrap(True)
+    form.addRow(label)
+    return RunControls(run_button, cancel_button, progress, label, ProgressBridge(parent))
