@@ -13,6 +13,12 @@ checked on every read:
 so a cached embedding is either exactly what the model would compute now, or it is not used.
 Writes are atomic (temporary file + rename): a killed run leaves no half-written entry.
 
+Several processes may share one cache folder (the shards of a run, local workers or SLURM jobs on
+a cluster file system): each write goes to a temporary file of its own and is renamed over the
+entry in one step, so a reader opens either the old complete file or the new complete one, and
+two writers of the same key leave one of their two (equal) files. A rejected entry is deleted
+only if it is still the file that was read, never a fresh one another process wrote meanwhile.
+
 ``dtype="fp16"`` stores embeddings in half precision (half the disk; values round to fp16,
 about 1e-3 relative error) and gives them back as float32.
 """
@@ -58,6 +64,12 @@ def tensor_digest(tensors: Mapping[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
+def _identity(path: Path) -> tuple[int, int, int]:
+    """(inode, size, mtime ns) of a file: which version of an entry was read."""
+    st = path.stat()
+    return st.st_ino, st.st_size, st.st_mtime_ns
+
+
 @dataclass
 class CacheStats:
     hits: int = 0
@@ -99,7 +111,9 @@ class EmbeddingCache:
     def read(self, key: str, signature: Mapping[str, Any]) -> tuple[dict[str, torch.Tensor], dict[str, Any]] | None:
         """Tensors and extra metadata stored under ``key``, or None if absent, stale or corrupt."""
         path = self.path(key)
-        if not path.is_file():
+        try:
+            seen = _identity(path)
+        except OSError:
             return None
         expected = json.dumps(signature, sort_keys=True, default=str)
         try:
@@ -108,23 +122,26 @@ class EmbeddingCache:
             with safe_open(str(path), framework="pt") as f:
                 meta = dict(f.metadata() or {})
                 tensors = {k: f.get_tensor(k) for k in f.keys()}
+        except FileNotFoundError:  # removed by another process between the stat and the open
+            return None
         except Exception as exc:  # a damaged file raises whatever the parser hits
-            return self._reject(path, f"unreadable ({type(exc).__name__}: {exc})")
+            return self._reject(path, f"unreadable ({type(exc).__name__}: {exc})", seen)
         if meta.get("signature") != expected:
-            return self._reject(path, "stale (its signature differs from this image/model)")
+            return self._reject(path, "stale (its signature differs from this image/model)", seen)
         if meta.get("checksum") != tensor_digest(tensors):
-            return self._reject(path, "corrupt (tensor checksum mismatch)")
+            return self._reject(path, "corrupt (tensor checksum mismatch)", seen)
         try:
             extra = json.loads(meta.get("extra", "{}"))
         except json.JSONDecodeError:
-            return self._reject(path, "corrupt (bad metadata)")
+            return self._reject(path, "corrupt (bad metadata)", seen)
         return {k: v.float() if v.is_floating_point() else v for k, v in tensors.items()}, extra
 
-    def _reject(self, path: Path, reason: str) -> None:
+    def _reject(self, path: Path, reason: str, seen: tuple[int, int, int] | None = None) -> None:
         log.warning("embedding cache entry %s is %s; recomputing", path, reason)
         self.stats.rejected += 1
         try:
-            path.unlink()
+            if seen is None or _identity(path) == seen:  # not a fresh entry another process renamed in meanwhile
+                path.unlink()
         except OSError:
             pass
         return None
@@ -171,6 +188,8 @@ class EmbeddingCache:
         n = 0
         if self.folder.is_dir():
             for p in self.folder.glob("*/*.safetensors"):
+                if p.name.startswith("."):  # another process's write in flight
+                    continue
                 p.unlink()
                 n += 1
         return n

@@ -73,11 +73,11 @@ import logging
 import os
 import re
 import time
-from concurrent.futures import ProcessPoolExecutor, as_completed
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, Callable
 
+from segprompt.engine.launchers import LAUNCHERS, run_jobs, submitit_executor
 from segprompt.engine.runfolder import JsonlLog, RunFolder
 from segprompt.errors import ConfigError, SegpromptError
 
@@ -85,7 +85,6 @@ log = logging.getLogger(__name__)
 
 __all__ = ["SweepConfig", "Cell", "plan_cells", "run_cell", "run_sweep", "expand_methods", "LAUNCHERS", "OPTUNA_SPACES"]
 
-LAUNCHERS = ("local", "submitit", "submitit-local")
 #: grid axes: they may change between reruns of the same folder (the cells are independent)
 GRID_KEYS = ("vlsms", "methods", "depths", "datasets", "seeds", "vlsm_kwargs", "learner_kwargs", "dataset_roots")
 
@@ -344,23 +343,8 @@ def _cell_summary(folder: Path) -> dict[str, Any] | None:
 
 
 def _submitit_executor(out: Path, launcher: str, slurm: dict[str, Any]) -> Any:
-    try:
-        import submitit
-    except ImportError as exc:  # pragma: no cover - submitit is a declared extra
-        raise ConfigError("the submitit launchers need submitit: pip install 'segprompt[cluster]'") from exc
-    folder = out / "submitit" / "%j"
-    timeout = int(slurm.get("timeout_min") or 60)
-    if launcher == "submitit-local":
-        ex = submitit.LocalExecutor(folder=folder)
-        ex.update_parameters(timeout_min=timeout)
-        return ex
-    ex = submitit.AutoExecutor(folder=folder, cluster=slurm.get("cluster") or "slurm")
-    params: dict[str, Any] = {"timeout_min": timeout, "name": slurm.get("name") or "tunevlseg"}
-    for key in ("slurm_partition", "gpus_per_node", "cpus_per_task", "mem_gb", "slurm_array_parallelism", "slurm_account", "slurm_qos"):
-        if slurm.get(key) is not None:
-            params[key] = slurm[key]
-    ex.update_parameters(**params)
-    return ex
+    """The sweep's submitit executor (:func:`segprompt.engine.launchers.submitit_executor`), jobs named tunevlseg."""
+    return submitit_executor(out / "submitit" / "%j", launcher, slurm, name="tunevlseg")
 
 
 def _check_before_work(cfg: SweepConfig, launcher: str, workers: int, optuna_trials: int) -> None:
@@ -486,33 +470,12 @@ def run_sweep(
         log.info("%s", _cell_line(finished[0], len(cells), cell.name, result or {}))
 
     try:
-        if pending and in_process:
-            for cell in pending:
-                try:
-                    result = run_cell(payloads[cell.name])
-                except Exception as exc:  # noqa: BLE001 - a failed cell is recorded, the others go on
-                    record(cell, None, exc)
-                else:
-                    record(cell, result, None)
-        elif pending and launcher == "local":
-            import multiprocessing
-
-            with ProcessPoolExecutor(max_workers=workers, mp_context=multiprocessing.get_context("spawn")) as pool:
-                futures = {pool.submit(run_cell, payloads[c.name]): c for c in pending}
-                for fut in as_completed(futures):
-                    exc = fut.exception()
-                    record(futures[fut], None if exc else fut.result(), exc)
-        elif pending:
-            ex = executor if executor is not None else _submitit_executor(out, launcher, slurm or {})
-            jobs = ex.map_array(run_cell, [payloads[c.name] for c in pending])
-            log.info("submitted %d job%s (%s)", len(jobs), "" if len(jobs) == 1 else "s", ", ".join(str(j.job_id) for j in jobs[:5]))
-            for cell, job in zip(pending, jobs):
-                try:
-                    result = job.result()
-                except Exception as exc:  # noqa: BLE001 - a failed job is recorded, the others go on
-                    record(cell, None, exc)
-                else:
-                    record(cell, result, None)
+        run_jobs(
+            run_cell, [payloads[c.name] for c in pending], lambda i, result, error: record(pending[i], result, error),
+            launcher=launcher, workers=workers,
+            executor=executor if executor is not None or launcher == "local" or not pending else _submitit_executor(out, launcher, slurm or {}),
+            log_level=None,  # run_cell sets its own (payload["log_level"])
+        )
     finally:
         bar.close()
     optuna_rows = 0

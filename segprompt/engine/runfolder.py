@@ -12,6 +12,13 @@
 A killed run loses at most the row in flight: on reopening, a torn last line is cut off and
 the finished rows are kept; the suite skips the units whose rows are present.
 
+Sharded runs (:mod:`segprompt.engine.shards`): ``RunFolder(out, config, shard=Shard(2, 3))``
+appends to ``results.shard-2-of-3.jsonl``, ``errors.shard-2-of-3.jsonl`` and
+``invocations.shard-2-of-3.jsonl``; reading ``run.results`` / ``run.errors`` yields the rows of
+every file of the folder (``results.jsonl`` first, then each shard's), so every process sees
+the units any shard finished. The config key ``launch`` (launcher, workers, SLURM settings) is
+always volatile: how a run is spread over processes does not change its rows.
+
 Every suite behaves the same on a rerun (the same command on the same folder):
 
 .. code-block:: python
@@ -44,9 +51,10 @@ log = logging.getLogger(__name__)
 class JsonlLog:
     """An append-only JSON-lines file; each row is flushed and fsynced when written."""
 
-    def __init__(self, path: str | Path) -> None:
+    def __init__(self, path: str | Path, repair: bool = True) -> None:
         self.path = Path(path)
-        self._repair()
+        if repair:
+            self._repair()
 
     def _repair(self) -> None:
         """Cut a torn last line (a run killed mid-write) so appends start on a clean line."""
@@ -73,20 +81,64 @@ class JsonlLog:
             self.append(row)
 
     def __iter__(self) -> Iterator[dict[str, Any]]:
-        if not self.path.exists():
-            return
-        with open(self.path) as f:
-            for n, line in enumerate(f, 1):
-                line = line.strip()
-                if not line:
-                    continue
-                try:
-                    yield json.loads(line)
-                except json.JSONDecodeError:
-                    log.warning("%s:%d: unreadable row skipped", self.path, n)
+        yield from read_jsonl(self.path)
 
     def rows(self) -> list[dict[str, Any]]:
         return list(self)
+
+
+def read_jsonl(path: str | Path) -> Iterator[dict[str, Any]]:
+    """The rows of a JSON-lines file another process may be appending to: a last line without
+    its newline that does not parse (a row in flight, or torn by a kill) is left out silently;
+    an unreadable line inside the file is skipped with a warning."""
+    path = Path(path)
+    try:
+        f = open(path, "rb")
+    except FileNotFoundError:
+        return
+    with f:
+        for n, raw in enumerate(f, 1):
+            line = raw.strip()
+            if not line:
+                continue
+            try:
+                row = json.loads(line)
+            except (json.JSONDecodeError, UnicodeDecodeError):
+                if raw.endswith(b"\n"):
+                    log.warning("%s:%d: unreadable row skipped", path, n)
+                else:
+                    log.debug("%s:%d: a row still being written (or torn); left out", path, n)
+                continue
+            yield row
+
+
+class ShardedLog(JsonlLog):
+    """The log ``<name>`` of a run folder as one process sees it: appends go to this process's
+    own file (``<name>.jsonl``, or ``<name>.shard-K-of-N.jsonl`` for a shard); iteration reads
+    every file of the log in the folder (:func:`segprompt.engine.shards.log_files`: the
+    unsharded file first, then the shard files sorted by (N, K)). Without shard files it is
+    exactly a :class:`JsonlLog` of ``<name>.jsonl``."""
+
+    def __init__(self, folder: str | Path, name: str, shard: Any = None, repair: bool = True) -> None:
+        self.folder = Path(folder)
+        self.name = name
+        self.shard = shard
+        super().__init__(self.folder / (shard.file_name(name) if shard is not None else f"{name}.jsonl"), repair=repair)
+
+    def files(self) -> list[Path]:
+        """The files read, in reading order."""
+        from segprompt.engine.shards import log_files
+
+        files = log_files(self.folder, self.name)
+        return files if self.path in files or not self.path.exists() else [*files, self.path]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        for path in self.files():
+            yield from read_jsonl(path)
+
+    def own_rows(self) -> list[dict[str, Any]]:
+        """The rows of this process's own file only."""
+        return list(read_jsonl(self.path))
 
 
 def timing_text(run_dir: str | Path) -> str:
@@ -126,20 +178,28 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+#: config keys that never change a run's rows, for every suite (see the module doc)
+ALWAYS_VOLATILE = ("launch",)
+
+
 class RunFolder:
     """A run's folder. ``RunFolder(out, config)`` creates it or reopens it to resume.
 
     Reopening checks that the stored config equals ``config`` on every key not listed in
-    ``volatile`` (keys that do not change results, e.g. ``workers``); a different config in
-    the same folder raises ConfigError rather than mixing two runs' rows.
+    ``volatile`` (keys that do not change results, e.g. ``workers``; ``launch`` always is); a
+    different config in the same folder raises ConfigError rather than mixing two runs' rows.
+    ``shard`` (a :class:`~segprompt.engine.shards.Shard`): this process appends to that shard's
+    files and reads every shard's (see the module doc).
     """
 
-    def __init__(self, path: str | Path, config: Mapping[str, Any], volatile: Iterable[str] = ()) -> None:
+    def __init__(self, path: str | Path, config: Mapping[str, Any], volatile: Iterable[str] = (), shard: Any = None, read_only: bool = False) -> None:
         self.path = Path(path)
+        self.shard = shard
+        self.read_only = read_only
         self.config = json.loads(json.dumps(dict(config), default=_json_default))
         self.path.mkdir(parents=True, exist_ok=True)
         cfg_path = self.path / "config.yaml"
-        volatile = set(volatile)
+        volatile = set(volatile) | set(ALWAYS_VOLATILE)
         if cfg_path.exists():
             old = yaml.safe_load(cfg_path.read_text()) or {}
             a = {k: v for k, v in old.items() if k not in volatile}
@@ -154,13 +214,27 @@ class RunFolder:
         else:
             atomic_write_text(cfg_path, yaml.safe_dump(self.config, sort_keys=False))
             self.resumed = False
-        self.results = JsonlLog(self.path / "results.jsonl")
-        self.errors = JsonlLog(self.path / "errors.jsonl")
-        self.invocations = JsonlLog(self.path / "invocations.jsonl")
+        repair = not read_only  # a reader (runs status) never cuts the row another process is writing
+        self.results = ShardedLog(self.path, "results", shard, repair=repair)
+        self.errors = ShardedLog(self.path, "errors", shard, repair=repair)
+        self.invocations = JsonlLog(self.path / (shard.file_name("invocations") if shard is not None else "invocations.jsonl"), repair=repair)
         self._error_keys: set[tuple[str, str]] | None = None
         self._t0 = time.time()
         self._started = datetime.now(timezone.utc).isoformat(timespec="seconds")
         self.elapsed: float | None = None
+
+    @classmethod
+    def load(cls, path: str | Path, read_only: bool = True) -> "RunFolder":
+        """Reopen an existing run folder with its own config.yaml (``runs status`` / ``runs merge``);
+        ``read_only``: no torn line is cut (another process may be writing it)."""
+        cfg_path = Path(path) / "config.yaml"
+        if not cfg_path.is_file():
+            raise ConfigError(f"{path}: not a run folder (no config.yaml)")
+        return cls(path, yaml.safe_load(cfg_path.read_text()) or {}, read_only=read_only)
+
+    def log(self, name: str) -> ShardedLog:
+        """Another append-only log of the run (``calibration`` -> calibration.jsonl), sharded like results."""
+        return ShardedLog(self.path, name, self.shard, repair=not self.read_only)
 
     # -- one behaviour for every rerun ------------------------------------------------------
     def announce(self, done: int, todo: int, unit: str = "rows") -> str:
@@ -170,19 +244,24 @@ class RunFolder:
         A fresh folder says "starting"; a rerun says "resuming ... N already done, M to do", or
         that everything is done and only the report is rewritten.
         """
+        where = f"{self.path}" if self.shard is None else f"{self.path} shard {self.shard.label}"
         if not self.resumed and done == 0:
-            msg = f"{self.path}: new run, {todo} {unit} to do"
+            msg = f"{where}: new run, {todo} {unit} to do"
         elif todo == 0:
-            msg = f"{self.path}: already finished ({done} {unit} done); nothing to recompute, rewriting the report"
+            msg = (f"{where}: already finished ({done} {unit} done); nothing to recompute, rewriting the report" if self.shard is None
+                   else f"{where}: already finished ({done} {unit} done); nothing to recompute")
         else:
-            msg = f"resuming {self.path}: {done} {unit} already done, {todo} to do"
+            msg = f"resuming {where}: {done} {unit} already done, {todo} to do"
         log.info(msg)
         return msg
 
     def finish(self, new_rows: int | None = None) -> float:
         """Record this invocation (start time, seconds, new rows) in invocations.jsonl; returns its seconds."""
         self.elapsed = time.time() - self._t0
-        self.invocations.append({"started": self._started, "seconds": round(self.elapsed, 2), "new_rows": new_rows})
+        row: dict[str, Any] = {"started": self._started, "seconds": round(self.elapsed, 2), "new_rows": new_rows}
+        if self.shard is not None:
+            row["shard"] = self.shard.label
+        self.invocations.append(row)
         return self.elapsed
 
     def timing_text(self) -> str:
