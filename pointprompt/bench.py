@@ -19,6 +19,13 @@ Every results.jsonl row is one (model, image, strategy, step) with the points as
 chosen candidate. Randomness comes from ``(seed, image id, strategy)``, so a rerun, a resumed
 run and a run over a subset give the same rows.
 
+Sharded runs (:mod:`segprompt.engine.shards`): a work unit is one (dataset, model, image),
+keyed by :func:`unit_key`; ``shard=Shard(k, n)`` computes only shard k's units into
+``results.shard-k-of-n.jsonl``; ``launch=LaunchConfig("local", workers=4)`` (or ``submitit``,
+``submitit-local``) runs shards 1..4 in other processes and then builds the summary and report
+from the rows of every shard. Summaries are computed from the rows in the canonical order of
+:func:`canonical_rows`, so a sharded run's summary.csv equals an unsharded run's.
+
 With recorded human prompts (``human=``, ``--human``) report.md also holds the study's human
 protocol (:mod:`pointprompt.human_protocol`: best step per annotator, human vs automated at
 each annotator's best step, replayed vs recorded IoU) and the run folder its tables
@@ -27,6 +34,8 @@ each annotator's best step, replayed vs recorded IoU) and the run folder its tab
 
 from __future__ import annotations
 
+import functools
+import json
 import logging
 import math
 import zlib
@@ -38,8 +47,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from segprompt.data.sample import Sample, SegmentationDataset
+from segprompt.engine.launchers import LaunchConfig, run_shards
 from segprompt.engine.report import Series, line_plot, markdown_table, short_name, text_table, write_csv
 from segprompt.engine.runfolder import RunFolder
+from segprompt.engine.shards import Shard, UnitProgress, canonical, pick
 from segprompt.errors import ConfigError, DataError, PromptError
 from segprompt.metrics import dice, iou, noc
 from segprompt.models.base import MULTIMASK_DESCRIPTIONS, SINGLE_MASK_POLICIES, Segmenter
@@ -52,6 +63,7 @@ from pointprompt.strategies import check_budget, create_strategy, is_correction
 log = logging.getLogger(__name__)
 
 HUMAN = "human"
+SUITE = "pointprompt"
 
 
 @dataclass
@@ -277,6 +289,78 @@ def _expected_keys(cfg: PointBenchConfig, steps: int, human: Sequence[Any]) -> s
     return keys
 
 
+def unit_key(dataset: str, model: str, image_id: str) -> str:
+    """The stable key of one work unit, a (dataset, model, image): ``["kvasir", "sam", "cju0qkwl35piu0993l0dewei2"]``
+    as JSON text (what :func:`segprompt.engine.shards.shard_of` hashes)."""
+    return json.dumps([str(dataset), str(model), str(image_id)])
+
+
+def row_identity(row: dict[str, Any]) -> tuple[str, str, str, str, str, int]:
+    """What identifies a results row in a run: dataset, model, image, strategy, annotator, step."""
+    return (str(row["dataset"]), str(row["model"]), str(row["image"]), *row_key(row))  # type: ignore[return-value]
+
+
+def canonical_rows(rows: Sequence[dict[str, Any]], cfg: PointBenchConfig) -> list[dict[str, Any]]:
+    """``rows`` (from any number of shard files, in any order) without duplicates, in one order:
+    dataset and model as in the config, image id, strategy as in the config (human last),
+    annotator, step. Summaries and reports are computed from this list."""
+    dorder = {d: i for i, d in enumerate(cfg.datasets)}
+    morder = {m: i for i, m in enumerate(cfg.models)}
+    sorder = {s: i for i, s in enumerate([*cfg.strategies, HUMAN])}
+
+    def order(r: dict[str, Any]) -> tuple[Any, ...]:
+        ds, model, image, strat, annotator, step = row_identity(r)
+        return (dorder.get(ds, len(dorder)), ds, morder.get(model, len(morder)), model, image, sorder.get(strat, len(sorder)), strat, annotator, step)
+
+    return canonical(rows, identity=row_identity, order=order)
+
+
+@dataclass
+class _DatasetPlan:
+    key: str
+    ds: SegmentationDataset
+    ids: list[str]
+    steps: int
+    human: dict[str, list[Any]]
+
+
+def _dataset_plans(cfg: PointBenchConfig, dataset: SegmentationDataset | None) -> list[_DatasetPlan]:
+    from segprompt.data.registry import load_dataset
+
+    trajectories = load_human(cfg.human) if cfg.human else []
+    plans = []
+    for ds_key in cfg.datasets:
+        ds = dataset if dataset is not None else load_dataset(ds_key, **cfg.dataset_kwargs.get(ds_key, {}))
+        n_images = len(ds) if cfg.limit is None else min(cfg.limit, len(ds))
+        human = human_for_dataset(trajectories, ds_key, ds, single=len(cfg.datasets) == 1)
+        plans.append(_DatasetPlan(ds_key, ds, list(ds.ids[:n_images]), cfg.steps_of(ds_key), human))
+    return plans
+
+
+def _progress(cfg: PointBenchConfig, plans: Sequence[_DatasetPlan], run: RunFolder) -> tuple[UnitProgress, dict[tuple[str, str, str], set[tuple[str, str, int]]]]:
+    """Every unit of the run (datasets x models x images, in that order), those whose rows are
+    all present (in any shard's file) and those skipped with an error; and the row keys present per unit."""
+    have: dict[tuple[str, str, str], set[tuple[str, str, int]]] = defaultdict(set)
+    for r in run.results:
+        have[(r["dataset"], r["model"], r["image"])].add(row_key(r))
+    skipped = {(e.get("dataset"), e.get("model"), e.get("item")) for e in run.errors}
+    prog = UnitProgress([])
+    for p in plans:
+        for model_name in cfg.models:
+            for image_id in p.ids:
+                key = unit_key(p.key, model_name, image_id)
+                prog.units.append(key)
+                if _expected_keys(cfg, p.steps, p.human.get(image_id, ())) <= have[(p.key, model_name, image_id)]:
+                    prog.done.add(key)
+                elif (p.key, model_name, image_id) in skipped:
+                    prog.failed.add(key)
+    return prog, have
+
+
+def _config_record(cfg: PointBenchConfig, launch: LaunchConfig) -> dict[str, Any]:
+    return {"suite": SUITE, **asdict(cfg), "launch": launch.record()}
+
+
 def run_pointprompt(
     cfg: PointBenchConfig,
     out: str | Path,
@@ -284,70 +368,121 @@ def run_pointprompt(
     model_factory: ModelFactory | None = None,
     cache: str | Path | None = None,
     progress: bool = True,
+    launch: LaunchConfig | None = None,
+    shard: Shard | str | None = None,
+    report: bool = True,
 ) -> dict[str, Any]:
     """Run (or resume) the benchmark into ``out``; returns the summary (see :func:`summarise`).
 
     ``dataset`` overrides loading ``cfg.datasets[0]`` by name (for datasets built in code).
+    ``launch``: spread the run over ``launch.workers`` shards (local processes or a SLURM array,
+    see :class:`~segprompt.engine.launchers.LaunchConfig`), then write the summary and report from
+    every shard's rows; the result then also holds ``failed_shards`` (labels). ``shard``
+    (``Shard(2, 3)`` or ``"2/3"``): compute only that shard's units, in this process; it writes the
+    summary and report only when no unit of any shard is left (``report=False``: never), and
+    returns ``{"shard", "new_rows", "todo"}`` otherwise (``todo``: units left in the whole run).
     """
     from tqdm.auto import tqdm
 
-    from segprompt.data.registry import load_dataset
-
-    run = RunFolder(out, {"suite": "pointprompt", **asdict(cfg)})
-    done: dict[tuple[str, str, str], set[tuple[str, str, int]]] = defaultdict(set)
-    for r in run.results:
-        done[(r["dataset"], r["model"], r["image"])].add(row_key(r))
-    trajectories = load_human(cfg.human) if cfg.human else []
-    skipped = {(e.get("dataset"), e.get("model"), e.get("item")) for e in run.errors}
+    launch = launch or LaunchConfig()
+    shard = Shard.parse(shard) if shard is not None else None
+    if shard is not None and launch.parallel:
+        raise ConfigError("shard= runs one shard in this process; it does not go with a parallel launch")
+    if launch.parallel:
+        return _run_launched(cfg, out, dataset, model_factory, cache, launch, report)
+    run = RunFolder(out, _config_record(cfg, launch), shard=shard)
     make = model_factory or default_model_factory(cfg, cache)
     models: dict[str, Segmenter] = {}
 
-    # plan: which (model, image) pairs of each dataset still miss rows
-    plans = []
-    for ds_key in cfg.datasets:
-        ds = dataset if dataset is not None else load_dataset(ds_key, **cfg.dataset_kwargs.get(ds_key, {}))
-        n_images = len(ds) if cfg.limit is None else min(cfg.limit, len(ds))
-        ids = ds.ids[:n_images]
-        K = cfg.steps_of(ds_key)
-        human = human_for_dataset(trajectories, ds_key, ds, single=len(cfg.datasets) == 1)
-        work = {
-            model_name: [
-                i
-                for i in range(n_images)
-                if not _expected_keys(cfg, K, human.get(ids[i], ())) <= done[(ds_key, model_name, ids[i])]
-                and (ds_key, model_name, ids[i]) not in skipped
-            ]
-            for model_name in cfg.models
-        }
-        plans.append((ds_key, ds, ids, K, human, work))
-    n_pairs = sum(len(p[2]) for p in plans) * len(cfg.models)
-    n_todo = sum(len(t) for p in plans for t in p[5].values())
-    run.announce(done=n_pairs - n_todo, todo=n_todo, unit="(model, image) pairs")
+    plans = _dataset_plans(cfg, dataset)
+    state, done = _progress(cfg, plans, run)
+    mine = set(pick(state.units, shard=shard))
+    todo_keys = set(state.todo) & mine
+    run.announce(done=len(mine) - len(todo_keys), todo=len(todo_keys), unit="(model, image) pairs")
 
     new_rows = 0
-    for ds_key, ds, ids, K, human, work in plans:
-        budget = cfg.budget_of(ds_key)
+    for p in plans:
+        budget = cfg.budget_of(p.key)
         for model_name in cfg.models:
-            todo = work[model_name]
+            todo = [i for i, image_id in enumerate(p.ids) if unit_key(p.key, model_name, image_id) in todo_keys]
             if not todo:
                 continue
             if model_name not in models:
                 models[model_name] = make(model_name)
             seg = models[model_name]
-            for i in tqdm(todo, desc=f"{model_name} on {short_name(ds_key)}", disable=not progress, leave=False):
-                image_id = ids[i]
+            for i in tqdm(todo, desc=f"{model_name} on {short_name(p.key)}", disable=not progress, leave=False):
+                image_id = p.ids[i]
                 try:
-                    sample = ds[i]
-                    rows = evaluate_image(cfg, seg, model_name, ds_key, sample, budget, K, human.get(image_id, ()))
+                    sample = p.ds[i]
+                    rows = evaluate_image(cfg, seg, model_name, p.key, sample, budget, p.steps, p.human.get(image_id, ()))
                 except (DataError, PromptError) as exc:
-                    run.record_error(image_id, exc, model=model_name, dataset=ds_key)
+                    run.record_error(image_id, exc, model=model_name, dataset=p.key)
                     continue
-                have = done[(ds_key, model_name, image_id)]
+                have = done[(p.key, model_name, image_id)]
                 fresh = [r for r in rows if row_key(r) not in have]
                 run.results.extend(fresh)
                 new_rows += len(fresh)
     run.finish(new_rows)
-    summary = summarise(run.results.rows(), cfg)
+    if shard is not None:
+        left = _progress(cfg, plans, run)[0].todo
+        if left or not report:
+            if left:
+                log.info("shard %s done (%d new rows); %d (model, image) pairs left in other shards: rerun them, "
+                         "or `segprompt runs merge %s` for a report of what is there", shard.label, new_rows, len(left), run.path)
+            return {"shard": shard.label, "new_rows": new_rows, "todo": len(left)}
+    summary = summarise(canonical_rows(run.results.rows(), cfg), cfg)
+    if report:
+        write_reports(run, summary, cfg)
+    return summary
+
+
+def _shard_job(cfg: PointBenchConfig, out: str, dataset: SegmentationDataset | None, model_factory: ModelFactory | None,
+               cache: str | Path | None, shard: Shard) -> dict[str, Any]:
+    """One shard of a launched run, in a process of its own; the launching process writes the report."""
+    return run_pointprompt(cfg, out, dataset, model_factory, cache, progress=False, shard=shard, report=False)
+
+
+def _run_launched(cfg: PointBenchConfig, out: str | Path, dataset: SegmentationDataset | None, model_factory: ModelFactory | None,
+                  cache: str | Path | None, launch: LaunchConfig, report: bool) -> dict[str, Any]:
+    """Launch the shards that still have units (each resumes its own file), wait, then summarise every shard's rows."""
+    run = RunFolder(out, _config_record(cfg, launch))  # the config is checked (and written) before any job starts
+    plans = _dataset_plans(cfg, dataset)
+    state = _progress(cfg, plans, run)[0]
+    todo = state.todo
+    shards = [s for s in launch.shards() if any(s.owns(u) for u in todo)]
+    run.announce(done=len(state.units) - len(todo), todo=len(todo), unit="(model, image) pairs")
+    if shards:
+        log.info("%s: %d of %d shards to run (%s launcher): %s", run.path, len(shards), launch.workers, launch.launcher, ", ".join(s.label for s in shards))
+    job = functools.partial(_shard_job, cfg, str(run.path), dataset, model_factory, None if cache is None else str(cache))
+    outcomes = run_shards(job, shards, launch, folder=run.path, name=SUITE)
+    run.finish(sum(int((o.result or {}).get("new_rows") or 0) for o in outcomes if o.ok))
+    summary = summarise(canonical_rows(run.results.rows(), cfg), cfg)
+    if report:
+        write_reports(run, summary, cfg)
+    summary["failed_shards"] = [o.shard.label for o in outcomes if not o.ok]
+    return summary
+
+
+def _cfg_from_record(config: dict[str, Any]) -> PointBenchConfig:
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(PointBenchConfig)}
+    return PointBenchConfig(**{k: v for k, v in config.items() if k in names})
+
+
+def suite_progress(config: dict[str, Any], run: RunFolder) -> UnitProgress:
+    """``segprompt runs status``: every (dataset, model, image) of the run folder's config and its state.
+    The datasets are loaded by name (as in config.yaml)."""
+    cfg = _cfg_from_record(config)
+    return _progress(cfg, _dataset_plans(cfg, None), run)[0]
+
+
+def merge_run_folder(run_dir: str | Path) -> dict[str, Any]:
+    """``segprompt runs merge``: summary.csv, curves.csv, report.md, ... from the rows of every
+    shard present (no dataset is loaded); returns the summary."""
+    run = RunFolder.load(run_dir)
+    cfg = _cfg_from_record(run.config)
+    summary = summarise(canonical_rows(run.results.rows(), cfg), cfg)
     write_reports(run, summary, cfg)
     return summary
 
@@ -528,7 +663,7 @@ def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig
             if tab:
                 lines += [f"`{model}` on `{ds}`:", "", markdown_table(tab, cols), ""]
     if cfg.human:  # only runs with recorded human prompts: the study's protocol on them
-        proto = human_protocol(run.results.rows())
+        proto = human_protocol(canonical_rows(run.results.rows(), cfg))
         if proto["best_steps"]:
             write_human_protocol(run.path, proto)
             lines += [human_protocol_section(proto)]

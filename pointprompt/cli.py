@@ -7,7 +7,8 @@ from typing import Sequence
 
 import click
 
-from segprompt.errors import ConfigError
+from segprompt.engine.launchers import launch_from_options, launch_options
+from segprompt.errors import ConfigError, SegpromptError
 from segprompt.models.base import SINGLE_MASK_POLICIES, multimask_help
 from segprompt.volumes.fallback import PROJECTIONS
 
@@ -35,12 +36,18 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML of PointBenchConfig fields (see configs/pointprompt/); options given on the command line override it.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (rerun the same command to resume). Required.")
+@launch_options
 @click.pass_context
-def pointprompt(ctx, config_file, datasets, roots, models, checkpoints, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, limit, human, cache, device, out) -> None:
+def pointprompt(ctx, config_file, datasets, roots, models, checkpoints, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, limit, human, cache, device, out,
+                **launch) -> None:
     """Benchmark point-prompt strategies on datasets; resumable, deterministic for a seed.
 
     `segprompt bench pointprompt features RUN_DIR` then fits the prompt-feature regressions;
     `segprompt bench pointprompt volumes --out DIR` runs the 3-D benchmark (prompt a slice, propagate).
+
+    Scale-out: `--workers 4` runs 4 shards in processes of this machine, `--launcher submitit --workers 50
+    --slurm-partition gpu --slurm-gpus 1` a SLURM array of 50 jobs, `--shard 2/4` one shard by hand; the
+    shards write into the same run folder (`segprompt runs status/merge RUN_DIR`). Share --cache between them.
     """
     if ctx.invoked_subcommand is not None:
         return
@@ -77,12 +84,21 @@ def pointprompt(ctx, config_file, datasets, roots, models, checkpoints, strategi
         limit=limit,
         human=str(human) if human else None,
     )
+    file_launch: dict = {}
     if config_file is not None:
-        given = _merge_config(ctx, config_file, given)
+        given, file_launch = _merge_config(ctx, config_file, given)
     cfg = PointBenchConfig(**given)
-    summary = run_pointprompt(cfg, out, cache=cache)
+    launch_cfg, shard = launch_from_options(launch, file_launch)
+    summary = run_pointprompt(cfg, out, cache=cache, launch=launch_cfg, shard=shard)
+    if "table" not in summary:  # one shard of several, others still to finish
+        click.echo(f"shard {summary['shard']}: {summary['new_rows']} new rows; {summary['todo']} (model, image) pairs left in other shards "
+                   f"(`segprompt runs status {out}`; the last shard writes the report, or `segprompt runs merge {out}`)")
+        return
     click.echo(format_summary(summary))
     click.echo(f"\n{timing_text(out)}\nrun folder: {out}  (summary.csv, curves.csv, matched_budget.csv, report.md, iou_per_step.png)")
+    if summary.get("failed_shards"):
+        raise SegpromptError(f"shard(s) {', '.join(summary['failed_shards'])} failed (see the log above); the report holds the others' rows; "
+                          "rerun the same command to resume them")
 
 
 def takes_checkpoint(model: str) -> bool:
@@ -134,15 +150,18 @@ _OPTION_FIELDS = {
 }
 
 
-def _merge_config(ctx: click.Context, path: Path, given: dict) -> dict:
-    """Fields from a YAML file, overridden by the options that were given on the command line."""
+def _merge_config(ctx: click.Context, path: Path, given: dict) -> tuple[dict, dict]:
+    """Fields from a YAML file, overridden by the options that were given on the command line;
+    and the file's launch keys (launcher, workers, slurm_*), which the launch options override."""
     import dataclasses
 
     from pointprompt.bench import PointBenchConfig
     from segprompt.engine.config_files import apply_command_line, read_config_file
+    from segprompt.engine.launchers import LAUNCH_FILE_KEYS, split_launch_keys
 
-    data = read_config_file(path, (f.name for f in dataclasses.fields(PointBenchConfig)))
-    return apply_command_line(ctx, data, given, _OPTION_FIELDS)
+    data = read_config_file(path, [*(f.name for f in dataclasses.fields(PointBenchConfig)), *LAUNCH_FILE_KEYS], drop=("suite", "launch"))
+    file_launch, data = split_launch_keys(data)
+    return apply_command_line(ctx, data, given, _OPTION_FIELDS), file_launch
 
 
 @pointprompt.command("volumes")

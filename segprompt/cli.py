@@ -30,6 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "napari": ("segprompt.commands.napari:napari", "Open napari with the promptable-segmentation widget docked."),
     "distill": ("segprompt.commands.distill:distill", "Distil a SAM checkpoint into a small fast student."),
     "train": ("segprompt.commands.train:train", "Train models: the universal decoder (resumable run folders)."),
+    "runs": ("segprompt.commands.runs:runs", "Run folders: units done / to do per shard, and merge the shards' rows into the report."),
 }
 
 
