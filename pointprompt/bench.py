@@ -453,7 +453,8 @@ def _run_launched(cfg: PointBenchConfig, out: str | Path, dataset: SegmentationD
     run.announce(done=len(state.units) - len(todo), todo=len(todo), unit="(model, image) pairs")
     if shards:
         log.info("%s: %d of %d shards to run (%s launcher): %s", run.path, len(shards), launch.workers, launch.launcher, ", ".join(s.label for s in shards))
-    job = functools.partial(_shard_job, cfg, str(run.path), dataset, model_factory, None if cache is None else str(cache))
+    # absolute paths: a SLURM job may start in another folder
+    job = functools.partial(_shard_job, cfg, str(run.path.resolve()), dataset, model_factory, None if cache is None else str(Path(cache).resolve()))
     outcomes = run_shards(job, shards, launch, folder=run.path, name=SUITE)
     run.finish(sum(int((o.result or {}).get("new_rows") or 0) for o in outcomes if o.ok))
     summary = summarise(canonical_rows(run.results.rows(), cfg), cfg)

@@ -194,7 +194,9 @@ def test_two_processes_writing_the_same_cache_entries_corrupt_nothing(tmp_path):
     from segprompt.cache import EmbeddingCache
 
     folder = str(tmp_path / "cache")
-    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context("spawn")) as pool:
+    # fork where there is one (no second torch import: the test stays short); the processes are separate all the same
+    method = "fork" if "fork" in multiprocessing.get_all_start_methods() else "spawn"
+    with ProcessPoolExecutor(2, mp_context=multiprocessing.get_context(method)) as pool:
         results = list(pool.map(_hammer, [folder, folder], [0, 1], [3, 3], [0.8, 0.8]))
     assert [r["bad"] for r in results] == [0, 0] and [r["rejected"] for r in results] == [0, 0], results
     assert min(r["writes"] for r in results) >= 5 and min(r["reads"] for r in results) >= 10, results

@@ -182,10 +182,11 @@ def launch_from_options(options: Mapping[str, Any], file_keys: Mapping[str, Any]
             data[key] = options[key]
     slurm = {k: data[k] for k in SLURM_KEYS if data.get(k) is not None}
     shard = Shard.parse(options["shard"]) if options.get("shard") else None
-    launch = LaunchConfig(str(data.get("launcher") or "local"), int(data.get("workers") or 1), slurm, options.get("threads"))
-    if shard is not None and launch.parallel:
-        raise ConfigError("--shard K/N runs one shard in this process; it does not go with --launcher submitit* or --workers > 1")
-    return launch, shard
+    if shard is not None:  # this process runs the one shard; a config file's launcher / workers are for launched runs
+        if options.get("launcher") not in (None, "local") or int(options.get("workers") or 1) > 1:
+            raise ConfigError("--shard K/N runs one shard in this process; it does not go with --launcher submitit* or --workers > 1")
+        return LaunchConfig("local", 1, slurm, options.get("threads")), shard
+    return LaunchConfig(str(data.get("launcher") or "local"), int(data.get("workers") or 1), slurm, options.get("threads")), None
 
 
 def submitit_executor(folder: str | Path, launcher: str, slurm: Mapping[str, Any], name: str = "segprompt") -> Any:

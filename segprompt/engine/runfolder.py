@@ -144,9 +144,9 @@ class ShardedLog(JsonlLog):
 def timing_text(run_dir: str | Path) -> str:
     """The timing sentence of a run folder from its invocations.jsonl ("" when there is none):
     the first invocation's time next to the latest one's, and the total."""
-    rows = JsonlLog(Path(run_dir) / "invocations.jsonl").rows()
+    rows = JsonlLog(Path(run_dir) / "invocations.jsonl", repair=False).rows()
     if not rows:
-        return ""
+        return _shards_timing_text(Path(run_dir))
     this = rows[-1]
     if len(rows) == 1:
         return f"The run took {_secs(this['seconds'])}."
@@ -160,6 +160,20 @@ def timing_text(run_dir: str | Path) -> str:
         f"a resume): {_secs(this['seconds'])}, {what}; {len(rows)} invocations, {_secs(total)} in all "
         f"({_secs(computed)} in invocations that computed rows)."
     )
+
+
+def _shards_timing_text(run_dir: Path) -> str:
+    """The timing sentence of a run made only of shards run by hand (``--shard K/N``), or ""."""
+    from segprompt.engine.shards import shard_files
+
+    per_shard = {s: list(read_jsonl(p)) for s, p in shard_files(run_dir, "invocations").items()}
+    rows = [r for rs in per_shard.values() for r in rs]
+    if not rows:
+        return ""
+    total = sum(float(r.get("seconds") or 0) for r in rows)
+    longest = max(sum(float(r.get("seconds") or 0) for r in rs) for rs in per_shard.values())
+    return (f"Run as {len(per_shard)} shard{'' if len(per_shard) == 1 else 's'} ({len(rows)} invocation{'' if len(rows) == 1 else 's'}): "
+            f"{_secs(total)} in all, the longest shard {_secs(longest)}.")
 
 
 def _secs(seconds: Any) -> str:
