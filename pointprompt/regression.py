@@ -46,7 +46,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 
 from segprompt.engine.report import MISSING, markdown_table, write_csv
-from segprompt.engine.runfolder import JsonlLog, atomic_write_text
+from segprompt.engine.runfolder import ShardedLog, atomic_write_text
 from segprompt.errors import ConfigError, DataError
 
 from pointprompt.features import FEATURE_GROUPS, SOURCE_COLUMN, TARGET_DERIVED, feature_columns, feature_table
@@ -789,9 +789,9 @@ def run_feature_table(run_dir: str | Path, dataset: Any = None, progress: bool =
     if not cfg_path.is_file():
         raise ConfigError(f"{run} has no config.yaml: not a run folder (run the benchmark into it first)")
     cfg = yaml.safe_load(cfg_path.read_text()) or {}
-    rows = JsonlLog(res_path).rows() if res_path.is_file() else []
+    rows = ShardedLog(run, "results", repair=False).rows()  # results.jsonl and every shard's file
     if not rows:
-        raise DataError(f"{run} has no results (results.jsonl is missing or empty); run or finish the benchmark first")
+        raise DataError(f"{run} has no results (results.jsonl and its shard files are missing or empty); run or finish the benchmark first")
     log.info("read %d results rows from %s", len(rows), res_path)
     if dataset is not None:
         return feature_table(rows, dataset, progress=progress)

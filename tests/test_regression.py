@@ -422,3 +422,18 @@ def test_cli_group_by_option(tiny_run, tmp_path, monkeypatch):
     assert res.exit_code == 2 and "--group-by" in res.output
     option = next(p for p in pointprompt.commands["features"].params if p.name == "group_by")
     assert list(option.type.choices) == list(R.GROUP_BY_CHOICES)  # the CLI offers what the library knows
+
+
+def test_features_read_every_shard_of_a_sharded_run(tiny_run, tmp_path):
+    """A run written by shards (results.shard-K-of-N.jsonl) gives the same feature table as the
+    same rows in one results.jsonl."""
+    sharded = tmp_path / "sharded"
+    sharded.mkdir()
+    shutil.copy(tiny_run / "config.yaml", sharded / "config.yaml")
+    lines = (tiny_run / "results.jsonl").read_text().splitlines(keepends=True)
+    (sharded / "results.shard-1-of-2.jsonl").write_text("".join(lines[::2]))
+    (sharded / "results.shard-2-of-2.jsonl").write_text("".join(lines[1::2]))
+    out = features_for_run(sharded, n_splits=5, n_repeats=2, model_params=FAST)
+    key = lambda r: (r["image"], r.get("model"), r.get("strategy"), r.get("step"))  # noqa: E731
+    whole = sorted(read_table(features_for_run(tiny_run, n_splits=5, n_repeats=2, model_params=FAST) / "features.csv"), key=key)
+    assert sorted(read_table(out / "features.csv"), key=key) == whole and len(whole) == 24
