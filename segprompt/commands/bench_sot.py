@@ -6,7 +6,8 @@ from pathlib import Path
 
 import click
 
-from segprompt.errors import ConfigError
+from segprompt.engine.launchers import launch_from_options, launch_options
+from segprompt.errors import ConfigError, SegpromptError
 
 
 def _split(values: tuple[str, ...] | str | None) -> list[str]:
@@ -34,11 +35,17 @@ def _ints(text: str, option: str) -> list[int]:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML of SotBenchConfig fields (a run folder's config.yaml works); options given on the command line override it.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (rerun the same command to resume). Required.")
+@launch_options
 @click.pass_context
-def sot(ctx, datasets, methods, segmenters, shots, seeds, limit, size, calibration, no_oracle, device, config_file, out) -> None:
+def sot(ctx, datasets, methods, segmenters, shots, seeds, limit, size, calibration, no_oracle, device, config_file, out, **launch) -> None:
     """Show or Tell: text-prompted against reference-prompted segmentation, per-class maps merged
     by SoT's fixed 0.2 rule and by a calibrated rule; mIoU mean / std / worst over seeds, an oracle
-    per class, cost per image. Resumable."""
+    per class, cost per image. Resumable.
+
+    Scale-out: `--workers 4` runs 4 shards in processes of this machine, `--launcher submitit --workers 50
+    --slurm-partition gpu --slurm-gpus 1` a SLURM array of 50 jobs, `--shard 2/4` one shard by hand; a unit
+    is one (dataset, shots, seed, image) with all its methods' rows. The shards write into the same run
+    folder (`segprompt runs status/merge RUN_DIR`)."""
     if out is None:
         raise click.UsageError("Missing option '--out' (the run folder).")
     from segprompt.devices import check_device
@@ -61,11 +68,21 @@ def sot(ctx, datasets, methods, segmenters, shots, seeds, limit, size, calibrati
         given["segmenters"] = _segmenter_specs(segmenters)
     if calibration is not None:
         given["calibration"] = {"fit": "both" if calibration == "nll" else "miou"}
+    file_launch: dict = {}
     if config_file is not None:
-        given = _merge_config(ctx, config_file, given)
-    summary = run_sot(SotBenchConfig(**given), out)
+        given, file_launch = _merge_config(ctx, config_file, given)
+    cfg = SotBenchConfig(**given)
+    launch_cfg, shard = launch_from_options(launch, file_launch)
+    summary = run_sot(cfg, out, launch=launch_cfg, shard=shard)
+    if "table" not in summary:  # one shard of several, others still to finish
+        click.echo(f"shard {summary['shard']}: {summary['new_rows']} new rows; {summary['todo']} (dataset, shots, seed, image) units left in "
+                   f"other shards (`segprompt runs status {out}`; the last shard writes the report, or `segprompt runs merge {out}`)")
+        return
     click.echo(format_summary(summary))
-    click.echo(f"\n{timing_text(out)}\nrun folder: {out}  (report.md, summary.csv, seeds.csv, variance.png, results.jsonl)")
+    click.echo(f"\n{timing_text(out)}\nrun folder: {out}  (report.md, summary.csv, seeds.csv, variance.png, results*.jsonl)")
+    if summary.get("failed_shards"):
+        raise SegpromptError(f"shard(s) {', '.join(summary['failed_shards'])} failed (see the log above); the report holds the others' rows; "
+                             "rerun the same command to resume them")
 
 
 def _segmenter_specs(values: tuple[str, ...]) -> dict[str, dict[str, str]]:
@@ -84,11 +101,15 @@ _OPTION_FIELDS = {
 }  # fmt: skip
 
 
-def _merge_config(ctx: click.Context, path: Path, given: dict) -> dict:
+def _merge_config(ctx: click.Context, path: Path, given: dict) -> tuple[dict, dict]:
+    """Fields from a YAML file, overridden by the options given on the command line; and the file's
+    launch keys (launcher, workers, slurm_*), which the launch options override."""
     import dataclasses
 
     from segprompt.engine.config_files import apply_command_line, read_config_file
+    from segprompt.engine.launchers import LAUNCH_FILE_KEYS, split_launch_keys
     from segprompt.sot.bench import SotBenchConfig
 
-    data = read_config_file(path, (f.name for f in dataclasses.fields(SotBenchConfig)))
-    return apply_command_line(ctx, data, given, _OPTION_FIELDS, merge=("calibration", "segmenters"))
+    data = read_config_file(path, [*(f.name for f in dataclasses.fields(SotBenchConfig)), *LAUNCH_FILE_KEYS], drop=("suite", "launch"))
+    file_launch, data = split_launch_keys(data)
+    return apply_command_line(ctx, data, given, _OPTION_FIELDS, merge=("calibration", "segmenters")), file_launch

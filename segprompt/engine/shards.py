@@ -197,6 +197,7 @@ class SuiteSpec:
 #: suite name (the ``suite`` key of a run's config.yaml) -> SuiteSpec
 SUITES: Registry[SuiteSpec] = Registry("suite")
 SUITES.add("pointprompt", SuiteSpec("pointprompt.bench:suite_progress", "pointprompt.bench:merge_run_folder", unit="(model, image) pairs"))
+SUITES.add("sot", SuiteSpec("segprompt.sot.bench:suite_progress", "segprompt.sot.bench:merge_run_folder", unit="(dataset, shots, seed, image) units"))
 
 
 def register_suite(name: str, progress: str | Callable[..., UnitProgress], merge: str | Callable[..., dict[str, Any]], unit: str = "units") -> SuiteSpec:

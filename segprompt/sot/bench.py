@@ -36,10 +36,25 @@ For every dataset, shots k and seed, the protocol (FocoosAI/ShowOrTell ``models/
 ``(C, C)`` confusion counts of both merges (C = the dataset's labels; mIoU is pooled over images),
 seconds, forward passes and peak GPU memory. The summary pools the confusion per seed
 (:func:`segprompt.sot.sot_miou`) and gives mean / std (ddof 1) / worst over seeds.
+
+Sharded runs (:mod:`segprompt.engine.shards`, as ``bench pointprompt``): a work unit is one
+(dataset, shots, seed, evaluated image), keyed by :func:`unit_key`, with every method's and
+oracle's row of that image (they are evaluated together). ``shard=Shard(k, n)`` (or ``"k/n"``)
+computes only shard k's units into ``results.shard-k-of-n.jsonl``; each shard refits the
+(deterministic, seeded) calibrations its units need unless any shard's ``calibration*.jsonl``
+holds them already (rows written through ``run.log("calibration")``, duplicates dropped on read).
+``launch=LaunchConfig("local", workers=4)`` (or ``submitit``, ``submitit-local``) runs shards 1..4
+in other processes and then summarises every shard's rows. Summaries are computed from the rows in
+the canonical order of :func:`canonical_rows` / :func:`canonical_calibration`, so a sharded run's
+summary.csv equals an unsharded run's except the timing columns (``s_per_image``, ``prepare_s``;
+``passes_per_image`` too for a method that keeps reference features over images, which each
+process encodes once). SoT itself shards with torch's ``DistributedSampler`` over ranks and syncs
+its confusion matrix (FocoosAI/ShowOrTell ``benchmark.py``); here each image's confusion is a row.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import math
@@ -50,7 +65,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from segprompt.data.sample import IGNORE_INDEX, SegmentationDataset
-from segprompt.engine.runfolder import JsonlLog, RunFolder
+from segprompt.engine.launchers import LaunchConfig, run_shards
+from segprompt.engine.runfolder import RunFolder
+from segprompt.engine.shards import Shard, UnitProgress, canonical, pick
 from segprompt.errors import ConfigError, DataError, PromptError
 from segprompt.metrics import ConfusionMatrix
 from segprompt.sot.calibration import Calibration, fit_temperature, fit_threshold_miou
@@ -63,6 +80,8 @@ log = logging.getLogger(__name__)
 SYNTHETIC = "synthetic-objects"
 BACKGROUND_NAMES = ("background", "bg", "_background_")
 ORACLE = "oracle"
+SUITE = "sot"
+UNIT = "(dataset, shots, seed, image) units"
 #: ``calibration["fit"]``: the NLL fits of :func:`fit_temperature`, or ``"miou"`` (:func:`fit_threshold_miou`)
 CALIBRATION_FITS = ("both", "temperature", "threshold", "miou")
 
@@ -390,17 +409,28 @@ class _Runner:
 
     def __init__(self, cfg: SotBenchConfig, run: RunFolder, make: MethodFactory, progress: bool) -> None:
         self.cfg, self.run, self.make, self.progress = cfg, run, make, progress
-        self.calibration = JsonlLog(run.path / "calibration.jsonl")
-        self.cal_rows = {(r["dataset"], r["method"], int(r["shots"]), int(r["seed"])): r for r in self.calibration}
+        self.calibration = run.log("calibration")  # this process's file; reading gives every shard's rows
+        self.cal_rows: dict[tuple[str, str, int, int], dict[str, Any]] = {}
+        self.reload_calibration()
         self.methods: dict[str, Any] = {}
         self.cache = _Cache(lambda out: out.maps.nbytes)
         self.items = _Cache(lambda item: item.image.nbytes + item.target.nbytes, 256 * 2**20)
         self.new_rows = 0
 
+    def reload_calibration(self) -> None:
+        """The calibration rows of every shard (the first of duplicates, in reading order): another
+        shard may have fitted a (method, shots, seed) since this process started."""
+        self.cal_rows = {calibration_identity(r): r for r in canonical(self.calibration, identity=calibration_identity)}
+
     def method(self, name: str) -> Any:
         if name not in self.methods:
             self.methods[name] = self.make(name)
             described = {n: m.describe() | {"checkpoint": getattr(m.segmenter, "checkpoint", None)} for n, m in self.methods.items()}
+            path = self.run.path / "methods.json"
+            try:  # shards share the file: keep what the others described
+                described = {**json.loads(path.read_text()), **described} if path.exists() else described
+            except (OSError, json.JSONDecodeError):
+                pass
             self.run.write_text("methods.json", json.dumps(described, indent=1, default=str))
         return self.methods[name]
 
@@ -454,6 +484,8 @@ class _Runner:
 
     def calibrate(self, parts: Parts, name: str, shots: int, seed: int, refs: dict[int, Any], ref_ids: dict[int, list[str]], prep: Any) -> dict[str, Any]:
         key = (parts.key, name, shots, seed)
+        if key not in self.cal_rows:
+            self.reload_calibration()
         if key in self.cal_rows:
             return self.cal_rows[key]
         method = self.method(name)
@@ -578,54 +610,221 @@ def _combine_costs(costs: Sequence[dict[str, Any]]) -> dict[str, Any]:
     return {**out, "seconds": round(out["seconds"], 5), "peak_mem_mb": max(mem) if mem else None}
 
 
-def run_sot(cfg: SotBenchConfig, out: str | Path, method_factory: MethodFactory | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the benchmark into ``out``; returns :func:`summarise`'s summary and writes
-    summary.csv, the other tables and report.md."""
-    from tqdm.auto import tqdm
+# -------------------------------------------------------------------- units, shards, the run
 
-    from segprompt.sot.report import summarise, write_reports
 
-    run = RunFolder(out, {"suite": "sot", **asdict(cfg)})
-    runner = _Runner(cfg, run, method_factory or default_method_factory(cfg), progress)
-    done = {(r["dataset"], r["method"], int(r["shots"]), int(r["seed"]), r["image"]) for r in run.results}
+def unit_key(dataset: str, shots: int, seed: int, image_id: str) -> str:
+    """The stable key of one work unit, a (dataset, shots, seed, evaluated image):
+    ``["camvid", 5, 0, "0016E5_07959"]`` as JSON text (what :func:`~segprompt.engine.shards.shard_of` hashes)."""
+    return json.dumps([str(dataset), int(shots), int(seed), str(image_id)])
+
+
+def row_identity(row: dict[str, Any]) -> tuple[str, str, int, int, str]:
+    """What identifies a results row in a run: dataset, method (or oracle), shots, seed, image."""
+    return (str(row["dataset"]), str(row["method"]), int(row["shots"]), int(row["seed"]), str(row["image"]))
+
+
+def calibration_identity(row: dict[str, Any]) -> tuple[str, str, int, int]:
+    """What identifies a calibration row: dataset, method, shots, seed."""
+    return (str(row["dataset"]), str(row["method"]), int(row["shots"]), int(row["seed"]))
+
+
+def _orders(cfg: SotBenchConfig) -> tuple[dict[str, int], dict[int, int], dict[int, int], dict[str, int]]:
+    return ({d: i for i, d in enumerate(cfg.datasets)}, {k: i for i, k in enumerate(cfg.shots)},
+            {s: i for i, s in enumerate(cfg.seeds)}, {m: i for i, m in enumerate(cfg.row_methods())})
+
+
+def canonical_rows(rows: Sequence[dict[str, Any]], cfg: SotBenchConfig) -> list[dict[str, Any]]:
+    """``rows`` (from any number of shard files, in any order) without duplicates, in one order:
+    dataset, shots and seed as in the config, image id, method as in the config (oracles last).
+    Summaries and reports are computed from this list."""
+    do, ko, so, mo = _orders(cfg)
+
+    def order(r: dict[str, Any]) -> tuple[Any, ...]:
+        ds, m, k, seed, image = row_identity(r)
+        return (do.get(ds, len(do)), ds, ko.get(k, len(ko)), k, so.get(seed, len(so)), seed, image, mo.get(m, len(mo)), m)
+
+    return canonical(rows, identity=row_identity, order=order)
+
+
+def canonical_calibration(rows: Sequence[dict[str, Any]], cfg: SotBenchConfig) -> list[dict[str, Any]]:
+    """Calibration rows of every shard without duplicates (a (method, shots, seed) fitted by two
+    shards: the first read is kept), ordered by dataset, shots, method, seed as in the config."""
+    do, ko, so, mo = _orders(cfg)
+
+    def order(r: dict[str, Any]) -> tuple[Any, ...]:
+        ds, m, k, seed = calibration_identity(r)
+        return (do.get(ds, len(do)), ds, ko.get(k, len(ko)), k, mo.get(m, len(mo)), m, so.get(seed, len(so)), seed)
+
+    return canonical(rows, identity=calibration_identity, order=order)
+
+
+def _progress(cfg: SotBenchConfig, all_parts: Sequence[Parts], run: RunFolder) -> tuple[UnitProgress, dict[str, set[str]]]:
+    """Every unit of the run (datasets x shots x seeds x evaluated images, in that order) and its
+    state, from the rows of every shard; and per unit to do, the row names (methods, oracles) it
+    still lacks. A row skipped with an error (errors.jsonl: that method, or the image itself, on
+    that image) is not redone; nor is an oracle row whose text or visual method was skipped there.
+    A unit with a skipped row and every other row present is *failed*."""
+    done = {row_identity(r) for r in run.results}
     skipped = {(e.get("dataset"), e.get("method"), e.get("item")) for e in run.errors}
-    row_methods, pairs = cfg.row_methods(), cfg.oracle_pairs()
-    all_parts = [build_parts(cfg, key) for key in cfg.datasets]
-    n_total, n_todo, plans = 0, 0, []
+    pairs = {o: (t, v) for o, t, v in cfg.oracle_pairs()}
+    prog, missing = UnitProgress([]), {}
     for parts in all_parts:
         ids = [parts.test.ids[p] for p in parts.test_pos]
         for shots in cfg.shots:
             for seed in cfg.seeds:
-                missing = {
-                    (m, i) for m in row_methods for i in ids
-                    if (parts.key, m, shots, seed, i) not in done and (parts.key, m, i) not in skipped and (parts.key, None, i) not in skipped
-                }
-                n_total += len(ids) * len(row_methods)
-                n_todo += len(missing)
-                if missing:
-                    plans.append((parts, shots, seed, missing))
-    run.announce(done=n_total - n_todo, todo=n_todo, unit="rows")
+                for image in ids:
+                    key = unit_key(parts.key, shots, seed, image)
+                    prog.units.append(key)
 
-    for parts, shots, seed, missing in plans:
-        refs, ref_ids, ref_failed = _references(parts, shots, seed, cfg.size)
-        for label, why in ref_failed.items():
-            run.record_error_once(f"references:{parts.labels[label]}", why, dataset=parts.key, shots=shots, seed=seed)
-        need = {m for m, _ in missing}
-        for o, t, v in pairs:
-            if o in need:
-                need |= {t, v}
-        preps = {m: runner.prepare(parts, m, refs) for m in cfg.methods if m in need}
-        cal_rows = {m: runner.calibrate(parts, m, shots, seed, refs, ref_ids, preps[m]) for m in cfg.methods if m in need}
-        for pos in tqdm(parts.test_pos, desc=f"{parts.key} k={shots} seed={seed}", disable=not progress, leave=False):
-            todo = [m for m in cfg.row_methods() if (m, parts.test.ids[pos]) in missing]
-            if todo:
-                rows = runner.evaluate_image(parts, shots, seed, pos, todo, refs, ref_ids, cal_rows)
-                run.results.extend(rows)
-                runner.new_rows += len(rows)
+                    def skip(m: str) -> bool:
+                        return (parts.key, m, image) in skipped or (parts.key, None, image) in skipped or any(skip(x) for x in pairs.get(m, ()))
+
+                    absent = [m for m in cfg.row_methods() if (parts.key, m, shots, seed, image) not in done]
+                    todo = {m for m in absent if not skip(m)}
+                    if todo:
+                        missing[key] = todo
+                    elif absent:
+                        prog.failed.add(key)
+                    else:
+                        prog.done.add(key)
+    return prog, missing
+
+
+def _config_record(cfg: SotBenchConfig, launch: LaunchConfig) -> dict[str, Any]:
+    return {"suite": SUITE, **asdict(cfg), "launch": launch.record()}
+
+
+def _write_parts(run: RunFolder, all_parts: Sequence[Parts]) -> dict[str, str]:
+    """The datasets' part notes (report.md's "Datasets" lines) into parts.json, for `runs merge`."""
+    notes = {p.key: p.note for p in all_parts}
+    run.write_text("parts.json", json.dumps(notes, indent=1))
+    return notes
+
+
+def run_sot(
+    cfg: SotBenchConfig,
+    out: str | Path,
+    method_factory: MethodFactory | None = None,
+    progress: bool = True,
+    launch: LaunchConfig | None = None,
+    shard: Shard | str | None = None,
+    report: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) the benchmark into ``out``; returns :func:`summarise`'s summary and writes
+    summary.csv, the other tables and report.md.
+
+    ``launch``: spread the run over ``launch.workers`` shards (local processes or a SLURM array, see
+    :class:`~segprompt.engine.launchers.LaunchConfig`), then write the summary and report from every
+    shard's rows; the result then also holds ``failed_shards`` (labels). ``method_factory`` then goes
+    to each shard's process (cloudpickle). ``shard`` (``Shard(2, 3)`` or ``"2/3"``): compute only that
+    shard's units, in this process; it writes the summary and report only when no unit of any shard
+    is left (``report=False``: never), and returns ``{"shard", "new_rows", "todo"}`` otherwise
+    (``todo``: units left in the whole run).
+    """
+    from tqdm.auto import tqdm
+
+    launch = launch or LaunchConfig()
+    shard = Shard.parse(shard) if shard is not None else None
+    if shard is not None and launch.parallel:
+        raise ConfigError("shard= runs one shard in this process; it does not go with a parallel launch")
+    if launch.parallel:
+        return _run_launched(cfg, out, method_factory, launch, report)
+    run = RunFolder(out, _config_record(cfg, launch), shard=shard)
+    runner = _Runner(cfg, run, method_factory or default_method_factory(cfg), progress)
+    all_parts = [build_parts(cfg, key) for key in cfg.datasets]
+    state, missing = _progress(cfg, all_parts, run)
+    mine = set(pick(state.units, shard=shard))
+    todo_units = {u: missing[u] for u in state.todo if u in mine}
+    run.announce(done=len(mine) - len(todo_units), todo=len(todo_units), unit=UNIT)
+
+    pairs = cfg.oracle_pairs()
+    for parts in all_parts:
+        for shots in cfg.shots:
+            for seed in cfg.seeds:
+                work = [(pos, todo_units[k]) for pos in parts.test_pos if (k := unit_key(parts.key, shots, seed, parts.test.ids[pos])) in todo_units]
+                if not work:
+                    continue
+                refs, ref_ids, ref_failed = _references(parts, shots, seed, cfg.size)
+                for label, why in ref_failed.items():
+                    run.record_error_once(f"references:{parts.labels[label]}", why, dataset=parts.key, shots=shots, seed=seed)
+                need = {m for _, todo in work for m in todo}
+                for o, t, v in pairs:
+                    if o in need:
+                        need |= {t, v}
+                preps = {m: runner.prepare(parts, m, refs) for m in cfg.methods if m in need}
+                cal_rows = {m: runner.calibrate(parts, m, shots, seed, refs, ref_ids, preps[m]) for m in cfg.methods if m in need}
+                for pos, todo in tqdm(work, desc=f"{parts.key} k={shots} seed={seed}", disable=not progress, leave=False):
+                    rows = runner.evaluate_image(parts, shots, seed, pos, [m for m in cfg.row_methods() if m in todo], refs, ref_ids, cal_rows)
+                    run.results.extend(rows)
+                    runner.new_rows += len(rows)
     run.finish(runner.new_rows)
-    summary = summarise(run.results.rows(), runner.calibration.rows(), cfg)
-    write_reports(run, summary, cfg, {p.key: p.note for p in all_parts})
+    if shard is not None:
+        left = _progress(cfg, all_parts, run)[0].todo
+        if left or not report:
+            if left:
+                log.info("shard %s done (%d new rows); %d %s left in other shards: rerun them, or `segprompt runs merge %s` "
+                         "for a report of what is there", shard.label, runner.new_rows, len(left), UNIT, run.path)
+            return {"shard": shard.label, "new_rows": runner.new_rows, "todo": len(left)}
+    return _summarise_and_report(run, cfg, _write_parts(run, all_parts), report)
+
+
+def _summarise_and_report(run: RunFolder, cfg: SotBenchConfig, notes: dict[str, str], report: bool = True) -> dict[str, Any]:
+    """The summary of every shard's rows (canonical order); summary.csv, ... and report.md when ``report``."""
+    from segprompt.sot.report import summarise, write_reports
+
+    cal = canonical_calibration(run.log("calibration").rows(), cfg)
+    summary = summarise(canonical_rows(run.results.rows(), cfg), cal, cfg)
+    if report:
+        write_reports(run, summary, cfg, notes, cal)
     return summary
+
+
+def _shard_job(cfg: SotBenchConfig, out: str, method_factory: MethodFactory | None, shard: Shard) -> dict[str, Any]:
+    """One shard of a launched run, in a process of its own; the launching process writes the report."""
+    return run_sot(cfg, out, method_factory, progress=False, shard=shard, report=False)
+
+
+def _run_launched(cfg: SotBenchConfig, out: str | Path, method_factory: MethodFactory | None, launch: LaunchConfig, report: bool) -> dict[str, Any]:
+    """Launch the shards that still have units (each resumes its own file), wait, then summarise every shard's rows."""
+    run = RunFolder(out, _config_record(cfg, launch))  # the config is checked (and written) before any job starts
+    all_parts = [build_parts(cfg, key) for key in cfg.datasets]
+    state = _progress(cfg, all_parts, run)[0]
+    todo = state.todo
+    shards = [s for s in launch.shards() if any(s.owns(u) for u in todo)]
+    run.announce(done=len(state.units) - len(todo), todo=len(todo), unit=UNIT)
+    if shards:
+        log.info("%s: %d of %d shards to run (%s launcher): %s", run.path, len(shards), launch.workers, launch.launcher, ", ".join(s.label for s in shards))
+    job = functools.partial(_shard_job, cfg, str(run.path.resolve()), method_factory)  # absolute: a SLURM job may start elsewhere
+    outcomes = run_shards(job, shards, launch, folder=run.path, name=SUITE)
+    run.finish(sum(int((o.result or {}).get("new_rows") or 0) for o in outcomes if o.ok))
+    summary = _summarise_and_report(run, cfg, _write_parts(run, all_parts), report)
+    summary["failed_shards"] = [o.shard.label for o in outcomes if not o.ok]
+    return summary
+
+
+def _cfg_from_record(config: dict[str, Any]) -> SotBenchConfig:
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(SotBenchConfig)}
+    return SotBenchConfig(**{k: v for k, v in config.items() if k in names})
+
+
+def suite_progress(config: dict[str, Any], run: RunFolder) -> UnitProgress:
+    """``segprompt runs status``: every (dataset, shots, seed, image) of the run folder's config and
+    its state. The datasets are loaded (by name, as in config.yaml) to list their evaluated images."""
+    cfg = _cfg_from_record(config)
+    return _progress(cfg, [build_parts(cfg, key) for key in cfg.datasets], run)[0]
+
+
+def merge_run_folder(run_dir: str | Path) -> dict[str, Any]:
+    """``segprompt runs merge``: summary.csv, seeds.csv, ..., report.md from the rows of every shard
+    present; returns the summary. The datasets' notes come from parts.json (loaded only without it)."""
+    run = RunFolder.load(run_dir)
+    cfg = _cfg_from_record(run.config)
+    path = run.path / "parts.json"
+    notes = json.loads(path.read_text()) if path.exists() else {p.key: p.note for p in (build_parts(cfg, k) for k in cfg.datasets)}
+    return _summarise_and_report(run, cfg, notes)
 
 
 def _argmax_bg(logits: np.ndarray, has_background: bool) -> np.ndarray:

@@ -289,9 +289,13 @@ def _val_miou(cal_row: Mapping[str, Any], merge: str) -> float | None:
     return float(np.mean(vals)) if vals else None
 
 
-def write_reports(run: RunFolder, summary: Mapping[str, Any], cfg: SotBenchConfig, notes: Mapping[str, str]) -> None:
+def write_reports(
+    run: RunFolder, summary: Mapping[str, Any], cfg: SotBenchConfig, notes: Mapping[str, str], cal_rows: Sequence[Mapping[str, Any]] | None = None
+) -> None:
     """summary.csv, seeds.csv, per_class.csv, text_vs_visual.csv, oracle.csv, calibration.csv,
-    variance.png and report.md in the run folder."""
+    variance.png and report.md in the run folder. ``cal_rows``: the calibration rows of every shard
+    in canonical order (default: read from the folder's calibration*.jsonl and put in that order)."""
+    from segprompt.sot.bench import canonical_calibration
     from segprompt.sot.methods import MISSING_METHODS
 
     write_csv(run.path / "summary.csv", summary["table"], SUMMARY_COLUMNS)
@@ -301,8 +305,9 @@ def write_reports(run: RunFolder, summary: Mapping[str, Any], cfg: SotBenchConfi
     write_csv(run.path / "text_vs_visual.csv", summary["text_vs_visual"], tv_cols)
     or_cols = ["dataset", "shots", "oracle", "merge", "seeds", "oracle_miou", "best_of_pair", "gain", "gain_std", "bound", "bound_gain"]
     write_csv(run.path / "oracle.csv", summary["oracle"], or_cols)
-    cal_rows = run.path / "calibration.jsonl"
-    cal_table = _calibration_table([json.loads(x) for x in cal_rows.read_text().splitlines() if x.strip()] if cal_rows.exists() else [])
+    if cal_rows is None:
+        cal_rows = canonical_calibration(run.log("calibration").rows(), cfg)
+    cal_table = _calibration_table(cal_rows)
     cal_cols = ["dataset", "method", "shots", "seeds", "val_images", "temperature", "threshold", "nll_before", "nll_after", "val_miou_sot", "val_miou_cal"]
     write_csv(run.path / "calibration.csv", cal_table, cal_cols)
     plot = variance_plot(summary["seeds"], run.path / "variance.png", cfg.row_methods())
