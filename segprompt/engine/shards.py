@@ -197,6 +197,7 @@ class SuiteSpec:
 #: suite name (the ``suite`` key of a run's config.yaml) -> SuiteSpec
 SUITES: Registry[SuiteSpec] = Registry("suite")
 SUITES.add("pointprompt", SuiteSpec("pointprompt.bench:suite_progress", "pointprompt.bench:merge_run_folder", unit="(model, image) pairs"))
+SUITES.add("finetune-matrix", SuiteSpec("pointprompt.finetune_matrix:suite_progress", "pointprompt.finetune_matrix:merge_run_folder", unit="matrix rows (one model each)"))
 SUITES.add("sot", SuiteSpec("segprompt.sot.bench:suite_progress", "segprompt.sot.bench:merge_run_folder", unit="(dataset, shots, seed, image) units"))
 
 
