@@ -46,6 +46,7 @@ an integer label stack of the same (Z, H, W), matched by NAME.
 
 from __future__ import annotations
 
+import json
 import logging
 import math
 import re
@@ -382,25 +383,38 @@ def _check_model(seg: Segmenter, model: str, prompts: Sequence[str]) -> None:
             raise ConfigError(f"model {model!r} does not take {' and '.join(sorted(need - accepts))} prompts (prompt {p!r}); it accepts {', '.join(sorted(accepts))}")
 
 
-def run_volume_bench(
-    cfg: VolumeBenchConfig,
-    out: str | Path,
-    sources: dict[str, VolumeSource] | None = None,
-    model_factory: Callable[[str], Segmenter] | None = None,
-    progress: bool = True,
-) -> dict[str, Any]:
-    """Run (or resume) the 3-D benchmark into ``out``; returns :func:`summarise_volumes`' summary.
+def volume_unit_key(dataset: str, volume: str, model: str, prompt: str) -> str:
+    """The stable key of one work unit, a (dataset, volume, model, prompt), as JSON text (what
+    :func:`segprompt.engine.shards.shard_of` hashes)."""
+    return json.dumps([str(dataset), str(volume), str(model), str(prompt)])
 
-    ``sources``: volume sources by dataset name, overriding :func:`open_volume_source` (for sets
-    built in code). ``model_factory(name) -> Segmenter`` (default: :func:`create_segmenter` with
-    ``cfg.model_kwargs``; ``"sam@2"`` builds a second ``sam``).
-    """
-    from tqdm.auto import tqdm
 
-    from pointprompt.bench import default_model_factory
-    from pointprompt.report_volume import summarise_volumes, write_volume_reports
+def canonical_volume_rows(rows: Sequence[dict[str, Any]], cfg: VolumeBenchConfig) -> list[dict[str, Any]]:
+    """``rows`` from any number of shard files without duplicates, in one order (datasets, models
+    and prompts as in the config, then volume and object): summaries are computed from this list."""
+    from segprompt.engine.shards import canonical
 
-    run = RunFolder(out, {"suite": SUITE, **asdict(cfg)})
+    dorder = {d: i for i, d in enumerate(cfg.datasets)}
+    morder = {m: i for i, m in enumerate(cfg.models)}
+    porder = {p: i for i, p in enumerate(cfg.prompts)}
+
+    def identity(r: dict[str, Any]) -> tuple[str, str, str, str, int]:
+        return (str(r["dataset"]), str(r["volume"]), str(r["model"]), str(r["strategy"]), int(r["object"]))
+
+    def order(r: dict[str, Any]) -> tuple[Any, ...]:
+        ds, vol, model, prompt, obj = identity(r)
+        return (dorder.get(ds, len(dorder)), ds, morder.get(model, len(morder)), model, porder.get(prompt, len(porder)), prompt, vol, obj)
+
+    return canonical(rows, identity=identity, order=order)
+
+
+def _config_record(cfg: VolumeBenchConfig, launch: Any) -> dict[str, Any]:
+    return {"suite": SUITE, **asdict(cfg), "launch": launch.record()}
+
+
+def _volume_plans(cfg: VolumeBenchConfig, run: RunFolder, sources: dict[str, VolumeSource] | None) -> tuple[list[Any], list[str], set[str]]:
+    """Per dataset (name, source, ids, {volume index: [(model, prompt) to do]}); every unit key of
+    the run; and the keys finished or skipped (in any shard's files)."""
     done: dict[tuple[str, str, str, str], set[int]] = defaultdict(set)
     n_objects: dict[tuple[str, str, str, str], int] = {}
     for r in run.results:
@@ -409,31 +423,70 @@ def run_volume_bench(
         n_objects[key] = int(r["n_objects"])
     bad_items = {(e.get("dataset"), e.get("item")) for e in run.errors if e.get("model") is None}
     bad_units = {(e.get("dataset"), e.get("item"), e.get("model"), e.get("strategy")) for e in run.errors}
-    make = model_factory or default_model_factory(cfg)  # type: ignore[arg-type]
-    models: dict[str, Segmenter] = {}
-
-    plans = []
+    plans, units, finished = [], [], set()
     for ds in cfg.datasets:
         src = (sources or {}).get(ds) or open_volume_source(ds, **cfg.dataset_kwargs.get(ds, {}))
         ids = src.ids[: cfg.limit] if cfg.limit is not None else list(src.ids)
-        units = {
-            i: [
-                (m, p)
-                for m in cfg.models
-                for p in cfg.prompts
-                if (key := (ds, ids[i], m, p)) not in bad_units
-                and not (key in n_objects and len(done[key]) >= n_objects[key])
-            ]
-            for i in range(len(ids))
-            if (ds, ids[i]) not in bad_items
-        }
-        plans.append((ds, src, ids, {i: u for i, u in units.items() if u}))
-    n_units = sum(len(p[2]) for p in plans) * len(cfg.models) * len(cfg.prompts)
-    n_todo = sum(len(u) for p in plans for u in p[3].values())
-    run.announce(done=n_units - n_todo, todo=n_todo, unit="(volume, model, prompt) units")
+        todo: dict[int, list[tuple[str, str]]] = {}
+        for i, vol in enumerate(ids):
+            for m in cfg.models:
+                for p in cfg.prompts:
+                    key = (ds, vol, m, p)
+                    ukey = volume_unit_key(*key)
+                    units.append(ukey)
+                    if (ds, vol) in bad_items or key in bad_units or (key in n_objects and len(done[key]) >= n_objects[key]):
+                        finished.add(ukey)
+                    else:
+                        todo.setdefault(i, []).append((m, p))
+        plans.append((ds, src, ids, todo, done))
+    return plans, units, finished
+
+
+def run_volume_bench(
+    cfg: VolumeBenchConfig,
+    out: str | Path,
+    sources: dict[str, VolumeSource] | None = None,
+    model_factory: Callable[[str], Segmenter] | None = None,
+    progress: bool = True,
+    launch: Any = None,
+    shard: Any = None,
+    report: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) the 3-D benchmark into ``out``; returns :func:`summarise_volumes`' summary.
+
+    ``sources``: volume sources by dataset name, overriding :func:`open_volume_source` (for sets
+    built in code). ``model_factory(name) -> Segmenter`` (default: :func:`create_segmenter` with
+    ``cfg.model_kwargs``; ``"sam@2"`` builds a second ``sam``). ``launch`` / ``shard``: sharded
+    runs, as :func:`pointprompt.bench.run_pointprompt` (a unit is a (dataset, volume, model,
+    prompt), :func:`volume_unit_key`); summaries come from :func:`canonical_volume_rows`, so a
+    sharded run's tables equal an unsharded run's.
+    """
+    from tqdm.auto import tqdm
+
+    from pointprompt.bench import default_model_factory
+    from pointprompt.report_volume import summarise_volumes, write_volume_reports
+    from segprompt.engine.launchers import LaunchConfig
+    from segprompt.engine.shards import Shard
+
+    launch = launch or LaunchConfig()
+    shard = Shard.parse(shard) if shard is not None else None
+    if shard is not None and launch.parallel:
+        raise ConfigError("shard= runs one shard in this process; it does not go with a parallel launch")
+    if launch.parallel:
+        return _run_volumes_launched(cfg, out, sources, model_factory, launch, report)
+    run = RunFolder(out, _config_record(cfg, launch), shard=shard)
+    make = model_factory or default_model_factory(cfg)  # type: ignore[arg-type]
+    models: dict[str, Segmenter] = {}
+    plans, units, finished = _volume_plans(cfg, run, sources)
+    mine = [u for u in units if shard is None or shard.owns(u)]
+    n_todo = sum(1 for u in mine if u not in finished)
+    run.announce(done=len(mine) - n_todo, todo=n_todo, unit="(volume, model, prompt) units")
 
     new_rows = 0
-    for ds, src, ids, todo in plans:
+    for ds, src, ids, todo, done in plans:
+        if shard is not None:
+            todo = {i: [(m, p) for m, p in mp if shard.owns(volume_unit_key(ds, ids[i], m, p))] for i, mp in todo.items()}
+            todo = {i: mp for i, mp in todo.items() if mp}
         for i in tqdm(list(todo), desc=f"volumes of {short_name(ds)}", disable=not progress, leave=False):
             try:
                 item = src.load(i)
@@ -455,7 +508,70 @@ def run_volume_bench(
                 run.results.extend(fresh)
                 new_rows += len(fresh)
     run.finish(new_rows)
-    summary = summarise_volumes(run.results.rows(), cfg)
+    if shard is not None:
+        _, units, finished = _volume_plans(cfg, run, sources)
+        left = [u for u in units if u not in finished]
+        if left or not report:
+            return {"shard": shard.label, "new_rows": new_rows, "todo": len(left)}
+    summary = summarise_volumes(canonical_volume_rows(run.results.rows(), cfg), cfg)
+    if report:
+        write_volume_reports(run, summary, cfg)
+    return summary
+
+
+def _volume_shard_job(cfg: VolumeBenchConfig, out: str, sources: Any, model_factory: Any, shard: Any) -> dict[str, Any]:
+    """One shard of a launched run, in a process of its own; the launching process writes the report."""
+    return run_volume_bench(cfg, out, sources, model_factory, progress=False, shard=shard, report=False)
+
+
+def _run_volumes_launched(cfg: VolumeBenchConfig, out: str | Path, sources: Any, model_factory: Any, launch: Any, report: bool) -> dict[str, Any]:
+    """Launch the shards that still have units, wait, then summarise every shard's rows."""
+    import functools
+
+    from pointprompt.report_volume import summarise_volumes, write_volume_reports
+    from segprompt.engine.launchers import run_shards
+
+    run = RunFolder(out, _config_record(cfg, launch))
+    _, units, finished = _volume_plans(cfg, run, sources)
+    todo = [u for u in units if u not in finished]
+    shards = [s for s in launch.shards() if any(s.owns(u) for u in todo)]
+    run.announce(done=len(units) - len(todo), todo=len(todo), unit="(volume, model, prompt) units")
+    job = functools.partial(_volume_shard_job, cfg, str(run.path.resolve()), sources, model_factory)
+    outcomes = run_shards(job, shards, launch, folder=run.path, name=SUITE)
+    run.finish(sum(int((o.result or {}).get("new_rows") or 0) for o in outcomes if o.ok))
+    summary = summarise_volumes(canonical_volume_rows(run.results.rows(), cfg), cfg)
+    if report:
+        write_volume_reports(run, summary, cfg)
+    summary["failed_shards"] = [o.shard.label for o in outcomes if not o.ok]
+    return summary
+
+
+def _cfg_from_record(config: dict[str, Any]) -> VolumeBenchConfig:
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(VolumeBenchConfig)}
+    return VolumeBenchConfig(**{k: v for k, v in config.items() if k in names})
+
+
+def suite_progress(config: dict[str, Any], run: RunFolder) -> Any:
+    """``segprompt runs status``: every (dataset, volume, model, prompt) unit and its state."""
+    from segprompt.engine.shards import UnitProgress
+
+    _, units, finished = _volume_plans(_cfg_from_record(config), run, None)
+    failed = {volume_unit_key(e.get("dataset"), e.get("item"), e.get("model"), e.get("strategy")) for e in run.errors if e.get("model")}
+    prog = UnitProgress(list(units))
+    prog.done |= {u for u in finished if u not in failed}
+    prog.failed |= {u for u in finished if u in failed}
+    return prog
+
+
+def merge_run_folder(run_dir: str | Path) -> dict[str, Any]:
+    """``segprompt runs merge``: the tables and report from the rows of every shard present."""
+    from pointprompt.report_volume import summarise_volumes, write_volume_reports
+
+    run = RunFolder.load(run_dir)
+    cfg = _cfg_from_record(run.config)
+    summary = summarise_volumes(canonical_volume_rows(run.results.rows(), cfg), cfg)
     write_volume_reports(run, summary, cfg)
     return summary
 

@@ -183,8 +183,13 @@ def _merge_config(ctx: click.Context, path: Path, given: dict) -> tuple[dict, di
 @click.option("--limit", type=int, default=None, help="Use only the first N volumes of each set.")
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Run folder (rerun the same command to resume).")
-def volumes(datasets, n_volumes, depth, size, n_objects, models, checkpoints, prompts, n_positive, n_negative, slice_choice, direction, method, projection, seed, limit, device, out) -> None:
-    """Prompt one slice of each object of each volume, propagate, report 3-D Dice and slice IoU along z."""
+@launch_options
+def volumes(datasets, n_volumes, depth, size, n_objects, models, checkpoints, prompts, n_positive, n_negative, slice_choice, direction, method, projection, seed, limit, device, out,
+            **launch) -> None:
+    """Prompt one slice of each object of each volume, propagate, report 3-D Dice and slice IoU along z.
+
+    Scale-out as `bench pointprompt`: `--workers 4` (shards on this machine), `--launcher submitit`
+    (a SLURM array), `--shard K/N` (one shard by hand); a unit is a (volume, model, prompt)."""
     from pointprompt.bench_volume import VolumeBenchConfig, run_volume_bench
     from pointprompt.report_volume import format_volume_summary
     from segprompt.devices import check_device
@@ -215,9 +220,17 @@ def volumes(datasets, n_volumes, depth, size, n_objects, models, checkpoints, pr
         seed=seed,
         limit=limit,
     )
-    summary = run_volume_bench(cfg, out)
+    launch_cfg, shard = launch_from_options(launch)
+    summary = run_volume_bench(cfg, out, launch=launch_cfg, shard=shard)
+    if "shard" in summary:  # one shard of several, others still to run: no report yet
+        click.echo(f"shard {summary['shard']}: {summary['new_rows']} new rows; {summary['todo']} (volume, model, prompt) units left in other shards "
+                   f"(`segprompt runs status {out}`; the last shard writes the report, or `segprompt runs merge {out}`)")
+        return
     click.echo(format_volume_summary(summary))
     click.echo(f"\n{timing_text(out)}\nrun folder: {out}  (summary.csv, curves.csv, report.md, iou_by_dz.png, labels/)")
+    if summary.get("failed_shards"):
+        raise SegpromptError(f"shard(s) {', '.join(summary['failed_shards'])} failed (see the log above); the report holds the others' rows; "
+                             "rerun the same command to resume them")
 
 
 @pointprompt.command("features")

@@ -209,3 +209,40 @@ def test_cli_end_to_end(tmp_path, capsys):  # noqa: ANN001
     assert main(args) == 0 and "nothing new computed" in capsys.readouterr().out
     assert main([*args[:-2], "--strategies", "ritm", "--out", str(tmp_path / "x")]) == 2
     assert "correction strategy" in capsys.readouterr().err
+
+
+def test_shards_by_hand_equal_the_unsharded_run_and_runs_status(full_run, models, tmp_path):  # noqa: ANN001
+    """The run cut into 3 shards (run one after the other in this process, each into its own
+    results.shard-K-of-3.jsonl): the same rows and the same tables as the unsharded run; each
+    shard computes only its units; `segprompt runs status` counts them; a killed shard reruns alone."""
+    from segprompt.engine.shards import Shard, run_status
+
+    cfg, out, summary = full_run
+    sharded = tmp_path / "sharded"
+    calls: dict[str, list[str]] = {}
+    for k in (1, 2, 3):
+        calls[k] = []
+        result = run_volume_bench(cfg, sharded, model_factory=lambda n, k=k: calls[k].append(n) or models[n], progress=False, shard=f"{k}/3")
+        if k < 3:
+            assert result["shard"] == f"{k}/3"
+    files = sorted(p.name for p in sharded.glob("results.shard-*.jsonl"))
+    assert files == ["results.shard-1-of-3.jsonl", "results.shard-2-of-3.jsonl", "results.shard-3-of-3.jsonl"]
+    for k in (1, 2, 3):  # a shard's file holds exactly its units
+        rows = [json.loads(x) for x in (sharded / f"results.shard-{k}-of-3.jsonl").read_text().splitlines()]
+        assert all(Shard(k, 3).owns(json.dumps([r["dataset"], r["volume"], r["model"], r["strategy"]])) for r in rows)
+    strip = lambda rs: sorted(json.dumps({k: v for k, v in r.items() if k not in ("seconds", "labels_file")}, sort_keys=True) for r in rs)  # noqa: E731
+    every = [json.loads(x) for f in files for x in (sharded / f).read_text().splitlines()]
+    assert strip(every) == strip(_rows(out))
+    assert [t["dice3d"] for t in result["table"]] == [t["dice3d"] for t in summary["table"]]
+    status = run_status(sharded)
+    assert status.done == status.units == 3 * 3 * 2 and status.todo == 0 and status.n_shards == 3
+    # shard 2 killed half-way: rerunning shard 2 recomputes only its missing units
+    path = sharded / "results.shard-2-of-3.jsonl"
+    lines = path.read_text().splitlines(keepends=True)
+    path.write_text("".join(lines[: len(lines) // 2]))
+    assert run_status(sharded).todo > 0
+    again: list[str] = []
+    run_volume_bench(cfg, sharded, model_factory=lambda n: again.append(n) or models[n], progress=False, shard="1/3")
+    assert again == []  # shard 1 has nothing to do
+    run_volume_bench(cfg, sharded, model_factory=lambda n: again.append(n) or models[n], progress=False, shard="2/3")
+    assert again and run_status(sharded).todo == 0
