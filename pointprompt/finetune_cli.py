@@ -13,7 +13,8 @@ from pathlib import Path
 
 import click
 
-from segprompt.errors import ConfigError
+from segprompt.engine.launchers import launch_from_options, launch_options
+from segprompt.errors import ConfigError, SegpromptError
 
 
 @click.group("finetune", context_settings={"help_option_names": ["-h", "--help"]})
@@ -204,22 +205,82 @@ def sam2(ctx, **options) -> None:  # noqa: ANN001
 @click.option("--train", default="prompt_encoder", show_default=True, help="What each model trains (PointPrompt: prompt_encoder).")
 @click.option("--positive", "n_positive", type=int, default=3, show_default=True)
 @click.option("--negative", "n_negative", type=int, default=1, show_default=True)
+@click.option("--config", "config_file", type=click.Path(path_type=Path), default=None,
+              help="YAML of the matrix's fields (FinetuneConfig fields, strategies, train, n_positive, n_negative) and launch keys "
+                   "(launcher, workers, slurm_*); options given on the command line override it. A matrix run's config.yaml works as is.")
+@launch_options
 @click.pass_context
-def matrix(ctx, strategies, train, n_positive, n_negative, out, preset, **common) -> None:  # noqa: ANN001
+def matrix(ctx, strategies, train, n_positive, n_negative, out, preset, config_file, **options) -> None:  # noqa: ANN001
     """Train one model per prompt strategy and evaluate every model on every strategy (on the test split).
 
     Rerun the same command to resume: finished trainings and evaluations are not redone.
-    """
-    from pointprompt.finetune import FinetuneConfig, preset_fields
-    from pointprompt.finetune_matrix import run_matrix
 
-    names = _split(strategies)
+    Scale-out: each row of the matrix (none, and each strategy: its training, then its evaluation) is
+    a unit. `--workers 3` runs the rows in 3 processes of this machine, `--launcher submitit --workers 4
+    --slurm-partition gpu --slurm-gpus 1` as a SLURM array, `--shard 2/4` one shard by hand; all write
+    into the --out folder (`segprompt runs status/merge OUT`). `--slurm-gpus N` (N > 1) trains each row
+    with torchrun on N GPUs (DDP; --batch-size is per GPU).
+    """
+    from segprompt.engine.launchers import LAUNCH_FILE_KEYS
+
+    launch = {k: options.pop(k) for k in [*LAUNCH_FILE_KEYS, "threads", "shard"]}
+    values, file_launch = _matrix_values(ctx, config_file, strategies, train, n_positive, n_negative, preset, options)
+    names = values.pop("strategies")
     if len(names) < 2:
         raise ConfigError("--strategies: a matrix needs at least two strategies")
-    given = dict(**_base_kwargs(**common), train=_split((train,)), n_positive=n_positive, n_negative=n_negative)
-    values = preset_fields(preset, given, _explicit(ctx))
+    from pointprompt.finetune import FinetuneConfig
+    from pointprompt.finetune_matrix import run_matrix
+
     FinetuneConfig(**values)  # every field checked before any training
     own = {k: values.pop(k) for k in ("train", "n_positive", "n_negative")}
-    result = run_matrix(names, out, base=values, **own)
+    launch_cfg, shard = launch_from_options(launch, file_launch)
+    processes = int(launch_cfg.slurm.get("slurm_gpus") or 1)
+    result = run_matrix(names, out, base=values, **own, launch=launch_cfg, shard=shard, train_processes=processes)
+    if "matrix" not in result:  # one shard of several, others still to finish
+        click.echo(f"shard {result['shard']}: {result['new_rows']} new cells; {result['todo']} matrix rows left in other shards "
+                   f"(`segprompt runs status {out}`; the last shard writes the report, or `segprompt runs merge {out}`)")
+        return
     click.echo(result["table_text"])
     click.echo(f"\nreport: {out / 'report.md'}, heatmap: {out / 'matrix.png'}")
+    if result.get("failed_shards"):
+        raise SegpromptError(f"shard(s) {', '.join(result['failed_shards'])} failed (see the log above); the report holds the others' cells; "
+                             "rerun the same command to resume them")
+
+
+# `finetune matrix` option -> the fields it sets (for --config: an option given wins over the file)
+_MATRIX_OPTION_FIELDS = {
+    "dataset": ("dataset",), "root": ("dataset_kwargs",), "model": ("model", "checkpoint"), "checkpoint": ("model", "checkpoint"),
+    "epochs": ("epochs",), "batch_size": ("batch_size",), "lr": ("lr",), "test_fraction": ("test_fraction",), "val_fraction": ("val_fraction",),
+    "limit": ("limit",), "seed": ("seed",), "device": ("device",), "precision": ("precision",), "strategies": ("strategies",),
+    "train": ("train",), "n_positive": ("n_positive",), "n_negative": ("n_negative",),
+}
+
+
+def _matrix_values(ctx, config_file, strategies, train, n_positive, n_negative, preset, common) -> tuple[dict, dict]:  # noqa: ANN001
+    """The matrix's fields (FinetuneConfig fields + ``strategies``) from the options, laid over
+    ``--config`` (when given) and the preset; and the file's launch keys."""
+    import dataclasses
+
+    from pointprompt.finetune import FinetuneConfig, preset_fields
+    from segprompt.engine.config_files import apply_command_line, read_config_file
+    from segprompt.engine.launchers import LAUNCH_FILE_KEYS, split_launch_keys
+
+    given = dict(**_base_kwargs(**common), train=_split((train,)), n_positive=n_positive, n_negative=n_negative,
+                 strategies=_split(strategies))
+    explicit = _explicit(ctx)
+    if config_file is None:
+        return preset_fields(preset, given, explicit), {}
+    own = ("prompts", "eval_strategy", "eval_positive", "eval_negative")
+    known = [*(f.name for f in dataclasses.fields(FinetuneConfig) if f.name not in own), "strategies", *LAUNCH_FILE_KEYS]
+    data = read_config_file(config_file, known, drop=("suite", "launch"))
+    file_launch, data = split_launch_keys(data)
+    if isinstance(data.get("strategies"), str):
+        data["strategies"] = _split((data["strategies"],))
+    if isinstance(data.get("train"), str):
+        data["train"] = _split((data["train"],))
+    merged = apply_command_line(ctx, data, given, _MATRIX_OPTION_FIELDS)
+    if "model" not in explicit and "checkpoint" not in explicit and data.get("checkpoint") is not None and "model" not in data:
+        merged["model"] = None  # the file names a checkpoint: the default model does not apply
+    source = click.core.ParameterSource.COMMANDLINE
+    name = preset if ctx.get_parameter_source("preset") == source else data.get("preset", preset)
+    return preset_fields(name, merged, explicit | set(data)), file_launch
