@@ -244,3 +244,46 @@ def test_cli_config_yaml_of_a_run_resumes_it(tmp_path):
     assert other.exit_code == 0, other.output
     cfg = yaml.safe_load((tmp_path / "run2" / "config.yaml").read_text())
     assert cfg["settings"] == {"points_per_side": 3, "pred_iou_thresh": 0.0} and cfg["datasets"] == [str(folder)]
+
+
+def test_three_shards_through_submitit_local_equal_the_unsharded_run(tmp_path):
+    """The oracle run over 5 images in 3 shards (submitit's LocalExecutor, each shard a process of
+    its own writing results.shard-K-of-3.jsonl): the same rows and summary.csv as one process; a
+    shard cut half-way reruns alone; `runs status` counts every unit done."""
+    import sys
+
+    import cloudpickle
+
+    from segprompt.engine.launchers import LaunchConfig
+    from segprompt.engine.shards import run_status
+
+    # the jobs unpickle the oracle in processes that cannot import this test module: send it by value
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    folder = _binary_folder(tmp_path / "data", n=5)
+    cfg = EverythingBenchConfig(datasets=[str(folder)], models=["half-oracle"], settings=SETTINGS)
+    one = tmp_path / "one"
+    run_everything_bench(cfg, one, model_factory=lambda n: HalfOracle(), progress=False)
+    three = tmp_path / "three"
+    try:
+        summary = run_everything_bench(cfg, three, model_factory=lambda n: HalfOracle(), progress=False, launch=LaunchConfig("submitit-local", workers=3))
+    finally:
+        cloudpickle.unregister_pickle_by_value(sys.modules[__name__])
+    assert summary["failed_shards"] == []
+    _check(summary, n_images=5)
+    files = sorted(p.name for p in three.glob("results.shard-*-of-3.jsonl"))
+    assert files and not (three / "results.jsonl").exists()
+    strip = lambda r: {k: v for k, v in r.items() if k != "seconds"}  # noqa: E731
+    rows = sorted((strip(json.loads(x)) for f in files for x in (three / f).read_text().splitlines()), key=lambda r: r["image"])
+    assert rows == [strip(json.loads(x)) for x in (one / "results.jsonl").read_text().splitlines()]
+    without_time = lambda path: [line.rsplit(",", 1)[0] for line in path.read_text().splitlines()]  # noqa: E731  (s_per_image is last)
+    assert without_time(three / "summary.csv") == without_time(one / "summary.csv")
+    status = run_status(three)
+    assert status.units == status.done == 5 and status.todo == 0
+    # one shard's file cut: only its unit(s) are recomputed, in that shard
+    biggest = max(files, key=lambda f: (three / f).read_text().count("\n"))
+    lines = (three / biggest).read_text().splitlines(keepends=True)
+    (three / biggest).write_text("".join(lines[:-1]))
+    oracle = HalfOracle()
+    k = biggest.split("-")[1]
+    run_everything_bench(cfg, three, model_factory=lambda n: oracle, progress=False, shard=f"{k}/3")
+    assert oracle.calls == 1 and run_status(three).todo == 0

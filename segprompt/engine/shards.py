@@ -199,6 +199,7 @@ SUITES: Registry[SuiteSpec] = Registry("suite")
 SUITES.add("pointprompt", SuiteSpec("pointprompt.bench:suite_progress", "pointprompt.bench:merge_run_folder", unit="(model, image) pairs"))
 SUITES.add("finetune-matrix", SuiteSpec("pointprompt.finetune_matrix:suite_progress", "pointprompt.finetune_matrix:merge_run_folder", unit="matrix rows (one model each)"))
 SUITES.add("sot", SuiteSpec("segprompt.sot.bench:suite_progress", "segprompt.sot.bench:merge_run_folder", unit="(dataset, shots, seed, image) units"))
+SUITES.add("everything", SuiteSpec("segprompt.everything_bench.bench:suite_progress", "segprompt.everything_bench.bench:merge_run_folder", unit="(model, image) pairs"))
 SUITES.add("pointprompt-volumes", SuiteSpec("pointprompt.bench_volume:suite_progress", "pointprompt.bench_volume:merge_run_folder", unit="(volume, model, prompt) units"))
 
 

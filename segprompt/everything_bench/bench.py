@@ -21,6 +21,7 @@ of the first ``overlays`` images of each dataset, written when they are computed
 
 from __future__ import annotations
 
+import json
 import logging
 import time
 from collections import defaultdict
@@ -250,37 +251,107 @@ def _settings_record(settings: Any) -> dict[str, Any]:
     return out
 
 
-def run_everything_bench(cfg: EverythingBenchConfig, out: str | Path, model_factory: ModelFactory | None = None, cache: str | Path | None = None, progress: bool = True) -> dict[str, Any]:
-    """Run (or resume) the benchmark into ``out``; returns the summary (``table`` rows)."""
-    from tqdm.auto import tqdm
+def everything_unit_key(dataset: str, model: str, image_id: str) -> str:
+    """The stable key of one work unit, a (dataset, model, image), as JSON text (what
+    :func:`segprompt.engine.shards.shard_of` hashes)."""
+    return json.dumps([str(dataset), str(model), str(image_id)])
 
-    settings = resolved_settings(cfg)
-    run = RunFolder(out, {"suite": "everything", **asdict(cfg), "resolved_settings": _settings_record(settings)})
+
+def canonical_everything_rows(rows: Sequence[dict[str, Any]], cfg: EverythingBenchConfig) -> list[dict[str, Any]]:
+    """``rows`` from any number of shard files without duplicates, in one order (datasets and
+    models as in the config, then image): summaries are computed from this list."""
+    from segprompt.engine.shards import canonical
+
+    dorder = {d: i for i, d in enumerate(cfg.datasets)}
+    morder = {m: i for i, m in enumerate(cfg.models)}
+
+    def identity(r: dict[str, Any]) -> tuple[str, str, str]:
+        return (str(r["dataset"]), str(r["model"]), str(r["image"]))
+
+    def order(r: dict[str, Any]) -> tuple[Any, ...]:
+        d, m, i = identity(r)
+        return (dorder.get(d, len(dorder)), d, morder.get(m, len(morder)), m, i)
+
+    return canonical(rows, identity=identity, order=order)
+
+
+def _config_record(cfg: EverythingBenchConfig, settings: Any, launch: Any) -> dict[str, Any]:
+    return {"suite": "everything", **asdict(cfg), "resolved_settings": _settings_record(settings), "launch": launch.record()}
+
+
+def _everything_plans(cfg: EverythingBenchConfig, run: RunFolder) -> tuple[list[Any], dict[str, list[str]], list[str], set[str], set[str]]:
+    """(plans: per dataset (key, dataset, ids, {model: [image index to do]}), drawn ids, every unit
+    key, the keys done, the keys skipped with an error)."""
     done = {(r["dataset"], r["model"], r["image"]) for r in run.results}
     skipped = {(e.get("dataset"), e.get("model"), e.get("item")) for e in run.errors}
-    make = model_factory or default_model_factory(cfg, cache)
-    models: dict[str, Any] = {}
-
-    plans, drawn = [], {}
+    plans, drawn, units, finished, failed = [], {}, [], set(), set()
     for key in cfg.datasets:
         ds = load_bench_dataset(cfg, key)
         n = len(ds) if cfg.limit is None else min(cfg.limit, len(ds))
         ids = ds.ids[:n]
         drawn[key] = ids[: cfg.overlays]
-        work = {m: [i for i in range(n) if (key, m, ids[i]) not in done and (key, m, ids[i]) not in skipped] for m in cfg.models}
+        work: dict[str, list[int]] = {}
+        for m in cfg.models:
+            work[m] = []
+            for i in range(n):
+                u = everything_unit_key(key, m, ids[i])
+                units.append(u)
+                if (key, m, ids[i]) in done:
+                    finished.add(u)
+                elif (key, m, ids[i]) in skipped:
+                    failed.add(u)
+                else:
+                    work[m].append(i)
         plans.append((key, ds, ids, work))
-    n_pairs = sum(len(p[2]) for p in plans) * len(cfg.models)
-    n_todo = sum(len(t) for p in plans for t in p[3].values())
-    run.announce(done=n_pairs - n_todo, todo=n_todo, unit="(model, image) pairs")
+    return plans, drawn, units, finished, failed
+
+
+def run_everything_bench(
+    cfg: EverythingBenchConfig,
+    out: str | Path,
+    model_factory: ModelFactory | None = None,
+    cache: str | Path | None = None,
+    progress: bool = True,
+    launch: Any = None,
+    shard: Any = None,
+    report: bool = True,
+) -> dict[str, Any]:
+    """Run (or resume) the benchmark into ``out``; returns the summary (``table`` rows).
+
+    ``launch`` / ``shard``: sharded runs as :func:`pointprompt.bench.run_pointprompt` (a unit is a
+    (dataset, model, image), :func:`everything_unit_key`; overlay tiles are written atomically, so
+    shards drawing the same ground-truth tile do not collide); the summary comes from
+    :func:`canonical_everything_rows`, so a sharded run's tables equal an unsharded run's.
+    """
+    from tqdm.auto import tqdm
+
+    from segprompt.engine.launchers import LaunchConfig
+    from segprompt.engine.shards import Shard
+
+    launch = launch or LaunchConfig()
+    shard = Shard.parse(shard) if shard is not None else None
+    if shard is not None and launch.parallel:
+        raise ConfigError("shard= runs one shard in this process; it does not go with a parallel launch")
+    settings = resolved_settings(cfg)
+    if launch.parallel:
+        return _run_everything_launched(cfg, out, model_factory, cache, settings, launch, report)
+    run = RunFolder(out, _config_record(cfg, settings, launch), shard=shard)
+    make = model_factory or default_model_factory(cfg, cache)
+    models: dict[str, Any] = {}
+    plans, drawn, units, finished, failed = _everything_plans(cfg, run)
+    mine = [u for u in units if shard is None or shard.owns(u)]
+    n_todo = sum(1 for u in mine if u not in finished and u not in failed)
+    run.announce(done=len(mine) - n_todo, todo=n_todo, unit="(model, image) pairs")
 
     new_rows = 0
     for key, ds, ids, work in plans:
         for model in cfg.models:
-            if not work[model]:
+            todo = [i for i in work[model] if shard is None or shard.owns(everything_unit_key(key, model, ids[i]))]
+            if not todo:
                 continue
             if model not in models:
                 models[model] = make(model)
-            for i in tqdm(work[model], desc=f"{model} on {short_name(key)}", disable=not progress, leave=False):
+            for i in tqdm(todo, desc=f"{model} on {short_name(key)}", disable=not progress, leave=False):
                 image_id = ids[i]
                 try:
                     sample = ds[i]
@@ -297,7 +368,65 @@ def run_everything_bench(cfg: EverythingBenchConfig, out: str | Path, model_fact
                 run.results.append(row)
                 new_rows += 1
     run.finish(new_rows)
-    summary = summarise(run.results.rows(), cfg)
+    if shard is not None:
+        _, _, units, finished, failed = _everything_plans(cfg, run)
+        left = [u for u in units if u not in finished and u not in failed]
+        if left or not report:
+            return {"shard": shard.label, "new_rows": new_rows, "todo": len(left)}
+    summary = summarise(canonical_everything_rows(run.results.rows(), cfg), cfg)
+    if report:
+        write_reports(run, summary, cfg, _settings_record(settings), drawn)
+    return summary
+
+
+def _everything_shard_job(cfg: EverythingBenchConfig, out: str, model_factory: Any, cache: Any, shard: Any) -> dict[str, Any]:
+    """One shard of a launched run, in a process of its own; the launching process writes the report."""
+    return run_everything_bench(cfg, out, model_factory, cache, progress=False, shard=shard, report=False)
+
+
+def _run_everything_launched(cfg: EverythingBenchConfig, out: str | Path, model_factory: Any, cache: Any, settings: Any, launch: Any, report: bool) -> dict[str, Any]:
+    """Launch the shards that still have units, wait, then summarise every shard's rows."""
+    import functools
+
+    from segprompt.engine.launchers import run_shards
+
+    run = RunFolder(out, _config_record(cfg, settings, launch))
+    _, drawn, units, finished, failed = _everything_plans(cfg, run)
+    todo = [u for u in units if u not in finished and u not in failed]
+    shards = [s for s in launch.shards() if any(s.owns(u) for u in todo)]
+    run.announce(done=len(units) - len(todo), todo=len(todo), unit="(model, image) pairs")
+    job = functools.partial(_everything_shard_job, cfg, str(run.path.resolve()), model_factory, None if cache is None else str(Path(cache).resolve()))
+    outcomes = run_shards(job, shards, launch, folder=run.path, name="everything")
+    run.finish(sum(int((o.result or {}).get("new_rows") or 0) for o in outcomes if o.ok))
+    summary = summarise(canonical_everything_rows(run.results.rows(), cfg), cfg)
+    if report:
+        write_reports(run, summary, cfg, _settings_record(settings), drawn)
+    summary["failed_shards"] = [o.shard.label for o in outcomes if not o.ok]
+    return summary
+
+
+def _cfg_from_record(config: dict[str, Any]) -> EverythingBenchConfig:
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(EverythingBenchConfig)}
+    return EverythingBenchConfig(**{k: v for k, v in config.items() if k in names})
+
+
+def suite_progress(config: dict[str, Any], run: RunFolder) -> Any:
+    """``segprompt runs status``: every (dataset, model, image) unit of the run folder and its state."""
+    from segprompt.engine.shards import UnitProgress
+
+    _, _, units, finished, failed = _everything_plans(_cfg_from_record(config), run)
+    return UnitProgress(list(units), set(finished), set(failed))
+
+
+def merge_run_folder(run_dir: str | Path) -> dict[str, Any]:
+    """``segprompt runs merge``: summary and report from the rows of every shard present."""
+    run = RunFolder.load(run_dir)
+    cfg = _cfg_from_record(run.config)
+    settings = resolved_settings(cfg)
+    drawn = {key: list(load_bench_dataset(cfg, key).ids[: cfg.overlays]) for key in cfg.datasets}
+    summary = summarise(canonical_everything_rows(run.results.rows(), cfg), cfg)
     write_reports(run, summary, cfg, _settings_record(settings), drawn)
     return summary
 

@@ -7,7 +7,8 @@ from pathlib import Path
 import click
 
 from segprompt.commands.everything_options import SETTING_FIELDS, settings_options
-from segprompt.errors import ConfigError
+from segprompt.engine.launchers import launch_from_options, launch_options
+from segprompt.errors import ConfigError, SegpromptError
 
 _NO_DEVICE = ("classical", "grabcut", "random-walker")
 
@@ -48,9 +49,10 @@ def parse_classes(items: tuple[str, ...], datasets: list[str]) -> dict[str, list
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML of EverythingBenchConfig fields (a run folder's config.yaml works); options given on the command line override it.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (rerun the same command to resume). Required.")
+@launch_options
 @click.pass_context
 @settings_options()
-def everything(ctx, datasets, roots, models, checkpoint, gt, classes, other_classes, connectivity, min_gt_area, ignore_id, max_dets, settings, overlays, limit, seed, cache, device, config_file, out) -> None:
+def everything(ctx, datasets, roots, models, checkpoint, gt, classes, other_classes, connectivity, min_gt_area, ignore_id, max_dets, settings, overlays, limit, seed, cache, device, config_file, out, **launch) -> None:
     """Segment everything on each image and score the masks against instance ground truth:
     AP50, AP (COCO), PQ / SQ / RQ, mean best IoU per object, seconds per image. Resumable."""
     if out is None:
@@ -85,11 +87,20 @@ def everything(ctx, datasets, roots, models, checkpoint, gt, classes, other_clas
         seed=seed,
         overlays=overlays,
     )
+    file_launch: dict = {}
     if config_file is not None:
-        given = _merge_config(ctx, config_file, given)
-    summary = run_everything_bench(EverythingBenchConfig(**given), out, cache=cache)
+        given, file_launch = _merge_config(ctx, config_file, given)
+    launch_cfg, shard = launch_from_options(launch, file_launch)
+    summary = run_everything_bench(EverythingBenchConfig(**given), out, cache=cache, launch=launch_cfg, shard=shard)
+    if "shard" in summary:  # one shard of several, others still to run: no report yet
+        click.echo(f"shard {summary['shard']}: {summary['new_rows']} new rows; {summary['todo']} (model, image) pairs left in other shards "
+                   f"(`segprompt runs status {out}`; the last shard writes the report, or `segprompt runs merge {out}`)")
+        return
     click.echo(format_summary(summary))
     click.echo(f"\n{timing_text(out)}\nrun folder: {out}  (summary.csv, report.md, overlays.png, results.jsonl)")
+    if summary.get("failed_shards"):
+        raise SegpromptError(f"shard(s) {', '.join(summary['failed_shards'])} failed (see the log above); the report holds the others' rows; "
+                             "rerun the same command to resume them")
 
 
 # command-line option name -> the config fields it sets
@@ -102,7 +113,7 @@ _OPTION_FIELDS = {
 }
 
 
-def _merge_config(ctx: click.Context, path: Path, given: dict) -> dict:
+def _merge_config(ctx: click.Context, path: Path, given: dict) -> tuple[dict, dict]:
     """Fields from a YAML file, overridden by the options given on the command line (settings
     merged field by field)."""
     import dataclasses
@@ -110,5 +121,8 @@ def _merge_config(ctx: click.Context, path: Path, given: dict) -> dict:
     from segprompt.engine.config_files import apply_command_line, read_config_file
     from segprompt.everything_bench.bench import EverythingBenchConfig
 
-    data = read_config_file(path, (f.name for f in dataclasses.fields(EverythingBenchConfig)), drop=("suite", "resolved_settings"))
-    return apply_command_line(ctx, data, given, _OPTION_FIELDS, merge=("settings",))
+    from segprompt.engine.launchers import LAUNCH_FILE_KEYS, split_launch_keys
+
+    data = read_config_file(path, [*(f.name for f in dataclasses.fields(EverythingBenchConfig)), *LAUNCH_FILE_KEYS], drop=("suite", "resolved_settings", "launch"))
+    file_launch, data = split_launch_keys(data)
+    return apply_command_line(ctx, data, given, _OPTION_FIELDS, merge=("settings",)), file_launch
