@@ -184,20 +184,23 @@ def folder_recipe(out: Path | None) -> str | None:
 @click.option("--launcher", type=click.Choice(["local", "submitit", "submitit-local"]), default="local", show_default=True)
 @click.option("--workers", type=int, default=1, show_default=True, help="Local processes.")
 @click.option("--threads", type=int, default=None, help="Torch threads per cell.")
-@click.option("--slurm-partition", default=None)
-@click.option("--slurm-time", "timeout_min", type=int, default=240, show_default=True, help="Minutes per job.")
-@click.option("--slurm-gpus", "gpus_per_node", type=int, default=None)
-@click.option("--slurm-cpus", "cpus_per_task", type=int, default=None)
-@click.option("--slurm-mem-gb", "mem_gb", type=int, default=None)
-@click.option("--slurm-parallel", "slurm_array_parallelism", type=int, default=None, help="At most N jobs of the array at once.")
+@click.option("--slurm-partition", default=None, help="SLURM partition.")
+@click.option("--slurm-time", "slurm_time", default="240", show_default=True, help="Time limit per job: minutes, or [D-]HH:MM[:SS].")
+@click.option("--slurm-gpus", "slurm_gpus", type=int, default=None, help="GPUs per job.")
+@click.option("--slurm-cpus", "slurm_cpus", type=int, default=None, help="CPU cores per job.")
+@click.option("--slurm-mem", "slurm_mem", default=None, help="Memory per job in GB (or 32G).")
+@click.option("--slurm-mem-gb", "mem_gb", type=int, default=None, hidden=True, help="Old name of --slurm-mem (GB).")
+@click.option("--slurm-account", "slurm_account", default=None, help="SLURM account to charge.")
+@click.option("--slurm-qos", "slurm_qos", default=None, help="SLURM quality of service.")
+@click.option("--slurm-parallel", "slurm_parallel", type=int, default=None, help="At most N jobs of the array at once.")
 @click.option("--optuna-trials", type=int, default=0, show_default=True, help="Optional Optuna search per (VLSM, method, dataset, seed) over lr, "
               "weight decay and depth, in the recipe's space (tvs: TuneVLSeg's, minimising the validation loss).")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (rerun the same command to resume). Required.")
 @click.pass_context
 def tunevlseg(ctx, vlsms, models_alias, vlsm_kwargs, methods, methods_alias, depths, depths_alias, datasets, datasets_alias, roots, seeds, seeds_alias,
               recipe, config_files, epochs, batch_size, lr, weight_decay, n_ctx, prompt, early_stop, precision, device, limit, max_train_samples,
-              max_eval_samples, train_kwargs, launcher, workers, threads, slurm_partition, timeout_min, gpus_per_node, cpus_per_task, mem_gb,
-              slurm_array_parallelism, optuna_trials, out) -> None:
+              max_eval_samples, train_kwargs, launcher, workers, threads, slurm_partition, slurm_time, slurm_gpus, slurm_cpus, slurm_mem, mem_gb,
+              slurm_account, slurm_qos, slurm_parallel, optuna_trials, out) -> None:
     """Prompt tuning of VLSMs over methods x depths x datasets x seeds (TuneVLSeg), one run folder.
 
     Rerunning the same command on the same folder resumes (finished cells are kept).
@@ -245,8 +248,10 @@ def tunevlseg(ctx, vlsms, models_alias, vlsm_kwargs, methods, methods_alias, dep
         vlsms + models_alias, methods + methods_alias, depths + depths_alias, datasets + datasets_alias, seeds + seeds_alias, vlsm_kwargs, roots, train,
         preset=preset,
     )
-    slurm = dict(slurm_partition=slurm_partition, timeout_min=timeout_min, gpus_per_node=gpus_per_node, cpus_per_task=cpus_per_task, mem_gb=mem_gb,
-                 slurm_array_parallelism=slurm_array_parallelism)
+    # the launch options of every suite (segprompt.engine.launchers.SLURM_KEYS); --slurm-mem-gb is the old spelling
+    slurm = dict(slurm_partition=slurm_partition, slurm_time=slurm_time, slurm_gpus=slurm_gpus, slurm_cpus=slurm_cpus,
+                 slurm_mem=slurm_mem if slurm_mem is not None else mem_gb, slurm_account=slurm_account, slurm_qos=slurm_qos, slurm_parallel=slurm_parallel)
+    slurm = {k: v for k, v in slurm.items() if v is not None}
     result = run_sweep(cfg, out, launcher=launcher, workers=workers, threads=threads, slurm=slurm, optuna_trials=optuna_trials)
     already = result["cells"] - result["ran"] - len(result["failed"])
     line = f"{result['cells']} cell{'' if result['cells'] == 1 else 's'}: {result['ran']} run now, {already} already finished, {len(result['failed'])} failed"

@@ -395,7 +395,7 @@ def run_sweep(
         launcher: ``local``, ``submitit`` (SLURM) or ``submitit-local``.
         workers: local processes (1 = sequential in this process).
         threads: torch threads per cell (default: all cores / workers for local workers).
-        slurm: submitit settings (``slurm_partition``, ``timeout_min``, ``gpus_per_node``,
+        slurm: SLURM settings (the launch options' names, ``slurm_time``, ``slurm_mem``, ..., or submitit's own: ``slurm_partition``, ``timeout_min``, ``gpus_per_node``,
             ``cpus_per_task``, ``mem_gb``, ``slurm_array_parallelism``, ``cluster``, ``name``).
         executor: a ready submitit executor (tests), instead of building one.
         optuna_trials: trials of the optional Optuna search per (VLSM, method, dataset, seed).
