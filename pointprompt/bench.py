@@ -47,7 +47,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from segprompt.data.sample import Sample, SegmentationDataset
-from segprompt.engine.launchers import LaunchConfig, run_shards
+from segprompt.engine.launchers import LaunchConfig, launch_pending_shards
 from segprompt.engine.report import Series, line_plot, markdown_table, short_name, text_table, write_csv
 from segprompt.engine.runfolder import RunFolder
 from segprompt.engine.shards import Shard, UnitProgress, canonical, pick
@@ -448,19 +448,12 @@ def _run_launched(cfg: PointBenchConfig, out: str | Path, dataset: SegmentationD
     run = RunFolder(out, _config_record(cfg, launch))  # the config is checked (and written) before any job starts
     plans = _dataset_plans(cfg, dataset)
     state = _progress(cfg, plans, run)[0]
-    todo = state.todo
-    shards = [s for s in launch.shards() if any(s.owns(u) for u in todo)]
-    run.announce(done=len(state.units) - len(todo), todo=len(todo), unit="(model, image) pairs")
-    if shards:
-        log.info("%s: %d of %d shards to run (%s launcher): %s", run.path, len(shards), launch.workers, launch.launcher, ", ".join(s.label for s in shards))
-    # absolute paths: a SLURM job may start in another folder
     job = functools.partial(_shard_job, cfg, str(run.path.resolve()), dataset, model_factory, None if cache is None else str(Path(cache).resolve()))
-    outcomes = run_shards(job, shards, launch, folder=run.path, name=SUITE)
-    run.finish(sum(int((o.result or {}).get("new_rows") or 0) for o in outcomes if o.ok))
+    failed = launch_pending_shards(run, state.units, state.todo, job, launch, SUITE, "(model, image) pairs")
     summary = summarise(canonical_rows(run.results.rows(), cfg), cfg)
     if report:
         write_reports(run, summary, cfg)
-    summary["failed_shards"] = [o.shard.label for o in outcomes if not o.ok]
+    summary["failed_shards"] = failed
     return summary
 
 

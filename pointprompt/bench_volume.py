@@ -529,20 +529,16 @@ def _run_volumes_launched(cfg: VolumeBenchConfig, out: str | Path, sources: Any,
     import functools
 
     from pointprompt.report_volume import summarise_volumes, write_volume_reports
-    from segprompt.engine.launchers import run_shards
+    from segprompt.engine.launchers import launch_pending_shards
 
     run = RunFolder(out, _config_record(cfg, launch))
     _, units, finished = _volume_plans(cfg, run, sources)
-    todo = [u for u in units if u not in finished]
-    shards = [s for s in launch.shards() if any(s.owns(u) for u in todo)]
-    run.announce(done=len(units) - len(todo), todo=len(todo), unit="(volume, model, prompt) units")
     job = functools.partial(_volume_shard_job, cfg, str(run.path.resolve()), sources, model_factory)
-    outcomes = run_shards(job, shards, launch, folder=run.path, name=SUITE)
-    run.finish(sum(int((o.result or {}).get("new_rows") or 0) for o in outcomes if o.ok))
+    failed = launch_pending_shards(run, units, [u for u in units if u not in finished], job, launch, SUITE, "(volume, model, prompt) units")
     summary = summarise_volumes(canonical_volume_rows(run.results.rows(), cfg), cfg)
     if report:
         write_volume_reports(run, summary, cfg)
-    summary["failed_shards"] = [o.shard.label for o in outcomes if not o.ok]
+    summary["failed_shards"] = failed
     return summary
 
 

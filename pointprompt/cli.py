@@ -7,8 +7,8 @@ from typing import Sequence
 
 import click
 
-from segprompt.engine.launchers import launch_from_options, launch_options
-from segprompt.errors import ConfigError, SegpromptError
+from segprompt.engine.launchers import launch_from_options, launch_options, raise_for_failed_shards, shard_only_message
+from segprompt.errors import ConfigError
 from segprompt.models.base import SINGLE_MASK_POLICIES, multimask_help
 from segprompt.volumes.fallback import PROJECTIONS
 
@@ -90,15 +90,13 @@ def pointprompt(ctx, config_file, datasets, roots, models, checkpoints, strategi
     cfg = PointBenchConfig(**given)
     launch_cfg, shard = launch_from_options(launch, file_launch)
     summary = run_pointprompt(cfg, out, cache=cache, launch=launch_cfg, shard=shard)
-    if "table" not in summary:  # one shard of several, others still to finish
-        click.echo(f"shard {summary['shard']}: {summary['new_rows']} new rows; {summary['todo']} (model, image) pairs left in other shards "
-                   f"(`segprompt runs status {out}`; the last shard writes the report, or `segprompt runs merge {out}`)")
+    message = shard_only_message(summary, out, "(model, image) pairs")
+    if message:  # one shard of several, others still to finish
+        click.echo(message)
         return
     click.echo(format_summary(summary))
     click.echo(f"\n{timing_text(out)}\nrun folder: {out}  (summary.csv, curves.csv, matched_budget.csv, report.md, iou_per_step.png)")
-    if summary.get("failed_shards"):
-        raise SegpromptError(f"shard(s) {', '.join(summary['failed_shards'])} failed (see the log above); the report holds the others' rows; "
-                          "rerun the same command to resume them")
+    raise_for_failed_shards(summary)
 
 
 def takes_checkpoint(model: str) -> bool:
@@ -222,15 +220,13 @@ def volumes(datasets, n_volumes, depth, size, n_objects, models, checkpoints, pr
     )
     launch_cfg, shard = launch_from_options(launch)
     summary = run_volume_bench(cfg, out, launch=launch_cfg, shard=shard)
-    if "shard" in summary:  # one shard of several, others still to run: no report yet
-        click.echo(f"shard {summary['shard']}: {summary['new_rows']} new rows; {summary['todo']} (volume, model, prompt) units left in other shards "
-                   f"(`segprompt runs status {out}`; the last shard writes the report, or `segprompt runs merge {out}`)")
+    message = shard_only_message(summary, out, "(volume, model, prompt) units")
+    if message:  # one shard of several, others still to finish
+        click.echo(message)
         return
     click.echo(format_volume_summary(summary))
     click.echo(f"\n{timing_text(out)}\nrun folder: {out}  (summary.csv, curves.csv, report.md, iou_by_dz.png, labels/)")
-    if summary.get("failed_shards"):
-        raise SegpromptError(f"shard(s) {', '.join(summary['failed_shards'])} failed (see the log above); the report holds the others' rows; "
-                             "rerun the same command to resume them")
+    raise_for_failed_shards(summary)
 
 
 @pointprompt.command("features")

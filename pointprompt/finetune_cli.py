@@ -13,8 +13,8 @@ from pathlib import Path
 
 import click
 
-from segprompt.engine.launchers import launch_from_options, launch_options
-from segprompt.errors import ConfigError, SegpromptError
+from segprompt.engine.launchers import launch_from_options, launch_options, raise_for_failed_shards, shard_only_message
+from segprompt.errors import ConfigError
 
 
 @click.group("finetune", context_settings={"help_option_names": ["-h", "--help"]})
@@ -236,15 +236,13 @@ def matrix(ctx, strategies, train, n_positive, n_negative, out, preset, config_f
     launch_cfg, shard = launch_from_options(launch, file_launch)
     processes = int(launch_cfg.slurm.get("slurm_gpus") or 1)
     result = run_matrix(names, out, base=values, **own, launch=launch_cfg, shard=shard, train_processes=processes)
-    if "matrix" not in result:  # one shard of several, others still to finish
-        click.echo(f"shard {result['shard']}: {result['new_rows']} new cells; {result['todo']} matrix rows left in other shards "
-                   f"(`segprompt runs status {out}`; the last shard writes the report, or `segprompt runs merge {out}`)")
+    message = shard_only_message(result, out, "matrix rows", new="new cells")
+    if message:  # one shard of several, others still to finish
+        click.echo(message)
         return
     click.echo(result["table_text"])
     click.echo(f"\nreport: {out / 'report.md'}, heatmap: {out / 'matrix.png'}")
-    if result.get("failed_shards"):
-        raise SegpromptError(f"shard(s) {', '.join(result['failed_shards'])} failed (see the log above); the report holds the others' cells; "
-                             "rerun the same command to resume them")
+    raise_for_failed_shards(result, "cells")
 
 
 # `finetune matrix` option -> the fields it sets (for --config: an option given wins over the file)

@@ -43,7 +43,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from segprompt.devices import check_device
-from segprompt.engine.launchers import LaunchConfig, run_shards
+from segprompt.engine.launchers import LaunchConfig, launch_pending_shards
 from segprompt.engine.report import MISSING, markdown_table, save_figure, short_name, text_table, write_csv
 from segprompt.engine.runfolder import RunFolder
 from segprompt.engine.shards import Shard, UnitProgress, canonical, pick
@@ -291,16 +291,10 @@ def _run_launched(plan: MatrixPlan, out: Path, launch: LaunchConfig, progress: b
     """Launch the shards that still have rows (each resumes its rows), wait, then write the matrix from every shard's rows."""
     run = RunFolder(out, plan.record(launch), volatile=("device",))  # the config is checked (and written) before any job starts
     state = matrix_progress(plan, run)
-    todo = state.todo
-    shards = [s for s in launch.shards() if any(s.owns(u) for u in todo)]
-    run.announce(done=len(state.units) - len(todo), todo=len(todo), unit="matrix rows (one model each)")
-    if shards:
-        log.info("%s: %d of %d shards to run (%s launcher): %s", run.path, len(shards), launch.workers, launch.launcher, ", ".join(s.label for s in shards))
-    job = functools.partial(_shard_job, plan, str(run.path.resolve()), False, train_processes)  # absolute: a SLURM job may start elsewhere
-    outcomes = run_shards(job, shards, launch, folder=run.path, name=SUITE)
-    run.finish(sum(int((o.result or {}).get("new_rows") or 0) for o in outcomes if o.ok))
+    job = functools.partial(_shard_job, plan, str(run.path.resolve()), False, train_processes)
+    failed = launch_pending_shards(run, state.units, state.todo, job, launch, SUITE, "matrix rows (one model each)")
     result = write_matrix(run, plan) if report else {k: v for k, v in _matrix_values(run, plan).items() if k != "rows"}
-    result["failed_shards"] = [o.shard.label for o in outcomes if not o.ok]
+    result["failed_shards"] = failed
     return result
 
 

@@ -6,8 +6,8 @@ from pathlib import Path
 
 import click
 
-from segprompt.engine.launchers import launch_from_options, launch_options
-from segprompt.errors import ConfigError, SegpromptError
+from segprompt.engine.launchers import launch_from_options, launch_options, raise_for_failed_shards, shard_only_message
+from segprompt.errors import ConfigError
 
 
 def _split(values: tuple[str, ...] | str | None) -> list[str]:
@@ -74,15 +74,13 @@ def sot(ctx, datasets, methods, segmenters, shots, seeds, limit, size, calibrati
     cfg = SotBenchConfig(**given)
     launch_cfg, shard = launch_from_options(launch, file_launch)
     summary = run_sot(cfg, out, launch=launch_cfg, shard=shard)
-    if "table" not in summary:  # one shard of several, others still to finish
-        click.echo(f"shard {summary['shard']}: {summary['new_rows']} new rows; {summary['todo']} (dataset, shots, seed, image) units left in "
-                   f"other shards (`segprompt runs status {out}`; the last shard writes the report, or `segprompt runs merge {out}`)")
+    message = shard_only_message(summary, out, "(dataset, shots, seed, image) units")
+    if message:  # one shard of several, others still to finish
+        click.echo(message)
         return
     click.echo(format_summary(summary))
     click.echo(f"\n{timing_text(out)}\nrun folder: {out}  (report.md, summary.csv, seeds.csv, variance.png, results*.jsonl)")
-    if summary.get("failed_shards"):
-        raise SegpromptError(f"shard(s) {', '.join(summary['failed_shards'])} failed (see the log above); the report holds the others' rows; "
-                             "rerun the same command to resume them")
+    raise_for_failed_shards(summary)
 
 
 def _segmenter_specs(values: tuple[str, ...]) -> dict[str, dict[str, str]]:

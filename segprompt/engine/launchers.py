@@ -366,3 +366,35 @@ def run_shards(
     run_jobs(job, shards, done, launcher=launch.launcher, workers=launch.workers, folder=folder, slurm=launch.slurm,
              executor=launch.executor, threads=threads, name=name)
     return [outcomes[i] for i in sorted(outcomes)]
+
+
+def launch_pending_shards(run: Any, units: Sequence[str], todo: Sequence[str], job: Callable[..., Any], launch: LaunchConfig, suite: str, unit: str) -> list[str]:
+    """The launching side of a sharded run, the same in every suite: announce what is done and
+    left, start the shards of ``launch`` that own a unit of ``todo`` (``job(shard)`` in each, which
+    resumes its own files), wait, record the invocation. ``job`` gets absolute paths: a SLURM job
+    may start in another folder. Returns the labels of the shards that failed."""
+    shards = [s for s in launch.shards() if any(s.owns(u) for u in todo)]
+    run.announce(done=len(units) - len(todo), todo=len(todo), unit=unit)
+    if shards:
+        log.info("%s: %d of %d shards to run (%s launcher): %s", run.path, len(shards), launch.workers, launch.launcher, ", ".join(s.label for s in shards))
+    outcomes = run_shards(job, shards, launch, folder=run.path, name=suite)
+    run.finish(sum(int((o.result or {}).get("new_rows") or 0) for o in outcomes if o.ok))
+    return [o.shard.label for o in outcomes if not o.ok]
+
+
+def shard_only_message(result: Mapping[str, Any], out: Any, unit: str, new: str = "new rows") -> str | None:
+    """For a command that ran one shard (``--shard K/N``) while other shards still have work: the
+    line to print instead of a report; ``None`` when ``result`` is a finished run's summary."""
+    if "shard" not in result or "todo" not in result:
+        return None
+    return (f"shard {result['shard']}: {result['new_rows']} {new}; {result['todo']} {unit} left in other shards "
+            f"(`segprompt runs status {out}`; the last shard writes the report, or `segprompt runs merge {out}`)")
+
+
+def raise_for_failed_shards(result: Mapping[str, Any], what: str = "rows") -> None:
+    """After a launched run: fail the command (exit 2) when a shard failed; the report holds the others' ``what``."""
+    from segprompt.errors import SegpromptError
+
+    if result.get("failed_shards"):
+        raise SegpromptError(f"shard(s) {', '.join(result['failed_shards'])} failed (see the log above); the report holds the others' {what}; "
+                             "rerun the same command to resume them")

@@ -388,20 +388,17 @@ def _run_everything_launched(cfg: EverythingBenchConfig, out: str | Path, model_
     """Launch the shards that still have units, wait, then summarise every shard's rows."""
     import functools
 
-    from segprompt.engine.launchers import run_shards
+    from segprompt.engine.launchers import launch_pending_shards
 
     run = RunFolder(out, _config_record(cfg, settings, launch))
-    _, drawn, units, finished, failed = _everything_plans(cfg, run)
-    todo = [u for u in units if u not in finished and u not in failed]
-    shards = [s for s in launch.shards() if any(s.owns(u) for u in todo)]
-    run.announce(done=len(units) - len(todo), todo=len(todo), unit="(model, image) pairs")
+    _, drawn, units, finished, skipped = _everything_plans(cfg, run)
+    todo = [u for u in units if u not in finished and u not in skipped]
     job = functools.partial(_everything_shard_job, cfg, str(run.path.resolve()), model_factory, None if cache is None else str(Path(cache).resolve()))
-    outcomes = run_shards(job, shards, launch, folder=run.path, name="everything")
-    run.finish(sum(int((o.result or {}).get("new_rows") or 0) for o in outcomes if o.ok))
+    failed = launch_pending_shards(run, units, todo, job, launch, "everything", "(model, image) pairs")
     summary = summarise(canonical_everything_rows(run.results.rows(), cfg), cfg)
     if report:
         write_reports(run, summary, cfg, _settings_record(settings), drawn)
-    summary["failed_shards"] = [o.shard.label for o in outcomes if not o.ok]
+    summary["failed_shards"] = failed
     return summary
 
 

@@ -7,8 +7,8 @@ from pathlib import Path
 import click
 
 from segprompt.commands.everything_options import SETTING_FIELDS, settings_options
-from segprompt.engine.launchers import launch_from_options, launch_options
-from segprompt.errors import ConfigError, SegpromptError
+from segprompt.engine.launchers import launch_from_options, launch_options, raise_for_failed_shards, shard_only_message
+from segprompt.errors import ConfigError
 
 _NO_DEVICE = ("classical", "grabcut", "random-walker")
 
@@ -92,15 +92,13 @@ def everything(ctx, datasets, roots, models, checkpoint, gt, classes, other_clas
         given, file_launch = _merge_config(ctx, config_file, given)
     launch_cfg, shard = launch_from_options(launch, file_launch)
     summary = run_everything_bench(EverythingBenchConfig(**given), out, cache=cache, launch=launch_cfg, shard=shard)
-    if "shard" in summary:  # one shard of several, others still to run: no report yet
-        click.echo(f"shard {summary['shard']}: {summary['new_rows']} new rows; {summary['todo']} (model, image) pairs left in other shards "
-                   f"(`segprompt runs status {out}`; the last shard writes the report, or `segprompt runs merge {out}`)")
+    message = shard_only_message(summary, out, "(model, image) pairs")
+    if message:  # one shard of several, others still to finish
+        click.echo(message)
         return
     click.echo(format_summary(summary))
     click.echo(f"\n{timing_text(out)}\nrun folder: {out}  (summary.csv, report.md, overlays.png, results.jsonl)")
-    if summary.get("failed_shards"):
-        raise SegpromptError(f"shard(s) {', '.join(summary['failed_shards'])} failed (see the log above); the report holds the others' rows; "
-                             "rerun the same command to resume them")
+    raise_for_failed_shards(summary)
 
 
 # command-line option name -> the config fields it sets

@@ -65,7 +65,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from segprompt.data.sample import IGNORE_INDEX
-from segprompt.engine.launchers import LaunchConfig, run_shards
+from segprompt.engine.launchers import LaunchConfig, launch_pending_shards
 from segprompt.engine.runfolder import RunFolder
 from segprompt.engine.shards import Shard, UnitProgress, canonical, pick
 from segprompt.errors import ConfigError, DataError, PromptError
@@ -628,16 +628,10 @@ def _run_launched(cfg: SotBenchConfig, out: str | Path, method_factory: MethodFa
     run = RunFolder(out, _config_record(cfg, launch))  # the config is checked (and written) before any job starts
     all_parts = [build_parts(cfg, key) for key in cfg.datasets]
     state = _progress(cfg, all_parts, run)[0]
-    todo = state.todo
-    shards = [s for s in launch.shards() if any(s.owns(u) for u in todo)]
-    run.announce(done=len(state.units) - len(todo), todo=len(todo), unit=UNIT)
-    if shards:
-        log.info("%s: %d of %d shards to run (%s launcher): %s", run.path, len(shards), launch.workers, launch.launcher, ", ".join(s.label for s in shards))
-    job = functools.partial(_shard_job, cfg, str(run.path.resolve()), method_factory)  # absolute: a SLURM job may start elsewhere
-    outcomes = run_shards(job, shards, launch, folder=run.path, name=SUITE)
-    run.finish(sum(int((o.result or {}).get("new_rows") or 0) for o in outcomes if o.ok))
+    job = functools.partial(_shard_job, cfg, str(run.path.resolve()), method_factory)
+    failed = launch_pending_shards(run, state.units, state.todo, job, launch, SUITE, UNIT)
     summary = _summarise_and_report(run, cfg, _write_parts(run, all_parts), report)
-    summary["failed_shards"] = [o.shard.label for o in outcomes if not o.ok]
+    summary["failed_shards"] = failed
     return summary
 
 
