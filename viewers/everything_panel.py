@@ -26,7 +26,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QDoubleSpinBox, QFormLayout, QGroupBox, QSpinBox
 
 from segprompt.errors import Cancelled, SegpromptError
-from viewers.run_controls import add_run_controls
+from viewers.run_controls import WorkerProgressMixin, add_run_controls
 
 
 #: the panel's starting values: segment-anything's SamAutomaticMaskGenerator defaults, as
@@ -35,7 +35,7 @@ from viewers.run_controls import add_run_controls
 DEFAULTS = {"points_per_side": 32, "pred_iou_thresh": 0.88, "stability_score_thresh": 0.95, "min_mask_region_area": 0, "crop_n_layers": 0}
 
 
-class EverythingPanel(QGroupBox):
+class EverythingPanel(WorkerProgressMixin, QGroupBox):
     """Settings (points per side, predicted-IoU and stability thresholds, minimum region area, crop
     layers; segment-anything's defaults), Segment everything, Cancel and a progress bar.
 
@@ -174,18 +174,9 @@ class EverythingPanel(QGroupBox):
         worker.start()
         return worker
 
-    def _on_progress(self, done: int, total: int) -> None:
-        if self._job is None:
-            return
-        self.progress.setRange(0, max(1, total))
-        self.progress.setValue(min(done, total))
-        self.progressed.emit(done, total)
-
     def cancel(self) -> None:
         """Stop the running segment everything at its next batch of points."""
-        if self._job is not None:
-            self._job["cancel"].set()
-            self.widget.set_status("cancelling segment everything ...")
+        self._request_cancel("cancelling segment everything ...")
 
     # -- result into the objects layer, one undoable step ----------------------------------
     def _apply(self, result: Any) -> None:

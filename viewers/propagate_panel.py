@@ -42,7 +42,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel
 
 from segprompt.errors import Cancelled, SegpromptError
-from viewers.run_controls import add_run_controls
+from viewers.run_controls import WorkerProgressMixin, add_run_controls
 
 #: the direction box's entries (:data:`segprompt.volumes.DIRECTIONS`, written here so that the
 #: widget opens without importing the volume package; a test checks they agree)
@@ -53,7 +53,7 @@ METHODS = ("auto", "native", "fallback")
 OBJ = 1
 
 
-class PropagatePanel(QGroupBox):
+class PropagatePanel(WorkerProgressMixin, QGroupBox):
     """Direction, method, Propagate, Cancel and a progress bar (module docstring).
 
     ``done`` is emitted with ``"ready"``, ``"cancelled"`` or ``"failed"`` when a run ends;
@@ -221,18 +221,9 @@ class PropagatePanel(QGroupBox):
         worker.start()
         return worker
 
-    def _on_progress(self, done: int, total: int) -> None:
-        if self._job is None:
-            return
-        self.progress.setRange(0, max(1, total))
-        self.progress.setValue(min(done, total))
-        self.progressed.emit(done, total)
-
     def cancel(self) -> None:
         """Stop the running propagation before its next slice step (nothing is written)."""
-        if self._job is not None:
-            self._job["cancel"].set()
-            self.widget.set_status("cancelling the propagation ...")
+        self._request_cancel("cancelling the propagation ...")
 
     # -- result into the objects layer, one undoable step ----------------------------------
     def _apply(self, result: Any, prompts: Any, direction: str) -> None:

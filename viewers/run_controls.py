@@ -42,3 +42,21 @@ def add_run_controls(form: QFormLayout, parent: QObject, run_text: str, tooltip:
     label.setWordWrap(True)
     form.addRow(label)
     return RunControls(run_button, cancel_button, progress, label, ProgressBridge(parent))
+
+
+class WorkerProgressMixin:
+    """For a panel that runs one worker at a time (``self._job``: ``{"cancel": threading.Event, ...}``
+    or None) with :func:`add_run_controls`' bar and a ``progressed`` signal: the progress slot and
+    the cancel request they share."""
+
+    def _on_progress(self, done: int, total: int) -> None:
+        if self._job is None:
+            return
+        self.progress.setRange(0, max(1, total))
+        self.progress.setValue(min(done, total))
+        self.progressed.emit(done, total)
+
+    def _request_cancel(self, status: str) -> None:
+        if self._job is not None:
+            self._job["cancel"].set()
+            self.widget.set_status(status)
