@@ -28,6 +28,7 @@ from segprompt.errors import PromptError, WeightsError
 from segprompt.models.base import ImageState, MultimaskPolicy, Prediction, Segmenter
 from segprompt.models.resize import LongestSide
 from segprompt.models.sam_arch import SamArch, load_sam
+from segprompt.models.sam_fast import enable_fast_attention
 from segprompt.prompts import PromptSet
 
 log = logging.getLogger(__name__)
@@ -83,6 +84,9 @@ class SamSegmenter(Segmenter):
         max_batch: prompt sets per decoder call.
         scribble_points: points sampled along each scribble.
         mask_logit_scale: logit magnitude of a binary mask prompt.
+        attention: the image encoder's attention, ``"sdpa"`` (default: scaled_dot_product_attention,
+            see :mod:`segprompt.models.sam_fast`) or ``"reference"`` (segment-anything's own forward).
+            A ``model=`` passed in is patched in place.
     """
 
     name = "sam"
@@ -101,6 +105,7 @@ class SamSegmenter(Segmenter):
         max_batch: int = 64,
         scribble_points: int = 5,
         mask_logit_scale: float = 10.0,
+        attention: str = "sdpa",
     ) -> None:
         super().__init__(multimask=multimask, device=device, precision=precision, cache=cache)
         if (checkpoint is None) == (model is None):
@@ -115,7 +120,7 @@ class SamSegmenter(Segmenter):
             model, self.arch = load_sam(self.checkpoint_path, arch_overrides)
         else:
             self.arch = SamArch.from_state_dict(model.state_dict(), arch_overrides)
-        self.model = model.to(device).eval()
+        self.model = enable_fast_attention(model.to(device).eval(), attention)
         self.max_batch = int(max_batch)
         self.scribble_points = int(scribble_points)
         self.mask_logit_scale = float(mask_logit_scale)
