@@ -175,3 +175,21 @@ def test_sam_segmenter_sdpa_agrees_with_reference():
     assert (p_fast.masks == p_ref.masks).mean() >= 0.999
     assert 0.05 < p_ref.masks.mean() < 0.95  # non-trivial masks
     np.testing.assert_allclose(p_fast.scores, p_ref.scores, atol=1e-4)
+
+
+def test_a_patched_model_pickles_and_keeps_its_mode():
+    """Workers and caches may pickle a model: the sdpa mode survives, and the output is unchanged."""
+    import pickle
+
+    from segment_anything.modeling.image_encoder import ImageEncoderViT
+
+    from segprompt.models.sam_fast import attention_mode, enable_fast_attention
+
+    torch.manual_seed(0)
+    enc = ImageEncoderViT(img_size=64, patch_size=8, embed_dim=32, depth=2, num_heads=2, out_chans=16, use_rel_pos=True, window_size=4, global_attn_indexes=(1,))
+    enable_fast_attention(enc.eval())
+    copy = pickle.loads(pickle.dumps(enc))
+    x = torch.randn(1, 3, 64, 64)
+    assert attention_mode(copy) == "sdpa"
+    with torch.no_grad():
+        assert torch.equal(copy(x), enc(x))

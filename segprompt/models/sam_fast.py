@@ -15,15 +15,15 @@ sees one window, padding included, as the reference does).
     emb = sam.image_encoder(x)          # same result within fp32 rounding (~1e-6 relative)
     disable_fast_attention(sam)         # segment-anything's own forward again, bit for bit
 
-Each ``segment_anything.modeling.image_encoder.Attention`` instance gets its ``forward`` replaced
-through ``types.MethodType``; disabling deletes that instance attribute, so the class's forward
-is used again. Copies made with ``copy.deepcopy`` keep the patch, rebound to the copy.
+Each ``segment_anything.modeling.image_encoder.Attention`` instance has its class switched to
+:class:`SdpaAttention`, a subclass whose only change is ``forward``; disabling switches it back,
+so the class's own forward runs again. Same parameters and state dict; copies (``copy.deepcopy``)
+and pickles keep the mode.
 """
 
 from __future__ import annotations
 
-import types
-from typing import Callable, Iterator
+from typing import Iterator
 
 import torch
 import torch.nn.functional as F
@@ -31,7 +31,6 @@ from segment_anything.modeling.image_encoder import Attention, get_rel_pos
 
 from segprompt.errors import ConfigError
 
-_MARK = "_segprompt_attention"
 
 
 def decomposed_rel_pos_bias(
@@ -73,11 +72,15 @@ def _sdpa_forward(self: Attention, x: torch.Tensor) -> torch.Tensor:
     return self.proj(out)
 
 
-# mode -> replacement forward; None means segment-anything's own (class) forward
-ATTENTION_MODES: dict[str, Callable[[Attention, torch.Tensor], torch.Tensor] | None] = {
-    "sdpa": _sdpa_forward,
-    "reference": None,
-}
+class SdpaAttention(Attention):
+    """segment-anything's ``Attention`` with :func:`_sdpa_forward`: an existing block's class is
+    switched to it in place (:func:`enable_fast_attention`); nothing else differs."""
+
+    forward = _sdpa_forward
+
+
+#: mode -> the block class that runs it
+ATTENTION_MODES: dict[str, type[Attention]] = {"sdpa": SdpaAttention, "reference": Attention}
 
 
 def _attention_blocks(module: torch.nn.Module) -> Iterator[Attention]:
@@ -98,12 +101,9 @@ def enable_fast_attention(module: torch.nn.Module, mode: str = "sdpa") -> torch.
     """
     if mode not in ATTENTION_MODES:
         raise ConfigError(f"unknown attention mode {mode!r}; choose one of {sorted(ATTENTION_MODES)}")
-    forward = ATTENTION_MODES[mode]
     for attn in list(_attention_blocks(module)):
-        attn.__dict__.pop("forward", None)
-        if forward is not None:
-            attn.forward = types.MethodType(forward, attn)
-        setattr(attn, _MARK, mode)
+        attn.__dict__.pop("forward", None)  # a block patched the old way (an instance forward)
+        attn.__class__ = ATTENTION_MODES[mode]
     return module
 
 
@@ -114,5 +114,5 @@ def disable_fast_attention(module: torch.nn.Module) -> torch.nn.Module:
 
 def attention_mode(module: torch.nn.Module) -> str:
     """The attention mode of ``module``'s blocks (``"mixed"`` when they differ)."""
-    modes = {getattr(a, _MARK, "reference") for a in _attention_blocks(module)}
+    modes = {"sdpa" if isinstance(a, SdpaAttention) else "reference" for a in _attention_blocks(module)}
     return modes.pop() if len(modes) == 1 else "mixed"
