@@ -458,10 +458,9 @@ def _run_launched(cfg: PointBenchConfig, out: str | Path, dataset: SegmentationD
 
 
 def _cfg_from_record(config: dict[str, Any]) -> PointBenchConfig:
-    import dataclasses
+    from segprompt.engine.config_files import config_from_record
 
-    names = {f.name for f in dataclasses.fields(PointBenchConfig)}
-    return PointBenchConfig(**{k: v for k, v in config.items() if k in names})
+    return config_from_record(PointBenchConfig, config)
 
 
 def suite_progress(config: dict[str, Any], run: RunFolder) -> UnitProgress:

@@ -543,10 +543,9 @@ def _run_volumes_launched(cfg: VolumeBenchConfig, out: str | Path, sources: Any,
 
 
 def _cfg_from_record(config: dict[str, Any]) -> VolumeBenchConfig:
-    import dataclasses
+    from segprompt.engine.config_files import config_from_record
 
-    names = {f.name for f in dataclasses.fields(VolumeBenchConfig)}
-    return VolumeBenchConfig(**{k: v for k, v in config.items() if k in names})
+    return config_from_record(VolumeBenchConfig, config)
 
 
 def suite_progress(config: dict[str, Any], run: RunFolder) -> Any:

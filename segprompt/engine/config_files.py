@@ -58,3 +58,12 @@ def apply_command_line(
         elif key in explicit or key not in data:
             merged[key] = value
     return merged
+
+
+def config_from_record(cls: type, record: Mapping[str, Any]) -> Any:
+    """The ``cls`` dataclass from a run folder's config record (config.yaml), ignoring the keys that
+    are not its fields (``suite``, ``launch``, resolved settings, ...)."""
+    import dataclasses
+
+    names = {f.name for f in dataclasses.fields(cls)}
+    return cls(**{k: v for k, v in record.items() if k in names})

@@ -403,10 +403,9 @@ def _run_everything_launched(cfg: EverythingBenchConfig, out: str | Path, model_
 
 
 def _cfg_from_record(config: dict[str, Any]) -> EverythingBenchConfig:
-    import dataclasses
+    from segprompt.engine.config_files import config_from_record
 
-    names = {f.name for f in dataclasses.fields(EverythingBenchConfig)}
-    return EverythingBenchConfig(**{k: v for k, v in config.items() if k in names})
+    return config_from_record(EverythingBenchConfig, config)
 
 
 def suite_progress(config: dict[str, Any], run: RunFolder) -> Any:

@@ -636,10 +636,9 @@ def _run_launched(cfg: SotBenchConfig, out: str | Path, method_factory: MethodFa
 
 
 def _cfg_from_record(config: dict[str, Any]) -> SotBenchConfig:
-    import dataclasses
+    from segprompt.engine.config_files import config_from_record
 
-    names = {f.name for f in dataclasses.fields(SotBenchConfig)}
-    return SotBenchConfig(**{k: v for k, v in config.items() if k in names})
+    return config_from_record(SotBenchConfig, config)
 
 
 def suite_progress(config: dict[str, Any], run: RunFolder) -> UnitProgress:
