@@ -225,6 +225,37 @@ class PerSamResult:
         return self.masks[self.best]
 
 
+def persam_box(mask: np.ndarray) -> Box:
+    """PerSAM's box of a bool (H, W) mask: ``[x.min(), y.min(), x.max(), y.max()]`` (inclusive
+    pixels, as persam.py's ``x.max()``; :meth:`Box.from_mask` is pixel-edge exclusive)."""
+    ys, xs = np.nonzero(mask)
+    return Box([xs.min(), ys.min(), xs.max(), ys.max()])
+
+
+def cascade_refine(
+    decode: Any, points: Points, pred: Prediction, passes: int, best: int | None = None
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, int]:
+    """PerSAM's cascaded post-refinement (step 5 of the module docstring), shared with prototype matching.
+
+    ``decode(PromptSet) -> Prediction`` (3 candidates); ``pred``: the first decoding, whose candidate
+    ``best`` (default: the highest scored) starts the cascade. Pass 1 adds its low-res logits, pass 2
+    also the tight box of its mask (skipped when that mask is empty). Returns (masks, scores,
+    logits, best) of the last pass.
+    """
+    masks, scores, logits = pred.masks[0], pred.scores[0], pred.logits[0]
+    best = int(np.argmax(scores)) if best is None else best
+    for step in range(passes):
+        extra: dict[str, Any] = {"mask": MaskPrompt(logits[best], kind="logits")}
+        if step == 1:
+            if not masks[best].any():
+                break
+            extra["box"] = persam_box(masks[best])
+        pred = decode(PromptSet(points=points, **extra))
+        masks, scores, logits = pred.masks[0], pred.scores[0], pred.logits[0]
+        best = int(np.argmax(scores))
+    return masks, scores, logits, best
+
+
 class PerSamSegmenter(Segmenter):
     """PerSAM on a segment-anything segmenter (module docstring).
 
@@ -382,17 +413,9 @@ class PerSamSegmenter(Segmenter):
         semantic = target.to(feats.device) if self.target_semantic_prompting else None
         with persam_guidance(self.base.model.mask_decoder.transformer, semantic, attn):
             pred = self._decode(state, PromptSet(points=points), "single")
-        masks, scores, logits, best = pred.masks[0], pred.scores[0], pred.logits[0], 0
-        for step in range(self.refinement):
-            extra: dict[str, Any] = {"mask": MaskPrompt(logits[best], kind="logits")}
-            if step == 1:
-                if not masks[best].any():
-                    break
-                ys, xs = np.nonzero(masks[best])
-                extra["box"] = Box([xs.min(), ys.min(), xs.max(), ys.max()])
-            pred = self._decode(state, PromptSet(points=points, **extra), "all")
-            masks, scores, logits = pred.masks[0], pred.scores[0], pred.logits[0]
-            best = int(np.argmax(scores))
+        masks, scores, logits, best = cascade_refine(
+            lambda prompt: self._decode(state, prompt, "all"), points, pred, self.refinement, best=0
+        )
         return PerSamResult(points, similarity.cpu().numpy(), confidence.cpu().numpy(), masks, scores, logits, best)
 
     def _segment(self, state: ImageState, prompts: list[PromptSet], multimask_output: bool, select: str | None = None) -> Prediction:

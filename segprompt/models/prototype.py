@@ -94,9 +94,9 @@ import torch
 
 from segprompt.errors import ConfigError, PromptError
 from segprompt.models.base import ImageState, MultimaskPolicy, Prediction, Segmenter
-from segprompt.models.persam import cosine_map, location_prior
+from segprompt.models.persam import cascade_refine, cosine_map, location_prior, persam_box
 from segprompt.models.resize import LongestSide
-from segprompt.prompts import Box, MaskPrompt, PromptSet, Reference, as_prompt_sets
+from segprompt.prompts import PromptSet, Reference, as_prompt_sets
 from segprompt.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -467,19 +467,9 @@ class PrototypeSegmenter(Segmenter):
         if self.refine == "none":
             score = np.array([sim_np[region].mean()], np.float32)
             return PrototypeResult(points, grid_np, sim_np, region, region[None], score, None, 0)
-        first = PromptSet(points=points, box=_tight_box(region) if self.box else None)
+        first = PromptSet(points=points, box=persam_box(region) if self.box else None)
         pred = self._decode(state, first)
-        masks, scores, logits = pred.masks[0], pred.scores[0], pred.logits[0]
-        best = int(np.argmax(scores))
-        for step in range(self.cascade):  # PerSAM's cascaded post-refinement
-            extra: dict[str, Any] = {"mask": MaskPrompt(logits[best], kind="logits")}
-            if step == 1:
-                if not masks[best].any():
-                    break
-                extra["box"] = _tight_box(masks[best])
-            pred = self._decode(state, PromptSet(points=points, **extra))
-            masks, scores, logits = pred.masks[0], pred.scores[0], pred.logits[0]
-            best = int(np.argmax(scores))
+        masks, scores, logits, best = cascade_refine(lambda prompt: self._decode(state, prompt), points, pred, self.cascade)
         return PrototypeResult(points, grid_np, sim_np, region, masks, scores, logits, best)
 
     def segment(self, state: ImageState, prompts: PromptSet | Sequence[PromptSet], **kwargs: Any) -> Prediction:
@@ -534,9 +524,3 @@ def _base_name(base: Any) -> str | None:
         return SEGMENTERS.resolve(name) if isinstance(name, str) else None
     except ConfigError:
         return None
-
-
-def _tight_box(mask: np.ndarray) -> Box:
-    """PerSAM's box of a bool (H, W) mask: ``[x.min(), y.min(), x.max(), y.max()]`` (inclusive pixels)."""
-    ys, xs = np.nonzero(mask)
-    return Box([xs.min(), ys.min(), xs.max(), ys.max()])
