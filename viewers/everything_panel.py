@@ -25,7 +25,7 @@ from typing import Any
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QDoubleSpinBox, QFormLayout, QGroupBox, QSpinBox
 
-from segprompt.errors import Cancelled, SegpromptError
+from segprompt.errors import SegpromptError
 from viewers.run_controls import WorkerProgressMixin, add_run_controls
 
 
@@ -146,20 +146,11 @@ class EverythingPanel(WorkerProgressMixin, QGroupBox):
             self.done.emit("ready")
 
         def errored(exc: BaseException) -> None:
-            if isinstance(exc, Cancelled) or cancel.is_set():
-                w.set_status("segment everything cancelled")
-                self.done.emit("cancelled")
-            else:
-                w._error(exc)
-                self.done.emit("failed")
+            self._job_failed(exc, cancel.is_set(), "segment everything cancelled")
 
         def finished() -> None:
-            self._job = None
+            self._job_ended()
             self.run_button.setEnabled(True)
-            self.cancel_button.setEnabled(False)
-            self.progress.setFormat("%p%")
-            if self.progress.maximum() == 0:
-                self.progress.setRange(0, 1)
 
         worker = create_worker(
             w.session.segment_everything,

@@ -41,7 +41,7 @@ import numpy as np
 from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel
 
-from segprompt.errors import Cancelled, SegpromptError
+from segprompt.errors import SegpromptError
 from viewers.run_controls import WorkerProgressMixin, add_run_controls
 
 #: the direction box's entries (:data:`segprompt.volumes.DIRECTIONS`, written here so that the
@@ -192,19 +192,10 @@ class PropagatePanel(WorkerProgressMixin, QGroupBox):
             self.done.emit("ready")
 
         def errored(exc: BaseException) -> None:
-            if isinstance(exc, Cancelled) or cancel.is_set():
-                w.set_status("propagation cancelled; nothing written")
-                self.done.emit("cancelled")
-            else:
-                w._error(exc)
-                self.done.emit("failed")
+            self._job_failed(exc, cancel.is_set(), "propagation cancelled; nothing written")
 
         def finished() -> None:
-            self._job = None
-            self.cancel_button.setEnabled(False)
-            self.progress.setFormat("%p%")
-            if self.progress.maximum() == 0:
-                self.progress.setRange(0, 1)
+            self._job_ended()
             self.update_state()
 
         worker = create_worker(

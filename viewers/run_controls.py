@@ -60,3 +60,23 @@ class WorkerProgressMixin:
         if self._job is not None:
             self._job["cancel"].set()
             self.widget.set_status(status)
+
+    def _job_failed(self, exc: BaseException, cancelled: bool, cancelled_status: str) -> None:
+        """A worker's error: a cancel (``Cancelled``, or the cancel flag set) says ``cancelled_status``
+        and emits ``done("cancelled")``; anything else goes to the widget's error display, ``done("failed")``."""
+        from segprompt.errors import Cancelled
+
+        if isinstance(exc, Cancelled) or cancelled:
+            self.widget.set_status(cancelled_status)
+            self.done.emit("cancelled")
+        else:
+            self.widget._error(exc)
+            self.done.emit("failed")
+
+    def _job_ended(self) -> None:
+        """After a worker ends, however it ended: no job, Cancel off, the progress bar's text reset."""
+        self._job = None
+        self.cancel_button.setEnabled(False)
+        self.progress.setFormat("%p%")
+        if self.progress.maximum() == 0:
+            self.progress.setRange(0, 1)
