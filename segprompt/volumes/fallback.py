@@ -33,7 +33,6 @@ from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
-from scipy import ndimage
 
 from segprompt.errors import ConfigError, PromptError
 from segprompt.prompts import Box, MaskPrompt, Points, PromptSet
@@ -122,6 +121,8 @@ def centre_point(mask: np.ndarray) -> tuple[float, float]:
     m = np.asarray(mask, bool)
     if not m.any():
         raise PromptError("cannot place a centre point in an empty mask")
+    from scipy import ndimage  # here, not at import: the CLI imports this module for its option choices
+
     dist = ndimage.distance_transform_edt(np.pad(m, 1))[1:-1, 1:-1]
     y, x = np.unravel_index(int(dist.argmax()), dist.shape)
     return float(x) + 0.5, float(y) + 0.5
