@@ -19,7 +19,14 @@ from segment_anything.modeling.image_encoder import Attention, add_decomposed_re
 from segprompt.errors import ConfigError
 from segprompt.models.sam import SamSegmenter
 from segprompt.models.sam_arch import tiny_arch
-from segprompt.models.sam_fast import attention_mode, decomposed_rel_pos_bias, disable_fast_attention, enable_fast_attention
+from segprompt.models.sam_fast import (
+    WorkspaceImageEncoderViT,
+    attention_mode,
+    bias_workspace,
+    decomposed_rel_pos_bias,
+    disable_fast_attention,
+    enable_fast_attention,
+)
 from segprompt.prompts import Box, Points, PromptSet
 
 
@@ -141,6 +148,81 @@ def test_disable_restores_reference_bit_for_bit():
         assert torch.equal(enc(x), fast)
 
 
+def test_bias_workspace_reuses_one_buffer_per_shape_without_autograd():
+    """Inside the scope, blocks of one shape share the bias buffer; with gradients, each gets its own."""
+    g = torch.Generator().manual_seed(3)
+    q = torch.randn(6, 36, 8, generator=g)
+    th, tw = torch.randn(11, 8, generator=g), torch.randn(11, 8, generator=g)
+    fresh = decomposed_rel_pos_bias(q, th, tw, (6, 6), (6, 6))
+    with bias_workspace():
+        first = decomposed_rel_pos_bias(q, th, tw, (6, 6), (6, 6))
+        assert torch.equal(first, fresh)
+        second = decomposed_rel_pos_bias(q * 2, th, tw, (6, 6), (6, 6))
+        assert second.data_ptr() == first.data_ptr()  # the same buffer, overwritten
+        assert torch.allclose(second, 2 * fresh, rtol=1e-5, atol=1e-5)
+        other = decomposed_rel_pos_bias(q[:3], th, tw, (6, 6), (6, 6))  # another shape: its own
+        assert other.data_ptr() != first.data_ptr()
+        qg = q.clone().requires_grad_(True)
+        with_grad = decomposed_rel_pos_bias(qg, th, tw, (6, 6), (6, 6))
+        assert with_grad.data_ptr() != first.data_ptr() and with_grad.requires_grad
+    from segprompt.models import sam_fast
+
+    assert sam_fast._workspace.buffers is None  # the scope closed: its buffers are released
+
+
+def test_encoder_opens_the_workspace_and_switches_back():
+    enc = _encoder(120, 4)
+    x = torch.randn(1, 3, 120, 120, generator=torch.Generator().manual_seed(2))
+    with torch.no_grad():
+        ref = enc(x)
+        enable_fast_attention(enc)
+        assert type(enc) is WorkspaceImageEncoderViT
+        fast = enc(x)
+        again = enc(x)  # the second forward overwrites buffers of the first: no stale bias leaks
+        disable_fast_attention(enc)
+        assert type(enc) is ImageEncoderViT
+    assert _rel(fast, ref) < 1e-5 and torch.equal(fast, again)
+
+
+def test_chunked_mlp_matches_and_keeps_gradients(monkeypatch):
+    from segment_anything.modeling.common import MLPBlock
+
+    from segprompt.backbones.lora import LoRALinear
+    from segprompt.models import sam_fast
+
+    monkeypatch.setattr(sam_fast, "MLP_CHUNK_ROWS", 7)  # 5 x 6 = 30 tokens: 5 chunks, the last one short
+    torch.manual_seed(0)
+    mlp = MLPBlock(16, 40).eval()
+    x = torch.randn(1, 5, 6, 16)
+    with torch.no_grad():
+        ref = mlp(x)
+        mlp.__class__ = sam_fast.ChunkedMLPBlock
+        assert _rel(mlp(x), ref) < 1e-6  # GEMM blocking may differ with the row count: rounding only
+        mlp.lin2 = LoRALinear(mlp.lin2, rank=2)  # a wrapped layer takes the generic path
+        torch.nn.init.normal_(mlp.lin2.lora_b)  # a non-zero update
+        wrapped_ref = MLPBlock.forward(mlp, x)
+        assert _rel(mlp(x), wrapped_ref) < 1e-6 and _rel(wrapped_ref, ref) > 1e-3
+    xg = x.clone().requires_grad_(True)  # with autograd: segment-anything's forward, gradients flow
+    mlp(xg).sum().backward()
+    assert xg.grad is not None and xg.grad.abs().sum() > 0
+
+
+def test_encoder_mlps_switch_and_decoder_mlps_do_not():
+    from segment_anything.modeling.common import MLPBlock
+
+    from segprompt.models import sam_fast
+    from segprompt.models.sam_arch import tiny_arch
+
+    sam = tiny_arch().build()
+    enable_fast_attention(sam)
+    enc_mlps = [b.mlp for b in sam.image_encoder.blocks]
+    assert enc_mlps and all(type(m) is sam_fast.ChunkedMLPBlock for m in enc_mlps)
+    dec_mlps = [m for m in sam.mask_decoder.modules() if isinstance(m, MLPBlock)]
+    assert dec_mlps and all(type(m) is MLPBlock for m in dec_mlps)
+    disable_fast_attention(sam)
+    assert all(type(b.mlp) is MLPBlock for b in sam.image_encoder.blocks)
+
+
 def test_bad_mode_and_no_blocks():
     with pytest.raises(ConfigError, match="unknown attention mode"):
         enable_fast_attention(_encoder(64, 4), "flash3")
@@ -175,6 +257,8 @@ def test_sam_segmenter_sdpa_agrees_with_reference():
     assert (p_fast.masks == p_ref.masks).mean() >= 0.999
     assert 0.05 < p_ref.masks.mean() < 0.95  # non-trivial masks
     np.testing.assert_allclose(p_fast.scores, p_ref.scores, atol=1e-4)
+    # the embedding cache keeps the two modes apart (they agree to ~1e-6, not bit for bit)
+    assert ref.cache_signature()["attention"] == "reference" and fast.cache_signature()["attention"] == "sdpa"
 
 
 def test_a_patched_model_pickles_and_keeps_its_mode():
@@ -190,6 +274,6 @@ def test_a_patched_model_pickles_and_keeps_its_mode():
     enable_fast_attention(enc.eval())
     copy = pickle.loads(pickle.dumps(enc))
     x = torch.randn(1, 3, 64, 64)
-    assert attention_mode(copy) == "sdpa"
+    assert attention_mode(copy) == "sdpa" and type(copy) is type(enc)
     with torch.no_grad():
         assert torch.equal(copy(x), enc(x))

@@ -28,7 +28,7 @@ from segprompt.errors import PromptError, WeightsError
 from segprompt.models.base import ImageState, MultimaskPolicy, Prediction, Segmenter
 from segprompt.models.resize import LongestSide
 from segprompt.models.sam_arch import SamArch, load_sam
-from segprompt.models.sam_fast import enable_fast_attention
+from segprompt.models.sam_fast import attention_mode, enable_fast_attention
 from segprompt.prompts import PromptSet
 
 log = logging.getLogger(__name__)
@@ -163,6 +163,8 @@ class SamSegmenter(Segmenter):
             "image_encoder": self.weights_hash,
             "preprocessing": {"resize": "longest-side-pil-bilinear", "target": self.arch.img_size},
             "precision": self.precision,
+            # the two modes agree to ~1e-6, not bit for bit: an embedding is served to the mode that made it
+            "attention": attention_mode(self.model),
         }
 
     def describe(self) -> dict[str, Any]:
