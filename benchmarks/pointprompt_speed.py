@@ -4,13 +4,13 @@
 Both evaluate the same strategies, steps, images and model and produce the same IoUs:
 
 * reference: the loop of the PointPrompt scripts, written with segment-anything's
-  ``SamPredictor``: for every image *and every strategy* ``set_image``, then one ``predict``
+  ``SamPredictor`` on the same weights with segment-anything's own attention: for every image *and every strategy* ``set_image``, then one ``predict``
   per prompt (multimask output, mask 0 kept, as the study did);
 * ours: :func:`pointprompt.bench.evaluate_image`: encode each image once, decode every
   strategy's steps in batched ``segment`` calls.
 
 Point selection and IoU are the same code on both sides, so the ratio is the cost of the loop
-itself. The per-prompt IoUs are compared before any number is printed.
+and of the model paths (segprompt's fast encoder and decoder against segment-anything's). The per-prompt IoUs are compared before any number is printed.
 
     python benchmarks/pointprompt_speed.py                          # sam-tiny on CPU
     python benchmarks/pointprompt_speed.py --arch vit_b --device cuda --images 8 --size 1024
@@ -19,6 +19,7 @@ itself. The per-prompt IoUs are compared before any number is printed.
 from __future__ import annotations
 
 import argparse
+import copy
 import time
 
 import torch
@@ -26,44 +27,43 @@ import torch
 STRATEGIES = ["random", "centre", "kmedoids", "max-distance", "grid", "microsam"]
 
 
-def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="sam-tiny", choices=["sam-tiny", "vit_b", "vit_l", "vit_h"])
-    ap.add_argument("--device", default="cpu")
-    ap.add_argument("--images", type=int, default=6)
-    ap.add_argument("--size", type=int, default=384, help="image side (synthetic lesions)")
-    ap.add_argument("--positive", type=int, default=4)
-    ap.add_argument("--negative", type=int, default=2)
-    ap.add_argument("--strategies", default=",".join(STRATEGIES))
-    ap.add_argument("--precision", default="fp32")
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    args = ap.parse_args()
+def compare_loops(
+    seg,
+    arch: str,
+    images: int = 6,
+    size: int = 384,
+    positive: int = 4,
+    negative: int = 2,
+    strategies: list[str] | None = None,
+    device: str = "cpu",
+    reference_model=None,
+) -> dict:
+    """Time the study's loop and ours on the same weights and synthetic images; check their IoUs agree.
 
+    The study's loop runs on ``reference_model`` (default: a copy of ``seg.model`` with
+    segment-anything's own attention restored, so it is segment-anything as the study ran it).
+
+    Returns a dict: prompts, reference_s, ours_s, ratio, max_iou_difference, images, size, steps.
+    """
     from segment_anything import SamPredictor
 
     from pointprompt.bench import PointBenchConfig, _rng, evaluate_image, placement_prefixes
     from pointprompt.strategies import create_strategy, is_correction
     from segprompt.data.synthetic import SyntheticLesions
     from segprompt.metrics import iou
-    from segprompt.models import create_segmenter
-    from segprompt.models.sam import SamSegmenter
-    from segprompt.models.sam_arch import OFFICIAL_ARCHS
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    strategies = [s for s in args.strategies.split(",") if s]
-    if args.arch == "sam-tiny":
-        seg = create_segmenter("sam-tiny", device=args.device, precision=args.precision)
-    else:
-        torch.manual_seed(0)
-        seg = SamSegmenter(model=OFFICIAL_ARCHS[args.arch].build(), device=args.device, precision=args.precision)
-    cfg = PointBenchConfig(datasets=["synthetic-lesions"], models=[args.arch], strategies=strategies, n_positive=args.positive, n_negative=args.negative, multimask="first")
+    strategies = list(strategies or STRATEGIES)
+    cfg = PointBenchConfig(datasets=["synthetic-lesions"], models=[arch], strategies=strategies, n_positive=positive, n_negative=negative, multimask="first")
     K = cfg.steps_of("synthetic-lesions")
-    samples = list(SyntheticLesions(n=args.images, seed=77, size=args.size))
-    predictor = SamPredictor(seg.model)
+    samples = list(SyntheticLesions(n=images, seed=77, size=size))
+    if reference_model is None:
+        from segprompt.models.sam_fast import disable_fast_attention
+
+        reference_model = disable_fast_attention(copy.deepcopy(seg.model))
+    predictor = SamPredictor(reference_model)
 
     def sync() -> None:
-        if args.device.startswith("cuda"):
+        if device.startswith("cuda"):
             torch.cuda.synchronize()
 
     def reference(sample) -> dict[tuple[str, int], float]:
@@ -81,14 +81,14 @@ def main() -> None:
                     if k < K:
                         pts = pts + strat.correct(gt, masks[0], rng, sample.image)
             else:
-                pts = strat(gt, sample.image, rng, args.positive, args.negative)
+                pts = strat(gt, sample.image, rng, positive, negative)
                 for k, n in enumerate(placement_prefixes(len(pts), K), 1):
                     masks, _, _ = predictor.predict(point_coords=pts.coords[:n], point_labels=pts.labels[:n], multimask_output=True)
                     out[(name, k)] = iou(masks[0], gt)
         return out
 
     def ours(sample) -> dict[tuple[str, int], float]:
-        rows = evaluate_image(cfg, seg, args.arch, "synthetic-lesions", sample, (args.positive, args.negative), K)
+        rows = evaluate_image(cfg, seg, arch, "synthetic-lesions", sample, (positive, negative), K)
         return {(r["strategy"], r["step"]): r["iou"] for r in rows}
 
     # the two loops alternate image by image, so a busy machine slows both alike
@@ -109,12 +109,44 @@ def main() -> None:
     diffs = [abs(r[k] - g[k]) for r, g in zip(ref, got) for k in r]
     assert len(diffs) == len(samples) * len(strategies) * K
     assert max(diffs) < 2e-3, f"IoUs disagree by up to {max(diffs):.4f}"
-    n = len(diffs)
+    return dict(
+        prompts=len(diffs), reference_s=t_ref, ours_s=t_ours, ratio=t_ref / t_ours, max_iou_difference=max(diffs),
+        images=images, size=size, steps=K, strategies=strategies,
+    )
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="sam-tiny", choices=["sam-tiny", "vit_b", "vit_l", "vit_h"])
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--images", type=int, default=6)
+    ap.add_argument("--size", type=int, default=384, help="image side (synthetic lesions)")
+    ap.add_argument("--positive", type=int, default=4)
+    ap.add_argument("--negative", type=int, default=2)
+    ap.add_argument("--strategies", default=",".join(STRATEGIES))
+    ap.add_argument("--precision", default="fp32")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    args = ap.parse_args()
+
+    from segprompt.models import create_segmenter
+    from segprompt.models.sam import SamSegmenter
+    from segprompt.models.sam_arch import OFFICIAL_ARCHS
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if args.arch == "sam-tiny":
+        seg = create_segmenter("sam-tiny", device=args.device, precision=args.precision)
+    else:
+        torch.manual_seed(0)
+        seg = SamSegmenter(model=OFFICIAL_ARCHS[args.arch].build(), device=args.device, precision=args.precision)
+    strategies = [s for s in args.strategies.split(",") if s]
+    r = compare_loops(seg, args.arch, args.images, args.size, args.positive, args.negative, strategies, args.device)
+    n, t_ref, t_ours = r["prompts"], r["reference_s"], r["ours_s"]
     device = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU, {torch.get_num_threads()} threads"
-    print(f"{args.arch} ({args.precision}) on {device}: {args.images} images of {args.size}x{args.size}, {len(strategies)} strategies x {K} steps, budget {args.positive}+{args.negative}")
+    print(f"{args.arch} ({args.precision}) on {device}: {args.images} images of {args.size}x{args.size}, {len(strategies)} strategies x {r['steps']} steps, budget {args.positive}+{args.negative}")
     print(f"reference loop (set_image per image x strategy, one predict per prompt): {t_ref:8.2f} s  {n / t_ref:8.1f} prompts/s")
     print(f"segprompt (encode once per image, batched segment):                    {t_ours:8.2f} s  {n / t_ours:8.1f} prompts/s")
-    print(f"speed-up {t_ref / t_ours:.2f}x; max |IoU difference| {max(diffs):.2e} over {n} prompts")
+    print(f"speed-up {t_ref / t_ours:.2f}x; max |IoU difference| {r['max_iou_difference']:.2e} over {n} prompts")
 
 
 if __name__ == "__main__":

@@ -1,16 +1,29 @@
 #!/usr/bin/env python
-"""Image-encoder throughput: segment-anything's ``SamPredictor.set_image`` vs the ``sam`` Segmenter's ``encode``.
+"""SAM speed, segment-anything against segprompt in one process, on the same random weights.
 
-Both run in this process on the same random weights (two copies of one model): the reference
-keeps segment-anything's attention, ours uses ``attention="sdpa"`` (:mod:`segprompt.models.sam_fast`).
-The input is a square image of the model's size (1024 for vit_b), so both see identical pixels;
-the largest relative difference of the two embeddings is printed next to the speeds.
+Three parts, each checked for agreement before its numbers are printed:
 
-    OMP_NUM_THREADS=2 python benchmarks/sam_speed.py --quick          # vit_b on CPU, 1 timed image each
-    python benchmarks/sam_speed.py --device cuda --precision bf16 --images 8
+* **encoder**: ``SamPredictor.set_image`` (segment-anything's attention) against the ``sam``
+  Segmenter's ``encode`` (``attention="sdpa"``, :mod:`segprompt.models.sam_fast`): images/s,
+  the largest relative difference of the two embeddings, peak memory of each path;
+* **decoder**: after one ``set_image`` / ``encode``, N prompt sets per image (3 points, the last
+  negative, multimask): N ``SamPredictor.predict`` calls against one ``segment`` call with all
+  N sets (``decoder="shared"``, :mod:`segprompt.models.sam_decode`), both returning the three
+  masks at image size: prompts/s at N = 1, 16, 256, the share of equal mask pixels and the
+  largest score difference;
+* **pointbench**: the PointPrompt study's loop (``set_image`` per image and strategy, one
+  ``predict`` per prompt) against :func:`pointprompt.bench.evaluate_image`
+  (``benchmarks/pointprompt_speed.py``), IoUs compared prompt by prompt.
 
-With ``--precision bf16`` / ``fp16`` the reference runs ``set_image`` under ``torch.autocast`` of
-that dtype, ours with ``precision=`` of the same name. The GPU variant is written but not yet run.
+Peak memory is the resident-set peak above the part's start on CPU (sampled every 2 ms) and
+``torch.cuda.max_memory_allocated`` on a GPU. A table is printed and, with ``--json``, written.
+
+    OMP_NUM_THREADS=2 python benchmarks/sam_speed.py --quick                # vit_b on CPU, ~4 min
+    python benchmarks/sam_speed.py --arch vit_b,vit_h --device cuda --precision bf16 --quick --json out.json
+
+With ``--precision bf16`` / ``fp16`` the reference runs under ``torch.autocast`` of that dtype and
+ours with ``precision=`` of the same name. The GPU variant is written but has not run yet (no
+GPU was lent while it was written).
 """
 
 from __future__ import annotations
@@ -18,10 +31,18 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import os
+import sys
+import threading
 import time
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 
 def sync(device: str) -> None:
@@ -29,19 +50,164 @@ def sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
+class PeakMemory:
+    """Peak memory while the ``with`` block runs, in MB above its start (RSS on CPU, allocator on CUDA)."""
+
+    def __init__(self, device: str) -> None:
+        self.device, self.peak_mb = device, 0.0
+
+    @staticmethod
+    def _rss() -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+    def __enter__(self) -> "PeakMemory":
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats()
+            self._base = torch.cuda.memory_allocated()
+            return self
+        self._base, self._peak, self._stop = self._rss(), self._rss(), threading.Event()
+
+        def sample() -> None:
+            while not self._stop.wait(0.002):
+                self._peak = max(self._peak, self._rss())
+
+        self._thread = threading.Thread(target=sample, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.device.startswith("cuda"):
+            torch.cuda.synchronize()
+            self.peak_mb = (torch.cuda.max_memory_allocated() - self._base) / 2**20
+        else:
+            self._stop.set()
+            self._thread.join()
+            self.peak_mb = (self._peak - self._base) / 2**20
+
+
+@contextmanager
+def autocast(device: str, precision: str) -> Iterator[None]:
+    if precision == "fp32":
+        yield
+        return
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
+    with torch.autocast(device_type=torch.device(device).type, dtype=dtype):
+        yield
+
+
+def timed(fn: Callable[[], object], device: str) -> tuple[float, object, float]:
+    """(seconds, result, peak MB) of one call."""
+    with PeakMemory(device) as mem:
+        sync(device)
+        t0 = time.perf_counter()
+        out = fn()
+        sync(device)
+        dt = time.perf_counter() - t0
+    return dt, out, mem.peak_mb
+
+
+def encoder_part(arch: str, predictor, ours, images: list[np.ndarray], args) -> dict:
+    def ref_encode(image: np.ndarray) -> torch.Tensor:
+        with autocast(args.device, args.precision):
+            predictor.set_image(image)
+        return predictor.features.float()
+
+    def our_encode(image: np.ndarray) -> torch.Tensor:
+        return ours.encode(image).features["embeddings"]
+
+    out = {}
+    for name, fn in (("reference", ref_encode), ("ours", our_encode)):
+        fn(images[0])  # warm-up
+        runs = [timed(lambda im=im: fn(im), args.device) for im in images[1:]]
+        out[name] = dict(seconds=sum(r[0] for r in runs), peak_mb=max(r[2] for r in runs), embeddings=[r[1] for r in runs])
+    n = len(images) - 1
+    err = max(float((a - b).abs().max() / b.abs().max()) for a, b in zip(out["ours"]["embeddings"], out["reference"]["embeddings"]))
+    return dict(
+        part="encoder", arch=arch, unit="images/s", n=n,
+        reference_per_s=n / out["reference"]["seconds"], ours_per_s=n / out["ours"]["seconds"],
+        ratio=out["reference"]["seconds"] / out["ours"]["seconds"], agreement=f"max rel. error {err:.1e}", max_relative_error=err,
+        reference_peak_mb=out["reference"]["peak_mb"], ours_peak_mb=out["ours"]["peak_mb"],
+    )
+
+
+def decoder_part(arch: str, predictor, ours, image: np.ndarray, sets: int, args) -> dict:
+    from segprompt.prompts import Points, PromptSet
+
+    rng = np.random.default_rng(sets)
+    h, w = image.shape[:2]
+    coords = rng.uniform([0, 0], [w - 1, h - 1], size=(sets, args.points, 2))
+    labels = np.ones((sets, args.points), np.int64)
+    labels[:, -1] = 0
+    prompts = [PromptSet(points=Points(c, lab)) for c, lab in zip(coords, labels)]
+    with autocast(args.device, args.precision):
+        predictor.set_image(image)
+    state = ours.encode(image)
+
+    def reference():
+        masks, scores = [], []
+        with autocast(args.device, args.precision):
+            for c, lab in zip(coords, labels):
+                m, s, _ = predictor.predict(point_coords=c, point_labels=lab, multimask_output=True)
+                masks.append(m)
+                scores.append(s)
+        return np.stack(masks), np.stack(scores)
+
+    def segprompt():
+        pred = ours.segment(state, prompts, multimask="all")
+        return pred.masks, pred.scores
+
+    reference(), segprompt()  # warm-up (a first call pays one-off costs on both sides)
+    t_ref, (m_ref, s_ref), mem_ref = timed(reference, args.device)
+    t_ours, (m_ours, s_ours), mem_ours = timed(segprompt, args.device)
+    equal = float((m_ref == m_ours).mean())
+    score_err = float(np.abs(s_ref - s_ours).max())
+    return dict(
+        part=f"decoder {sets} sets", arch=arch, unit="prompts/s", n=sets,
+        reference_per_s=sets / t_ref, ours_per_s=sets / t_ours, ratio=t_ref / t_ours,
+        agreement=f"{equal:.5f} px equal, score diff {score_err:.1e}", equal_pixels=equal, max_score_difference=score_err,
+        reference_peak_mb=mem_ref, ours_peak_mb=mem_ours,
+    )
+
+
+def pointbench_part(arch: str, ref_model, ours, args) -> dict:
+    from pointprompt_speed import compare_loops
+
+    images = 1 if args.quick else args.pointbench_images
+    with PeakMemory(args.device) as mem:
+        r = compare_loops(ours, arch, images=images, size=ours.arch.img_size, device=args.device, reference_model=ref_model)
+    return dict(
+        part="point benchmark", arch=arch, unit="prompts/s", n=r["prompts"],
+        reference_per_s=r["prompts"] / r["reference_s"], ours_per_s=r["prompts"] / r["ours_s"], ratio=r["ratio"],
+        agreement=f"max IoU diff {r['max_iou_difference']:.1e}", max_iou_difference=r["max_iou_difference"],
+        images=images, strategies=r["strategies"], steps=r["steps"], peak_mb_both=mem.peak_mb,
+    )
+
+
+PARTS = ("encoder", "decoder", "pointbench")
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="vit_b", choices=["vit_b", "vit_l", "vit_h"])
+    ap.add_argument("--arch", default="vit_b", help="comma-separated: vit_b, vit_l, vit_h")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
-    ap.add_argument("--images", type=int, default=3, help="timed images per path (after one warm-up each)")
-    ap.add_argument("--quick", action="store_true", help="one timed image per path")
+    ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
+    ap.add_argument("--images", type=int, default=3, help="timed encoder images per path (after one warm-up each)")
+    ap.add_argument("--sets", default="1,16,256", help="prompt sets per image for the decoder part")
+    ap.add_argument("--points", type=int, default=3, help="points per prompt set (the last one negative)")
+    ap.add_argument("--pointbench-images", type=int, default=2)
+    ap.add_argument("--quick", action="store_true", help="1 timed encoder image, 1 point-benchmark image")
     ap.add_argument("--threads", type=int, default=0)
-    ap.add_argument("--json", default="", help="also write the numbers to this file")
+    ap.add_argument("--json", default="", help="also write the rows to this file")
     args = ap.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
-    n = 1 if args.quick else args.images
+    parts = [p for p in args.parts.split(",") if p]
+    unknown = sorted(set(parts) - set(PARTS))
+    if unknown:
+        ap.error(f"unknown part(s) {unknown}; choose from {PARTS}")
 
     from segment_anything import SamPredictor
 
@@ -49,52 +215,43 @@ def main() -> None:
     from segprompt.models.sam_arch import OFFICIAL_ARCHS
     from segprompt.models.sam_fast import attention_mode
 
-    torch.manual_seed(0)
-    ref_model = OFFICIAL_ARCHS[args.arch].build().to(args.device).eval()
-    ours = SamSegmenter(model=copy.deepcopy(ref_model), device=args.device, precision=args.precision, attention="sdpa")
-    predictor = SamPredictor(ref_model)
-    assert attention_mode(ref_model) == "reference" and attention_mode(ours.model) == "sdpa"
-    size = ours.arch.img_size
-    rng = np.random.default_rng(0)
-    images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n + 1)]
-
-    def ref_encode(image: np.ndarray) -> torch.Tensor:
-        if args.precision == "fp32":
-            predictor.set_image(image)
-        else:
-            dtype = torch.bfloat16 if args.precision == "bf16" else torch.float16
-            with torch.autocast(device_type=torch.device(args.device).type, dtype=dtype):
-                predictor.set_image(image)
-        return predictor.features.float()
-
-    def our_encode(image: np.ndarray) -> torch.Tensor:
-        return ours.encode(image).features["embeddings"]
-
-    results = {}
-    errors = []
-    for name, fn in (("reference", ref_encode), ("ours", our_encode)):
-        fn(images[0])  # warm-up
-        sync(args.device)
-        t0 = time.perf_counter()
-        outs = [fn(im) for im in images[1:]]
-        sync(args.device)
-        results[name] = (time.perf_counter() - t0, outs)
-    for a, b in zip(results["ours"][1], results["reference"][1]):
-        errors.append(float((a - b).abs().max() / b.abs().max()))
-    t_ref, t_ours = results["reference"][0], results["ours"][0]
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
-    print(f"model {args.arch} (random weights) at {size} px on {dev}, {args.precision}, {n} timed image(s) per path")
-    print(f"segment-anything SamPredictor.set_image:  {t_ref / n:8.3f} s/image  {n / t_ref:8.3f} images/s")
-    print(f"segprompt sam encode (attention=sdpa):    {t_ours / n:8.3f} s/image  {n / t_ours:8.3f} images/s")
-    print(f"speed-up: {t_ref / t_ours:.2f}x   max relative error of the embeddings: {max(errors):.2e}")
+    rows = []
+    for arch in [a for a in args.arch.split(",") if a]:
+        torch.manual_seed(0)
+        ref_model = OFFICIAL_ARCHS[arch].build().to(args.device).eval()
+        ours = SamSegmenter(model=copy.deepcopy(ref_model), device=args.device, precision=args.precision, multimask="all")
+        predictor = SamPredictor(ref_model)
+        assert attention_mode(ref_model) == "reference" and attention_mode(ours.model) == "sdpa" and ours.decoder_path == "shared"
+        size = ours.arch.img_size
+        rng = np.random.default_rng(0)
+        n_images = 1 if args.quick else args.images
+        images = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in range(n_images + 1)]
+        with torch.inference_mode():
+            if "encoder" in parts:
+                rows.append(encoder_part(arch, predictor, ours, images, args))
+                print(_line(rows[-1]), flush=True)
+            if "decoder" in parts:
+                for sets in [int(s) for s in args.sets.split(",") if s]:
+                    rows.append(decoder_part(arch, predictor, ours, images[0], sets, args))
+                    print(_line(rows[-1]), flush=True)
+        if "pointbench" in parts:
+            rows.append(pointbench_part(arch, ref_model, ours, args))
+            print(_line(rows[-1]), flush=True)
+
+    print(f"\nsegment-anything vs segprompt, random weights, {dev}, {args.precision}")
+    print("| arch | part | segment-anything | segprompt | ratio | agreement | peak MB (sa / ours) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        mem = f"{r['reference_peak_mb']:.0f} / {r['ours_peak_mb']:.0f}" if "reference_peak_mb" in r else f"{r['peak_mb_both']:.0f} (both)"
+        print(f"| {r['arch']} | {r['part']} | {r['reference_per_s']:.3g} {r['unit']} | {r['ours_per_s']:.3g} {r['unit']} | {r['ratio']:.2f}x | {r['agreement']} | {mem} |")
     if args.json:
-        record = dict(
-            arch=args.arch, device=dev, precision=args.precision, images=n, img_size=size,
-            reference_images_per_s=n / t_ref, ours_images_per_s=n / t_ours, ratio=t_ref / t_ours,
-            max_relative_error=max(errors),
-        )
         with open(args.json, "w") as f:
-            json.dump(record, f, indent=2)
+            json.dump(dict(device=dev, precision=args.precision, torch=torch.__version__, rows=rows), f, indent=2)
+
+
+def _line(r: dict) -> str:
+    return f"{r['arch']} {r['part']}: segment-anything {r['reference_per_s']:.3g} {r['unit']}, segprompt {r['ours_per_s']:.3g} {r['unit']}, {r['ratio']:.2f}x ({r['agreement']})"
 
 
 if __name__ == "__main__":
