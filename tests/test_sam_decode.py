@@ -37,6 +37,13 @@ def _decoder(depth: int = 2, dim: int = 32, seed: int = 0) -> MaskDecoder:
     return dec
 
 
+def _inputs(seed: int, sets: int, tokens: int, dense_rows: int) -> tuple[torch.Tensor, ...]:
+    """(embedding, pe, sparse, dense) on an 8 x 8 grid of 32 channels."""
+    g = torch.Generator().manual_seed(seed)
+    emb, pe = torch.randn(1, 32, 8, 8, generator=g), torch.randn(1, 32, 8, 8, generator=g)
+    return emb, pe, torch.randn(sets, tokens, 32, generator=g), torch.randn(dense_rows, 32, 8, 8, generator=g)
+
+
 def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
     return float((a - b).abs().max() / b.abs().max())
 
@@ -63,9 +70,7 @@ def test_matches_mask_decoder_forward(depth, hw, multimask):
 def test_per_set_dense_embeddings_are_not_shared():
     """Mask inputs make each set's image side different: the first layer is computed per set."""
     dec = _decoder()
-    g = torch.Generator().manual_seed(2)
-    emb, pe = torch.randn(1, 32, 8, 8, generator=g), torch.randn(1, 32, 8, 8, generator=g)
-    sparse, dense = torch.randn(4, 2, 32, generator=g), torch.randn(4, 32, 8, 8, generator=g)
+    emb, pe, sparse, dense = _inputs(2, sets=4, tokens=2, dense_rows=4)
     with torch.no_grad():
         ref_masks, ref_iou = dec(emb, pe, sparse, dense, True)
         masks, iou = decode_shared(dec, emb, pe, sparse, dense, True)
@@ -77,9 +82,7 @@ def test_per_set_dense_embeddings_are_not_shared():
 
 def test_a_set_is_bit_identical_alone_or_in_a_batch():
     dec = _decoder()
-    g = torch.Generator().manual_seed(3)
-    emb, pe = torch.randn(1, 32, 8, 8, generator=g), torch.randn(1, 32, 8, 8, generator=g)
-    sparse, dense = torch.randn(6, 3, 32, generator=g), torch.randn(1, 32, 8, 8, generator=g)
+    emb, pe, sparse, dense = _inputs(3, sets=6, tokens=3, dense_rows=1)
     with torch.no_grad():
         masks, iou = decode_shared(dec, emb, pe, sparse, dense, True)
         for i in range(6):
@@ -90,9 +93,8 @@ def test_a_set_is_bit_identical_alone_or_in_a_batch():
 def test_gradients_flow_like_the_reference():
     dec = _decoder()
     twin = copy.deepcopy(dec)
-    g = torch.Generator().manual_seed(4)
-    emb, pe = torch.randn(1, 32, 8, 8, generator=g), torch.randn(1, 32, 8, 8, generator=g)
-    sparse, dense = torch.randn(3, 2, 32, generator=g), torch.randn(1, 32, 8, 8, generator=g)
+    emb, pe, sparse, dense = _inputs(4, sets=3, tokens=2, dense_rows=1)
+    g = torch.Generator().manual_seed(40)
     w = torch.randn(3, 3, 32, 32, generator=g)
     w_iou = torch.randn(3, 3, generator=g)
 
