@@ -176,3 +176,21 @@ def test_upscale_logits_equals_segment_anythings_two_resizes(original):
     h, w = tf.input_size
     expected = F.interpolate(F.interpolate(low, (64, 64), mode="bilinear", align_corners=False)[..., :h, :w], original, mode="bilinear", align_corners=False)
     assert torch.equal(tf.upscale_logits(low), expected)
+
+
+def test_bf16_autocast_runs_the_shared_path_close_to_the_reference():
+    """precision="bf16" (autocast, here on the CPU): the shared path keeps the reference's dtypes."""
+    torch.manual_seed(0)
+    model = tiny_arch(img_size=128).build()
+    with torch.no_grad():
+        for mlp in model.mask_decoder.output_hypernetworks_mlps:
+            mlp.layers[-1].weight.mul_(40.0)
+    ref = SamSegmenter(model=copy.deepcopy(model), decoder="reference", precision="bf16", multimask="all")
+    fast = SamSegmenter(model=model, decoder="shared", precision="bf16", multimask="all")
+    image = np.random.default_rng(0).integers(0, 255, (90, 130, 3), dtype=np.uint8)
+    prompts = [PromptSet(points=Points([[40.0, 30.0], [100.0, 60.0]], [1, 0])), PromptSet(box=Box([20.0, 10.0, 110.0, 80.0]))]
+    state = ref.encode(image)
+    p_ref, p_fast = ref.segment(state, prompts), fast.segment(state, prompts)
+    assert p_fast.logits.dtype == np.float32
+    assert (p_fast.masks == p_ref.masks).mean() >= 0.98
+    np.testing.assert_allclose(p_fast.scores, p_ref.scores, atol=0.05)

@@ -277,3 +277,17 @@ def test_a_patched_model_pickles_and_keeps_its_mode():
     assert attention_mode(copy) == "sdpa" and type(copy) is type(enc)
     with torch.no_grad():
         assert torch.equal(copy(x), enc(x))
+
+
+def test_compiled_encoder_matches_eager_and_keeps_the_state_dict():
+    """compile_mode= wraps the encoder call only (the sdpa path under torch.compile plans its own bias buffers)."""
+    torch.manual_seed(0)
+    model = tiny_arch(img_size=64, encoder_depth=2, encoder_global_attn_indexes=(1,), window_size=2).build()
+    eager = SamSegmenter(model=copy.deepcopy(model))
+    compiled = SamSegmenter(model=model, compile_mode="default")
+    image = np.random.default_rng(1).integers(0, 255, (48, 64, 3), dtype=np.uint8)
+    a = eager.encode(image).features["embeddings"]
+    b = compiled.encode(image).features["embeddings"]
+    assert _rel(b, a) < 1e-4
+    assert compiled._run_encoder is not compiled.model.image_encoder
+    assert list(compiled.model.state_dict()) == list(eager.model.state_dict())  # no _orig_mod. prefix

@@ -98,7 +98,9 @@ def decomposed_rel_pos_bias(
     # written into a contiguous buffer: a plain broadcast add follows einsum's permuted strides, and
     # the reshape then copies the whole (N x N) bias again (0.42 -> 0.24 s per vit_b global block)
     shape = (b, q_h, q_w, k_h, k_w)
-    if torch.is_grad_enabled() and (q.requires_grad or rel_pos_h.requires_grad or rel_pos_w.requires_grad):
+    if torch.compiler.is_compiling() or (
+        torch.is_grad_enabled() and (q.requires_grad or rel_pos_h.requires_grad or rel_pos_w.requires_grad)
+    ):  # autograd cannot go through out=, and a compiled graph plans its own buffers
         bias = rel_h.contiguous()[:, :, :, :, None] + rel_w.contiguous()[:, :, :, None, :]
     else:
         bias = torch.add(rel_h[:, :, :, :, None], rel_w[:, :, :, None, :], out=_bias_buffer(shape, q))
@@ -160,6 +162,8 @@ class WorkspaceImageEncoderViT(ImageEncoderViT):
     """segment-anything's ``ImageEncoderViT`` whose forward runs inside :func:`bias_workspace`."""
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if torch.compiler.is_compiling():
+            return super().forward(x)
         with bias_workspace():
             return super().forward(x)
 
