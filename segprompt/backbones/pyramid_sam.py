@@ -77,6 +77,7 @@ def create_sam_pyramid(
     arch: Any = None,
     model: nn.Module | None = None,
     arch_overrides: dict[str, Any] | None = None,
+    attention: str = "sdpa",
     **kwargs: Any,
 ) -> SamPyramid:
     """A :class:`SamPyramid` from one of:
@@ -89,6 +90,8 @@ def create_sam_pyramid(
     * ``model``: a segment-anything ``Sam`` (or its ``ImageEncoderViT``), used in place (LoRA is
       injected into it).
 
+    ``attention``: the encoder's attention path, ``"sdpa"`` (default: the ``sam`` Segmenter's fast
+    path, :mod:`segprompt.models.sam_fast`) or ``"reference"`` (segment-anything's own forward).
     Other keyword arguments (``out_channels``, ``scales``, ``trainable``, ``lora_rank``,
     ``lora_alpha``) go to :class:`~segprompt.backbones.pyramid.VisionPyramid`.
     """
@@ -113,7 +116,9 @@ def create_sam_pyramid(
         model = arch.build()
     assert model is not None
     encoder, mean, std = _sam_parts(model)
-    return SamPyramid(encoder, mean, std, arch=arch, **kwargs)
+    from segprompt.models.sam_fast import enable_fast_attention
+
+    return SamPyramid(enable_fast_attention(encoder, attention), mean, std, arch=arch, **kwargs)
 
 
 def create_sam_tiny_pyramid(**kwargs: Any) -> SamPyramid:
