@@ -35,14 +35,14 @@ import os
 import sys
 import threading
 import time
-from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable, Iterator
+from typing import Callable
 
 import numpy as np
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from pointprompt_speed import autocast, compare_loops, sa_predict  # noqa: E402  (this folder)
 
 
 def sync(device: str) -> None:
@@ -85,16 +85,6 @@ class PeakMemory:
             self._stop.set()
             self._thread.join()
             self.peak_mb = (self._peak - self._base) / 2**20
-
-
-@contextmanager
-def autocast(device: str, precision: str) -> Iterator[None]:
-    if precision == "fp32":
-        yield
-        return
-    dtype = torch.bfloat16 if precision == "bf16" else torch.float16
-    with torch.autocast(device_type=torch.device(device).type, dtype=dtype):
-        yield
 
 
 def timed(fn: Callable[[], object], device: str) -> tuple[float, object, float]:
@@ -149,7 +139,7 @@ def decoder_part(arch: str, predictor, ours, image: np.ndarray, sets: int, args)
         masks, scores = [], []
         with autocast(args.device, args.precision):
             for c, lab in zip(coords, labels):
-                m, s, _ = predictor.predict(point_coords=c, point_labels=lab, multimask_output=True)
+                m, s = sa_predict(predictor, c, lab, args.precision)
                 masks.append(m)
                 scores.append(s)
         return np.stack(masks), np.stack(scores)
@@ -172,11 +162,11 @@ def decoder_part(arch: str, predictor, ours, image: np.ndarray, sets: int, args)
 
 
 def pointbench_part(arch: str, ref_model, ours, args) -> dict:
-    from pointprompt_speed import compare_loops
-
     images = 1 if args.quick else args.pointbench_images
     with PeakMemory(args.device) as mem:
-        r = compare_loops(ours, arch, images=images, size=ours.arch.img_size, device=args.device, reference_model=ref_model)
+        r = compare_loops(
+            ours, arch, images=images, size=ours.arch.img_size, device=args.device, reference_model=ref_model, precision=args.precision
+        )
     return dict(
         part="point benchmark", arch=arch, unit="prompts/s", n=r["prompts"],
         reference_per_s=r["prompts"] / r["reference_s"], ours_per_s=r["prompts"] / r["ours_s"], ratio=r["ratio"],
@@ -190,7 +180,7 @@ PARTS = ("encoder", "decoder", "pointbench")
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--arch", default="vit_b", help="comma-separated: vit_b, vit_l, vit_h")
+    ap.add_argument("--arch", default="vit_b", help="comma-separated: vit_b, vit_l, vit_h (tiny: a smoke test)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--precision", default="fp32", choices=["fp32", "bf16", "fp16"])
     ap.add_argument("--parts", default=",".join(PARTS), help=f"comma-separated, of {', '.join(PARTS)}")
@@ -199,6 +189,7 @@ def main() -> None:
     ap.add_argument("--points", type=int, default=3, help="points per prompt set (the last one negative)")
     ap.add_argument("--pointbench-images", type=int, default=2)
     ap.add_argument("--quick", action="store_true", help="1 timed encoder image, 1 point-benchmark image")
+    ap.add_argument("--decoder", default="auto", choices=["auto", "shared", "reference"], help="our decoder path")
     ap.add_argument("--threads", type=int, default=0)
     ap.add_argument("--json", default="", help="also write the rows to this file")
     args = ap.parse_args()
@@ -212,17 +203,19 @@ def main() -> None:
     from segment_anything import SamPredictor
 
     from segprompt.models.sam import SamSegmenter
-    from segprompt.models.sam_arch import OFFICIAL_ARCHS
+    from segprompt.models.sam_arch import OFFICIAL_ARCHS, tiny_arch
     from segprompt.models.sam_fast import attention_mode
 
     dev = torch.cuda.get_device_name() if args.device.startswith("cuda") else f"CPU ({torch.get_num_threads()} threads)"
     rows = []
     for arch in [a for a in args.arch.split(",") if a]:
         torch.manual_seed(0)
-        ref_model = OFFICIAL_ARCHS[arch].build().to(args.device).eval()
-        ours = SamSegmenter(model=copy.deepcopy(ref_model), device=args.device, precision=args.precision, multimask="all")
+        # "tiny": a small SAM of the same classes, for a smoke test of the script (tests/test_sam_speed_script.py)
+        build = tiny_arch(img_size=128) if arch == "tiny" else OFFICIAL_ARCHS[arch]
+        ref_model = build.build().to(args.device).eval()
+        ours = SamSegmenter(model=copy.deepcopy(ref_model), device=args.device, precision=args.precision, multimask="all", decoder=args.decoder)
         predictor = SamPredictor(ref_model)
-        assert attention_mode(ref_model) == "reference" and attention_mode(ours.model) == "sdpa" and ours.decoder_path == "shared"
+        assert attention_mode(ref_model) == "reference" and attention_mode(ours.model) == "sdpa"
         size = ours.arch.img_size
         rng = np.random.default_rng(0)
         n_images = 1 if args.quick else args.images
@@ -239,7 +232,7 @@ def main() -> None:
             rows.append(pointbench_part(arch, ref_model, ours, args))
             print(_line(rows[-1]), flush=True)
 
-    print(f"\nsegment-anything vs segprompt, random weights, {dev}, {args.precision}")
+    print(f"\nsegment-anything vs segprompt, random weights, {dev}, {args.precision}, our decoder {ours.decoder_path}")
     print("| arch | part | segment-anything | segprompt | ratio | agreement | peak MB (sa / ours) |")
     print("|---|---|---|---|---|---|---|")
     for r in rows:

@@ -202,6 +202,12 @@ def test_chunked_mlp_matches_and_keeps_gradients(monkeypatch):
         torch.nn.init.normal_(mlp.lin2.lora_b)  # a non-zero update
         wrapped_ref = MLPBlock.forward(mlp, x)
         assert _rel(mlp(x), wrapped_ref) < 1e-6 and _rel(wrapped_ref, ref) > 1e-3
+        plain = MLPBlock(16, 40).eval()
+        chunked = copy.deepcopy(plain)
+        chunked.__class__ = sam_fast.ChunkedMLPBlock
+        with torch.autocast("cpu", dtype=torch.bfloat16):  # out= bypasses autocast: the chunks call the layer
+            want, got = plain(x), chunked(x)
+        assert got.dtype == want.dtype == torch.bfloat16 and _rel(got.float(), want.float()) < 1e-2
     xg = x.clone().requires_grad_(True)  # with autograd: segment-anything's forward, gradients flow
     mlp(xg).sum().backward()
     assert xg.grad is not None and xg.grad.abs().sum() > 0

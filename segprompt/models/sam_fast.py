@@ -147,14 +147,17 @@ class ChunkedMLPBlock(MLPBlock):
         if rows <= MLP_CHUNK_ROWS or (torch.is_grad_enabled() and (x.requires_grad or any(p.requires_grad for p in self.parameters()))):
             return super().forward(x)
         flat = x.reshape(rows, x.shape[-1])
-        fused = type(self.lin2) is torch.nn.Linear and self.lin2.bias is not None
-        out = flat.new_empty(rows, self.lin2.out_features if fused else x.shape[-1])
+        lin2 = self.lin2
+        out = None
         for start in range(0, rows, MLP_CHUNK_ROWS):
             hidden = self.act(self.lin1(flat[start : start + MLP_CHUNK_ROWS]))
+            fused = type(lin2) is torch.nn.Linear and lin2.bias is not None and hidden.dtype == lin2.weight.dtype
+            if out is None:  # the output dtype follows lin1's (autocast may make it bf16 / fp16)
+                out = flat.new_empty(rows, lin2.out_features if isinstance(lin2, torch.nn.Linear) else x.shape[-1], dtype=hidden.dtype)
             if fused:  # the second matmul writes straight into the output rows
-                torch.addmm(self.lin2.bias, hidden, self.lin2.weight.t(), out=out[start : start + MLP_CHUNK_ROWS])
-            else:  # a wrapped layer (LoRA): its own forward
-                out[start : start + MLP_CHUNK_ROWS] = self.lin2(hidden)
+                torch.addmm(lin2.bias, hidden, lin2.weight.t(), out=out[start : start + MLP_CHUNK_ROWS])
+            else:  # a wrapped layer (LoRA), or autocast (which out= bypasses): the layer's own forward
+                out[start : start + MLP_CHUNK_ROWS] = lin2(hidden)
         return out.view(*x.shape[:-1], out.shape[-1])
 
 
