@@ -161,8 +161,9 @@ def decode_shared(
         image_embeddings: (1, C, h, w) one image's embedding.
         image_pe: (1, C, h, w) the prompt encoder's dense positional encoding.
         sparse_prompt_embeddings: (B, T, C).
-        dense_prompt_embeddings: (B, C, h, w), or (1, C, h, w) / identical rows when no set has a
-            mask input (the first layer's image-side projections are then shared).
+        dense_prompt_embeddings: (B, C, h, w), or (1, C, h, w) (or one row expanded to B) when no
+            set has a mask input: the first layer's image-side projections are then shared. B
+            separate rows are treated as different, even if equal.
         multimask_output: the 3 multimask candidates (else the single-mask token), as the reference.
     Returns:
         (low-res mask logits (B, K, 4h, 4w), predicted IoU (B, K)), K = 3 or 1, in the decoder's dtype.
@@ -174,7 +175,7 @@ def decode_shared(
     _, c, h, w = image_embeddings.shape
     key_pe = image_pe.flatten(2).transpose(1, 2)  # (1, N, C)
     dense = dense_prompt_embeddings
-    shared_dense = dense.shape[0] == 1 or bool((dense == dense[:1]).all())
+    shared_dense = dense.shape[0] == 1 or dense.stride(0) == 0  # one row, or one row expanded
     src = image_embeddings + dense[:1] if shared_dense else image_embeddings + dense  # (1 or B, C, h, w)
     keys0 = src.flatten(2).transpose(1, 2).contiguous()  # (1 or B, N, C)
     layers = list(transformer.layers)
