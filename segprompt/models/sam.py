@@ -210,6 +210,8 @@ class SamSegmenter(Segmenter):
             architecture=self.arch.name,
             img_size=self.arch.img_size,
             checkpoint=str(self.checkpoint_path) if self.checkpoint_path else None,
+            attention=attention_mode(self.model),
+            decoder=self.decoder_path,
         )
         return out
 
