@@ -141,7 +141,6 @@ class SamSegmenter(Segmenter):
         self.model = enable_fast_attention(model.to(device).eval(), attention)
         if decoder not in DECODERS:
             raise ConfigError(f"unknown SAM decoder {decoder!r}; choose one of {sorted(DECODERS)}")
-        self.decoder = decoder
         self.compile_mode = compile_mode
         self._compiled: tuple[Any, Any] | None = None  # (image encoder, its compiled wrapper)
         grid = self.model.prompt_encoder.image_embedding_size

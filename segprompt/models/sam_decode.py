@@ -31,6 +31,7 @@ import torch
 import torch.nn.functional as F
 from segment_anything.modeling.mask_decoder import MaskDecoder
 from segment_anything.modeling.transformer import Attention, TwoWayAttentionBlock
+from torch.nn.modules import module as nn_module
 
 def hooks_on(decoder: MaskDecoder) -> bool:
     """Whether forward hooks watch the decoder's two-way transformer (PerSAM's guidance does).
@@ -38,8 +39,6 @@ def hooks_on(decoder: MaskDecoder) -> bool:
     :func:`decode_shared` calls the transformer's projections directly, not its blocks' forwards,
     so such hooks would not run: callers take segment-anything's forward then.
     """
-    from torch.nn.modules import module as nn_module
-
     if nn_module._global_forward_hooks or nn_module._global_forward_pre_hooks:
         return True
     return any(m._forward_hooks or m._forward_pre_hooks for m in decoder.transformer.modules())

@@ -153,7 +153,7 @@ class ChunkedMLPBlock(MLPBlock):
             hidden = self.act(self.lin1(flat[start : start + MLP_CHUNK_ROWS]))
             fused = type(lin2) is torch.nn.Linear and lin2.bias is not None and hidden.dtype == lin2.weight.dtype
             if out is None:  # the output dtype follows lin1's (autocast may make it bf16 / fp16)
-                out = flat.new_empty(rows, lin2.out_features if isinstance(lin2, torch.nn.Linear) else x.shape[-1], dtype=hidden.dtype)
+                out = flat.new_empty(rows, x.shape[-1], dtype=hidden.dtype)  # lin2 maps back to the embedding width
             if fused:  # the second matmul writes straight into the output rows
                 torch.addmm(lin2.bias, hidden, lin2.weight.t(), out=out[start : start + MLP_CHUNK_ROWS])
             else:  # a wrapped layer (LoRA), or autocast (which out= bypasses): the layer's own forward
