@@ -26,6 +26,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QDoubleSpinBox, QFormLayout, QGroupBox, QSpinBox
 
 from segprompt.errors import SegpromptError
+from viewers.layer_edits import revert_write, write_undoable
 from viewers.run_controls import WorkerProgressMixin, add_run_controls
 
 
@@ -183,9 +184,7 @@ class EverythingPanel(WorkerProgressMixin, QGroupBox):
             w.set_status(f"segment everything: no new object ({len(result.records)} masks found, {result.seconds:.1f} s)")
             self.result_label.setText("no new object")
             return
-        layer.data_setitem(indices, values)
-        history = getattr(layer, "_undo_history", None)
-        item = history[-1] if history else None
+        item = write_undoable(layer, indices, values)
         ids = sorted(set(int(v) for v in values))
         self._steps.append({"z": result.z, "indices": indices, "values": values, "item": item, "ids": ids})
         w._history.append(("everything", result.z))
@@ -208,15 +207,7 @@ class EverythingPanel(WorkerProgressMixin, QGroupBox):
             layer = w.labels_layer
             if not w._layer_ok(layer):
                 return False
-            history = getattr(layer, "_undo_history", None)
-            if step["item"] is not None and history and history[-1] is step["item"]:
-                layer.undo()
-            else:
-                import numpy as np
-
-                current = np.asarray(layer.data[step["indices"]])
-                still = current == step["values"]
-                layer.data_setitem(tuple(ix[still] for ix in step["indices"]), 0)
+            revert_write(layer, step["indices"], step["values"], step["item"])
             w.set_status(f"undid segment everything ({len(step['ids'])} objects removed)")
             self.result_label.setText("")
             return True

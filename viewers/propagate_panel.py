@@ -42,6 +42,7 @@ from qtpy.QtCore import Signal
 from qtpy.QtWidgets import QComboBox, QFormLayout, QGroupBox, QHBoxLayout, QLabel
 
 from segprompt.errors import SegpromptError
+from viewers.layer_edits import revert_write, write_undoable
 from viewers.run_controls import WorkerProgressMixin, add_run_controls
 
 #: the direction box's entries (:data:`segprompt.volumes.DIRECTIONS`, written here so that the
@@ -229,9 +230,7 @@ class PropagatePanel(WorkerProgressMixin, QGroupBox):
             w.set_status(f"propagation ({result.method}) found no object; nothing written")
             return
         indices, object_id = volume_write(layer.data, mask)
-        layer.data_setitem(indices, object_id)
-        history = getattr(layer, "_undo_history", None)
-        item = history[-1] if history else None
+        item = write_undoable(layer, indices, object_id)
         slices = list(result.slices_labelled(OBJ))
         self._steps.append({"indices": indices, "id": object_id, "item": item, "slices": slices})
         w.session.finish_volume(object_id, result, prompts, direction, OBJ)
@@ -266,12 +265,7 @@ class PropagatePanel(WorkerProgressMixin, QGroupBox):
             layer = w.labels_layer
             if not w._layer_ok(layer):
                 return False
-            history = getattr(layer, "_undo_history", None)
-            if step["item"] is not None and history and history[-1] is step["item"]:
-                layer.undo()
-            else:
-                still = np.asarray(layer.data[step["indices"]]) == step["id"]
-                layer.data_setitem(tuple(ix[still] for ix in step["indices"]), 0)
+            revert_write(layer, step["indices"], step["id"], step["item"])
             w.set_status(f"undid the propagation (object {step['id']} removed)")
             self.info_label.setText("")
             return True
