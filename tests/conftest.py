@@ -17,3 +17,37 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
     import torch
 
     torch.set_num_threads(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# napari widget fixtures (the GUI test files; they skip without napari / pytest-qt)
+import pytest  # noqa: E402
+
+
+@pytest.fixture
+def viewer(qtbot):
+    """A headless napari ``ViewerModel``."""
+    pytest.importorskip("napari")
+    from napari.components import ViewerModel
+
+    return ViewerModel()
+
+
+@pytest.fixture
+def make_widget(qtbot, viewer):
+    """``make(**kwargs)`` -> a ``SegpromptWidget`` on ``viewer`` (``auto_embed=False`` unless given),
+    shut down after the test."""
+    from viewers.widget import SegpromptWidget
+
+    made = []
+
+    def make(**kwargs):
+        kwargs.setdefault("auto_embed", False)
+        w = SegpromptWidget(viewer, **kwargs)
+        qtbot.addWidget(w)
+        made.append(w)
+        return w
+
+    yield make
+    for w in made:
+        w.shutdown()

@@ -20,6 +20,7 @@ centre point): 3-D Dice 0.954; copying the clicked slice's true mask to every sl
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -73,30 +74,9 @@ def dice3d(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @pytest.fixture
-def viewer(qtbot):
-    pytest.importorskip("napari")
-    pytest.importorskip("pytestqt")
-    from napari.components import ViewerModel
-
-    return ViewerModel()
-
-
-@pytest.fixture
-def make_widget(qtbot, viewer):
-    from viewers.widget import SegpromptWidget
-
-    made = []
-
-    def make(**kwargs):
-        kwargs.setdefault("auto_embed", True)
-        w = SegpromptWidget(viewer, **kwargs)
-        qtbot.addWidget(w)
-        made.append(w)
-        return w
-
-    yield make
-    for w in made:
-        w.shutdown()
+def make_widget(make_widget):
+    """conftest's widget factory, embedding on its own (``auto_embed=True``) unless told otherwise."""
+    return functools.partial(make_widget, auto_embed=True)
 
 
 def idle(qtbot, w):

@@ -65,29 +65,7 @@ def seg(universal_file):
     return UniversalTinySegmenter(checkpoint=universal_file)
 
 
-@pytest.fixture
-def viewer(qtbot):
-    from napari.components import ViewerModel
-
-    return ViewerModel()
-
-
-@pytest.fixture
-def make_widget(qtbot, viewer):
-    from viewers.widget import SegpromptWidget
-
-    made = []
-
-    def make(**kwargs):
-        kwargs.setdefault("auto_embed", False)
-        w = SegpromptWidget(viewer, **kwargs)
-        qtbot.addWidget(w)
-        made.append(w)
-        return w
-
-    yield make
-    for w in made:
-        w.shutdown()
+# the viewer and make_widget fixtures: tests/conftest.py
 
 
 @pytest.fixture

@@ -45,29 +45,7 @@ def home(tmp_path, monkeypatch):
     return tmp_path / "home"
 
 
-@pytest.fixture
-def viewer(qtbot):
-    from napari.components import ViewerModel
-
-    return ViewerModel()
-
-
-@pytest.fixture
-def make_widget(qtbot, viewer):
-    from viewers.widget import SegpromptWidget
-
-    made = []
-
-    def make(**kwargs):
-        kwargs.setdefault("auto_embed", False)
-        w = SegpromptWidget(viewer, **kwargs)
-        qtbot.addWidget(w)
-        made.append(w)
-        return w
-
-    yield make
-    for w in made:
-        w.shutdown()
+# the viewer and make_widget fixtures: tests/conftest.py
 
 
 def lesion(size=96):
