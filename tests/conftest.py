@@ -51,3 +51,37 @@ def make_widget(qtbot, viewer):
     yield make
     for w in made:
         w.shutdown()
+
+
+@pytest.fixture
+def run_under_x():
+    """``run(script, out_dir)``: run ``script --child out_dir`` on a real X display (``DISPLAY``, or
+    Xvfb through ``xvfb-run``) with ``QT_QPA_PLATFORM=xcb``; returns the child's ``result.json``.
+
+    Skips when neither exists, and fails instead with ``SEGPROMPT_REQUIRE_XVFB`` set (CI);
+    ``SEGPROMPT_FORCE_XVFB`` uses Xvfb even when a display is set.
+    """
+    import json
+    import shutil
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    def run(script: str | Path, out_dir: str | Path, timeout: int = 240) -> dict:
+        base = [sys.executable, str(script), "--child", str(out_dir)]
+        if os.environ.get("DISPLAY") and not os.environ.get("SEGPROMPT_FORCE_XVFB"):
+            cmd = base
+        elif shutil.which("xvfb-run"):
+            cmd = ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", *base]
+        elif os.environ.get("SEGPROMPT_REQUIRE_XVFB"):
+            pytest.fail("no X display and no xvfb-run: install xvfb (.ci/gui-deps.sh)")
+        else:
+            pytest.skip("no X display and no xvfb-run to start one (install xvfb: .ci/gui-deps.sh)")
+        env = dict(os.environ, QT_QPA_PLATFORM="xcb", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
+        proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=timeout)
+        result = Path(out_dir) / "result.json"
+        assert proc.returncode == 0 and result.exists(), f"X child failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
+        return json.loads(result.read_text())
+
+    return run

@@ -24,7 +24,6 @@ import functools
 import json
 import os
 import shutil
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -312,28 +311,9 @@ def child(out_dir: str) -> None:
     (Path(out_dir) / "result.json").write_text(json.dumps(result))
 
 
-def _command(out: str) -> list[str] | None:
-    base = [sys.executable, __file__, "--child", out]
-    if os.environ.get("DISPLAY") and not os.environ.get("SEGPROMPT_FORCE_XVFB"):
-        return base
-    if shutil.which("xvfb-run"):
-        return ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", *base]
-    return None
-
-
-def test_under_xvfb_one_click_propagate_gives_a_label_volume(tmp_path):
+def test_under_xvfb_one_click_propagate_gives_a_label_volume(tmp_path, run_under_x):
     pytest.importorskip("napari")
-    cmd = _command(str(tmp_path))
-    if cmd is None:
-        if os.environ.get("SEGPROMPT_REQUIRE_XVFB"):
-            pytest.fail("no X display and no xvfb-run: install xvfb (.ci/gui-deps.sh)")
-        pytest.skip("no X display and no xvfb-run to start one (install xvfb: .ci/gui-deps.sh)")
-    env = dict(os.environ, QT_QPA_PLATFORM="xcb", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    out = tmp_path / "result.json"
-    assert proc.returncode == 0 and out.exists(), f"xvfb child failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    res = json.loads(out.read_text())
+    res = run_under_x(__file__, tmp_path)
     print(f"napari under Xvfb: one click on slice {MIDDLE}, Propagate (both): 3-D Dice {res['dice']:.3f} over {res['slices']} slices ({res['seconds']:.2f} s)")
     assert res["platform"] == "xcb" and res["done"] == ["ready"]
     assert res["shape"] == [DEPTH, SIZE, SIZE] and res["ids"] == [0, 1]

@@ -16,9 +16,6 @@ Skipped only when neither a display nor ``xvfb-run``/``Xvfb`` is available (CI i
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
@@ -209,33 +206,14 @@ def child(out_dir: str) -> None:
 # the test
 
 
-def _command(script: str, out: str) -> list[str] | None:
-    base = [sys.executable, script, "--child", out]
-    if os.environ.get("DISPLAY") and not os.environ.get("SEGPROMPT_FORCE_XVFB"):
-        return base
-    if shutil.which("xvfb-run"):
-        return ["xvfb-run", "-a", "-s", "-screen 0 1280x1024x24", *base]
-    return None
-
-
-def test_committed_mask_is_drawn_in_a_screenshot(tmp_path):
+def test_committed_mask_is_drawn_in_a_screenshot(tmp_path, run_under_x):
     pytest.importorskip("napari")
-    cmd = _command(__file__, str(tmp_path))
-    if cmd is None:
-        if os.environ.get("SEGPROMPT_REQUIRE_XVFB"):
-            pytest.fail("no X display and no xvfb-run: install xvfb (.ci/gui-deps.sh)")
-        pytest.skip("no X display and no xvfb-run to start one (install xvfb: .ci/gui-deps.sh)")
     torch = pytest.importorskip("torch")
     from segprompt.models.sam_arch import save_sam, tiny_arch
 
     torch.manual_seed(0)
     save_sam(tiny_arch().build(), tmp_path / "tiny_sam.safetensors")
-    env = dict(os.environ, QT_QPA_PLATFORM="xcb", OMP_NUM_THREADS=os.environ.get("OMP_NUM_THREADS", "1"))
-    env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parents[1]), env.get("PYTHONPATH", "")])
-    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=240)
-    result_file = tmp_path / "result.json"
-    assert proc.returncode == 0 and result_file.exists(), f"rendering child failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-5000:]}"
-    res = json.loads(result_file.read_text())
+    res = run_under_x(__file__, tmp_path)
     assert res["platform"] == "xcb" and res["plugin_widget"] == "SegpromptWidget"
     assert res["object_id"] == 1 and res["label_pixels"] == (RECT[1] - RECT[0]) * (RECT[3] - RECT[2])
     assert not res["black_canvas"] and res["unstable_fraction"] < 0.001
