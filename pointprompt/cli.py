@@ -7,7 +7,7 @@ from typing import Sequence
 
 import click
 
-from segprompt.engine.launchers import launch_from_options, launch_options, raise_for_failed_shards, shard_only_message
+from segprompt.engine.launchers import echo_bench_end, launch_from_options, launch_options
 from segprompt.errors import ConfigError
 from segprompt.models.base import SINGLE_MASK_POLICIES, multimask_help
 from segprompt.volumes.fallback import PROJECTIONS
@@ -54,7 +54,6 @@ def pointprompt(ctx, config_file, datasets, roots, models, checkpoints, strategi
     if out is None:
         raise click.UsageError("Missing option '--out' (the run folder).")
     from pointprompt.bench import PointBenchConfig, format_summary, run_pointprompt
-    from segprompt.engine.runfolder import timing_text
     from pointprompt.strategies import STRATEGIES
     from segprompt.data.registry import parse_root_options
     from segprompt.devices import check_device
@@ -90,13 +89,7 @@ def pointprompt(ctx, config_file, datasets, roots, models, checkpoints, strategi
     cfg = PointBenchConfig(**given)
     launch_cfg, shard = launch_from_options(launch, file_launch)
     summary = run_pointprompt(cfg, out, cache=cache, launch=launch_cfg, shard=shard)
-    message = shard_only_message(summary, out, "(model, image) pairs")
-    if message:  # one shard of several, others still to finish
-        click.echo(message)
-        return
-    click.echo(format_summary(summary))
-    click.echo(f"\n{timing_text(out)}\nrun folder: {out}  (summary.csv, curves.csv, matched_budget.csv, report.md, iou_per_step.png)")
-    raise_for_failed_shards(summary)
+    echo_bench_end(summary, out, "(model, image) pairs", format_summary, "summary.csv, curves.csv, matched_budget.csv, report.md, iou_per_step.png")
 
 
 def takes_checkpoint(model: str) -> bool:
@@ -191,7 +184,6 @@ def volumes(datasets, n_volumes, depth, size, n_objects, models, checkpoints, pr
     from pointprompt.bench_volume import VolumeBenchConfig, run_volume_bench
     from pointprompt.report_volume import format_volume_summary
     from segprompt.devices import check_device
-    from segprompt.engine.runfolder import timing_text
 
     check_device(device)
     given_checkpoints = checkpoint_kwargs(checkpoints, models)
@@ -220,13 +212,7 @@ def volumes(datasets, n_volumes, depth, size, n_objects, models, checkpoints, pr
     )
     launch_cfg, shard = launch_from_options(launch)
     summary = run_volume_bench(cfg, out, launch=launch_cfg, shard=shard)
-    message = shard_only_message(summary, out, "(volume, model, prompt) units")
-    if message:  # one shard of several, others still to finish
-        click.echo(message)
-        return
-    click.echo(format_volume_summary(summary))
-    click.echo(f"\n{timing_text(out)}\nrun folder: {out}  (summary.csv, curves.csv, report.md, iou_by_dz.png, labels/)")
-    raise_for_failed_shards(summary)
+    echo_bench_end(summary, out, "(volume, model, prompt) units", format_volume_summary, "summary.csv, curves.csv, report.md, iou_by_dz.png, labels/")
 
 
 @pointprompt.command("features")

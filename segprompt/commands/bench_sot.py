@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from segprompt.engine.launchers import launch_from_options, launch_options, raise_for_failed_shards, shard_only_message
+from segprompt.engine.launchers import echo_bench_end, launch_from_options, launch_options
 from segprompt.errors import ConfigError
 
 
@@ -49,7 +49,6 @@ def sot(ctx, datasets, methods, segmenters, shots, seeds, limit, size, calibrati
     if out is None:
         raise click.UsageError("Missing option '--out' (the run folder).")
     from segprompt.devices import check_device
-    from segprompt.engine.runfolder import timing_text
     from segprompt.sot.bench import SotBenchConfig, run_sot
     from segprompt.sot.report import format_summary
 
@@ -74,13 +73,7 @@ def sot(ctx, datasets, methods, segmenters, shots, seeds, limit, size, calibrati
     cfg = SotBenchConfig(**given)
     launch_cfg, shard = launch_from_options(launch, file_launch)
     summary = run_sot(cfg, out, launch=launch_cfg, shard=shard)
-    message = shard_only_message(summary, out, "(dataset, shots, seed, image) units")
-    if message:  # one shard of several, others still to finish
-        click.echo(message)
-        return
-    click.echo(format_summary(summary))
-    click.echo(f"\n{timing_text(out)}\nrun folder: {out}  (report.md, summary.csv, seeds.csv, variance.png, results*.jsonl)")
-    raise_for_failed_shards(summary)
+    echo_bench_end(summary, out, "(dataset, shots, seed, image) units", format_summary, "report.md, summary.csv, seeds.csv, variance.png, results*.jsonl")
 
 
 def _segmenter_specs(values: tuple[str, ...]) -> dict[str, dict[str, str]]:

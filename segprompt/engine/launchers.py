@@ -42,7 +42,7 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "LAUNCHERS", "SLURM_KEYS", "LaunchConfig", "ShardOutcome", "submitit_executor", "submitit_params", "run_jobs", "run_shards",
-    "launch_options", "launch_from_options", "split_launch_keys",
+    "launch_options", "launch_from_options", "split_launch_keys", "echo_bench_end",
 ]
 
 LAUNCHERS = ("local", "submitit", "submitit-local")
@@ -389,6 +389,23 @@ def shard_only_message(result: Mapping[str, Any], out: Any, unit: str, new: str 
         return None
     return (f"shard {result['shard']}: {result['new_rows']} {new}; {result['todo']} {unit} left in other shards "
             f"(`segprompt runs status {out}`; the last shard writes the report, or `segprompt runs merge {out}`)")
+
+
+def echo_bench_end(summary: Mapping[str, Any], out: Any, unit: str, format_summary: Callable[[Mapping[str, Any]], str], files: str) -> None:
+    """How a sharded bench command ends: the shard-only line (:func:`shard_only_message`) when other
+    shards still have work; else the summary, the run's timing and its files; then exit 2 on failed
+    shards (:func:`raise_for_failed_shards`). ``files``: what the run folder holds, for the last line."""
+    import click
+
+    from segprompt.engine.runfolder import timing_text
+
+    message = shard_only_message(summary, out, unit)
+    if message:  # one shard of several, others still to finish
+        click.echo(message)
+        return
+    click.echo(format_summary(summary))
+    click.echo(f"\n{timing_text(out)}\nrun folder: {out}  ({files})")
+    raise_for_failed_shards(summary)
 
 
 def raise_for_failed_shards(result: Mapping[str, Any], what: str = "rows") -> None:

@@ -7,7 +7,7 @@ from pathlib import Path
 import click
 
 from segprompt.commands.everything_options import SETTING_FIELDS, settings_options
-from segprompt.engine.launchers import launch_from_options, launch_options, raise_for_failed_shards, shard_only_message
+from segprompt.engine.launchers import echo_bench_end, launch_from_options, launch_options
 from segprompt.errors import ConfigError
 
 _NO_DEVICE = ("classical", "grabcut", "random-walker")
@@ -59,7 +59,6 @@ def everything(ctx, datasets, roots, models, checkpoint, gt, classes, other_clas
         raise click.UsageError("Missing option '--out' (the run folder).")
     from segprompt.data.registry import parse_root_options
     from segprompt.devices import check_device
-    from segprompt.engine.runfolder import timing_text
     from segprompt.everything_bench.bench import EverythingBenchConfig, format_summary, run_everything_bench
 
     check_device(device)
@@ -92,13 +91,7 @@ def everything(ctx, datasets, roots, models, checkpoint, gt, classes, other_clas
         given, file_launch = _merge_config(ctx, config_file, given)
     launch_cfg, shard = launch_from_options(launch, file_launch)
     summary = run_everything_bench(EverythingBenchConfig(**given), out, cache=cache, launch=launch_cfg, shard=shard)
-    message = shard_only_message(summary, out, "(model, image) pairs")
-    if message:  # one shard of several, others still to finish
-        click.echo(message)
-        return
-    click.echo(format_summary(summary))
-    click.echo(f"\n{timing_text(out)}\nrun folder: {out}  (summary.csv, report.md, overlays.png, results.jsonl)")
-    raise_for_failed_shards(summary)
+    echo_bench_end(summary, out, "(model, image) pairs", format_summary, "summary.csv, report.md, overlays.png, results.jsonl")
 
 
 # command-line option name -> the config fields it sets
