@@ -48,7 +48,7 @@ import numpy as np
 
 from segprompt.data.sample import Sample, SegmentationDataset
 from segprompt.engine.launchers import LaunchConfig, launch_pending_shards
-from segprompt.engine.report import Series, line_plot, markdown_table, short_name, text_table, write_csv
+from segprompt.engine.report import Series, curve_panels, line_plot, markdown_table, short_name, text_table, write_csv
 from segprompt.engine.runfolder import RunFolder
 from segprompt.engine.shards import Shard, UnitProgress, canonical, pick
 from segprompt.errors import ConfigError, DataError, PromptError
@@ -590,15 +590,7 @@ def multimask_note(policy: str) -> str:
 def iou_curve_panels(curves: Sequence[dict[str, Any]]) -> dict[str, dict[str, Series]]:
     """``{"model on dataset": {strategy: Series}}`` of mean IoU against the mean number of points
     placed at each step, with a std band and n, for :func:`line_plot`."""
-    panels: dict[str, dict[str, Series]] = defaultdict(dict)
-    for c in curves:
-        panel = f"{c['model']} on {short_name(c['dataset'], 18)}"
-        series = panels[panel].setdefault(c["strategy"], Series([], [], [], []))
-        series.xs.append(c["mean_points"])  # type: ignore[attr-defined]
-        series.ys.append(c["iou"])  # type: ignore[attr-defined]
-        series.spread.append(c["iou_std"])  # type: ignore[union-attr]
-        series.n.append(c["n"])  # type: ignore[union-attr]
-    return dict(panels)
+    return curve_panels(curves, lambda c: f"{c['model']} on {short_name(c['dataset'], 18)}", "strategy", "mean_points")
 
 
 def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig) -> None:

@@ -8,7 +8,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from segprompt.engine.report import Series, line_plot, markdown_table, short_name, text_table, write_csv
+from segprompt.engine.report import Series, curve_panels, line_plot, markdown_table, short_name, text_table, write_csv
 from segprompt.engine.runfolder import RunFolder
 
 SUMMARY_COLUMNS = ["dataset", "model", "strategy", "method", "n", "volumes", "dice3d", "dice3d_std", "iou3d", "prompt_iou", "coverage", "seconds_per_volume"]
@@ -84,14 +84,7 @@ def dice_cells(table: Sequence[dict[str, Any]], dataset: str, cfg: Any) -> tuple
 
 def dz_panels(curves: Sequence[dict[str, Any]]) -> dict[str, dict[str, Series]]:
     """``{"strategy on dataset": {model: Series}}`` of mean slice IoU by dz, with std and n."""
-    panels: dict[str, dict[str, Series]] = defaultdict(dict)
-    for c in curves:
-        s = panels[f"{c['strategy']} on {short_name(c['dataset'], 18)}"].setdefault(c["model"], Series([], [], [], []))
-        s.xs.append(c["dz"])  # type: ignore[attr-defined]
-        s.ys.append(c["iou"])  # type: ignore[attr-defined]
-        s.spread.append(c["iou_std"])  # type: ignore[union-attr]
-        s.n.append(c["n"])  # type: ignore[union-attr]
-    return dict(panels)
+    return curve_panels(curves, lambda c: f"{c['strategy']} on {short_name(c['dataset'], 18)}", "model", "dz")
 
 
 def write_volume_reports(run: RunFolder, summary: dict[str, Any], cfg: Any) -> None:

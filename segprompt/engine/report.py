@@ -7,7 +7,7 @@ import io
 import math
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from segprompt.fileio import atomic_path, atomic_write_text
 
@@ -88,6 +88,24 @@ class Series:
     ys: Sequence[float]
     spread: Sequence[float] | None = None
     n: int | Sequence[int] | None = None
+
+
+def curve_panels(
+    rows: Iterable[Mapping[str, Any]], panel: Callable[[Mapping[str, Any]], str], line: str, x: str, y: str = "iou", spread: str = "iou_std"
+) -> dict[str, dict[str, Series]]:
+    """Curve rows -> ``{panel title: {line name: Series}}`` for :func:`line_plot`, in row order.
+
+    ``panel(row)`` names a row's panel; ``row[line]`` its line; ``x``, ``y`` and ``spread`` are the
+    row keys of the point, its value and its band's half-width; ``row["n"]`` is its count.
+    """
+    panels: dict[str, dict[str, Series]] = {}
+    for r in rows:
+        s = panels.setdefault(panel(r), {}).setdefault(r[line], Series([], [], [], []))
+        s.xs.append(r[x])  # type: ignore[attr-defined]
+        s.ys.append(r[y])  # type: ignore[attr-defined]
+        s.spread.append(r[spread])  # type: ignore[union-attr]
+        s.n.append(r["n"])  # type: ignore[union-attr]
+    return panels
 
 
 def short_name(name: str | Path, width: int = 32) -> str:
