@@ -46,6 +46,18 @@ def _chunks(seq: Sequence[int], size: int) -> Iterator[Sequence[int]]:
         yield seq[start : start + size]
 
 
+def _threshold_into(out: np.ndarray, rows: np.ndarray, logits: torch.Tensor, threshold: float) -> None:
+    """``out[rows] = logits > threshold``; logits (len(rows), K, H, W), out (n, K, H, W) bool.
+
+    On the CPU with consecutive rows the comparison writes straight into ``out`` (no bool tensor,
+    no second copy through fancy indexing).
+    """
+    if logits.device.type == "cpu" and len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+        torch.gt(logits, threshold, out=torch.from_numpy(out[rows[0] : rows[0] + len(rows)]))
+    else:
+        out[rows] = (logits > threshold).cpu().numpy()
+
+
 def scribble_to_points(coords: np.ndarray, n: int) -> np.ndarray:
     """Up to ``n`` points (x, y) spaced evenly by arc length along a polyline (N, 2)."""
     coords = np.asarray(coords, np.float64)
@@ -337,8 +349,9 @@ class SamSegmenter(Segmenter):
         out_logits = np.zeros((n, k, lowres, lowres), np.float32)
         chosen = np.zeros(n, np.int64) if keep_one else None
         threshold = float(self.model.mask_threshold)
-        # upscale a few sets at a time: (B, K, H, W) float32 for big images is large
-        upscale_batch = max(1, int(2**25 // max(1, k * h * w)))
+        # upscale a few sets at a time: (B, K, H, W) float32 for big images is large, and a block of
+        # at most 16 MB is reused by the allocator instead of being mapped afresh (page faults) each time
+        upscale_batch = max(1, int(2**22 // max(1, k * h * w)))
         for idx in groups.values():
             for chunk in _chunks(idx, self.max_batch):
                 low, iou = self._decode(embeddings, [inputs[i] for i in chunk], multimask_output)
@@ -350,9 +363,9 @@ class SamSegmenter(Segmenter):
                     chosen[rows] = pick.numpy()
                 out_logits[rows] = low.cpu().numpy()
                 out_scores[rows] = iou.cpu().numpy()
-                for sub in _chunks(list(range(len(chunk))), upscale_batch):
-                    full = tf.upscale_logits(low[list(sub)]) > threshold
-                    out_masks[rows[list(sub)]] = full.cpu().numpy()
+                for start in range(0, len(chunk), upscale_batch):
+                    sub = slice(start, start + upscale_batch)
+                    _threshold_into(out_masks, rows[sub], tf.upscale_logits(low[sub]), threshold)
         return Prediction(masks=out_masks, scores=out_scores, logits=out_logits, chosen=chosen)
 
     @torch.no_grad()
