@@ -90,6 +90,18 @@ def test_a_set_is_bit_identical_alone_or_in_a_batch():
             assert torch.equal(alone_masks[0], masks[i]) and torch.equal(alone_iou[0], iou[i])
 
 
+def test_masks_are_written_into_a_given_out_tensor():
+    dec = _decoder()
+    emb, pe, sparse, dense = _inputs(5, sets=3, tokens=2, dense_rows=1)
+    with torch.no_grad():
+        masks, iou = decode_shared(dec, emb, pe, sparse, dense, True)
+        out = torch.full((3, 3, 32, 32), float("nan"))
+        got, got_iou = decode_shared(dec, emb, pe, sparse, dense, True, out=out)
+        assert got is out and torch.equal(out, masks) and torch.equal(got_iou, iou)
+        with pytest.raises(ValueError, match=r"out must be \(3, 1, 32, 32\)"):
+            decode_shared(dec, emb, pe, sparse, dense, False, out=out)
+
+
 def test_gradients_flow_like_the_reference():
     dec = _decoder()
     twin = copy.deepcopy(dec)
@@ -154,6 +166,10 @@ def test_segmenter_shared_decoder_agrees_with_reference():
     for i in (0, 3, 7):  # a set's masks do not depend on the other sets in the call, bit for bit
         alone = fast.segment(state, prompts[i])
         assert np.array_equal(alone.masks[0], p_fast.masks[i]) and np.array_equal(alone.scores[0], p_fast.scores[i])
+    # interleaved structures: each group's rows are no longer consecutive (results copied, not written in place)
+    order = [6, 0, 7, 1, 2, 5, 3, 4]
+    p_mixed = fast.segment(state, [prompts[i] for i in order])
+    assert np.array_equal(p_mixed.masks, p_fast.masks[order]) and np.array_equal(p_mixed.logits, p_fast.logits[order])
 
 
 def test_auto_picks_shared_for_large_grids_only_and_unknown_is_refused():

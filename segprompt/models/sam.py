@@ -46,13 +46,18 @@ def _chunks(seq: Sequence[int], size: int) -> Iterator[Sequence[int]]:
         yield seq[start : start + size]
 
 
+def _consecutive(rows: np.ndarray) -> bool:
+    """Whether ``rows`` (1-D ints) is a run r, r + 1, ... (then ``a[rows]`` is the slice ``a[r : r + len]``)."""
+    return len(rows) > 0 and bool(np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))))
+
+
 def _threshold_into(out: np.ndarray, rows: np.ndarray, logits: torch.Tensor, threshold: float) -> None:
     """``out[rows] = logits > threshold``; logits (len(rows), K, H, W), out (n, K, H, W) bool.
 
     On the CPU with consecutive rows the comparison writes straight into ``out`` (no bool tensor,
     no second copy through fancy indexing).
     """
-    if logits.device.type == "cpu" and len(rows) and np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))):
+    if logits.device.type == "cpu" and _consecutive(rows):
         torch.gt(logits, threshold, out=torch.from_numpy(out[rows[0] : rows[0] + len(rows)]))
     else:
         out[rows] = (logits > threshold).cpu().numpy()
@@ -291,9 +296,12 @@ class SamSegmenter(Segmenter):
 
     @torch.no_grad()
     def _decode(
-        self, embeddings: torch.Tensor, inputs: list[tuple], multimask_output: bool
+        self, embeddings: torch.Tensor, inputs: list[tuple], multimask_output: bool, out: torch.Tensor | None = None
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One prompt-encoder + mask-decoder call for same-structure inputs -> (low-res logits, scores)."""
+        """One prompt-encoder + mask-decoder call for same-structure inputs -> (low-res logits, scores).
+
+        ``out``: an optional float32 (B, K, l, l) tensor the logits are written into (and returned).
+        """
         dev = self.device
         coords, labels, boxes, masks = zip(*inputs)
         points = None
@@ -320,7 +328,7 @@ class SamSegmenter(Segmenter):
                 sparse = torch.cat([sp for sp, _ in encoded])
                 # without mask inputs every row's dense embedding is no_mask_embed: pass it once
                 dense = torch.cat([de for _, de in encoded]) if mask_t is not None else encoded[0][1]
-                low, iou = decode_shared(self.model.mask_decoder, embeddings, self._dense_pe(), sparse, dense, multimask_output)
+                low, iou = decode_shared(self.model.mask_decoder, embeddings, self._dense_pe(), sparse, dense, multimask_output, out)
             else:
                 sparse, dense = pe(points=points, boxes=box_t, masks=mask_t)
                 low, iou = self.model.mask_decoder(
@@ -330,6 +338,8 @@ class SamSegmenter(Segmenter):
                     dense_prompt_embeddings=dense,
                     multimask_output=multimask_output,
                 )
+        if out is not None and low is not out:
+            low = out.copy_(low)
         return low.float(), iou.float()
 
     def _segment(self, state: ImageState, prompts: list[PromptSet], multimask_output: bool, select: str | None = None) -> Prediction:
@@ -354,14 +364,18 @@ class SamSegmenter(Segmenter):
         upscale_batch = max(1, int(2**22 // max(1, k * h * w)))
         for idx in groups.values():
             for chunk in _chunks(idx, self.max_batch):
-                low, iou = self._decode(embeddings, [inputs[i] for i in chunk], multimask_output)
                 rows = np.asarray(chunk)
+                # the logits of all three candidates go straight into the result when its rows are consecutive
+                direct = not keep_one and str(self.device) == "cpu" and _consecutive(rows)
+                into = torch.from_numpy(out_logits[rows[0] : rows[0] + len(rows)]) if direct else None
+                low, iou = self._decode(embeddings, [inputs[i] for i in chunk], multimask_output, into)
                 if keep_one:
                     pick = torch.zeros(len(chunk), dtype=torch.long) if select == "first" else iou.argmax(dim=1).cpu()
                     ar = torch.arange(len(chunk))
                     low, iou = low[ar, pick][:, None], iou[ar, pick][:, None]
                     chosen[rows] = pick.numpy()
-                out_logits[rows] = low.cpu().numpy()
+                if not direct:
+                    out_logits[rows] = low.cpu().numpy()
                 out_scores[rows] = iou.cpu().numpy()
                 for start in range(0, len(chunk), upscale_batch):
                     sub = slice(start, start + upscale_batch)

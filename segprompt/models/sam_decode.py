@@ -1,25 +1,30 @@
 """Many prompt sets on one image through segment-anything's mask decoder, sharing what does not depend on the prompt.
 
 segment-anything's ``MaskDecoder.predict_masks`` copies the image embedding once per prompt set
-(``repeat_interleave``) and runs every step of the two-way transformer on each copy. Before the
-first image-to-token attention, though, the image side is the same for every set whose dense
-prompt embedding is the same (all sets without a mask input: ``no_mask_embed``), so the first
-layer's key / value projections of the image tokens (token-to-image attention) and its query
-projection (image-to-token attention) are computed once here and shared by all sets: 3 of the 10
-(N x C) projections per set, N = 64 x 64 image tokens for SAM. Everything after is per set, as in
-the reference, one set at a time: its (N x C) tensors stay in cache (a batch of sets was slower
-per set on the CPU, 38.6 ms at 1 against 48.4 ms at 8 for vit_b), and a set's result does not
-depend on which other sets share the call (bit for bit):
+(``repeat_interleave``) and runs every step of the two-way transformer on each copy, projecting
+all N = 64 x 64 image tokens (C = 256 channels) ten times per set. Here:
 
-* token-to-image attention through ``scaled_dot_product_attention``; image-to-token attention
-  with its logits laid out (tokens x image) so the softmax over a few tokens runs on long rows;
-* ``output_upscaling`` (two 2x2 stride-2 transposed convolutions, ``LayerNorm2d``, GELU) as two
-  matmuls in token-major layout, the layer norm over the last axis, and the hypernetwork product
-  on the same layout; one permute at the end puts the (K, 4h, 4w) masks in image order;
-* only the mask tokens that are returned (1 or the 3 multimask ones) are turned into masks.
+* **Shared first layer.** Before the first image-to-token attention the image side is the same
+  for every set whose dense prompt embedding is the same (every set without a mask input:
+  ``no_mask_embed``): the first block's key / value projections (token-to-image attention) and
+  query projection (image-to-token attention) are computed once per call.
+* **The image side is never projected per set.** A few tokens (T: the IoU and mask tokens and
+  the prompt's, 9 for 3 points) attend to N image tokens. Token-to-image attention moves each
+  head's key projection onto the queries (``q_h Wk_h``) and applies the value projection after
+  the weighted sum; image-to-token attention moves the query projection onto the tokens' keys
+  and folds ``out_proj`` into the tokens' values. Each attention then costs two
+  (heads * T) x C x N products (72 rows for vit_b) instead of projecting the N x C image side to
+  Ci = 128 channels two or three times. The final attention runs only for the IoU token and the
+  returned mask tokens.
+* **One set at a time**, so its (N x C) tensors stay in cache, and a set's result does not depend
+  on which other sets share the call (bit for bit). At inference the large intermediates go into
+  buffers reused by every set (a fresh multi-megabyte tensor is a fresh ``mmap``, paid again in
+  page faults) and each set's masks into the result (or the caller's ``out``).
+* ``output_upscaling`` (two 2x2 stride-2 transposed convolutions, ``LayerNorm2d``, GELU) runs as
+  two matmuls in token-major layout, and only the returned mask tokens are turned into masks.
 
 Same weights (the decoder modules are read, never copied); outputs equal the reference within
-fp32 rounding (tests/test_sam_decode.py against ``MaskDecoder.forward``).
+fp32 rounding (tests/test_sam_decode.py against ``MaskDecoder.forward``, including gradients).
 
     from segprompt.models.sam_decode import decode_shared
     low_res, iou = decode_shared(sam.mask_decoder, emb, pe, sparse, dense, multimask_output=True)
@@ -206,8 +211,7 @@ def _block(
 
     q_img = shared["i2t_q"] if shared is not None else None
     summed = _image_to_tokens(i2t, keys, keys_pe, queries + query_pe, queries, scratch, scratch.get("keys_sum", keys.shape, keys), q_img)
-    keys = layer.norm4(summed)
-    return queries, keys
+    return queries, layer.norm4(summed)
 
 
 def _shared_first_layer(layer: TwoWayAttentionBlock, keys: torch.Tensor, key_pe: torch.Tensor) -> dict[str, torch.Tensor]:
@@ -228,7 +232,12 @@ def _shared_first_layer(layer: TwoWayAttentionBlock, keys: torch.Tensor, key_pe:
 
 
 def _upscale_to_masks(
-    decoder: MaskDecoder, keys: torch.Tensor, hyper: torch.Tensor, hw: tuple[int, int], scratch: _Scratch, out: torch.Tensor | None = None
+    decoder: MaskDecoder,
+    keys: torch.Tensor,
+    hyper: torch.Tensor,
+    hw: tuple[int, int],
+    scratch: _Scratch,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """``output_upscaling`` then the hypernetwork product, in token-major layout.
 
@@ -263,6 +272,7 @@ def decode_shared(
     sparse_prompt_embeddings: torch.Tensor,
     dense_prompt_embeddings: torch.Tensor,
     multimask_output: bool,
+    out: torch.Tensor | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``MaskDecoder.forward`` for B prompt sets on one image, the prompt-independent work done once.
 
@@ -275,6 +285,8 @@ def decode_shared(
             set has a mask input: the first layer's image-side projections are then shared. B
             separate rows are treated as different, even if equal.
         multimask_output: the 3 multimask candidates (else the single-mask token), as the reference.
+        out: optional (B, K, 4h, 4w) tensor the mask logits are written into (and returned), e.g.
+            a view of the caller's result array: at inference each set's masks go straight there.
     Returns:
         (low-res mask logits (B, K, 4h, 4w), predicted IoU (B, K)), K = 3 or 1, in the decoder's dtype.
     """
@@ -299,7 +311,11 @@ def decode_shared(
     fin = transformer.final_attn_token_to_image
     scratch = _Scratch(image_embeddings)
     # at inference each set's masks are written straight into the result (no per-set tensor, no cat)
-    masks = image_embeddings.new_empty((b, len(token_ids), 4 * h, 4 * w)) if scratch.enabled else None
+    shape = (b, len(token_ids), 4 * h, 4 * w)
+    if out is not None and (tuple(out.shape) != shape or out.device != image_embeddings.device):
+        raise ValueError(f"decode_shared: out must be {shape} on {image_embeddings.device}, got {tuple(out.shape)} on {out.device}")
+    direct = scratch.enabled and (out is None or out.dtype == image_embeddings.dtype)
+    masks = (out if out is not None else image_embeddings.new_empty(shape)) if direct else None
     masks_out, iou_out = [], []
     for row in range(b):  # one set at a time: its (N x C) tensors stay in cache, and batch-invariant
         point_pe = tokens[row]  # (T, C)
@@ -312,4 +328,6 @@ def decode_shared(
         hyper = torch.stack([decoder.output_hypernetworks_mlps[t](hs[1 + j]) for j, t in enumerate(token_ids)])
         masks_out.append(_upscale_to_masks(decoder, keys, hyper, (h, w), scratch, None if masks is None else masks[row]))
         iou_out.append(decoder.iou_prediction_head(hs[:1])[:, kept])
-    return masks if masks is not None else torch.stack(masks_out), torch.cat(iou_out)
+    if masks is None:
+        masks = torch.stack(masks_out) if out is None else out.copy_(torch.stack(masks_out))
+    return masks, torch.cat(iou_out)
