@@ -174,8 +174,9 @@ def test_segmenter_shared_decoder_agrees_with_reference():
 
 def test_auto_picks_shared_for_large_grids_only_and_unknown_is_refused():
     assert SamSegmenter(model=tiny_arch(img_size=128).build()).decoder_path == "reference"  # 8 x 8 tokens: batching wins
-    assert SamSegmenter(model=tiny_arch(img_size=512).build()).decoder_path == "shared"  # 32 x 32
-    assert SamSegmenter(model=tiny_arch(img_size=512).build(), decoder="reference").decoder_path == "reference"
+    assert SamSegmenter(model=tiny_arch(img_size=512).build()).decoder_path == "reference"  # 32 x 32: still
+    assert SamSegmenter(model=tiny_arch(img_size=1024).build()).decoder_path == "shared"  # 64 x 64, as the official SAMs
+    assert SamSegmenter(model=tiny_arch(img_size=1024).build(), decoder="reference").decoder_path == "reference"
     with pytest.raises(ConfigError, match="unknown SAM decoder"):
         SamSegmenter(model=tiny_arch().build(), decoder="fastest")
 
