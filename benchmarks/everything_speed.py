@@ -138,7 +138,11 @@ def main() -> None:
           f"min_mask_region_area {args.min_mask_region_area}; best of {args.repeats}")
     print(f"reference SamAutomaticMaskGenerator.generate: {t_ref:8.2f} s/image  {len(ref_out):5d} masks")
     print(f"segprompt segment_everything:                 {t_ours:8.2f} s/image  {len(our_out):5d} masks")
-    print(f"ratio reference / ours: {t_ref / t_ours:.2f}x   reference masks matched at IoU >= {args.match_iou}: {agree:.3f}")
+    if ref_out:
+        print(f"ratio reference / ours: {t_ref / t_ours:.2f}x   reference masks matched at IoU >= {args.match_iou}: {agree:.3f}")
+    else:  # nothing to match: say so rather than print a vacuous 1.000
+        print(f"ratio reference / ours: {t_ref / t_ours:.2f}x   agreement not checked: the reference kept no masks "
+              "(lower --pred-iou-thresh / --stability-score-thresh)")
 
 
 if __name__ == "__main__":
