@@ -177,6 +177,10 @@ def test_auto_picks_shared_for_large_grids_only_and_unknown_is_refused():
     assert SamSegmenter(model=tiny_arch(img_size=512).build()).decoder_path == "reference"  # 32 x 32: still
     assert SamSegmenter(model=tiny_arch(img_size=1024).build()).decoder_path == "shared"  # 64 x 64, as the official SAMs
     assert SamSegmenter(model=tiny_arch(img_size=1024).build(), decoder="reference").decoder_path == "reference"
+    from segprompt.models.sam import _auto_decoder
+
+    assert _auto_decoder("cpu", 4096) == "shared" and _auto_decoder("cuda", 4096) == "reference"  # one set at a time: launch-bound
+    assert _auto_decoder("cuda:1", 4096) == "reference" and _auto_decoder("cpu", 1024) == "reference"
     with pytest.raises(ConfigError, match="unknown SAM decoder"):
         SamSegmenter(model=tiny_arch().build(), decoder="fastest")
 

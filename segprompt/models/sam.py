@@ -48,6 +48,18 @@ def _chunks(seq: Sequence[int], size: int) -> Iterator[Sequence[int]]:
         yield seq[start : start + size]
 
 
+def _auto_decoder(device: str, tokens: int) -> str:
+    """``decoder="auto"``: the shared path on a CPU for grids of SHARED_DECODER_MIN_TOKENS tokens and more.
+
+    The shared path runs one prompt set at a time so that its tensors stay in a CPU's caches; on
+    a GPU that is about 150 kernel launches per set, so the batched forward stays the default
+    there until the GPU benchmark (benchmarks/sam_speed.py --device cuda) has measured both.
+    """
+    if device != "cpu" and not device.startswith("cpu:"):
+        return "reference"
+    return "shared" if tokens >= SHARED_DECODER_MIN_TOKENS else "reference"
+
+
 def _consecutive(rows: np.ndarray) -> bool:
     """Whether ``rows`` (1-D ints) is a run r, r + 1, ... (then ``a[rows]`` is the slice ``a[r : r + len]``)."""
     return len(rows) > 0 and bool(np.array_equal(rows, np.arange(rows[0], rows[0] + len(rows))))
@@ -117,7 +129,8 @@ class SamSegmenter(Segmenter):
             ``MaskDecoder.forward``) or ``"auto"`` (default: shared for image grids of at least
             ``SHARED_DECODER_MIN_TOKENS`` tokens, such as the official SAMs' 64 x 64, where it is
             2-3x faster per set on a CPU; the batched forward for small grids such as sam-tiny's
-            16 x 16, where batching wins). Equal within fp32 rounding.
+            16 x 16, where batching wins, and on GPUs, where a set at a time is launch-bound).
+            Equal within fp32 rounding.
         compile_mode: ``None`` (default) or a ``torch.compile`` mode (``"default"``,
             ``"reduce-overhead"``, ``"max-autotune-no-cudagraphs"``) for the image encoder; the
             first encode compiles (vit_b on the 2-core CPU: 34 s, then 7.3 s per image against
@@ -164,7 +177,7 @@ class SamSegmenter(Segmenter):
         self._compiled: tuple[Any, Any] | None = None  # (image encoder, its compiled wrapper)
         grid = self.model.prompt_encoder.image_embedding_size
         #: the decoder path that runs (``decoder`` with ``auto`` resolved)
-        self.decoder_path = decoder if decoder != "auto" else ("shared" if grid[0] * grid[1] >= SHARED_DECODER_MIN_TOKENS else "reference")
+        self.decoder_path = decoder if decoder != "auto" else _auto_decoder(str(device), grid[0] * grid[1])
         self.max_batch = int(max_batch)
         self.scribble_points = int(scribble_points)
         self.mask_logit_scale = float(mask_logit_scale)
