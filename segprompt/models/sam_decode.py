@@ -172,7 +172,8 @@ def _image_to_tokens(
     weights = torch.softmax(logits.view(heads, t, n), dim=1).view(heads * t, n)
     wo = attn.out_proj.weight.view(-1, heads, d).permute(1, 2, 0)  # (heads, d, C)
     vo = torch.bmm(v.view(t, heads, d).transpose(0, 1), wo).view(heads * t, -1)  # (heads * T, C)
-    return torch.addmm(x, weights.t(), vo, out=out).add_(attn.out_proj.bias)
+    summed = x.addmm_(weights.t(), vo) if out is x else torch.addmm(x, weights.t(), vo, out=out)  # out is x: x is spent
+    return summed.add_(attn.out_proj.bias)
 
 
 def _block(
@@ -183,11 +184,12 @@ def _block(
     key_pe: torch.Tensor,
     scratch: _Scratch,
     shared: dict[str, torch.Tensor] | None = None,
+    first: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """``TwoWayAttentionBlock.forward`` for one set; ``shared`` holds the image-side projections when ``keys`` is shared.
 
-    queries, query_pe: (T, C); keys, key_pe: (N, C). Returns (T, C), (N, C); the new keys are
-    written into scratch buffers (``keys`` itself is read before it is overwritten).
+    queries, query_pe: (T, C); keys, key_pe: (N, C). Returns (T, C), (N, C). At inference, after the
+    first block (``first``: keys may be the shared image side) ``keys`` is overwritten.
     """
     q3 = queries[None]
     if layer.skip_first_layer_pe:
@@ -210,7 +212,9 @@ def _block(
     queries = layer.norm3(queries + layer.mlp(queries))
 
     q_img = shared["i2t_q"] if shared is not None else None
-    summed = _image_to_tokens(i2t, keys, keys_pe, queries + query_pe, queries, scratch, scratch.get("keys_sum", keys.shape, keys), q_img)
+    # after the first block the keys are this set's own tensor, spent once this sum is formed: add in place
+    into = keys if scratch.enabled and not first else scratch.get("keys_sum", keys.shape, keys)
+    summed = _image_to_tokens(i2t, keys, keys_pe, queries + query_pe, queries, scratch, into, q_img)
     return queries, layer.norm4(summed)
 
 
@@ -321,7 +325,7 @@ def decode_shared(
         point_pe = tokens[row]  # (T, C)
         queries, keys = point_pe, keys0[0] if shared_dense else keys0[row]
         for i, layer in enumerate(layers):
-            queries, keys = _block(layer, queries, keys, point_pe, key_pe, scratch, shared if i == 0 else None)
+            queries, keys = _block(layer, queries, keys, point_pe, key_pe, scratch, shared if i == 0 else None, first=i == 0)
         keys_pe = torch.add(keys, key_pe, out=scratch.get("keys_pe", keys.shape, keys))
         attn_out = _tokens_to_image(fin, (queries + point_pe)[out_rows], keys, keys_pe, scratch, "final_")
         hs = transformer.norm_final_attn(queries[out_rows] + attn_out)  # (1 + K, C)
