@@ -11,6 +11,8 @@ import copy
 import numpy as np
 import pytest
 import torch
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 from segment_anything.modeling import MaskDecoder, TwoWayTransformer
 
 from segprompt.errors import ConfigError
@@ -65,6 +67,42 @@ def test_matches_mask_decoder_forward(depth, hw, multimask):
     assert (torch.sign(masks) == torch.sign(ref_masks)).float().mean() >= 0.999
     assert 0.1 < float((ref_masks > 0).float().mean()) < 0.9  # masks with edges
     torch.testing.assert_close(iou, ref_iou, atol=1e-5, rtol=1e-5)
+
+
+@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(
+    depth=st.integers(1, 3),
+    heads=st.sampled_from([1, 2, 4, 8]),
+    hw=st.tuples(st.integers(1, 7), st.integers(1, 7)),
+    sets=st.integers(1, 4),
+    tokens=st.integers(1, 6),
+    shared_dense=st.booleans(),
+    multimask=st.booleans(),
+    seed=st.integers(0, 2**16),
+)
+def test_any_decoder_shape_matches_the_reference(depth, heads, hw, sets, tokens, shared_dense, multimask, seed):
+    """Property: any depth, head count, grid, number of sets and prompt tokens, shared or per-set dense input."""
+    torch.manual_seed(seed)
+    dec = MaskDecoder(
+        transformer_dim=32,
+        transformer=TwoWayTransformer(depth=depth, embedding_dim=32, mlp_dim=48, num_heads=heads),
+        num_multimask_outputs=3,
+        iou_head_hidden_dim=16,
+    ).eval()
+    with torch.no_grad():
+        for name, p in dec.named_parameters():
+            if "norm" in name or "output_upscaling.1" in name:
+                p.add_(torch.randn_like(p) * 0.3)
+    g = torch.Generator().manual_seed(seed)
+    emb, pe = torch.randn(1, 32, *hw, generator=g), torch.randn(1, 32, *hw, generator=g)
+    sparse = torch.randn(sets, tokens, 32, generator=g)
+    dense = torch.randn(1, 32, 1, 1, generator=g).expand(sets, 32, *hw) if shared_dense else torch.randn(sets, 32, *hw, generator=g)
+    with torch.no_grad():
+        ref_masks, ref_iou = dec(emb, pe, sparse, dense, multimask)
+        masks, iou = decode_shared(dec, emb, pe, sparse, dense, multimask)
+    assert masks.shape == ref_masks.shape
+    torch.testing.assert_close(masks, ref_masks, rtol=1e-4, atol=1e-5 * float(ref_masks.abs().max()) + 1e-6)
+    torch.testing.assert_close(iou, ref_iou, rtol=1e-4, atol=1e-5)
 
 
 def test_per_set_dense_embeddings_are_not_shared():
