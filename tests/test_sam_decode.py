@@ -235,6 +235,8 @@ def test_upscale_logits_equals_segment_anythings_two_resizes(original):
     h, w = tf.input_size
     expected = F.interpolate(F.interpolate(low, (64, 64), mode="bilinear", align_corners=False)[..., :h, :w], original, mode="bilinear", align_corners=False)
     assert torch.equal(tf.upscale_logits(low), expected)
+    padded = torch.full((2, 3, 64, 64), float("nan"))  # the reused buffer of segment(): same bits
+    assert torch.equal(tf.upscale_logits(low, padded), expected)
 
 
 def test_bf16_autocast_runs_the_shared_path_close_to_the_reference():

@@ -83,10 +83,19 @@ class LongestSide:
         t = F.interpolate(t, (lowres, lowres), mode="area")
         return t[0, 0].numpy()
 
-    def upscale_logits(self, logits: torch.Tensor) -> torch.Tensor:
-        """(B, K, l, l) low-res logits in the padded frame -> (B, K, H, W) at the original size."""
+    def upscale_logits(self, logits: torch.Tensor, padded_out: torch.Tensor | None = None) -> torch.Tensor:
+        """(B, K, l, l) low-res logits in the padded frame -> (B, K, H, W) at the original size.
+
+        ``padded_out``: an optional contiguous (B, K, target, target) tensor of the logits' dtype
+        the first resize is written into (a caller upscaling many sets reuses one, instead of a
+        fresh large tensor per call); the result may be a view of it.
+        """
         h, w = self.input_size
-        x = F.interpolate(logits, (self.target, self.target), mode="bilinear", align_corners=False)
+        size = [self.target, self.target]
+        if padded_out is None:
+            x = F.interpolate(logits, size, mode="bilinear", align_corners=False)
+        else:  # F.interpolate's bilinear kernel, with an output tensor
+            x = torch._C._nn.upsample_bilinear2d(logits, size, False, None, None, out=padded_out)
         x = x[..., :h, :w]
         if (h, w) == tuple(self.original_size):  # a same-size bilinear resize returns its input: skip the pass
             return x

@@ -378,9 +378,10 @@ class SamSegmenter(Segmenter):
         out_logits = np.empty((n, k, lowres, lowres), np.float32)
         chosen = np.zeros(n, np.int64) if keep_one else None
         threshold = float(self.model.mask_threshold)
-        # upscale a few sets at a time: (B, K, H, W) float32 for big images is large, and a block of
-        # at most 16 MB is reused by the allocator instead of being mapped afresh (page faults) each time
+        # upscale a few sets at a time (a block of at most 16 MB of float32), the first resize into one
+        # reused tensor rather than a fresh one per block (a fresh large tensor is fresh pages to fault in)
         upscale_batch = max(1, int(2**22 // max(1, k * h * w)))
+        padded: torch.Tensor | None = None  # the first resize's output, reused across blocks of sets
         for idx in groups.values():
             for chunk in _chunks(idx, self.max_batch):
                 rows = np.asarray(chunk)
@@ -398,7 +399,10 @@ class SamSegmenter(Segmenter):
                 out_scores[rows] = iou.cpu().numpy()
                 for start in range(0, len(chunk), upscale_batch):
                     sub = slice(start, start + upscale_batch)
-                    _threshold_into(out_masks, rows[sub], tf.upscale_logits(low[sub]), threshold)
+                    block = low[sub]
+                    if padded is None or padded.shape[:2] != block.shape[:2]:
+                        padded = block.new_empty((*block.shape[:2], tf.target, tf.target))
+                    _threshold_into(out_masks, rows[sub], tf.upscale_logits(block, padded), threshold)
         return Prediction(masks=out_masks, scores=out_scores, logits=out_logits, chosen=chosen)
 
     @torch.no_grad()
