@@ -55,7 +55,7 @@ def _auto_decoder(device: str, tokens: int) -> str:
     a GPU that is about 150 kernel launches per set, so the batched forward stays the default
     there until the GPU benchmark (benchmarks/sam_speed.py --device cuda) has measured both.
     """
-    if device != "cpu" and not device.startswith("cpu:"):
+    if torch.device(device).type != "cpu":
         return "reference"
     return "shared" if tokens >= SHARED_DECODER_MIN_TOKENS else "reference"
 
@@ -386,7 +386,7 @@ class SamSegmenter(Segmenter):
             for chunk in _chunks(idx, self.max_batch):
                 rows = np.asarray(chunk)
                 # the logits of all three candidates go straight into the result when its rows are consecutive
-                direct = not keep_one and str(self.device) == "cpu" and _consecutive(rows)
+                direct = not keep_one and torch.device(self.device).type == "cpu" and _consecutive(rows)
                 into = torch.from_numpy(out_logits[rows[0] : rows[0] + len(rows)]) if direct else None
                 low, iou = self._decode(embeddings, [inputs[i] for i in chunk], multimask_output, into)
                 if keep_one:

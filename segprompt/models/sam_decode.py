@@ -235,8 +235,22 @@ def _shared_first_layer(layer: TwoWayAttentionBlock, keys: torch.Tensor, key_pe:
     }
 
 
+def _upscale_matrices(decoder: MaskDecoder) -> tuple[torch.Tensor, torch.Tensor]:
+    """``output_upscaling``'s two 2x2 stride-2 transposed convolutions as matrices: (C, 4 c1), (c1, 4 c2).
+
+    ConvTranspose2d(k=2, s=2): out[o, 2y+i, 2x+j] = sum_c x[c, y, x] W[c, o, i, j] + b[o], so a
+    token's row times the matrix gives its 2 x 2 outputs, columns ordered (i, j, o).
+    """
+    up1, _, _, up2, _ = decoder.output_upscaling
+    return (
+        up1.weight.permute(0, 2, 3, 1).reshape(up1.in_channels, 4 * up1.out_channels),
+        up2.weight.permute(0, 2, 3, 1).reshape(up2.in_channels, 4 * up2.out_channels),
+    )
+
+
 def _upscale_to_masks(
     decoder: MaskDecoder,
+    matrices: tuple[torch.Tensor, torch.Tensor],
     keys: torch.Tensor,
     hyper: torch.Tensor,
     hw: tuple[int, int],
@@ -245,19 +259,17 @@ def _upscale_to_masks(
 ) -> torch.Tensor:
     """``output_upscaling`` then the hypernetwork product, in token-major layout.
 
-    keys: (h * w, C) transformer output; hyper: (K, C2) the kept mask tokens' hypernetwork outputs.
-    Returns (K, 4h, 4w) low-resolution mask logits, as ``predict_masks`` (its masks sliced), into
-    ``out`` when given.
+    matrices: from :func:`_upscale_matrices` (once per call); keys: (h * w, C) transformer output;
+    hyper: (K, C2) the kept mask tokens' hypernetwork outputs. Returns (K, 4h, 4w) low-resolution
+    mask logits, as ``predict_masks`` (its masks sliced), into ``out`` when given.
     """
     up1, ln, act1, up2, act2 = decoder.output_upscaling
-    n, c = keys.shape
+    w1, w2 = matrices
+    n = keys.shape[0]
     h, w = hw
     c1, c2 = up1.out_channels, up2.out_channels
-    # ConvTranspose2d(k=2, s=2): out[o, 2y+i, 2x+j] = sum_c x[c, y, x] W[c, o, i, j] + b[o]
-    w1 = up1.weight.permute(0, 2, 3, 1).reshape(c, 4 * c1)
     x = torch.mm(keys, w1, out=scratch.get("up1", (n, 4 * c1), keys)).view(n * 4, c1).add_(up1.bias)  # ((y, x, i, j), c1)
     x = _activate(act1, F.layer_norm(x, (c1,), ln.weight, ln.bias, ln.eps), scratch.enabled)  # LayerNorm2d: over channels
-    w2 = up2.weight.permute(0, 2, 3, 1).reshape(c1, 4 * c2)
     x = torch.mm(x, w2, out=scratch.get("up2", (n * 4, 4 * c2), keys)).view(n * 16, c2).add_(up2.bias)  # ((y, x, i, j, i2, j2), c2)
     x = _activate(act2, x, scratch.enabled)
     masks = torch.mm(x, hyper.t(), out=scratch.get("masks", (n * 16, hyper.shape[0]), keys))  # ((y, x, i, j, i2, j2), K)
@@ -298,7 +310,7 @@ def decode_shared(
         raise ValueError(f"decode_shared takes one image's embedding, got a batch of {image_embeddings.shape[0]}")
     transformer = decoder.transformer
     b = sparse_prompt_embeddings.shape[0]
-    _, c, h, w = image_embeddings.shape
+    h, w = image_embeddings.shape[-2:]
     key_pe = image_pe.flatten(2)[0].t().contiguous()  # (N, C)
     dense = dense_prompt_embeddings
     shared_dense = dense.shape[0] == 1 or dense.stride(0) == 0  # one row, or one row expanded
@@ -320,6 +332,7 @@ def decode_shared(
         raise ValueError(f"decode_shared: out must be {shape} on {image_embeddings.device}, got {tuple(out.shape)} on {out.device}")
     direct = scratch.enabled and (out is None or out.dtype == image_embeddings.dtype)
     masks = (out if out is not None else image_embeddings.new_empty(shape)) if direct else None
+    matrices = _upscale_matrices(decoder)
     masks_out, iou_out = [], []
     for row in range(b):  # one set at a time: its (N x C) tensors stay in cache, and batch-invariant
         point_pe = tokens[row]  # (T, C)
@@ -330,7 +343,7 @@ def decode_shared(
         attn_out = _tokens_to_image(fin, (queries + point_pe)[out_rows], keys, keys_pe, scratch, "final_")
         hs = transformer.norm_final_attn(queries[out_rows] + attn_out)  # (1 + K, C)
         hyper = torch.stack([decoder.output_hypernetworks_mlps[t](hs[1 + j]) for j, t in enumerate(token_ids)])
-        masks_out.append(_upscale_to_masks(decoder, keys, hyper, (h, w), scratch, None if masks is None else masks[row]))
+        masks_out.append(_upscale_to_masks(decoder, matrices, keys, hyper, (h, w), scratch, None if masks is None else masks[row]))
         iou_out.append(decoder.iou_prediction_head(hs[:1])[:, kept])
     if masks is None:
         masks = torch.stack(masks_out) if out is None else out.copy_(torch.stack(masks_out))
