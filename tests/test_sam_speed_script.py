@@ -6,6 +6,7 @@ Not a timing test: the ratios are not asserted, only that both sides agree and t
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -32,3 +33,13 @@ def test_all_parts_run_and_agree(tmp_path, precision, decoder):
     assert enc["max_relative_error"] < (1e-5 if precision == "fp32" else 0.1)
     assert dec["equal_pixels"] >= (0.999 if precision == "fp32" else 0.95)
     assert "| tiny | encoder |" in proc.stdout
+
+
+def test_decoder_paths_script_runs_and_the_paths_agree():
+    """benchmarks/sam_decoder_paths.py (the numbers behind decoder="auto"): both paths give the same masks."""
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "sam_decoder_paths.py"), "--sizes", "128", "--sets", "4", "--rounds", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    row = [line for line in proc.stdout.splitlines() if line.startswith("| tiny | 128 px |")]
+    assert len(row) == 1
+    assert float(row[0].split("|")[-2]) >= 0.999  # masks equal

@@ -38,8 +38,8 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: mask-decoder paths: many prompt sets sharing the prompt-independent work (one set at a time),
 #: segment-anything's own batched forward, or ``auto``: shared from this many image tokens up
 DECODERS = ("auto", "shared", "reference")
-#: measured with 64 three-point sets, CPU: a 32-channel sam-tiny-like decoder on a 16 x 16 grid 119 ms
-#: shared against 36 ms batched, 32 x 32: 223 against 199, 64 x 64: 532 against 1075 (vit_b, 64 x 64: 2.4x)
+#: from benchmarks/sam_decoder_paths.py (64 three-point sets, 2-core CPU, a 32-channel decoder): 16 x 16
+#: tokens 112 ms shared against 44 ms batched, 32 x 32 236 against 199, 64 x 64 492 against 769
 SHARED_DECODER_MIN_TOKENS = 2048
 
 
@@ -371,8 +371,8 @@ class SamSegmenter(Segmenter):
         lowres = self.arch.lowres_size
         # every row is written below (the groups cover all sets). np.empty, not np.zeros: numpy maps a
         # large np.empty with transparent huge pages, while np.zeros' calloc'd pages fault 4 KB at a
-        # time; with two threads writing, the first touch cost 6 ms per 1024 x 1024 x 3 set against
-        # 1 ms (measured here)
+        # time; on memory new to the process, thresholding a 1024 x 1024 x 3 set took 6.1 ms into
+        # np.zeros against 1.6 ms into np.empty (benchmarks/sam_decoder_paths.py --threshold)
         out_masks = np.empty((n, k, h, w), bool)
         out_scores = np.empty((n, k), np.float32)
         out_logits = np.empty((n, k, lowres, lowres), np.float32)

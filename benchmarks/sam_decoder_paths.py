@@ -1,0 +1,110 @@
+#!/usr/bin/env python
+"""Which SAM decoder path is faster on this machine: the shared path against segment-anything's batched forward.
+
+The numbers behind ``decoder="auto"`` (``SHARED_DECODER_MIN_TOKENS`` in segprompt/models/sam.py).
+For each image size, one random model of the chosen architecture runs the same ``segment`` call
+(``--sets`` three-point prompt sets, the last point negative, all three masks) with
+``decoder="shared"`` and ``decoder="reference"`` (segment-anything's ``MaskDecoder.forward`` on
+all sets at once), alternating for ``--rounds`` rounds; the fastest round of each is printed with
+their ratio, and the masks are compared.
+
+    OMP_NUM_THREADS=2 python benchmarks/sam_decoder_paths.py                      # 32-channel tiny, 256/512/1024 px
+    OMP_NUM_THREADS=2 python benchmarks/sam_decoder_paths.py --arch vit_b --sizes 1024
+
+``--threshold`` also times the thresholding of one 1024 x 1024 x 3 set into a fresh ``np.zeros``
+against a fresh ``np.empty`` array (why ``segment`` allocates its results with ``np.empty``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import numpy as np
+import torch
+
+
+def build(arch: str, size: int):
+    from segprompt.models.sam_arch import OFFICIAL_ARCHS, tiny_arch
+
+    torch.manual_seed(0)
+    if arch == "tiny":
+        return tiny_arch(img_size=size).build().eval()
+    if size != 1024:
+        raise SystemExit(f"--arch {arch} is built at 1024 px only, got --sizes {size}")
+    return OFFICIAL_ARCHS[arch].build().eval()
+
+
+def compare(arch: str, size: int, sets: int, rounds: int) -> dict:
+    from segprompt.models.sam import SamSegmenter
+    from segprompt.prompts import Points, PromptSet
+
+    model = build(arch, size)
+    paths = {d: SamSegmenter(model=model, decoder=d, multimask="all") for d in ("shared", "reference")}
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    prompts = [PromptSet(points=Points(rng.uniform(0, size - 1, (3, 2)), [1, 1, 0])) for _ in range(sets)]
+    seconds: dict[str, list[float]] = {d: [] for d in paths}
+    masks = {}
+    with torch.inference_mode():
+        state = paths["shared"].encode(image)
+        for seg in paths.values():
+            seg.segment(state, prompts[:2])  # warm-up
+        for _ in range(rounds):
+            for name, seg in paths.items():
+                t0 = time.perf_counter()
+                masks[name] = seg.segment(state, prompts).masks
+                seconds[name].append(time.perf_counter() - t0)
+    grid = model.prompt_encoder.image_embedding_size
+    return dict(
+        arch=arch, size=size, tokens=grid[0] * grid[1], channels=model.mask_decoder.transformer_dim,
+        shared_s=min(seconds["shared"]), reference_s=min(seconds["reference"]),
+        equal_pixels=float((masks["shared"] == masks["reference"]).mean()),
+    )
+
+
+def threshold_into_fresh_arrays(rounds: int = 3, sets: int = 64) -> dict[str, list[float]]:
+    """Seconds per set of thresholding into a fresh array, per round: np.zeros first, then np.empty.
+
+    The first round is the one that meets memory the process has not used yet; later rounds can
+    get pages it has just freed, where the two are alike.
+    """
+    logits = torch.randn(1, 3, 1024, 1024)
+    out: dict[str, list[float]] = {}
+    for name, alloc in (("np.zeros", np.zeros), ("np.empty", np.empty)):
+        out[name] = []
+        for _ in range(rounds):
+            result = alloc((sets, 3, 1024, 1024), bool)
+            t0 = time.perf_counter()
+            for s in range(sets):
+                torch.gt(logits, 0.0, out=torch.from_numpy(result[s : s + 1]))
+            out[name].append((time.perf_counter() - t0) / sets)
+            del result
+    return out
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--arch", default="tiny", choices=["tiny", "vit_b", "vit_l", "vit_h"])
+    ap.add_argument("--sizes", default="256,512,1024", help="comma-separated image sides (pixels)")
+    ap.add_argument("--sets", type=int, default=64, help="prompt sets per segment call")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--threshold", action="store_true", help="also time thresholding into np.zeros vs np.empty")
+    args = ap.parse_args()
+
+    print(f"CPU ({torch.get_num_threads()} threads), {args.sets} three-point sets per call, fastest of {args.rounds} rounds")
+    print("| arch | image | tokens | channels | shared | batched (reference) | batched / shared | masks equal |")
+    print("|---|---|---|---|---|---|---|---|")
+    for size in [int(s) for s in args.sizes.split(",") if s]:
+        r = compare(args.arch, size, args.sets, args.rounds)
+        print(f"| {r['arch']} | {r['size']} px | {r['tokens']} | {r['channels']} | {1000 * r['shared_s']:.0f} ms | "
+              f"{1000 * r['reference_s']:.0f} ms | {r['reference_s'] / r['shared_s']:.2f}x | {r['equal_pixels']:.5f} |", flush=True)
+    if args.threshold:
+        t = threshold_into_fresh_arrays()
+        print("\nthreshold one 1024 x 1024 x 3 set into a fresh array, ms per set by round:")
+        for name, per_round in t.items():
+            print(f"  {name}: " + ", ".join(f"{1000 * x:.2f}" for x in per_round))
+
+
+if __name__ == "__main__":
+    main()
