@@ -100,3 +100,38 @@ class LongestSide:
         if (h, w) == tuple(self.original_size):  # a same-size bilinear resize returns its input: skip the pass
             return x
         return F.interpolate(x, self.original_size, mode="bilinear", align_corners=False)
+
+
+class MaskUpscaler:
+    """Low-res mask logits -> bool masks at the original size, on the CPU, with OpenCV's resize.
+
+    The same two bilinear steps as :meth:`LongestSide.upscale_logits` (to the padded square, crop,
+    to the original size; half-pixel centres as ``F.interpolate(..., align_corners=False)``, edges
+    clamped, no antialiasing), each by ``cv2.resize(..., INTER_LINEAR)``, then ``> threshold``
+    straight into the caller's array. The two resizes round differently in the last bit, so a
+    pixel whose logit is within rounding of the threshold can differ: 66 of 36 million pixels for
+    a 2000 x 1500 image, none at 1024 x 1024 (tests/test_resize.py). It is several times faster
+    than PyTorch's bilinear kernel here (3 masks of 1024 x 1024: about 1 against 3-8 ms) and
+    keeps one reused float buffer per step instead of a full (K, target, target) tensor.
+    """
+
+    def __init__(self, tf: LongestSide) -> None:
+        self.tf = tf
+        self._padded = np.empty((tf.target, tf.target), np.float32)
+        h, w = tf.input_size
+        self._final = None if (h, w) == tuple(tf.original_size) else np.empty(tf.original_size, np.float32)
+
+    def __call__(self, logits: np.ndarray, threshold: float, out: np.ndarray) -> np.ndarray:
+        """logits float32 (K, l, l) in the padded frame -> ``out`` bool (K, H, W) = upscaled > threshold."""
+        import cv2  # noqa: PLC0415  (a heavy import, needed only here)
+
+        h, w = self.tf.input_size
+        target = self.tf.target
+        for k in range(logits.shape[0]):
+            cv2.resize(np.ascontiguousarray(logits[k], np.float32), (target, target), dst=self._padded, interpolation=cv2.INTER_LINEAR)
+            x = self._padded[:h, :w]
+            if self._final is not None:
+                (oh, ow) = self.tf.original_size
+                x = cv2.resize(x, (ow, oh), dst=self._final, interpolation=cv2.INTER_LINEAR)
+            np.greater(x, threshold, out=out[k])
+        return out

@@ -26,7 +26,7 @@ import torch
 
 from segprompt.errors import ConfigError, PromptError, WeightsError
 from segprompt.models.base import ImageState, MultimaskPolicy, Prediction, Segmenter
-from segprompt.models.resize import LongestSide
+from segprompt.models.resize import LongestSide, MaskUpscaler
 from segprompt.models.sam_arch import SamArch, load_sam
 from segprompt.models.sam_decode import decode_shared, hooks_on
 from segprompt.models.sam_fast import attention_mode, enable_fast_attention
@@ -38,6 +38,8 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: mask-decoder paths: many prompt sets sharing the prompt-independent work (one set at a time),
 #: segment-anything's own batched forward, or ``auto``: shared from this many image tokens up
 DECODERS = ("auto", "shared", "reference")
+#: how ``segment`` brings mask logits to the image size on a CPU (on a GPU: PyTorch's, on the device)
+MASK_RESIZES = ("opencv", "torch")
 #: from benchmarks/sam_decoder_paths.py (64 three-point sets, 2-core CPU, a 32-channel decoder): 16 x 16
 #: tokens 112 ms shared against 44 ms batched, 32 x 32 236 against 199, 64 x 64 492 against 769
 SHARED_DECODER_MIN_TOKENS = 2048
@@ -135,6 +137,11 @@ class SamSegmenter(Segmenter):
             ``"reduce-overhead"``, ``"max-autotune-no-cudagraphs"``) for the image encoder; the
             first encode compiles (vit_b on the 2-core CPU: 34 s, then 7.3 s per image against
             6.4 s eager, so it is for GPUs). The weights and state dict are unchanged.
+        mask_resize: on a CPU, how ``segment`` resizes mask logits to the image before
+            thresholding: ``"opencv"`` (default, :class:`~segprompt.models.resize.MaskUpscaler`:
+            the same two bilinear steps by ``cv2.resize``, several times faster; a pixel whose
+            logit is within rounding of the threshold may differ) or ``"torch"`` (segment-anything's
+            ``F.interpolate``, bit for bit). The returned low-res logits are the same either way.
     """
 
     name = "sam"
@@ -156,6 +163,7 @@ class SamSegmenter(Segmenter):
         attention: str = "sdpa",
         decoder: str = "auto",
         compile_mode: str | None = None,
+        mask_resize: str = "opencv",
     ) -> None:
         super().__init__(multimask=multimask, device=device, precision=precision, cache=cache)
         if (checkpoint is None) == (model is None):
@@ -174,6 +182,9 @@ class SamSegmenter(Segmenter):
         if decoder not in DECODERS:
             raise ConfigError(f"unknown SAM decoder {decoder!r}; choose one of {sorted(DECODERS)}")
         self.compile_mode = compile_mode
+        if mask_resize not in MASK_RESIZES:
+            raise ConfigError(f"unknown mask_resize {mask_resize!r}; choose one of {list(MASK_RESIZES)}")
+        self.mask_resize = mask_resize
         self._compiled: tuple[Any, Any] | None = None  # (image encoder, its compiled wrapper)
         grid = self.model.prompt_encoder.image_embedding_size
         #: the decoder path that runs (``decoder`` with ``auto`` resolved)
@@ -382,6 +393,8 @@ class SamSegmenter(Segmenter):
         # reused tensor rather than a fresh one per block (a fresh large tensor is fresh pages to fault in)
         upscale_batch = max(1, int(2**22 // max(1, k * h * w)))
         padded: torch.Tensor | None = None  # the first resize's output, reused across blocks of sets
+        # on the CPU the masks come from the float32 low-res logits in out_logits, by OpenCV (MaskUpscaler)
+        upscaler = MaskUpscaler(tf) if torch.device(self.device).type == "cpu" and self.mask_resize == "opencv" else None
         for idx in groups.values():
             for chunk in _chunks(idx, self.max_batch):
                 rows = np.asarray(chunk)
@@ -397,6 +410,10 @@ class SamSegmenter(Segmenter):
                 if not direct:
                     out_logits[rows] = low.cpu().numpy()
                 out_scores[rows] = iou.cpu().numpy()
+                if upscaler is not None:
+                    for r in rows:
+                        upscaler(out_logits[r], threshold, out_masks[r])
+                    continue
                 for start in range(0, len(chunk), upscale_batch):
                     sub = slice(start, start + upscale_batch)
                     block = low[sub]
