@@ -70,8 +70,14 @@ CROPS = dict(crop_n_layers=1, crop_n_points_downscale_factor=2)  # 6 x 6 points 
 
 @pytest.mark.parametrize(
     "extra",
-    [dict(output_mode="uncompressed_rle"), CROPS, dict(min_mask_region_area=40), dict(CROPS, min_mask_region_area=40)],
-    ids=["whole-rle", "crops", "whole-min-area", "crops-min-area"],
+    [
+        dict(output_mode="uncompressed_rle"),
+        CROPS,
+        dict(min_mask_region_area=40),
+        dict(CROPS, min_mask_region_area=40),
+        dict(pred_iou_thresh=0.5),  # drops about two thirds of the candidates (ours before upscaling them)
+    ],
+    ids=["whole-rle", "crops", "whole-min-area", "crops-min-area", "pred-iou"],
 )
 def test_same_masks_as_sam_automatic_mask_generator(models, image, extra):
     ours_model, ref_model = models

@@ -96,28 +96,42 @@ def _rgb(image: np.ndarray) -> np.ndarray:
     return to_rgb_uint8(arr)
 
 
-def _decode(segmenter: Segmenter, state: Any, points: np.ndarray) -> tuple[torch.Tensor, torch.Tensor, float]:
-    """(logits (B, K, h, w), scores (B, K), mask threshold) for one positive point per set."""
+def _decode(
+    segmenter: Segmenter, state: Any, points: np.ndarray, pred_iou_thresh: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, float]:
+    """One positive point per set -> every candidate with predicted IoU > ``pred_iou_thresh``:
+    (logits (M, H, W), scores (M,), points (M, 2), mask threshold), candidates in (set, k) order.
+
+    A Segmenter with ``segment_lowres`` / ``upscale_lowres`` (SAM, SAM 2) has its candidates
+    filtered by predicted IoU at low resolution, so only the kept ones are brought to the image
+    size; segment-anything upscales all of them first. The kept logits are the same either way.
+    """
     sets = [PromptSet(points=Points(p[None], np.ones(1, np.int64))) for p in points]
-    full_logits = getattr(segmenter, "segment_logits", None)
-    if full_logits is not None:
-        logits, scores = full_logits(state, sets, multimask_output=segmenter.has_multimask)
+    lowres = getattr(segmenter, "segment_lowres", None)
+    if lowres is not None:
+        low, scores = lowres(state, sets, multimask_output=segmenter.has_multimask)
+        k = low.shape[1]
+        low, scores = low.flatten(0, 1), scores.flatten(0, 1).float()
+        pts = torch.as_tensor(np.repeat(points, k, axis=0))
+        if pred_iou_thresh > 0:
+            keep = scores > pred_iou_thresh
+            if not bool(keep.all()):
+                low, scores, pts = low[keep], scores[keep], pts[keep.cpu()]
+        logits = segmenter.upscale_lowres(state, low)
         model = getattr(segmenter, "model", None)
-        return logits, scores, float(getattr(model, "mask_threshold", 0.0))
+        return logits, scores, pts, float(getattr(model, "mask_threshold", 0.0))
     pred = segmenter.segment(state, sets, multimask="all" if segmenter.has_multimask else "single")
-    masks = torch.from_numpy(pred.masks)
+    k = pred.masks.shape[1]
+    masks = torch.from_numpy(pred.masks).flatten(0, 1)
     logits = torch.where(masks, torch.inf, -torch.inf)  # a binary mask is perfectly stable
-    scores = torch.from_numpy(np.nan_to_num(pred.scores.astype(np.float32), nan=1.0))
-    return logits, scores, 0.0
+    scores = torch.from_numpy(np.nan_to_num(pred.scores.astype(np.float32), nan=1.0)).flatten(0, 1)
+    return logits, scores, torch.as_tensor(np.repeat(points, k, axis=0)), 0.0
 
 
 def _process_batch(
     segmenter: Segmenter, state: Any, points: np.ndarray, crop: list[int], size: tuple[int, int], s: EverythingSettings
 ) -> dict[str, Any]:
-    logits, scores, threshold = _decode(segmenter, state, points)
-    k = logits.shape[1]
-    logits, scores = logits.flatten(0, 1), scores.flatten(0, 1).float()
-    pts = torch.as_tensor(np.repeat(points, k, axis=0))
+    logits, scores, pts, threshold = _decode(segmenter, state, points, s.pred_iou_thresh)
 
     def take(keep: torch.Tensor) -> None:  # copies only when something is dropped
         nonlocal logits, scores, pts

@@ -423,29 +423,51 @@ class SamSegmenter(Segmenter):
         return Prediction(masks=out_masks, scores=out_scores, logits=out_logits, chosen=chosen)
 
     @torch.no_grad()
+    def segment_lowres(
+        self, state: ImageState, prompts: Sequence[PromptSet], multimask_output: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-res logits and predicted IoU, before any resize to the image.
+
+        For automatic mask generation (:mod:`segprompt.everything`), which drops candidates by
+        their predicted IoU before it pays for bringing them to the image size
+        (:meth:`upscale_lowres`). Prompts are not checked here (the caller builds them inside the
+        image); every set must have the same structure.
+
+        Returns:
+            (logits float32 (N, K, l, l) in the padded frame, scores float32 (N, K)), on ``self.device``.
+        """
+        tf = LongestSide(self.arch.img_size, tuple(state.original_size))
+        embeddings = state.features["embeddings"].to(self.device)
+        inputs = [self._prompt_inputs(s, tf) for s in prompts]
+        if len({(len(xy), box is not None, mask is not None) for xy, _, box, mask in inputs}) > 1:
+            raise PromptError("segment_lowres() needs prompt sets of one structure (same number of points, box, mask)")
+        logits, scores = [], []
+        for chunk in _chunks(inputs, self.max_batch):
+            low, iou = self._decode(embeddings, list(chunk), multimask_output)
+            logits.append(low)
+            scores.append(iou)
+        if len(logits) == 1:
+            return logits[0], scores[0]
+        return torch.cat(logits), torch.cat(scores)
+
+    @torch.no_grad()
+    def upscale_lowres(self, state: ImageState, logits: torch.Tensor) -> torch.Tensor:
+        """(M, l, l) low-res logits -> (M, H, W) at the image size, as ``Sam.postprocess_masks`` (bit for bit)."""
+        tf = LongestSide(self.arch.img_size, tuple(state.original_size))
+        return tf.upscale_logits(logits[:, None])[:, 0]
+
+    @torch.no_grad()
     def segment_logits(
         self, state: ImageState, prompts: Sequence[PromptSet], multimask_output: bool = True
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Full-size logits and predicted IoU, as segment-anything's
         ``SamPredictor.predict_torch(..., return_logits=True)`` returns them.
 
-        For automatic mask generation (:mod:`segprompt.everything`), whose stability score
-        thresholds the logits upscaled to the image size. Prompts are not checked here (the
-        caller builds them inside the image); every set must have the same structure.
+        Prompts are not checked here; every set must have the same structure.
 
         Returns:
             (logits float32 (N, K, H, W), scores float32 (N, K)), torch tensors on ``self.device``.
         """
-        tf = LongestSide(self.arch.img_size, tuple(state.original_size))
-        embeddings = state.features["embeddings"].to(self.device)
-        inputs = [self._prompt_inputs(s, tf) for s in prompts]
-        if len({(len(xy), box is not None, mask is not None) for xy, _, box, mask in inputs}) > 1:
-            raise PromptError("segment_logits() needs prompt sets of one structure (same number of points, box, mask)")
-        logits, scores = [], []
-        for chunk in _chunks(inputs, self.max_batch):
-            low, iou = self._decode(embeddings, list(chunk), multimask_output)
-            logits.append(tf.upscale_logits(low))
-            scores.append(iou)
-        if len(logits) == 1:
-            return logits[0], scores[0]
-        return torch.cat(logits), torch.cat(scores)
+        low, scores = self.segment_lowres(state, prompts, multimask_output)
+        n, k = low.shape[:2]
+        return self.upscale_lowres(state, low.flatten(0, 1)).unflatten(0, (n, k)), scores

@@ -419,20 +419,34 @@ class Sam2Segmenter(Segmenter):
         return Prediction(masks=out_masks, scores=out_scores, logits=out_logits, chosen=chosen)
 
     @torch.no_grad()
-    def segment_logits(self, state: ImageState, prompts: Sequence[PromptSet], multimask_output: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
-        """Full-size logits float32 (N, K, H, W) and scores (N, K) on ``self.device``, as
-        ``SAM2ImagePredictor._predict(..., return_logits=True)``; for automatic mask generation.
+    def segment_lowres(self, state: ImageState, prompts: Sequence[PromptSet], multimask_output: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Low-res logits (N, K, l, l) and scores (N, K) on ``self.device``, before any resize
+        (automatic mask generation filters by score first, then :meth:`upscale_lowres`).
         Prompts are not checked; every set must have the same structure."""
         size = tuple(state.original_size)
         inputs = [self._prompt_inputs(s, size) for s in prompts]
         if len(self._groups(inputs)) > 1:
-            raise PromptError("segment_logits() needs prompt sets of one structure (same number of points, box, mask)")
+            raise PromptError("segment_lowres() needs prompt sets of one structure (same number of points, box, mask)")
         logits, scores = [], []
         for chunk in _chunks(inputs, self.max_batch):
             low, iou = self._decode(state.features, list(chunk), multimask_output)
-            logits.append(self._upscale(low, size))
+            logits.append(low)
             scores.append(iou)
         return (logits[0], scores[0]) if len(logits) == 1 else (torch.cat(logits), torch.cat(scores))
+
+    @torch.no_grad()
+    def upscale_lowres(self, state: ImageState, logits: torch.Tensor) -> torch.Tensor:
+        """(M, l, l) low-res logits -> (M, H, W) at the image size, as segment_logits resizes them."""
+        return self._upscale(logits[:, None], tuple(state.original_size))[:, 0]
+
+    @torch.no_grad()
+    def segment_logits(self, state: ImageState, prompts: Sequence[PromptSet], multimask_output: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """Full-size logits float32 (N, K, H, W) and scores (N, K) on ``self.device``, as
+        ``SAM2ImagePredictor._predict(..., return_logits=True)``. Prompts are not checked; every
+        set must have the same structure."""
+        low, scores = self.segment_lowres(state, prompts, multimask_output)
+        n, k = low.shape[:2]
+        return self.upscale_lowres(state, low.flatten(0, 1)).unflatten(0, (n, k)), scores
 
 
 __all__ = ["Sam2Segmenter", "resolve_precision", "PIXEL_MEAN", "PIXEL_STD"]
