@@ -13,6 +13,12 @@ their ratio, and the masks are compared.
 
 ``--threshold`` also times the thresholding of one 1024 x 1024 x 3 set into a fresh ``np.zeros``
 against a fresh ``np.empty`` array (why ``segment`` allocates its results with ``np.empty``).
+
+``--populate`` times a whole ``segment`` call (``--arch``, the largest of ``--sizes``, ``--sets``
+sets) with its result arrays from :func:`segprompt.models.host_memory.populated_empty` (mapped in
+one ``madvise`` call) against a plain ``np.empty``, alternating for ``--rounds`` rounds:
+
+    OMP_NUM_THREADS=2 python benchmarks/sam_decoder_paths.py --arch vit_b --sizes 1024 --sets 256 --populate
 """
 
 from __future__ import annotations
@@ -83,6 +89,35 @@ def threshold_into_fresh_arrays(rounds: int = 3, sets: int = 64) -> dict[str, li
     return out
 
 
+def populate_against_empty(arch: str, size: int, sets: int, rounds: int) -> dict[str, list[float]]:
+    """Seconds per set of one ``segment`` call, per round, with the result arrays populated or not."""
+    import segprompt.models.sam as sam_module
+    from segprompt.models.host_memory import populated_empty
+    from segprompt.models.sam import SamSegmenter
+    from segprompt.prompts import Points, PromptSet
+
+    seg = SamSegmenter(model=build(arch, size), multimask="all")
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
+    prompts = [PromptSet(points=Points(rng.uniform(0, size - 1, (3, 2)), [1, 1, 0])) for _ in range(sets)]
+    allocators = {"populated_empty": populated_empty, "np.empty": lambda shape, dtype: np.empty(shape, dtype)}
+    out: dict[str, list[float]] = {name: [] for name in allocators}
+    try:
+        with torch.inference_mode():
+            state = seg.encode(image)
+            seg.segment(state, prompts[:2])  # warm-up
+            for _ in range(rounds):
+                for name, alloc in allocators.items():
+                    sam_module.populated_empty = alloc
+                    t0 = time.perf_counter()
+                    pred = seg.segment(state, prompts)
+                    out[name].append((time.perf_counter() - t0) / sets)
+                    del pred
+    finally:
+        sam_module.populated_empty = populated_empty
+    return out
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="tiny", choices=["tiny", "vit_b", "vit_l", "vit_h"])
@@ -90,7 +125,16 @@ def main() -> None:
     ap.add_argument("--sets", type=int, default=64, help="prompt sets per segment call")
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threshold", action="store_true", help="also time thresholding into np.zeros vs np.empty")
+    ap.add_argument("--populate", action="store_true", help="only time segment with populated result arrays against np.empty")
     args = ap.parse_args()
+
+    if args.populate:
+        size = max(int(s) for s in args.sizes.split(",") if s)
+        t = populate_against_empty(args.arch, size, args.sets, args.rounds)
+        print(f"{args.arch}, {size} px, {args.sets} sets per segment call, ms per set by round:")
+        for name, per_round in t.items():
+            print(f"  {name}: " + ", ".join(f"{1000 * x:.1f}" for x in per_round))
+        return
 
     print(f"CPU ({torch.get_num_threads()} threads), {args.sets} three-point sets per call, fastest of {args.rounds} rounds")
     print("| arch | image | tokens | channels | shared | batched (reference) | batched / shared | masks equal |")

@@ -64,7 +64,7 @@ def finetune_config(args: argparse.Namespace, init: Path):  # noqa: ANN201 - Fin
 
     return FinetuneConfig(
         dataset=DATASET, dataset_kwargs={"n": args.pool, "seed": TRAIN_SEED, "variant": args.variant}, val_fraction=args.val_fraction, test_fraction=0.0,
-        model=None, checkpoint=str(init), train=["all"], prompts="mixed", strategy="random", n_positive=1, n_negative=0,
+        model=None, checkpoint=str(init), train=args.train.split(","), prompts=args.prompts, strategy="random", n_positive=1, n_negative=0,
         iterations=3, mask_feedback=0.5, box_jitter=0.1, box_jitter_mode="microsam", train_multimask="auto",
         epochs=args.epochs, batch_size=args.batch, lr=args.lr, weight_decay=0.01, schedule="cosine", warmup_steps=args.warmup,
         grad_clip=1.0, early_stop=0, select_on="val_dice", loss="dice+bce", iou_weight=1.0,
@@ -91,6 +91,9 @@ def initial_weights(args: argparse.Namespace) -> Path:
     record = {"init": str(args.init), "sha256": _sha256(Path(args.init)) if args.init != "random" else None}
     if args.init != "random":
         record["from_run"] = _run_record(Path(args.init).parent)
+        bundled = Path(args.init).with_suffix(".json")  # an exported model (the bundled sam-tiny): its record holds its chain
+        if record["from_run"] is None and bundled.exists():
+            record["from_record"] = json.loads(bundled.read_text())
     (args.work / "init.json").write_text(json.dumps(record, indent=2) + "\n")
     return path
 
@@ -150,6 +153,8 @@ def _earlier_seconds(init: dict | None) -> float:
     while init and init.get("from_run"):
         total += init["from_run"]["training_seconds"]
         init = init["from_run"].get("init")
+    if init and init.get("from_record"):  # started from an exported model: its record counts all of its runs
+        total += init["from_record"].get("training_seconds") or 0.0
     return total
 
 
@@ -173,6 +178,9 @@ def main() -> int:
     ap.add_argument("--checkpoint-every", type=int, default=200, help="optimizer steps between resumable checkpoints")
     ap.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps in total (resumable)")
     ap.add_argument("--minutes", type=float, default=None, help="stop after about this many minutes of this invocation (resumable)")
+    ap.add_argument("--train", default="all", help="parts trained, comma-separated (finetuning's train=: all, mask_decoder, "
+                    "or a module such as mask_decoder.iou_prediction_head)")
+    ap.add_argument("--prompts", default="mixed", help="training prompts (finetuning's prompts=: mixed, random, iterative, box-jitter)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--export", type=Path, default=None, help="write the best checkpoint here (fp16 safetensors + record .json) and exit")
@@ -184,7 +192,7 @@ def main() -> int:
     from pointprompt.finetune import finetune_sam
 
     init = initial_weights(args)
-    recorded = {k: v for k, v in vars(args).items() if k in ("init", "variant", "epochs", "batch", "lr", "warmup", "pool", "val_fraction", "seed")}
+    recorded = {k: v for k, v in vars(args).items() if k in ("init", "variant", "epochs", "batch", "lr", "warmup", "pool", "val_fraction", "seed", "train", "prompts")}
     (args.work / "train_args.json").write_text(json.dumps({k.replace("_", "-"): v for k, v in recorded.items()}) + "\n")
     cfg = finetune_config(args, init)
     if args.minutes is not None:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
-from hypothesis import given, settings
+from hypothesis import assume, given, settings
 from hypothesis import strategies as st
 
 from segprompt.errors import ConfigError
@@ -36,6 +36,7 @@ def _smooth_logits(seed: int, k: int, size: int) -> np.ndarray:
 def test_differs_from_pytorchs_two_resizes_only_within_rounding_of_the_threshold(h, w, target_low, threshold, seed):
     target, low = target_low
     tf = LongestSide(target, (h, w))
+    assume(min(tf.input_size) >= 1)  # a 5 x 641 image is 0 rows tall at 64 px: segment-anything fails too
     logits = _smooth_logits(seed, 3, low)
     reference = tf.upscale_logits(torch.from_numpy(logits)[None])[0].numpy()  # float (3, h, w)
     out = np.empty((3, h, w), bool)
@@ -46,7 +47,8 @@ def test_differs_from_pytorchs_two_resizes_only_within_rounding_of_the_threshold
     # a differing pixel's reference logit is within float rounding of the threshold, and they are rare
     assert np.all(np.abs(reference[differ] - threshold) < 1e-4 * max(1.0, float(np.abs(reference).max())))
     assert differ.mean() <= 1e-4
-    assert 0.02 < expected.mean() < 0.98  # the masks have edges: the comparison is not of empty masks
+    if min(h, w) >= 64:  # the masks have edges: the comparison is not of empty masks
+        assert 0.02 < expected.mean() < 0.98
 
 
 def test_reuses_its_buffers_and_writes_into_a_view():

@@ -43,3 +43,12 @@ def test_decoder_paths_script_runs_and_the_paths_agree():
     row = [line for line in proc.stdout.splitlines() if line.startswith("| tiny | 128 px |")]
     assert len(row) == 1
     assert float(row[0].split("|")[-2]) >= 0.999  # masks equal
+
+
+def test_decoder_paths_populate_mode_times_both_allocators_and_restores_the_default():
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "sam_decoder_paths.py"), "--sizes", "128", "--sets", "3", "--rounds", "2", "--populate"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split(":")[0].strip(): line.split(":")[1] for line in proc.stdout.splitlines() if line.startswith("  ")}
+    assert set(rows) == {"populated_empty", "np.empty"}
+    assert all(len(v.split(",")) == 2 and all(float(x) > 0 for x in v.split(",")) for v in rows.values())

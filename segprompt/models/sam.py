@@ -26,6 +26,7 @@ import torch
 
 from segprompt.errors import ConfigError, PromptError, WeightsError
 from segprompt.models.base import ImageState, MultimaskPolicy, Prediction, Segmenter
+from segprompt.models.host_memory import populated_empty
 from segprompt.models.resize import LongestSide, MaskUpscaler
 from segprompt.models.sam_arch import SamArch, load_sam
 from segprompt.models.sam_decode import decode_shared, hooks_on
@@ -384,9 +385,10 @@ class SamSegmenter(Segmenter):
         # large np.empty with transparent huge pages, while np.zeros' calloc'd pages fault 4 KB at a
         # time; on memory new to the process, thresholding a 1024 x 1024 x 3 set took 6.1 ms into
         # np.zeros against 1.6 ms into np.empty (benchmarks/sam_decoder_paths.py --threshold)
-        out_masks = np.empty((n, k, h, w), bool)
+        # (and the large ones mapped in one madvise call, not one page fault at a time: host_memory)
+        out_masks = populated_empty((n, k, h, w), bool)
         out_scores = np.empty((n, k), np.float32)
-        out_logits = np.empty((n, k, lowres, lowres), np.float32)
+        out_logits = populated_empty((n, k, lowres, lowres), np.float32)
         chosen = np.zeros(n, np.int64) if keep_one else None
         threshold = float(self.model.mask_threshold)
         # upscale a few sets at a time (a block of at most 16 MB of float32), the first resize into one
