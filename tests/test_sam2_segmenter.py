@@ -297,3 +297,22 @@ def test_cuda_fp32_parity_and_bf16(checkpoint, image):
     assert auto.precision == ("bf16" if torch.cuda.is_bf16_supported() else "fp32")
     out = auto.segment(auto.encode(image[0]), sets)
     assert (out.masks == ref.masks).mean() >= 0.98
+
+
+def test_cpu_default_is_one_set_per_decoder_call_so_a_set_does_not_depend_on_the_others(image):
+    """max_batch=None: CPU_MAX_BATCH (1) on a CPU (benchmarks/sam2_batch.py: large calls are slower there)."""
+    from segprompt.models.sam2 import CPU_MAX_BATCH
+
+    seg = Sam2Segmenter(model=tiny_sam2(seed=3), arch=tiny_arch(SIZE), multimask="all")
+    assert seg.max_batch == CPU_MAX_BATCH == 1
+    assert Sam2Segmenter(model=tiny_sam2(seed=3), arch=tiny_arch(SIZE), max_batch=16).max_batch == 16
+    pixels = image[0]
+    h, w = pixels.shape[:2]
+    rng = np.random.default_rng(4)
+    prompts = [PromptSet(points=Points(rng.uniform([0, 0], [w - 1, h - 1], (2, 2)), [1, 0])) for _ in range(5)]
+    state = seg.encode(pixels)
+    together = seg.segment(state, prompts)
+    assert 0.01 < together.masks.mean() < 0.99
+    for i in (0, 2, 4):
+        alone = seg.segment(state, prompts[i])
+        assert np.array_equal(alone.masks[0], together.masks[i]) and np.array_equal(alone.logits[0], together.logits[i])

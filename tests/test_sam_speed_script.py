@@ -52,3 +52,11 @@ def test_decoder_paths_populate_mode_times_both_allocators_and_restores_the_defa
     rows = {line.split(":")[0].strip(): line.split(":")[1] for line in proc.stdout.splitlines() if line.startswith("  ")}
     assert set(rows) == {"populated_empty", "np.empty"}
     assert all(len(v.split(",")) == 2 and all(float(x) > 0 for x in v.split(",")) for v in rows.values())
+
+
+def test_sam2_batch_script_runs_and_batch_sizes_agree():
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "sam2_batch.py"), "--arch", "tiny", "--sets", "4", "--batches", "1,4", "--rounds", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| 1 |") or line.startswith("| 4 |")]
+    assert len(rows) == 2 and all(float(r[2]) > 0 and float(r[3]) >= 0.999 for r in rows)

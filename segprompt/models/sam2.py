@@ -56,6 +56,11 @@ from segprompt.models.sam import scribble_to_points
 from segprompt.models.sam2_build import Sam2Arch, build_sam2_model, detect_arch, get_arch, load_sam2
 from segprompt.prompts import PromptSet
 
+#: prompt sets per decoder call by default (``max_batch=None``): small on a CPU, where a call's
+#: per-set copies of the image features outgrow the cache, large on a GPU
+CPU_MAX_BATCH = 1
+GPU_MAX_BATCH = 64
+
 if TYPE_CHECKING:
     from segprompt.volumes.api import CancelFn, Direction, ProgressFn, Volume, VolumePrompts, VolumeResult, VolumeState
     from segprompt.volumes.sam2_video import Sam2VolumePropagator
@@ -102,7 +107,12 @@ class Sam2Segmenter(Segmenter):
         precision: ``"auto"`` (default: bf16 autocast on a CUDA device with bf16, fp32 on CPU),
             ``"fp32"``, ``"bf16"`` or ``"fp16"``.
         cache: an :class:`EmbeddingCache` or a folder for one.
-        max_batch: prompt sets per decoder call.
+        max_batch: prompt sets per decoder call; ``None`` (default): ``CPU_MAX_BATCH`` (1) on a CPU,
+            64 on a GPU. SAM 2's decoder copies the image features for every set of a call, and on
+            a CPU large calls run out of cache: 32 three-point sets on hiera-t took 56.8 / 58.4 /
+            67.0 / 106.1 ms per set with 1 / 2 / 4 / 64 sets per call (2-core CPU,
+            ``benchmarks/sam2_batch.py``). One set per call also makes a set's result independent
+            of the other sets in the call.
         scribble_points: points sampled along each scribble.
         mask_logit_scale: logit magnitude of a binary mask prompt.
         mask_threshold: logit threshold of the output masks (the predictor's 0.0; volumes too).
@@ -125,7 +135,7 @@ class Sam2Segmenter(Segmenter):
         device: str = "cpu",
         precision: str = "auto",
         cache: Any = None,
-        max_batch: int = 64,
+        max_batch: int | None = None,
         scribble_points: int = 5,
         mask_logit_scale: float = 10.0,
         mask_threshold: float = 0.0,
@@ -152,7 +162,7 @@ class Sam2Segmenter(Segmenter):
             arch = detect_arch(model.state_dict())
         self.arch: Sam2Arch = arch
         self.model = model.to(self.device).eval()
-        self.max_batch = int(max_batch)
+        self.max_batch = int(max_batch) if max_batch is not None else (CPU_MAX_BATCH if torch.device(device).type == "cpu" else GPU_MAX_BATCH)
         self.scribble_points = int(scribble_points)
         self.mask_logit_scale = float(mask_logit_scale)
         self.mask_threshold = float(mask_threshold)
