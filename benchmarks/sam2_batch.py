@@ -9,6 +9,7 @@ each is printed with the share of mask pixels equal to the first batch size's.
 
     OMP_NUM_THREADS=2 python benchmarks/sam2_batch.py                      # sam2.1-hiera-t, 1024 px
     OMP_NUM_THREADS=2 python benchmarks/sam2_batch.py --arch tiny --sets 8  # a smoke test
+    OMP_NUM_THREADS=2 python benchmarks/sam2_batch.py --batches 1 --mask-resize torch   # PyTorch's mask resize
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def main() -> None:
     ap.add_argument("--sets", type=int, default=32)
     ap.add_argument("--batches", default="1,4,8,16,64", help="comma-separated max_batch values")
     ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--mask-resize", default="opencv", choices=["opencv", "torch"], help="Sam2Segmenter's mask_resize")
     args = ap.parse_args()
 
     torch.manual_seed(0)
@@ -39,7 +41,7 @@ def main() -> None:
         arch = get_arch(args.arch)
         model = build_sam2_model(arch)
     batches = [int(b) for b in args.batches.split(",") if b]
-    seg = Sam2Segmenter(model=model, arch=arch, multimask="all")
+    seg = Sam2Segmenter(model=model, arch=arch, multimask="all", mask_resize=args.mask_resize)
     size = 1024
     rng = np.random.default_rng(0)
     image = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
@@ -55,7 +57,7 @@ def main() -> None:
                 t0 = time.perf_counter()
                 masks[b] = seg.segment(state, prompts).masks
                 seconds[b].append(time.perf_counter() - t0)
-    print(f"{args.arch}, CPU ({torch.get_num_threads()} threads), {args.sets} three-point sets, fastest of {args.rounds} rounds")
+    print(f"{args.arch}, CPU ({torch.get_num_threads()} threads), {args.sets} three-point sets, fastest of {args.rounds} rounds, mask_resize={args.mask_resize}")
     print("| sets per call | ms per set | mask pixels equal to the first row's |")
     print("|---|---|---|")
     for b in batches:

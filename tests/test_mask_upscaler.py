@@ -92,3 +92,39 @@ def test_segment_masks_agree_across_mask_resize_and_logits_are_identical(size):
 def test_unknown_mask_resize_is_refused():
     with pytest.raises(ConfigError, match="mask_resize"):
         SamSegmenter(model=tiny_arch().build(), mask_resize="nearest")
+
+
+@settings(max_examples=25, deadline=None)
+@given(h=st.integers(5, 2600), w=st.integers(5, 2600), low=st.sampled_from([64, 256]), seed=st.integers(0, 10_000))
+def test_one_step_mode_matches_sam2s_single_interpolate_within_rounding(h, w, low, seed):
+    logits = _smooth_logits(seed, 3, low)
+    reference = F.interpolate(torch.from_numpy(logits)[None], (h, w), mode="bilinear", align_corners=False)[0].numpy()
+    got = MaskUpscaler(size=(h, w))(logits, 0.0, np.empty((3, h, w), bool))
+    differ = got != (reference > 0)
+    assert np.all(np.abs(reference[differ]) < 1e-4 * max(1.0, float(np.abs(reference).max())))
+    assert differ.mean() <= 1e-4
+
+
+def test_exactly_one_geometry():
+    with pytest.raises(ValueError, match="exactly one"):
+        MaskUpscaler()
+    with pytest.raises(ValueError, match="exactly one"):
+        MaskUpscaler(LongestSide(64, (10, 10)), size=(10, 10))
+
+
+def test_sam2_segment_masks_agree_across_mask_resize_and_logits_are_identical():
+    from segprompt.models.sam2 import Sam2Segmenter
+    from segprompt.models.sam2_build import tiny_arch as tiny_sam2_arch
+    from segprompt.models.sam2_build import tiny_sam2
+
+    cv, exact = (Sam2Segmenter(model=tiny_sam2(seed=2), arch=tiny_sam2_arch(256), multimask="all", mask_resize=m) for m in ("opencv", "torch"))
+    rng = np.random.default_rng(3)
+    image = rng.integers(0, 255, (170, 260, 3), dtype=np.uint8)
+    prompts = [PromptSet(points=Points(rng.uniform([0, 0], [259, 169], size=(2, 2)), [1, 0])) for _ in range(4)]
+    state = cv.encode(image)
+    p_cv, p_exact = cv.segment(state, prompts), exact.segment(state, prompts)
+    assert np.array_equal(p_cv.logits, p_exact.logits) and np.array_equal(p_cv.scores, p_exact.scores)
+    assert 0.02 < p_exact.masks.mean() < 0.98
+    assert (p_cv.masks == p_exact.masks).mean() >= 0.9999
+    with pytest.raises(ConfigError, match="mask_resize"):
+        Sam2Segmenter(model=tiny_sam2(seed=2), arch=tiny_sam2_arch(256), mask_resize="area")

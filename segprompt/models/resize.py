@@ -115,23 +115,31 @@ class MaskUpscaler:
     keeps one reused float buffer per step instead of a full (K, target, target) tensor.
     """
 
-    def __init__(self, tf: LongestSide) -> None:
-        self.tf = tf
-        self._padded = np.empty((tf.target, tf.target), np.float32)
-        h, w = tf.input_size
-        self._final = None if (h, w) == tuple(tf.original_size) else np.empty(tf.original_size, np.float32)
+    def __init__(self, tf: LongestSide | None = None, *, size: tuple[int, int] | None = None) -> None:
+        """``MaskUpscaler(tf)``: SAM's two steps for ``tf``; ``MaskUpscaler(size=(H, W))``: one
+        bilinear resize straight to (H, W), as SAM 2's ``F.interpolate(low, (H, W))``."""
+        if (tf is None) == (size is None):
+            raise ValueError("MaskUpscaler needs exactly one of tf= (SAM's two steps) or size= (one resize)")
+        if tf is not None:
+            self._first: tuple[int, int] = (tf.target, tf.target)
+            self._crop: tuple[int, int] | None = tf.input_size
+            final = tuple(tf.original_size)
+            self._final_size: tuple[int, int] | None = None if tf.input_size == final else final
+        else:
+            self._first, self._crop, self._final_size = (int(size[0]), int(size[1])), None, None
+        self._buf_first = np.empty(self._first, np.float32)
+        self._buf_final = None if self._final_size is None else np.empty(self._final_size, np.float32)
 
     def __call__(self, logits: np.ndarray, threshold: float, out: np.ndarray) -> np.ndarray:
-        """logits float32 (K, l, l) in the padded frame -> ``out`` bool (K, H, W) = upscaled > threshold."""
+        """logits float32 (K, l, l) -> ``out`` bool (K, H, W) = upscaled > threshold."""
         import cv2  # noqa: PLC0415  (a heavy import, needed only here)
 
-        h, w = self.tf.input_size
-        target = self.tf.target
+        fh, fw = self._first
         for k in range(logits.shape[0]):
-            cv2.resize(np.ascontiguousarray(logits[k], np.float32), (target, target), dst=self._padded, interpolation=cv2.INTER_LINEAR)
-            x = self._padded[:h, :w]
-            if self._final is not None:
-                (oh, ow) = self.tf.original_size
-                x = cv2.resize(x, (ow, oh), dst=self._final, interpolation=cv2.INTER_LINEAR)
+            cv2.resize(np.ascontiguousarray(logits[k], np.float32), (fw, fh), dst=self._buf_first, interpolation=cv2.INTER_LINEAR)
+            x = self._buf_first if self._crop is None else self._buf_first[: self._crop[0], : self._crop[1]]
+            if self._final_size is not None:
+                oh, ow = self._final_size
+                x = cv2.resize(x, (ow, oh), dst=self._buf_final, interpolation=cv2.INTER_LINEAR)
             np.greater(x, threshold, out=out[k])
         return out

@@ -52,6 +52,8 @@ import torch.nn.functional as F
 
 from segprompt.errors import ConfigError, PromptError, WeightsError
 from segprompt.models.base import ImageState, MultimaskPolicy, Prediction, Segmenter, check_image
+from segprompt.models.host_memory import populated_empty
+from segprompt.models.resize import MaskUpscaler
 from segprompt.models.sam import scribble_to_points
 from segprompt.models.sam2_build import Sam2Arch, build_sam2_model, detect_arch, get_arch, load_sam2
 from segprompt.prompts import PromptSet
@@ -113,6 +115,12 @@ class Sam2Segmenter(Segmenter):
             67.0 / 106.1 ms per set with 1 / 2 / 4 / 64 sets per call (2-core CPU,
             ``benchmarks/sam2_batch.py``). One set per call also makes a set's result independent
             of the other sets in the call.
+        mask_resize: on a CPU, ``"opencv"`` (default: the masks by ``cv2.resize``, as the ``sam``
+            Segmenter; a pixel whose logit is within float rounding of the threshold can differ)
+            or ``"torch"`` (the package's ``F.interpolate``, bit for bit). The logits are the
+            same. On hiera-t the two took the same time within the noise (61.5-63.5 against
+            61.9-65.2 ms per set, ``benchmarks/sam2_batch.py --batches 1 --mask-resize ...``):
+            its decoder, not the resize, dominates.
         scribble_points: points sampled along each scribble.
         mask_logit_scale: logit magnitude of a binary mask prompt.
         mask_threshold: logit threshold of the output masks (the predictor's 0.0; volumes too).
@@ -140,6 +148,7 @@ class Sam2Segmenter(Segmenter):
         mask_logit_scale: float = 10.0,
         mask_threshold: float = 0.0,
         video_settings: Any = None,
+        mask_resize: str = "opencv",
     ) -> None:
         from segprompt.devices import check_device
 
@@ -162,6 +171,11 @@ class Sam2Segmenter(Segmenter):
             arch = detect_arch(model.state_dict())
         self.arch: Sam2Arch = arch
         self.model = model.to(self.device).eval()
+        from segprompt.models.sam import MASK_RESIZES
+
+        if mask_resize not in MASK_RESIZES:
+            raise ConfigError(f"unknown mask_resize {mask_resize!r}; choose one of {list(MASK_RESIZES)}")
+        self.mask_resize = mask_resize
         self.max_batch = int(max_batch) if max_batch is not None else (CPU_MAX_BATCH if torch.device(device).type == "cpu" else GPU_MAX_BATCH)
         self.scribble_points = int(scribble_points)
         self.mask_logit_scale = float(mask_logit_scale)
@@ -408,11 +422,14 @@ class Sam2Segmenter(Segmenter):
         n, (h, w) = len(prompts), size
         k = 1 if keep_one or not multimask_output else 3
         low_side = self.lowres_size
-        out_masks = np.zeros((n, k, h, w), bool)
-        out_scores = np.zeros((n, k), np.float32)
-        out_logits = np.zeros((n, k, low_side, low_side), np.float32)
+        # every row is written below (the groups cover all sets); the large arrays are mapped in one call
+        out_masks = populated_empty((n, k, h, w), bool)
+        out_scores = np.empty((n, k), np.float32)
+        out_logits = populated_empty((n, k, low_side, low_side), np.float32)
         chosen = np.zeros(n, np.int64) if keep_one else None
         upscale_batch = max(1, int(2**25 // max(1, k * h * w)))
+        # on the CPU: OpenCV's bilinear resize straight into the result (MaskUpscaler, see docs/speed.md)
+        upscaler = MaskUpscaler(size=size) if self.mask_resize == "opencv" and torch.device(self.device).type == "cpu" else None
         for idx in self._groups(inputs):
             for chunk in _chunks(idx, self.max_batch):
                 low, iou = self._decode(state.features, [inputs[i] for i in chunk], multimask_output)
@@ -424,6 +441,11 @@ class Sam2Segmenter(Segmenter):
                     chosen[rows] = pick.numpy()
                 out_logits[rows] = low.clamp(-32.0, 32.0).cpu().numpy()
                 out_scores[rows] = iou.cpu().numpy()
+                if upscaler is not None:
+                    low_np = low.float().cpu().numpy()  # unclamped, as the threshold below sees them
+                    for j, r in enumerate(rows):
+                        upscaler(low_np[j], self.mask_threshold, out_masks[r])
+                    continue
                 for sub in _chunks(list(range(len(chunk))), upscale_batch):
                     out_masks[rows[list(sub)]] = (self._upscale(low[list(sub)], size) > self.mask_threshold).cpu().numpy()
         return Prediction(masks=out_masks, scores=out_scores, logits=out_logits, chosen=chosen)
