@@ -5,9 +5,10 @@ A ``segment`` call with 256 prompt sets on a 1024 x 1024 image returns 768 MB of
 (4 KB, or 2 MB where numpy's ``MADV_HUGEPAGE`` gets huge pages); on this project's VM the
 faults cost 0.1-1.8 ms per MB depending on the kernel's supply of free huge pages, several
 milliseconds per prompt set. ``madvise(MADV_POPULATE_WRITE)`` (Linux 5.14+) maps the whole
-range in one system call instead: in a 256-set ``segment`` on vit_b it took the time per set
-from 30.5-30.9 to 22-24 ms (benchmarks/sam_decoder_paths.py --populate). Elsewhere, or when
-the call fails, the array is a plain ``np.empty``.
+range in one system call instead: in a 256-set ``segment`` on vit_b the later two of three
+rounds took 25.9 and 23.6 ms per set, against 31.2-32.0 ms with a plain ``np.empty``
+(``benchmarks/sam_decoder_paths.py --arch vit_b --sizes 1024 --sets 256 --populate``).
+Elsewhere, or when the call fails, the array is a plain ``np.empty``.
 """
 
 from __future__ import annotations
