@@ -19,6 +19,11 @@ sets) with its result arrays from :func:`segprompt.models.host_memory.populated_
 one ``madvise`` call) against a plain ``np.empty``, alternating for ``--rounds`` rounds:
 
     OMP_NUM_THREADS=2 python benchmarks/sam_decoder_paths.py --arch vit_b --sizes 1024 --sets 256 --populate
+
+``--resize`` only times bringing one set's three low-res masks to a 1024 x 1024 image and
+thresholding them into a fresh result array: segment-anything's two ``F.interpolate`` steps
+(``LongestSide.upscale_logits``) against :class:`segprompt.models.resize.MaskUpscaler` (OpenCV),
+``--sets`` sets per round, alternating for ``--rounds`` rounds, with the share of equal pixels.
 """
 
 from __future__ import annotations
@@ -118,6 +123,32 @@ def populate_against_empty(arch: str, size: int, sets: int, rounds: int) -> dict
     return out
 
 
+def resize_paths(sets: int, rounds: int) -> tuple[dict[str, list[float]], float]:
+    """Seconds per set of resize + threshold, per round, for PyTorch and OpenCV; and the share of equal pixels."""
+    from segprompt.models.resize import LongestSide, MaskUpscaler
+
+    tf = LongestSide(1024, (1024, 1024))
+    g = torch.Generator().manual_seed(0)
+    low = torch.nn.functional.avg_pool2d(torch.randn(sets, 3, 256, 256, generator=g), 5, 1, 2) * 6  # blob-like signs
+    low_np = low.numpy()
+    out: dict[str, list[float]] = {"torch": [], "opencv": []}
+    masks: dict[str, np.ndarray] = {}
+    for _ in range(rounds):
+        for name in out:
+            result = np.empty((sets, 3, 1024, 1024), bool)
+            t0 = time.perf_counter()
+            if name == "torch":
+                for s in range(sets):
+                    torch.gt(tf.upscale_logits(low[s : s + 1]), 0.0, out=torch.from_numpy(result[s : s + 1]))
+            else:
+                up = MaskUpscaler(tf)
+                for s in range(sets):
+                    up(low_np[s], 0.0, result[s])
+            out[name].append((time.perf_counter() - t0) / sets)
+            masks[name] = result
+    return out, float((masks["torch"] == masks["opencv"]).mean())
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--arch", default="tiny", choices=["tiny", "vit_b", "vit_l", "vit_h"])
@@ -126,8 +157,16 @@ def main() -> None:
     ap.add_argument("--rounds", type=int, default=3)
     ap.add_argument("--threshold", action="store_true", help="also time thresholding into np.zeros vs np.empty")
     ap.add_argument("--populate", action="store_true", help="only time segment with populated result arrays against np.empty")
+    ap.add_argument("--resize", action="store_true", help="only time the masks' resize + threshold: PyTorch against OpenCV")
     args = ap.parse_args()
 
+    if args.resize:
+        t, equal = resize_paths(args.sets, args.rounds)
+        print(f"resize + threshold of one set (3 masks, 256 -> 1024 x 1024), {args.sets} sets per round, ms per set by round:")
+        for name, per_round in t.items():
+            print(f"  {name}: " + ", ".join(f"{1000 * x:.2f}" for x in per_round))
+        print(f"  pixels equal: {equal:.7f}")
+        return
     if args.populate:
         size = max(int(s) for s in args.sizes.split(",") if s)
         t = populate_against_empty(args.arch, size, args.sets, args.rounds)

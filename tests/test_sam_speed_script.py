@@ -60,3 +60,12 @@ def test_sam2_batch_script_runs_and_batch_sizes_agree():
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line.split("|") for line in proc.stdout.splitlines() if line.startswith("| 1 |") or line.startswith("| 4 |")]
     assert len(rows) == 2 and all(float(r[2]) > 0 and float(r[3]) >= 0.999 for r in rows)
+
+
+def test_decoder_paths_resize_mode_times_both_and_the_masks_agree():
+    cmd = [sys.executable, str(ROOT / "benchmarks" / "sam_decoder_paths.py"), "--resize", "--sets", "2", "--rounds", "1"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = {line.split(":")[0].strip(): line.split(":")[1] for line in proc.stdout.splitlines() if line.startswith("  ")}
+    assert float(rows["torch"]) > 0 and float(rows["opencv"]) > 0
+    assert float(rows["pixels equal"]) >= 0.9999

@@ -105,41 +105,40 @@ def _decode(
     A Segmenter with ``segment_lowres`` / ``upscale_lowres`` (SAM, SAM 2) has its candidates
     filtered by predicted IoU at low resolution, so only the kept ones are brought to the image
     size; segment-anything upscales all of them first. The kept logits are the same either way.
+    Any other Segmenter's binary masks become +-inf logits (a binary mask is perfectly stable).
     """
     sets = [PromptSet(points=Points(p[None], np.ones(1, np.int64))) for p in points]
     lowres = getattr(segmenter, "segment_lowres", None)
     if lowres is not None:
-        low, scores = lowres(state, sets, multimask_output=segmenter.has_multimask)
-        k = low.shape[1]
-        low, scores = low.flatten(0, 1), scores.flatten(0, 1).float()
-        pts = torch.as_tensor(np.repeat(points, k, axis=0))
-        if pred_iou_thresh > 0:
-            keep = scores > pred_iou_thresh
-            if not bool(keep.all()):
-                low, scores, pts = low[keep], scores[keep], pts[keep.cpu()]
-        logits = segmenter.upscale_lowres(state, low)
-        model = getattr(segmenter, "model", None)
-        return logits, scores, pts, float(getattr(model, "mask_threshold", 0.0))
-    pred = segmenter.segment(state, sets, multimask="all" if segmenter.has_multimask else "single")
-    k = pred.masks.shape[1]
-    masks = torch.from_numpy(pred.masks).flatten(0, 1)
-    logits = torch.where(masks, torch.inf, -torch.inf)  # a binary mask is perfectly stable
-    scores = torch.from_numpy(np.nan_to_num(pred.scores.astype(np.float32), nan=1.0)).flatten(0, 1)
-    return logits, scores, torch.as_tensor(np.repeat(points, k, axis=0)), 0.0
+        candidates, scores = lowres(state, sets, multimask_output=segmenter.has_multimask)
+        threshold = float(getattr(getattr(segmenter, "model", None), "mask_threshold", 0.0))
+    else:
+        pred = segmenter.segment(state, sets, multimask="all" if segmenter.has_multimask else "single")
+        candidates = torch.from_numpy(pred.masks)
+        scores = torch.from_numpy(np.nan_to_num(pred.scores.astype(np.float32), nan=1.0))
+        threshold = 0.0
+    k = candidates.shape[1]
+    candidates, scores = candidates.flatten(0, 1), scores.flatten(0, 1).float()
+    pts = torch.as_tensor(np.repeat(points, k, axis=0))
+    if pred_iou_thresh > 0:
+        keep = scores > pred_iou_thresh
+        if not bool(keep.all()):  # copies only when something is dropped
+            candidates, scores, pts = candidates[keep], scores[keep], pts[keep.cpu()]
+    if lowres is not None:
+        return segmenter.upscale_lowres(state, candidates), scores, pts, threshold
+    return torch.where(candidates, torch.inf, -torch.inf), scores, pts, threshold
 
 
 def _process_batch(
     segmenter: Segmenter, state: Any, points: np.ndarray, crop: list[int], size: tuple[int, int], s: EverythingSettings
 ) -> dict[str, Any]:
-    logits, scores, pts, threshold = _decode(segmenter, state, points, s.pred_iou_thresh)
+    logits, scores, pts, threshold = _decode(segmenter, state, points, s.pred_iou_thresh)  # pred_iou_thresh applied
 
     def take(keep: torch.Tensor) -> None:  # copies only when something is dropped
         nonlocal logits, scores, pts
         if not bool(keep.all()):
             logits, scores, pts = logits[keep], scores[keep], pts[keep.cpu()]
 
-    if s.pred_iou_thresh > 0:
-        take(scores > s.pred_iou_thresh)
     stability = M.stability_score(logits, threshold, s.stability_score_offset)
     if s.stability_score_thresh > 0:
         keep = stability >= s.stability_score_thresh

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from segprompt.errors import ConfigError
+
 
 @dataclass(frozen=True)
 class LongestSide:
@@ -102,6 +104,17 @@ class LongestSide:
         return F.interpolate(x, self.original_size, mode="bilinear", align_corners=False)
 
 
+#: how the SAM Segmenters bring mask logits to the image size on a CPU (on a GPU: PyTorch's, on the device)
+MASK_RESIZES = ("opencv", "torch")
+
+
+def check_mask_resize(value: str) -> str:
+    """A ``mask_resize=`` option, checked: ``"opencv"`` (:class:`MaskUpscaler`) or ``"torch"``."""
+    if value not in MASK_RESIZES:
+        raise ConfigError(f"unknown mask_resize {value!r}; choose one of {list(MASK_RESIZES)}")
+    return value
+
+
 class MaskUpscaler:
     """Low-res mask logits -> bool masks at the original size, on the CPU, with OpenCV's resize.
 
@@ -110,9 +123,10 @@ class MaskUpscaler:
     clamped, no antialiasing), each by ``cv2.resize(..., INTER_LINEAR)``, then ``> threshold``
     straight into the caller's array. The two resizes round differently in the last bit, so a
     pixel whose logit is within rounding of the threshold can differ: 66 of 36 million pixels for
-    a 2000 x 1500 image, none at 1024 x 1024 (tests/test_resize.py). It is several times faster
-    than PyTorch's bilinear kernel here (3 masks of 1024 x 1024: about 1 against 3-8 ms) and
-    keeps one reused float buffer per step instead of a full (K, target, target) tensor.
+    a 2000 x 1500 image, none at 1024 x 1024 (tests/test_mask_upscaler.py). It is several times faster
+    than PyTorch's bilinear kernel here (3 masks of 1024 x 1024: 0.85 against 5.5-8.0 ms,
+    ``benchmarks/sam_decoder_paths.py --resize``) and keeps one reused float buffer per step
+    instead of a full (K, target, target) tensor.
     """
 
     def __init__(self, tf: LongestSide | None = None, *, size: tuple[int, int] | None = None) -> None:

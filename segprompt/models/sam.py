@@ -27,7 +27,7 @@ import torch
 from segprompt.errors import ConfigError, PromptError, WeightsError
 from segprompt.models.base import ImageState, MultimaskPolicy, Prediction, Segmenter
 from segprompt.models.host_memory import populated_empty
-from segprompt.models.resize import LongestSide, MaskUpscaler
+from segprompt.models.resize import LongestSide, MaskUpscaler, check_mask_resize
 from segprompt.models.sam_arch import SamArch, load_sam
 from segprompt.models.sam_decode import decode_shared, hooks_on
 from segprompt.models.sam_fast import attention_mode, enable_fast_attention
@@ -39,8 +39,6 @@ _AUTOCAST = {"bf16": torch.bfloat16, "fp16": torch.float16}
 #: mask-decoder paths: many prompt sets sharing the prompt-independent work (one set at a time),
 #: segment-anything's own batched forward, or ``auto``: shared from this many image tokens up
 DECODERS = ("auto", "shared", "reference")
-#: how ``segment`` brings mask logits to the image size on a CPU (on a GPU: PyTorch's, on the device)
-MASK_RESIZES = ("opencv", "torch")
 #: from benchmarks/sam_decoder_paths.py (64 three-point sets, 2-core CPU, a 32-channel decoder): 16 x 16
 #: tokens 112 ms shared against 44 ms batched, 32 x 32 236 against 199, 64 x 64 492 against 769
 SHARED_DECODER_MIN_TOKENS = 2048
@@ -183,9 +181,7 @@ class SamSegmenter(Segmenter):
         if decoder not in DECODERS:
             raise ConfigError(f"unknown SAM decoder {decoder!r}; choose one of {sorted(DECODERS)}")
         self.compile_mode = compile_mode
-        if mask_resize not in MASK_RESIZES:
-            raise ConfigError(f"unknown mask_resize {mask_resize!r}; choose one of {list(MASK_RESIZES)}")
-        self.mask_resize = mask_resize
+        self.mask_resize = check_mask_resize(mask_resize)
         self._compiled: tuple[Any, Any] | None = None  # (image encoder, its compiled wrapper)
         grid = self.model.prompt_encoder.image_embedding_size
         #: the decoder path that runs (``decoder`` with ``auto`` resolved)
@@ -381,11 +377,8 @@ class SamSegmenter(Segmenter):
         n, (h, w) = len(prompts), state.original_size
         k = 1 if keep_one or not multimask_output else 3
         lowres = self.arch.lowres_size
-        # every row is written below (the groups cover all sets). np.empty, not np.zeros: numpy maps a
-        # large np.empty with transparent huge pages, while np.zeros' calloc'd pages fault 4 KB at a
-        # time; on memory new to the process, thresholding a 1024 x 1024 x 3 set took 6.1 ms into
-        # np.zeros against 1.6 ms into np.empty (benchmarks/sam_decoder_paths.py --threshold)
-        # (and the large ones mapped in one madvise call, not one page fault at a time: host_memory)
+        # every row is written below (the groups cover all sets), so no zero-fill; the large arrays are
+        # mapped in one madvise call rather than one page fault at a time (host_memory)
         out_masks = populated_empty((n, k, h, w), bool)
         out_scores = np.empty((n, k), np.float32)
         out_logits = populated_empty((n, k, lowres, lowres), np.float32)
@@ -396,12 +389,13 @@ class SamSegmenter(Segmenter):
         upscale_batch = max(1, int(2**22 // max(1, k * h * w)))
         padded: torch.Tensor | None = None  # the first resize's output, reused across blocks of sets
         # on the CPU the masks come from the float32 low-res logits in out_logits, by OpenCV (MaskUpscaler)
-        upscaler = MaskUpscaler(tf) if torch.device(self.device).type == "cpu" and self.mask_resize == "opencv" else None
+        on_cpu = torch.device(self.device).type == "cpu"
+        upscaler = MaskUpscaler(tf) if on_cpu and self.mask_resize == "opencv" else None
         for idx in groups.values():
             for chunk in _chunks(idx, self.max_batch):
                 rows = np.asarray(chunk)
                 # the logits of all three candidates go straight into the result when its rows are consecutive
-                direct = not keep_one and torch.device(self.device).type == "cpu" and _consecutive(rows)
+                direct = not keep_one and on_cpu and _consecutive(rows)
                 into = torch.from_numpy(out_logits[rows[0] : rows[0] + len(rows)]) if direct else None
                 low, iou = self._decode(embeddings, [inputs[i] for i in chunk], multimask_output, into)
                 if keep_one:

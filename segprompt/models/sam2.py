@@ -53,7 +53,7 @@ import torch.nn.functional as F
 from segprompt.errors import ConfigError, PromptError, WeightsError
 from segprompt.models.base import ImageState, MultimaskPolicy, Prediction, Segmenter, check_image
 from segprompt.models.host_memory import populated_empty
-from segprompt.models.resize import MaskUpscaler
+from segprompt.models.resize import MaskUpscaler, check_mask_resize
 from segprompt.models.sam import scribble_to_points
 from segprompt.models.sam2_build import Sam2Arch, build_sam2_model, detect_arch, get_arch, load_sam2
 from segprompt.prompts import PromptSet
@@ -171,11 +171,7 @@ class Sam2Segmenter(Segmenter):
             arch = detect_arch(model.state_dict())
         self.arch: Sam2Arch = arch
         self.model = model.to(self.device).eval()
-        from segprompt.models.sam import MASK_RESIZES
-
-        if mask_resize not in MASK_RESIZES:
-            raise ConfigError(f"unknown mask_resize {mask_resize!r}; choose one of {list(MASK_RESIZES)}")
-        self.mask_resize = mask_resize
+        self.mask_resize = check_mask_resize(mask_resize)
         self.max_batch = int(max_batch) if max_batch is not None else (CPU_MAX_BATCH if torch.device(device).type == "cpu" else GPU_MAX_BATCH)
         self.scribble_points = int(scribble_points)
         self.mask_logit_scale = float(mask_logit_scale)
