@@ -55,7 +55,7 @@ ARCH = SamArch(
     decoder_num_heads=4,
     iou_head_hidden_dim=128,
 )
-TRAIN_SEED = 1000  # the synthetic pool's seed; the validation split is a part of it
+TRAIN_SEED = 1000  # the synthetic pool's default seed (--data-seed); the validation split is a part of it
 DATASET = "synthetic-random"
 
 
@@ -63,7 +63,7 @@ def finetune_config(args: argparse.Namespace, init: Path):  # noqa: ANN201 - Fin
     from pointprompt.finetune import FinetuneConfig
 
     return FinetuneConfig(
-        dataset=DATASET, dataset_kwargs={"n": args.pool, "seed": TRAIN_SEED, "variant": args.variant}, val_fraction=args.val_fraction, test_fraction=0.0,
+        dataset=DATASET, dataset_kwargs={"n": args.pool, "seed": args.data_seed, "variant": args.variant}, val_fraction=args.val_fraction, test_fraction=0.0,
         model=None, checkpoint=str(init), train=args.train.split(","), prompts=args.prompts, strategy="random", n_positive=1, n_negative=0,
         iterations=3, mask_feedback=0.5, box_jitter=0.1, box_jitter_mode="microsam", train_multimask="auto",
         epochs=args.epochs, batch_size=args.batch, lr=args.lr, weight_decay=0.01, schedule="cosine", warmup_steps=args.warmup,
@@ -133,7 +133,7 @@ def export(args: argparse.Namespace) -> int:
         "version": 2,
         "note": "demo model trained on domain-randomised synthetic images only (segprompt.data.synthetic_random); never on real images; not a foundation model",
         "arch": json.loads(arch.to_json()),
-        "data": {"dataset": DATASET, "seed": TRAIN_SEED, "pool": recorded.get("pool"), "variant": recorded.get("variant")},
+        "data": {"dataset": DATASET, "seed": recorded.get("data-seed", TRAIN_SEED), "pool": recorded.get("pool"), "variant": recorded.get("variant")},
         "init": init,
         "best_epoch": best_row["epoch"] if best_row else None,
         "metrics": {k: v for k, v in (best_row or {}).items() if k.startswith(("val_", "train_"))},
@@ -172,6 +172,7 @@ def main() -> int:
     ap.add_argument("--lr", type=float, default=4e-4)
     ap.add_argument("--warmup", type=int, default=200, help="warm-up optimizer steps")
     ap.add_argument("--pool", type=int, default=6000, help="synthetic images generated for the run (train + validation)")
+    ap.add_argument("--data-seed", type=int, default=TRAIN_SEED, help="seed of the synthetic pool (a new seed: new images)")
     ap.add_argument("--variant", default="v2", help="version of the randomised generator (segprompt.data.synthetic_random.VARIANTS)")
     ap.add_argument("--val-fraction", type=float, default=0.05)
     ap.add_argument("--seed", type=int, default=0)
@@ -192,7 +193,7 @@ def main() -> int:
     from pointprompt.finetune import finetune_sam
 
     init = initial_weights(args)
-    recorded = {k: v for k, v in vars(args).items() if k in ("init", "variant", "epochs", "batch", "lr", "warmup", "pool", "val_fraction", "seed", "train", "prompts")}
+    recorded = {k: v for k, v in vars(args).items() if k in ("init", "variant", "data_seed", "epochs", "batch", "lr", "warmup", "pool", "val_fraction", "seed", "train", "prompts")}
     (args.work / "train_args.json").write_text(json.dumps({k.replace("_", "-"): v for k, v in recorded.items()}) + "\n")
     cfg = finetune_config(args, init)
     if args.minutes is not None:

@@ -136,3 +136,45 @@ def test_a_raised_object_is_told_apart_by_shading_not_by_colour() -> None:
         return abs(grey[mask].mean() - grey[ring].mean())
 
     assert np.median([contrast(raised, s) for s in range(16)]) < np.median([contrast(painted, s) for s in range(16)])
+
+
+def test_v4_without_its_additions_is_v3_pixel_for_pixel() -> None:
+    """A probability of 0 draws nothing, so v3's images (the bundled model's earlier data) stay
+    reproducible beside v4."""
+    stripped = dataclasses.replace(VARIANTS["v4"], p_lesion_look=0.0, p_rayleigh=0.0)
+    assert stripped == VARIANTS["v3"]
+    for seed in range(6):
+        a = make_randomised(np.random.default_rng(seed), None, stripped)
+        b = make_randomised(np.random.default_rng(seed), None, VARIANTS["v3"])
+        assert np.array_equal(a[0], b[0]) and np.array_equal(a[1], b[1])
+
+
+def test_v4_draws_the_fixed_lesion_looks_at_its_rate() -> None:
+    ds = SyntheticLesions(n=80, seed=3, size=None, style="randomised", variant="v4")
+    looks = [ds[i] for i in range(80) if ds[i].meta["shape"].startswith("lesion-")]
+    assert 4 <= len(looks) <= 22, len(looks)  # 15 % of 80 = 12; binomial 1st-99th percentile 5-20
+    assert {s.meta["shape"] for s in looks} <= {"lesion-endoscopy", "lesion-ultrasound", "lesion-dermoscopy"}
+    for s in looks:
+        assert s.image.dtype == np.uint8 and s.image.shape[:2] == s.mask.shape and s.mask.dtype == bool and s.mask.any()
+
+
+def test_rayleigh_speckle_is_unit_mean_pixel_grain() -> None:
+    s = pr.rayleigh_speckle(np.random.default_rng(0), (256, 256))
+    assert s.dtype == np.float32 and s.min() >= 0
+    assert abs(float(s.mean()) - 1.0) < 0.01
+    assert abs(float(np.corrcoef(s[:, 1:].ravel(), s[:, :-1].ravel())[0, 1])) < 0.02  # independent neighbours: a grain of one pixel
+
+
+def test_v4_speckles_grey_images_pixel_by_pixel() -> None:
+    """Fully developed speckle raises the pixel-scale (Laplacian) energy of grey images."""
+    grey = dataclasses.replace(VARIANTS["v4"], p_grey=1.0, p_lesion_look=0.0)
+    speckled = dataclasses.replace(grey, p_rayleigh=1.0)
+    plain = dataclasses.replace(grey, p_rayleigh=0.0)
+
+    def grain(settings, seed):
+        img, _, _ = make_randomised(np.random.default_rng(seed), (200, 200), settings)
+        g = img[..., 0].astype(np.float32)
+        lap = g[1:-1, 1:-1] * 4 - g[:-2, 1:-1] - g[2:, 1:-1] - g[1:-1, :-2] - g[1:-1, 2:]
+        return float(np.abs(lap).mean() / max(1.0, g.mean()))
+
+    assert np.median([grain(speckled, s) for s in range(12)]) > 1.5 * np.median([grain(plain, s) for s in range(12)])

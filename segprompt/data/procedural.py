@@ -80,6 +80,12 @@ def speckle(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     return (s - s.mean()) / max(1e-6, float(s.std()))
 
 
+def rayleigh_speckle(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
+    """(H, W) float32 fully developed speckle: unsmoothed Rayleigh noise of mean 1 (B-mode
+    ultrasound's multiplicative grain, one independent draw per pixel)."""
+    return (rng.rayleigh(1.0, size=shape) / np.sqrt(np.pi / 2)).astype(np.float32)
+
+
 def vessels(rng: np.random.Generator, shape: tuple[int, int]) -> np.ndarray:
     """(H, W) dark branching curves (vessels, hairs' shadows): random-walk polylines, blurred."""
     h, w = shape
