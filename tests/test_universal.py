@@ -31,6 +31,9 @@ class ConvPyramid(nn.Module):
         self.stem = nn.Conv2d(3, 16, 4, 4)
         self.down = nn.ModuleList(nn.Conv2d(16, 16, 2, 2) for _ in range(3))
 
+    def normalise(self, x: torch.Tensor, sizes=None) -> torch.Tensor:  # noqa: ANN001
+        return x / 255.0
+
     def forward(self, x: torch.Tensor, sizes=None) -> list[torch.Tensor]:  # noqa: ANN001
         x = self.stem(x / 255.0)
         out = [x]
@@ -46,10 +49,22 @@ def tiny_config(**kw) -> UniversalConfig:  # noqa: ANN003
     return UniversalConfig(**base)
 
 
-@pytest.fixture(scope="module")
-def model() -> UniversalModel:
+def _grown_parts_made_nonzero(model: UniversalModel) -> UniversalModel:
+    """The detail stem and the pixel-prompt attention start at zero (a grown model computes what
+    it did); tests give them random outputs so that they take part."""
+    torch.manual_seed(1)
+    for layer in (model.detail.proj, model.decoder.pixel_prompt.out, model.decoder.pixel_prompt.memory[-1]):
+        nn.init.normal_(layer.weight, std=0.2)
+        nn.init.normal_(layer.bias, std=0.2)
+    return model
+
+
+@pytest.fixture(scope="module", params=["plain", "detail+prompt_to_pixel"])
+def model(request) -> UniversalModel:  # noqa: ANN001
     torch.manual_seed(0)
-    return UniversalModel(tiny_config(), pyramid=ConvPyramid()).eval()
+    if request.param == "plain":
+        return UniversalModel(tiny_config(), pyramid=ConvPyramid()).eval()
+    return _grown_parts_made_nonzero(UniversalModel(tiny_config(detail_dim=8, prompt_to_pixel=True), pyramid=ConvPyramid()).eval())
 
 
 def _image(seed: int = 0, size: tuple[int, int] = (64, 64)) -> np.ndarray:
@@ -214,6 +229,33 @@ def test_memory_tokens_read_nothing_outside_the_previous_mask(model):
     inside_changed = feat.clone()
     inside_changed[0, inside.flatten()] += 5
     assert not torch.allclose(memory_rows(inside_changed), base)
+
+
+def test_pixel_prompt_attention_changes_only_prompted_rows():
+    """Rows without tokens or memory keep their image's features; tokens and a memory change a
+    row's features; the parts start at zero (a grown model is unchanged)."""
+    from segprompt.universal.pixel_prompt import PixelPromptAttention
+
+    torch.manual_seed(3)
+    fresh = PixelPromptAttention(32, 16, 4)
+    feats = torch.randn(2, 16, 8, 8)
+    row_image = torch.tensor([0, 1, 1])
+    tokens, tpos = torch.randn(3, 4, 32), torch.randn(3, 4, 32)
+    valid = torch.tensor([[True, True, False, False], [False] * 4, [True, False, False, False]])
+    memory = (torch.rand(3, 8, 8) > 0.5).float()
+    has = torch.tensor([False, False, True])
+    torch.testing.assert_close(fresh(feats, row_image, tokens, tpos, valid, memory, has), feats[row_image], rtol=0, atol=0)
+    attn = PixelPromptAttention(32, 16, 4)
+    for layer in (attn.out, attn.memory[-1]):
+        nn.init.normal_(layer.weight, std=0.2)
+    rows = attn(feats, row_image, tokens, tpos, valid, memory, has)
+    torch.testing.assert_close(rows[1], feats[1], rtol=0, atol=0)  # no valid token, no memory
+    assert not torch.allclose(rows[0], feats[0]) and not torch.allclose(rows[2], feats[1])
+    tokens2 = tokens.clone()
+    tokens2[0, 2:] += 10  # padding tokens are never read
+    torch.testing.assert_close(attn(feats, row_image, tokens2, tpos, valid, memory, has), rows)
+    without_memory = attn(feats, row_image, tokens, tpos, valid, memory, torch.zeros(3, dtype=torch.bool))
+    assert not torch.allclose(without_memory[2], rows[2]) and torch.equal(without_memory[0], rows[0])
 
 
 # -- the Segmenter -----------------------------------------------------------------------------

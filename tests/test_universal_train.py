@@ -184,3 +184,53 @@ def test_several_correction_clicks_go_to_the_largest_errors_first():
     (x1, y1), l1 = clicks[1]
     assert l0 == 1 and 5 <= x0 < 10 and 5 <= y0 < 25
     assert l1 == 0 and 30 <= x1 < 36 and 30 <= y1 < 36
+
+
+def test_grown_parts_start_as_the_init_model_and_then_learn(tmp_path):
+    """``grow: {detail_dim, prompt_to_pixel}`` adds the stride-4 stem and the pixel-prompt
+    attention to a trained model: before the first step the grown model gives the init model's
+    features exactly and its prompted logits up to rounding (both parts start at zero); the run then trains
+    them, resumes, and the exported file reloads with them."""
+    from segprompt.universal.checkpoint import load_universal
+    from segprompt.errors import ConfigError
+    from segprompt.prompts import Points, PromptSet, Text
+    from segprompt.universal.prompting import model_input, prompt_tensors
+    from segprompt.universal.run import train_universal
+    from segprompt.universal.train import build_model
+
+    torch.manual_seed(0)
+    train_universal(_cfg(tmp_path, epochs=1), tmp_path / "base")
+    init = str(tmp_path / "base" / "universal.safetensors")
+    base = load_universal(init)
+    grow = {"detail_dim": 16, "prompt_to_pixel": True}
+    grown = build_model(_cfg(tmp_path, model={}, init=init, grow=grow), words=())
+    assert base.detail is None and grown.detail is not None and grown.cfg.detail_dim == 16
+    assert base.decoder.pixel_prompt is None and grown.decoder.pixel_prompt is not None
+    image = np.random.default_rng(0).integers(0, 255, (100, 128, 3), dtype=np.uint8)
+    pixels, tfs = model_input([image], base.img_size)
+    sets = [PromptSet(points=Points([[30.0, 40.0], [60.0, 50.0]], [1, 0])), PromptSet(text=Text(base.cfg.words[0]))]
+    pt = prompt_tensors(sets, [tfs[0]] * 2, [0, 0], base.cfg.tokens_per_prompt, 64)
+    with torch.no_grad():
+        a = base.encode_images(pixels, [tfs[0].input_size])
+        b = grown.eval().encode_images(pixels, [tfs[0].input_size])
+        assert torch.equal(a.mask_features, b.mask_features)
+        torch.testing.assert_close(grown.decode(b, pt)[-1].masks, base.decode(a, pt)[-1].masks, rtol=0, atol=1e-5)  # per-row bmm: rounding only
+        grown.detail.proj.weight.fill_(0.1)  # a non-zero stem changes the mask features
+        c = grown.encode_images(pixels, [tfs[0].input_size])
+        assert not torch.allclose(a.mask_features, c.mask_features)
+
+    torch.manual_seed(0)
+    cfg = _cfg(tmp_path, model={}, init=init, grow=grow, epochs=1)
+    stopped = train_universal(_cfg(tmp_path, model={}, init=init, grow=grow, epochs=1, max_steps=2), tmp_path / "grown")
+    assert stopped["stopped_at_step"] == 2
+    train_universal(cfg, tmp_path / "grown")
+    assert load_universal(tmp_path / "grown" / "universal.safetensors").cfg.detail_dim == 16  # the best epoch may be epoch 0
+    last = torch.load(tmp_path / "grown" / "checkpoints" / "last.pt", weights_only=False)["model"]
+    assert float(last["detail.proj.weight"].abs().sum()) > 0  # the stem trained
+    assert float(last["decoder.pixel_prompt.out.weight"].abs().sum()) > 0  # and the pixel-prompt attention
+    with pytest.raises(ConfigError, match="give init"):
+        _cfg(tmp_path, grow={"detail_dim": 16})
+    with pytest.raises(ConfigError, match="cannot be grown"):
+        _cfg(tmp_path, init=init, grow={"hidden_dim": 64})
+    with pytest.raises(ConfigError, match="already has detail_dim"):
+        build_model(_cfg(tmp_path, model={}, init=str(tmp_path / "grown" / "universal.safetensors"), grow={"detail_dim": 16}), words=())

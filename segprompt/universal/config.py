@@ -34,6 +34,13 @@ class UniversalConfig:
         num_memory: memory tokens carrying the previous round's mask.
         dec_layers: decoder layers, cycling over the 3 scales coarse to fine.
         tokens_per_prompt: at most this many tokens sampled inside one region prompt.
+        detail_dim: width of the :class:`~segprompt.universal.pixel_decoder.DetailStem` that adds
+            the image's own stride-4 detail to the mask features (0: none, the first
+            universal-tiny; a plain ViT alone sees only its stride-16 patches).
+        prompt_to_pixel: each prompt row's mask features attend to its prompt tokens and take
+            in its previous-round mask (:class:`~segprompt.universal.pixel_prompt.
+            PixelPromptAttention`, SAM's token-to-image step), so that a click can change the
+            mask near it; object queries keep the shared features. False: the first universal-tiny.
     """
 
     backbone: str = "sam-tiny"
@@ -53,6 +60,8 @@ class UniversalConfig:
     encoder_layers: int = 1
     tokens_per_prompt: int = 16
     dropout: float = 0.0
+    detail_dim: int = 0
+    prompt_to_pixel: bool = False
 
     def __post_init__(self) -> None:
         self.words = tuple(self.words)
@@ -61,8 +70,8 @@ class UniversalConfig:
                 raise ConfigError(f"universal config: {name} must be >= 1, got {getattr(self, name)}")
         if self.hidden_dim % self.num_heads:
             raise ConfigError(f"universal config: hidden_dim {self.hidden_dim} is not divisible by num_heads {self.num_heads}")
-        if self.num_memory < 0 or self.encoder_layers < 0:
-            raise ConfigError("universal config: num_memory and encoder_layers must be >= 0")
+        if self.num_memory < 0 or self.encoder_layers < 0 or self.detail_dim < 0:
+            raise ConfigError("universal config: num_memory, encoder_layers and detail_dim must be >= 0")
         if self.text == "vocabulary" and not self.words:
             raise ConfigError("universal config: a vocabulary text encoder needs words=(...)")
 

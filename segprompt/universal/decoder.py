@@ -34,6 +34,7 @@ from torch import nn
 
 from segprompt.universal.config import UniversalConfig
 from segprompt.universal.layers import MLP, grid_encoding
+from segprompt.universal.pixel_prompt import PixelPromptAttention
 
 __all__ = ["UniversalDecoder", "DecoderOutput", "self_attention_mask", "cross_attention_mask"]
 
@@ -228,6 +229,8 @@ class UniversalDecoder(nn.Module):
         self.mask_embed = MLP(d, d, cfg.mask_dim, 3)
         self.class_proj = nn.Linear(d, embed_dim)
         self.score_head = MLP(d, d, 1, 3)
+        heads = cfg.num_heads if cfg.mask_dim % cfg.num_heads == 0 else 1
+        self.pixel_prompt = PixelPromptAttention(d, cfg.mask_dim, heads) if cfg.prompt_to_pixel else None
 
     def _masks(self, emb: torch.Tensor, mask_features: torch.Tensor, row_image: torch.Tensor) -> torch.Tensor:
         """emb (R, n, C) x the mask features of each row's image (B, C, h, w) -> (R, n, h, w)."""
@@ -243,14 +246,21 @@ class UniversalDecoder(nn.Module):
             masks[rows] = (emb[rows].reshape(-1, c) @ mask_features[b].reshape(c, h * w)).reshape(-1, n, h, w)
         return masks
 
-    def heads(self, xo: torch.Tensor, xp: torch.Tensor, mask_features: torch.Tensor, row_image: torch.Tensor) -> DecoderOutput:
+    def heads(self, xo: torch.Tensor, xp: torch.Tensor, mask_features: torch.Tensor, row_image: torch.Tensor, row_features: torch.Tensor | None = None) -> DecoderOutput:
+        """``row_features``: (R, C, h, w) per-row mask features for the prompt queries
+        (:class:`PixelPromptAttention`); None: every row reads its image's ``mask_features``."""
         xo = self.norm(xo)
         xp = self.norm(xp[:, : self.p])
         b = xo.shape[0]
+        if row_features is None:
+            prompt_masks = self._masks(self.mask_embed(xp), mask_features, row_image)
+        else:
+            emb = self.mask_embed(xp)
+            prompt_masks = torch.bmm(emb, row_features.flatten(2)).view(emb.shape[0], emb.shape[1], *row_features.shape[-2:])
         return DecoderOutput(
             object_masks=self._masks(self.mask_embed(xo), mask_features, torch.arange(b, device=xo.device)),
             object_embed=F.normalize(self.class_proj(xo), dim=-1),
-            masks=self._masks(self.mask_embed(xp), mask_features, row_image),
+            masks=prompt_masks,
             class_embed=F.normalize(self.class_proj(xp), dim=-1),
             scores=self.score_head(xp).squeeze(-1),
         )
@@ -270,7 +280,10 @@ class UniversalDecoder(nn.Module):
             flat_pos.append(grid_encoding(h, w, s.shape[1], dev).to(s.dtype)[None])
             sizes.append((h, w))
         self_blocked = self_attention_mask(self.q, self.p, self.m, token_valid, has_memory)[:, self.q :]
-        outputs = [self.heads(xo, xp, mask_features, row_image)]
+        row_features = None
+        if self.pixel_prompt is not None:  # the prompts' tokens never change: one update serves every layer
+            row_features = self.pixel_prompt(mask_features, row_image, tokens, token_pos, token_valid, memory, has_memory)
+        outputs = [self.heads(xo, xp, mask_features, row_image, row_features)]
         for i, layer in enumerate(self.layers):
             level = i % len(scales)
             keys, values = layer.cross.keys(flat[level], flat_pos[level])
@@ -278,5 +291,5 @@ class UniversalDecoder(nn.Module):
             blocked_o, _ = cross_attention_mask(prev.object_masks, None, torch.zeros(b, dtype=torch.bool, device=dev), 0, sizes[level])
             blocked_p, gate_p = cross_attention_mask(prev.masks, memory, has_memory, self.m, sizes[level])
             xo, xp = layer(xo, po, xp, pp, keys, values, row_image, blocked_o, blocked_p, gate_p.to(xp.dtype), tokens, token_pos, self_blocked)
-            outputs.append(self.heads(xo, xp, mask_features, row_image))
+            outputs.append(self.heads(xo, xp, mask_features, row_image, row_features))
         return outputs

@@ -20,7 +20,7 @@ from torch import nn
 
 from segprompt.universal.config import UniversalConfig
 from segprompt.universal.decoder import DecoderOutput, UniversalDecoder
-from segprompt.universal.pixel_decoder import PixelDecoder
+from segprompt.universal.pixel_decoder import DetailStem, PixelDecoder
 from segprompt.universal.prompting import PromptTensors
 from segprompt.universal.sampler import KIND_INDEX, VisualSampler
 from segprompt.universal.text import TextEncoder, build_text_encoder
@@ -56,6 +56,7 @@ class UniversalModel(nn.Module):
         self.cfg = cfg
         self.pyramid = pyramid
         self.pixel_decoder = PixelDecoder(pyramid.channels, cfg.hidden_dim, cfg.mask_dim, len(pyramid.strides), cfg.encoder_layers, cfg.num_heads)
+        self.detail = DetailStem(cfg.detail_dim, cfg.mask_dim) if cfg.detail_dim else None
         self.sampler = VisualSampler(cfg.hidden_dim)
         self.text = text if text is not None else build_text_encoder(cfg.text, cfg.words, cfg.embed_dim, **cfg.text_kwargs)
         self.text_proj = nn.Linear(self.text.token_dim, cfg.hidden_dim)
@@ -78,7 +79,8 @@ class UniversalModel(nn.Module):
         ``sizes``: the (h, w) of each image's content before padding (the padding is then zero
         after normalisation, segment-anything's convention)."""
         levels = self.pyramid(pixels, sizes) if sizes is not None else self.pyramid(pixels)
-        mask_features, scales = self.pixel_decoder(levels)
+        detail = self.detail(self.pyramid.normalise(pixels, sizes)) if self.detail is not None else None
+        mask_features, scales = self.pixel_decoder(levels, detail)
         return ImageFeatures(mask_features, scales)
 
     # -- texts -----------------------------------------------------------------

@@ -13,11 +13,39 @@ from torch import nn
 
 from segprompt.universal.layers import grid_encoding
 
-__all__ = ["PixelDecoder"]
+__all__ = ["DetailStem", "PixelDecoder"]
 
 
 def _norm(channels: int) -> nn.GroupNorm:
     return nn.GroupNorm(min(32, channels // 4) or 1, channels)
+
+
+class DetailStem(nn.Module):
+    """The image's own detail at stride 4, for the mask features (``UniversalConfig.detail_dim``).
+
+    A plain ViT sees the image at stride 16; its pyramid's stride-4 level is upsampled from
+    there, so every edge finer than a patch is learned guesswork. This stem reads the normalised
+    pixels themselves: two stride-2 3x3 convolutions and one 3x3 at ``width`` channels (GroupNorm,
+    ReLU), then a 1x1 projection to ``mask_dim`` that starts at **zero**, so a model grown with a
+    stem computes exactly what it did before its first step (``init`` + ``grow`` in training).
+
+    Input (B, 3, S, S) float, normalised, padding zero; output (B, mask_dim, S/4, S/4).
+    """
+
+    def __init__(self, width: int, mask_dim: int) -> None:
+        super().__init__()
+        half = max(8, width // 2)
+        self.body = nn.Sequential(
+            nn.Conv2d(3, half, 3, stride=2, padding=1), _norm(half), nn.ReLU(),
+            nn.Conv2d(half, width, 3, stride=2, padding=1), _norm(width), nn.ReLU(),
+            nn.Conv2d(width, width, 3, padding=1), _norm(width), nn.ReLU(),
+        )
+        self.proj = nn.Conv2d(width, mask_dim, 1)
+        nn.init.zeros_(self.proj.weight)
+        nn.init.zeros_(self.proj.bias)
+
+    def forward(self, pixels: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.body(pixels))
 
 
 class PixelDecoder(nn.Module):
@@ -51,7 +79,9 @@ class PixelDecoder(nn.Module):
         self.mask_features = nn.Conv2d(mask_dim, mask_dim, 1)
         self.hidden_dim = hidden_dim
 
-    def forward(self, levels: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def forward(self, levels: list[torch.Tensor], detail: torch.Tensor | None = None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """``detail``: a :class:`DetailStem`'s output (B, mask_dim, h, w), added to the finest
+        level before its fusion (resized to it when the grids differ, as for patch 14)."""
         if len(levels) != self.num_levels:
             raise ValueError(f"pixel decoder built for {self.num_levels} levels, got {len(levels)}")
         x = self.lateral[-1](levels[-1])
@@ -69,5 +99,9 @@ class PixelDecoder(nn.Module):
             outs.append(x)
         fine = self.fine_lateral(levels[0])
         fine = fine + F.interpolate(self.fine_top(x), size=fine.shape[-2:], mode="bilinear", align_corners=False)
+        if detail is not None:
+            if detail.shape[-2:] != fine.shape[-2:]:
+                detail = F.interpolate(detail, size=fine.shape[-2:], mode="bilinear", align_corners=False)
+            fine = fine + detail
         # outs: coarse -> fine; the 3 coarsest are the decoder's scales
         return self.mask_features(self.fine_output(fine)), outs[:3]

@@ -48,6 +48,10 @@ log = logging.getLogger("segprompt.universal")
 
 __all__ = ["UniversalTrainConfig", "UniversalStep", "build_model", "param_groups"]
 
+#: architecture fields ``grow`` may add to an ``init`` model, and the state-dict prefix of the
+#: part each adds (the part starts at zero: the grown model computes what the init model did)
+GROWABLE: dict[str, str] = {"detail_dim": "detail.", "prompt_to_pixel": "decoder.pixel_prompt."}
+
 #: fields that may change between a run and its resume (they do not change the result)
 VOLATILE = ("progress", "max_steps", "device", "export")
 
@@ -58,6 +62,7 @@ class UniversalTrainConfig:
 
     model: dict[str, Any] = field(default_factory=dict)
     init: str | None = None
+    grow: dict[str, Any] = field(default_factory=dict)
     dataset: str = "synthetic-objects"
     dataset_kwargs: dict[str, Any] = field(default_factory=lambda: {"n": 2000, "seed": 0})
     val_dataset: str | None = None
@@ -88,6 +93,11 @@ class UniversalTrainConfig:
     export: str | None = None
 
     def __post_init__(self) -> None:
+        if self.grow and not self.init:
+            raise ConfigError("grow adds parts to an init model; give init too")
+        unknown = sorted(set(self.grow) - set(GROWABLE))
+        if unknown:
+            raise ConfigError(f"grow: {', '.join(unknown)} cannot be grown; growable: {', '.join(GROWABLE)}")
         if not 0 <= self.val_fraction < 1:
             raise ConfigError(f"val_fraction is a share in [0, 1), got {self.val_fraction}")
         if self.rows_per_image < 1:
@@ -121,6 +131,8 @@ def build_model(cfg: UniversalTrainConfig, words: Sequence[str]) -> Any:
 
             path = str(universal_tiny_path())
         model = load_universal(path)
+        if cfg.grow:
+            model = grown(model, cfg.grow)
         if cfg.add_words and hasattr(model.text, "add_words"):
             added = model.text.add_words(words)
             model.cfg.words = tuple(dict.fromkeys((*model.cfg.words, *words)))  # class names; rebuilt, they split into the same word order
@@ -131,6 +143,26 @@ def build_model(cfg: UniversalTrainConfig, words: Sequence[str]) -> Any:
     if mcfg.get("text", "vocabulary") == "vocabulary" and not mcfg.get("words"):
         mcfg["words"] = list(words)
     return UniversalModel(UniversalConfig.from_dict(mcfg)).train()
+
+
+def grown(model: Any, grow: Mapping[str, Any]) -> Any:
+    """``model`` rebuilt with the ``grow`` fields of its config changed (:data:`GROWABLE`), its
+    tensors copied; the new parts keep their initialisation (zero output: the same function)."""
+    from dataclasses import replace
+
+    from segprompt.universal.model import UniversalModel
+
+    old = model.cfg
+    for name, value in grow.items():
+        if getattr(old, name):
+            raise ConfigError(f"grow: the init model already has {name}={getattr(old, name)}")
+    bigger = UniversalModel(replace(old, **dict(grow)), pyramid=model.pyramid, text=model.text)
+    missing, unexpected = bigger.load_state_dict(model.state_dict(), strict=False)
+    new = tuple(GROWABLE[name] for name in grow)
+    if unexpected or any(not k.startswith(new) for k in missing):
+        raise ConfigError(f"grow: the grown model does not hold the init model's tensors (missing {missing[:4]}, unexpected {unexpected[:4]})")
+    log.info("grown: %s (%d new tensors, initialised so that the output is unchanged)", ", ".join(f"{k}={v}" for k, v in grow.items()), len(missing))
+    return bigger
 
 
 def param_groups(model: Any, cfg: UniversalTrainConfig) -> list[dict[str, Any]]:
