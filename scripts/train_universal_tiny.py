@@ -52,11 +52,28 @@ VAL = {"n": 24, "seed": 999}  # held out: the tests use other seeds again (2024,
 #: rounds, up to 4 correction clicks each, memory in half of them (stage 1 rarely showed a
 #: prompt set with more than a few clicks, and its masks did not improve with corrections)
 STAGE2_TRAIN = {"n": 4000, "seed": 1}
+#: stage 3 grows the bundled model two parts that start at zero and trains on new scenes with
+#: stage 2's interactive rounds: a stride-4 detail stem on the pixels (``detail_dim``,
+#: :class:`segprompt.universal.pixel_decoder.DetailStem`: every edge came from sam-tiny's
+#: stride-16 grid) and prompt-aware mask features (``prompt_to_pixel``,
+#: :class:`segprompt.universal.pixel_prompt.PixelPromptAttention`: a click could move a query but
+#: not change the features near it, so the masks of stages 1-2 stopped improving after ~3 clicks)
+STAGE3_TRAIN = {"n": 4000, "seed": 2}
+STAGE3_GROW = {"detail_dim": 32, "prompt_to_pixel": True}
 
 
 def config(args: argparse.Namespace):  # noqa: ANN201 - UniversalTrainConfig, imported lazily
     from segprompt.universal.train import UniversalTrainConfig
 
+    if args.stage == 3:
+        init = Path(args.init)
+        init = init / "universal.safetensors" if init.is_dir() else _copied_into_run(init, Path(args.work))
+        return UniversalTrainConfig(
+            init=str(init), grow=dict(STAGE3_GROW), dataset="synthetic-objects",
+            dataset_kwargs=dict(STAGE3_TRAIN), val_kwargs=dict(VAL), epochs=args.epochs, batch_size=8, lr=args.lr, warmup_steps=20,
+            rows_per_image=4, second_round=0.6, correction_clicks=4, memory_share=0.5, seed=2, checkpoint_every=100,
+            max_steps=args.max_steps, progress=not args.quiet,
+        )
     if args.stage == 2:
         return UniversalTrainConfig(
             init=str(Path(args.init) / "universal.safetensors"), dataset="synthetic-objects", dataset_kwargs=dict(STAGE2_TRAIN),
@@ -68,6 +85,21 @@ def config(args: argparse.Namespace):  # noqa: ANN201 - UniversalTrainConfig, im
         epochs=args.epochs, batch_size=8, lr=args.lr, warmup_steps=50, rows_per_image=4, second_round=0.3,
         seed=0, checkpoint_every=100, max_steps=args.max_steps, progress=not args.quiet,
     )
+
+
+def _copied_into_run(init: Path, work: Path) -> Path:
+    """An exported model (the bundled one) copied into the run folder with its record, so that
+    exporting over the original later does not change what the run started from."""
+    import shutil
+
+    copy = work / "init.safetensors"
+    if not copy.exists():
+        work.mkdir(parents=True, exist_ok=True)
+        if init.with_suffix(".json").is_file():
+            shutil.copyfile(init.with_suffix(".json"), copy.with_suffix(".json"))
+        shutil.copyfile(init, copy.with_suffix(".tmp"))
+        copy.with_suffix(".tmp").replace(copy)
+    return copy
 
 
 def _sha256(path: Path) -> str:
@@ -90,8 +122,15 @@ def export(args: argparse.Namespace) -> int:
     target = Path(args.export)
     stages = []
     cfg = yaml.safe_load((work / "config.yaml").read_text())
-    if cfg.get("init"):  # stage 2: the stage-1 run it continued
-        first = Path(cfg["init"]).parent
+    init_file = Path(cfg["init"]) if cfg.get("init") else None
+    bundled_record = init_file.with_suffix(".json") if init_file is not None else None
+    if bundled_record is not None and bundled_record.is_file():
+        # started from an exported model (the bundled one): its record holds its stages
+        earlier = json.loads(bundled_record.read_text())
+        stages.append({"record": str(bundled_record), "sha256": earlier.get("sha256"), "command": earlier.get("command"),
+                       "earlier_stages": earlier.get("earlier_stages"), "epochs": earlier.get("epochs"), "seconds": float(earlier.get("train_seconds", 0.0))})
+    elif init_file is not None:  # stage 2: the stage-1 run it continued
+        first = init_file.parent
         rows1 = [json.loads(line) for line in (first / "results.jsonl").read_text().splitlines() if line.strip()]
         stages.append({"run": str(first), "epochs": [{k: r[k] for k in r if k.startswith(("epoch", "val_", "train_loss", "seconds", "lr"))} for r in rows1],
                        "seconds": float(sum(r.get("seconds", 0.0) for r in rows1))})
@@ -101,7 +140,8 @@ def export(args: argparse.Namespace) -> int:
         "version": 1,
         "note": "demo model trained on synthetic scenes only (segprompt.data.scenes, 'synthetic-objects'); eight word classes; not a foundation model",
         "config": model.cfg.to_dict(),
-        "data": {"train": {"dataset": "synthetic-objects", **TRAIN}, "stage2": {"dataset": "synthetic-objects", **STAGE2_TRAIN}, "val": {"dataset": "synthetic-objects", **VAL}},
+        "data": {"train": {"dataset": "synthetic-objects", **TRAIN}, "stage2": {"dataset": "synthetic-objects", **STAGE2_TRAIN},
+                 **({"stage3": {"dataset": "synthetic-objects", **STAGE3_TRAIN}} if cfg.get("grow") else {}), "val": {"dataset": "synthetic-objects", **VAL}},
         "training": {k: v for k, v in yaml.safe_load((work / "config.yaml").read_text()).items() if k not in ("model", "suite")},
         "epochs": [{k: r[k] for k in r if k.startswith(("epoch", "val_", "train_loss", "seconds", "lr"))} for r in epochs],
         "best": summary["best"],
@@ -123,14 +163,20 @@ def main() -> int:
     p.add_argument("--epochs", type=int, default=3)
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--max-steps", type=int, default=None, help="Stop after N optimizer steps in total (rerun to continue).")
-    p.add_argument("--stage", type=int, default=1, choices=(1, 2), help="1: from scratch; 2: continue from --init's best with interactive rounds.")
-    p.add_argument("--init", default="runs/universal_tiny", help="stage 2: the stage-1 run folder.")
+    p.add_argument("--stage", type=int, default=1, choices=(1, 2, 3),
+                   help="1: from scratch; 2: continue from --init's best with interactive rounds; 3: grow --init a detail stem, then as 2.")
+    p.add_argument("--init", default="runs/universal_tiny", help="stages 2-3: the earlier run folder (or, stage 3, a universal .safetensors such as the bundled one).")
     p.add_argument("--export", default=None, help="Export the finished run's best weights here (fp16) with a JSON record; no training.")
     p.add_argument("--quiet", action="store_true")
+    p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.export:
         return export(args)
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     from segprompt.universal.run import train_universal
 
     t0 = time.time()
