@@ -27,11 +27,17 @@ from pathlib import Path
 SEED = 2024  # held-out scenes (training: seed 0, validation: 999)
 
 
-def point_bench(out: Path, dataset: str, models: list[str], limit: int | None, kwargs: dict) -> dict:
+def point_bench(out: Path, dataset: str, models: list[str], limit: int | None, kwargs: dict, checkpoint: str | None = None) -> dict:
+    """``checkpoint``: a universal file that takes the place of the bundled universal-tiny."""
     from pointprompt.bench import PointBenchConfig, run_pointprompt
 
+    model_kwargs = {}
+    if checkpoint:
+        models = ["universal" if m == "universal-tiny" else m for m in models]
+        model_kwargs = {"universal": {"checkpoint": checkpoint}}
     cfg = PointBenchConfig(
         datasets=[dataset], models=models, strategies=["microsam"], steps=10, limit=limit, dataset_kwargs={dataset: kwargs} if kwargs else {},
+        model_kwargs=model_kwargs,
     )
     return run_pointprompt(cfg, out)
 
@@ -44,6 +50,7 @@ def main() -> int:
     p.add_argument("--real", type=int, default=10, help="images per real dataset in the point benchmark (0: skip)")
     p.add_argument("--models", default="universal-tiny,sam-tiny,grabcut", help="models of the point benchmark (each in its own run folder, so they can be run apart)")
     p.add_argument("--skip-prompts", action="store_true", help="only the point benchmark")
+    p.add_argument("--checkpoint", default=None, help="a universal .safetensors to evaluate in the place of the bundled universal-tiny (a candidate before it is bundled)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     from segprompt.data.scenes import ObjectScenes
@@ -54,9 +61,9 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    result: dict = {"held_out_seed": SEED, "scenes": args.scenes}
+    result: dict = {"held_out_seed": SEED, "scenes": args.scenes, "checkpoint": args.checkpoint or "universal-tiny (bundled)"}
     if not args.skip_prompts:
-        seg = create_segmenter("universal-tiny")
+        seg = create_segmenter("universal", checkpoint=args.checkpoint) if args.checkpoint else create_segmenter("universal-tiny")
         scenes = scenes_of(ObjectScenes(n=args.scenes, seed=SEED), range(args.scenes))
         result["text"] = text_miou(seg, scenes)
         result["reference"] = reference_iou(seg, scenes)
@@ -68,7 +75,7 @@ def main() -> int:
         sets += [(name, args.real, {}) for name in ("kvasir_seg", "busi", "ph2")]
     for name, limit, kwargs in sets:
         for model in args.models.split(","):
-            summary = point_bench(out / f"bench_{name}_{model}", name, [model], limit, kwargs)
+            summary = point_bench(out / f"bench_{name}_{model}", name, [model], limit, kwargs, args.checkpoint if model == "universal-tiny" else None)
             table += summary["table"]
     for row in table:
         print(f"{row['dataset']:28s} {row['model']:15s} n {row['trajectories']:3d}  IoU@1 {row['iou@1']:.3f}  IoU@last {row['iou@last']:.3f}  NoC85 {row['noc85']:.2f}  NoC90 {row['noc90']:.2f}")

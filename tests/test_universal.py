@@ -53,18 +53,18 @@ def _grown_parts_made_nonzero(model: UniversalModel) -> UniversalModel:
     """The detail stem and the pixel-prompt attention start at zero (a grown model computes what
     it did); tests give them random outputs so that they take part."""
     torch.manual_seed(1)
-    for layer in (model.detail.proj, model.decoder.pixel_prompt.out, model.decoder.pixel_prompt.memory[-1]):
+    for layer in (model.detail.proj, model.decoder.pixel_prompt.out, model.decoder.pixel_prompt.memory[-1], model.decoder.pixel_prompt.box_map[-1]):
         nn.init.normal_(layer.weight, std=0.2)
         nn.init.normal_(layer.bias, std=0.2)
     return model
 
 
-@pytest.fixture(scope="module", params=["plain", "detail+prompt_to_pixel"])
+@pytest.fixture(scope="module", params=["plain", "detail+prompt_to_pixel+box_map"])
 def model(request) -> UniversalModel:  # noqa: ANN001
     torch.manual_seed(0)
     if request.param == "plain":
         return UniversalModel(tiny_config(), pyramid=ConvPyramid()).eval()
-    return _grown_parts_made_nonzero(UniversalModel(tiny_config(detail_dim=8, prompt_to_pixel=True), pyramid=ConvPyramid()).eval())
+    return _grown_parts_made_nonzero(UniversalModel(tiny_config(detail_dim=8, prompt_to_pixel=True, box_map=True), pyramid=ConvPyramid()).eval())
 
 
 def _image(seed: int = 0, size: tuple[int, int] = (64, 64)) -> np.ndarray:
@@ -256,6 +256,27 @@ def test_pixel_prompt_attention_changes_only_prompted_rows():
     torch.testing.assert_close(attn(feats, row_image, tokens2, tpos, valid, memory, has), rows)
     without_memory = attn(feats, row_image, tokens, tpos, valid, memory, torch.zeros(3, dtype=torch.bool))
     assert not torch.allclose(without_memory[2], rows[2]) and torch.equal(without_memory[0], rows[0])
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.floats(0, 90), st.floats(0, 60), st.floats(1, 60), st.floats(1, 40))
+def test_a_box_region_covers_the_box_cell_by_cell(x0, y0, w, h):
+    """The box as a dense prompt: each mask-feature cell holds the share of it inside the box, so
+    the map sums to the box's area (in cells) and is 1 only inside, 0 outside."""
+    from segprompt.universal.prompting import LongestSide
+
+    tf = LongestSide(64, (80, 120))  # 120 x 80 image -> 64 x 43 content in a 64 x 64 frame
+    x1, y1 = min(x0 + w, 120.0), min(y0 + h, 80.0)
+    pt = prompt_tensors([PromptSet(box=Box(np.array([x0, y0, x1, y1]))), PromptSet(points=Points.positive((5, 5)))], [tf, tf], [0, 0], 8, 16)
+    region = pt.box_region.numpy()
+    (mx0, my0), (mx1, my1) = tf.apply_coords(np.array([[x0, y0], [x1, y1]])) * (16 / 64)  # the box in cells
+    assert region.shape == (2, 16, 16) and region[1].sum() == 0
+    assert abs(region[0].sum() - (mx1 - mx0) * (my1 - my0)) < 1e-3
+    assert region.min() >= 0 and region.max() <= 1
+    cy, cx = np.nonzero(region[0] > 0)
+    assert cx.min() == int(np.floor(mx0)) and cy.min() == int(np.floor(my0))
+    assert cx.max() == int(np.ceil(mx1)) - 1 and cy.max() == int(np.ceil(my1)) - 1
+    assert prompt_tensors([PromptSet(points=Points.positive((5, 5)))], [tf], [0], 8, 16).box_region is None
 
 
 # -- the Segmenter -----------------------------------------------------------------------------

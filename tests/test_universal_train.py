@@ -232,5 +232,7 @@ def test_grown_parts_start_as_the_init_model_and_then_learn(tmp_path):
         _cfg(tmp_path, grow={"detail_dim": 16})
     with pytest.raises(ConfigError, match="cannot be grown"):
         _cfg(tmp_path, init=init, grow={"hidden_dim": 64})
+    boxed = build_model(_cfg(tmp_path, model={}, init=str(tmp_path / "grown" / "universal.safetensors"), grow={"box_map": True}), words=())
+    assert boxed.decoder.pixel_prompt.box_map is not None  # a later growth on a grown model
     with pytest.raises(ConfigError, match="already has detail_dim"):
         build_model(_cfg(tmp_path, model={}, init=str(tmp_path / "grown" / "universal.safetensors"), grow={"detail_dim": 16}), words=())

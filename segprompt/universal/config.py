@@ -41,6 +41,8 @@ class UniversalConfig:
             in its previous-round mask (:class:`~segprompt.universal.pixel_prompt.
             PixelPromptAttention`, SAM's token-to-image step), so that a click can change the
             mask near it; object queries keep the shared features. False: the first universal-tiny.
+        box_map: with ``prompt_to_pixel``, a box also enters those features as a region (two 3x3
+            convolutions of the share of each cell inside it), as a dense prompt.
     """
 
     backbone: str = "sam-tiny"
@@ -62,6 +64,7 @@ class UniversalConfig:
     dropout: float = 0.0
     detail_dim: int = 0
     prompt_to_pixel: bool = False
+    box_map: bool = False
 
     def __post_init__(self) -> None:
         self.words = tuple(self.words)
@@ -72,6 +75,8 @@ class UniversalConfig:
             raise ConfigError(f"universal config: hidden_dim {self.hidden_dim} is not divisible by num_heads {self.num_heads}")
         if self.num_memory < 0 or self.encoder_layers < 0 or self.detail_dim < 0:
             raise ConfigError("universal config: num_memory, encoder_layers and detail_dim must be >= 0")
+        if self.box_map and not self.prompt_to_pixel:
+            raise ConfigError("universal config: box_map is a part of prompt_to_pixel; set both")
         if self.text == "vocabulary" and not self.words:
             raise ConfigError("universal config: a vocabulary text encoder needs words=(...)")
 

@@ -211,6 +211,8 @@ class UniversalDecoder(nn.Module):
         row_image: (R,) int64, the image of each row.
         tokens, token_pos: (R, T, D) prompt tokens and their position encodings; token_valid (R, T).
         memory: (R, h4, w4) previous-round region or None; has_memory (R,) bool.
+        box_region: (R, h4, w4) share of each cell inside the row's box, or None (read only with
+            ``box_map``).
     Returns:
         a list of :class:`DecoderOutput`, one before the first layer and one after each (the last
         is the final prediction).
@@ -230,7 +232,7 @@ class UniversalDecoder(nn.Module):
         self.class_proj = nn.Linear(d, embed_dim)
         self.score_head = MLP(d, d, 1, 3)
         heads = cfg.num_heads if cfg.mask_dim % cfg.num_heads == 0 else 1
-        self.pixel_prompt = PixelPromptAttention(d, cfg.mask_dim, heads) if cfg.prompt_to_pixel else None
+        self.pixel_prompt = PixelPromptAttention(d, cfg.mask_dim, heads, box_map=cfg.box_map) if cfg.prompt_to_pixel else None
 
     def _masks(self, emb: torch.Tensor, mask_features: torch.Tensor, row_image: torch.Tensor) -> torch.Tensor:
         """emb (R, n, C) x the mask features of each row's image (B, C, h, w) -> (R, n, h, w)."""
@@ -265,7 +267,7 @@ class UniversalDecoder(nn.Module):
             scores=self.score_head(xp).squeeze(-1),
         )
 
-    def forward(self, scales, mask_features, row_image, tokens, token_pos, token_valid, memory=None, has_memory=None):  # noqa: ANN001
+    def forward(self, scales, mask_features, row_image, tokens, token_pos, token_valid, memory=None, has_memory=None, box_region=None):  # noqa: ANN001
         b, r = mask_features.shape[0], row_image.shape[0]
         dev = mask_features.device
         if has_memory is None:
@@ -282,7 +284,7 @@ class UniversalDecoder(nn.Module):
         self_blocked = self_attention_mask(self.q, self.p, self.m, token_valid, has_memory)[:, self.q :]
         row_features = None
         if self.pixel_prompt is not None:  # the prompts' tokens never change: one update serves every layer
-            row_features = self.pixel_prompt(mask_features, row_image, tokens, token_pos, token_valid, memory, has_memory)
+            row_features = self.pixel_prompt(mask_features, row_image, tokens, token_pos, token_valid, memory, has_memory, box_region)
         outputs = [self.heads(xo, xp, mask_features, row_image, row_features)]
         for i, layer in enumerate(self.layers):
             level = i % len(scales)

@@ -130,7 +130,7 @@ class UniversalModel(nn.Module):
             rows = torch.zeros(0, dtype=torch.int64, device=dev)
             return self.decoder(feats.scales, feats.mask_features, rows, empty, empty, torch.zeros((0, 0), dtype=torch.bool, device=dev))
         tokens, token_pos, valid = self.prompt_tokens(feats, prompts)
-        return self.decoder(feats.scales, feats.mask_features, prompts.row_image, tokens, token_pos, valid, prompts.memory, prompts.has_memory)
+        return self.decoder(feats.scales, feats.mask_features, prompts.row_image, tokens, token_pos, valid, prompts.memory, prompts.has_memory, prompts.box_region)
 
     def forward(self, pixels: torch.Tensor, prompts: PromptTensors | None = None) -> list[DecoderOutput]:
         return self.decode(self.encode_images(pixels), prompts)

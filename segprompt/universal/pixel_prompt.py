@@ -13,10 +13,13 @@ dense mask prompt is added to the image embedding.
   attend to the row's prompt tokens (with their positions), one cross-attention of ``heads``
   heads at ``mask_dim`` width; the output is added to the row's own copy of the features;
 * the previous round's region (the memory prompt) goes through two 3x3 convolutions and is
-  added too, as SAM adds its dense mask embedding.
+  added too, as SAM adds its dense mask embedding;
+* with ``box_map`` (``UniversalConfig.box_map``), the row's box as a region (the share of each
+  cell inside it) goes through two more 3x3 convolutions and is added: a box's tokens are a few
+  samples of a region that is half background, which did not tell the masks where the box ends.
 
-Both outputs start at **zero**, so a model grown with this part computes exactly what it did
-(``grow: {prompt_to_pixel: true}`` in training). Object queries keep reading the image's shared
+Every output starts at **zero**, so a model grown with these parts computes exactly what it did
+(``grow: {prompt_to_pixel: true}``, then ``{box_map: true}``, in training). Object queries keep reading the image's shared
 features: generic output still does not change when prompts are added.
 """
 
@@ -40,11 +43,12 @@ class PixelPromptAttention(nn.Module):
         tokens, token_pos: (R, T, token_dim) prompt tokens and their sine position encodings.
         token_valid: (R, T) bool; a row without any valid token gets no token term.
         memory: (R, h, w) previous-round region (0/1) or None; has_memory: (R,) bool.
+        box_region: (R, h, w) share of each cell inside the row's box (all 0: no box) or None.
     Returns:
         (R, C, h, w) float: each row's mask features.
     """
 
-    def __init__(self, token_dim: int, dim: int, heads: int = 4) -> None:
+    def __init__(self, token_dim: int, dim: int, heads: int = 4, box_map: bool = False) -> None:
         super().__init__()
         if dim % heads:
             raise ValueError(f"pixel-prompt attention: width {dim} is not divisible by {heads} heads")
@@ -55,7 +59,8 @@ class PixelPromptAttention(nn.Module):
         self.v = nn.Linear(token_dim, dim)
         self.out = nn.Linear(dim, dim)
         self.memory = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, dim, 3, padding=1))
-        for zero in (self.out, self.memory[-1]):  # start as the identity on the features
+        self.box_map = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, dim, 3, padding=1)) if box_map else None
+        for zero in (self.out, self.memory[-1], *([self.box_map[-1]] if box_map else [])):  # start as the identity on the features
             nn.init.zeros_(zero.weight)
             nn.init.zeros_(zero.bias)
 
@@ -72,6 +77,7 @@ class PixelPromptAttention(nn.Module):
         token_valid: torch.Tensor,
         memory: torch.Tensor | None = None,
         has_memory: torch.Tensor | None = None,
+        box_region: torch.Tensor | None = None,
     ) -> torch.Tensor:
         b, c, h, w = mask_features.shape
         r = row_image.shape[0]
@@ -94,4 +100,9 @@ class PixelPromptAttention(nn.Module):
             if region.shape[-2:] != (h, w):
                 region = F.interpolate(region, size=(h, w), mode="area")
             rows = rows + self.memory(region) * gate[:, None, None, None]
+        if self.box_map is not None and box_region is not None:
+            region = box_region[:, None].to(rows.dtype)
+            if region.shape[-2:] != (h, w):
+                region = F.interpolate(region, size=(h, w), mode="area")
+            rows = rows + self.box_map(region) * region.flatten(1).amax(1).gt(0)[:, None, None, None].to(rows.dtype)
         return rows

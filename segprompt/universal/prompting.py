@@ -62,6 +62,8 @@ class PromptTensors:
         ref_image: (R,) int64 index, in the same feature batch, of the row's reference image
             (-1: none); ref_coords (R, T_ref, 2) in [0, 1] of that image's model input, inside
             the reference mask; ref_valid (R, T_ref) bool.
+        box_region: (R, h, w) float32, the share of each mask-feature cell inside the row's box
+            (0 where the row has none), or None when no row has a box.
     """
 
     row_image: torch.Tensor
@@ -76,6 +78,7 @@ class PromptTensors:
     ref_image: torch.Tensor | None = None
     ref_coords: torch.Tensor | None = None
     ref_valid: torch.Tensor | None = None
+    box_region: torch.Tensor | None = None
 
     def __len__(self) -> int:
         return int(self.row_image.shape[0])
@@ -85,7 +88,7 @@ class PromptTensors:
         return PromptTensors(
             move(self.row_image), move(self.coords), move(self.kinds), move(self.polarity), move(self.valid),
             self.texts, self.references, move(self.memory), move(self.has_memory),
-            move(self.ref_image), move(self.ref_coords), move(self.ref_valid),
+            move(self.ref_image), move(self.ref_coords), move(self.ref_valid), move(self.box_region),
         )
 
 
@@ -114,6 +117,19 @@ def _memory(s: PromptSet, tf: LongestSide, lowres: int) -> np.ndarray | None:
     logits = torch.from_numpy(s.mask.data)[None, None]
     region = F.interpolate(logits, (lowres, lowres), mode="bilinear", align_corners=False)[0, 0] > 0
     return region.float().numpy()
+
+
+def _box_region(s: PromptSet, tf: LongestSide, lowres: int) -> np.ndarray | None:
+    """(lowres, lowres) float32: the share of each cell of the padded model frame inside the box."""
+    if s.box is None:
+        return None
+    (x0, y0), (x1, y1) = tf.apply_coords(s.box.xyxy.astype(np.float64).reshape(2, 2)) * (lowres / tf.target)
+    cells = np.arange(lowres, dtype=np.float64)
+
+    def cover(lo: float, hi: float) -> np.ndarray:
+        return np.clip(np.minimum(cells + 1, hi) - np.maximum(cells, lo), 0.0, 1.0)
+
+    return np.outer(cover(y0, y1), cover(x0, x1)).astype(np.float32)
 
 
 def prompt_tensors(
@@ -149,6 +165,10 @@ def prompt_tensors(
     if any(m is not None for m in mems):
         memory = torch.from_numpy(np.stack([m if m is not None else np.zeros((lowres, lowres), np.float32) for m in mems]))
         has = torch.tensor([m is not None for m in mems])
+    boxes = [_box_region(s, tf, lowres) for s, tf in zip(sets, transforms)]
+    box_region = None
+    if any(b is not None for b in boxes):
+        box_region = torch.from_numpy(np.stack([b if b is not None else np.zeros((lowres, lowres), np.float32) for b in boxes]))
     ref_index = list(ref_index) if ref_index is not None else [-1] * r
     ref_pos = [
         tf_ref.apply_coords(region_positions(s.reference.mask, k, rng)) / tf_ref.target
@@ -173,6 +193,7 @@ def prompt_tensors(
         ref_image=torch.as_tensor(ref_index, dtype=torch.int64),
         ref_coords=torch.from_numpy(np.clip(ref_coords, 0.0, 1.0)),
         ref_valid=torch.from_numpy(ref_valid),
+        box_region=box_region,
     )
 
 

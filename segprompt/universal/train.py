@@ -50,7 +50,7 @@ __all__ = ["UniversalTrainConfig", "UniversalStep", "build_model", "param_groups
 
 #: architecture fields ``grow`` may add to an ``init`` model, and the state-dict prefix of the
 #: part each adds (the part starts at zero: the grown model computes what the init model did)
-GROWABLE: dict[str, str] = {"detail_dim": "detail.", "prompt_to_pixel": "decoder.pixel_prompt."}
+GROWABLE: dict[str, str] = {"detail_dim": "detail.", "prompt_to_pixel": "decoder.pixel_prompt.", "box_map": "decoder.pixel_prompt.box_map."}
 
 #: fields that may change between a run and its resume (they do not change the result)
 VOLATILE = ("progress", "max_steps", "device", "export")
