@@ -139,6 +139,8 @@ def _copied_into_run(init: Path, work: Path) -> Path:
 
     copy = work / "init.safetensors"
     if not copy.exists():
+        if not init.is_file():
+            raise SystemExit(f"--init {init}: no such universal checkpoint (a .safetensors file or a run folder)")
         work.mkdir(parents=True, exist_ok=True)
         if init.with_suffix(".json").is_file():
             shutil.copyfile(init.with_suffix(".json"), copy.with_suffix(".json"))

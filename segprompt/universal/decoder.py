@@ -254,10 +254,10 @@ class UniversalDecoder(nn.Module):
         xo = self.norm(xo)
         xp = self.norm(xp[:, : self.p])
         b = xo.shape[0]
+        emb = self.mask_embed(xp)
         if row_features is None:
-            prompt_masks = self._masks(self.mask_embed(xp), mask_features, row_image)
+            prompt_masks = self._masks(emb, mask_features, row_image)
         else:
-            emb = self.mask_embed(xp)
             prompt_masks = torch.bmm(emb, row_features.flatten(2)).view(emb.shape[0], emb.shape[1], *row_features.shape[-2:])
         return DecoderOutput(
             object_masks=self._masks(self.mask_embed(xo), mask_features, torch.arange(b, device=xo.device)),

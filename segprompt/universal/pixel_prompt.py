@@ -58,8 +58,8 @@ class PixelPromptAttention(nn.Module):
         self.k = nn.Linear(token_dim, dim)
         self.v = nn.Linear(token_dim, dim)
         self.out = nn.Linear(dim, dim)
-        self.memory = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, dim, 3, padding=1))
-        self.box_map = nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, dim, 3, padding=1)) if box_map else None
+        self.memory = _dense_encoder(dim)
+        self.box_map = _dense_encoder(dim) if box_map else None
         for zero in (self.out, self.memory[-1], *([self.box_map[-1]] if box_map else [])):  # start as the identity on the features
             nn.init.zeros_(zero.weight)
             nn.init.zeros_(zero.bias)
@@ -95,14 +95,22 @@ class PixelPromptAttention(nn.Module):
             delta = self.out(o.transpose(1, 2).reshape(r, h * w, c)) * some[:, None, None].to(o.dtype)
             rows = rows + delta.transpose(1, 2).reshape(r, c, h, w)
         if memory is not None:
-            gate = (has_memory if has_memory is not None else torch.ones(r, dtype=torch.bool, device=rows.device)).to(rows.dtype)
-            region = memory[:, None].to(rows.dtype)
-            if region.shape[-2:] != (h, w):
-                region = F.interpolate(region, size=(h, w), mode="area")
-            rows = rows + self.memory(region) * gate[:, None, None, None]
+            rows = _add_dense(rows, self.memory, memory, has_memory if has_memory is not None else torch.ones(r, dtype=torch.bool, device=rows.device))
         if self.box_map is not None and box_region is not None:
-            region = box_region[:, None].to(rows.dtype)
-            if region.shape[-2:] != (h, w):
-                region = F.interpolate(region, size=(h, w), mode="area")
-            rows = rows + self.box_map(region) * region.flatten(1).amax(1).gt(0)[:, None, None, None].to(rows.dtype)
+            rows = _add_dense(rows, self.box_map, box_region, box_region.flatten(1).amax(1) > 0)
         return rows
+
+
+def _dense_encoder(dim: int) -> nn.Sequential:
+    """A dense prompt (one region map) -> ``dim`` channels: two 3x3 convolutions (SAM's mask
+    downscaling without the stride: the map is already at the features' grid)."""
+    return nn.Sequential(nn.Conv2d(1, 16, 3, padding=1), nn.GELU(), nn.Conv2d(16, dim, 3, padding=1))
+
+
+def _add_dense(rows: torch.Tensor, encoder: nn.Module, region: torch.Tensor, present: torch.Tensor) -> torch.Tensor:
+    """``rows`` (R, C, h, w) plus ``encoder(region)`` where ``present`` (R,) bool; ``region``
+    (R, h', w') is brought to the features' grid by area averaging."""
+    x = region[:, None].to(rows.dtype)
+    if x.shape[-2:] != rows.shape[-2:]:
+        x = F.interpolate(x, size=rows.shape[-2:], mode="area")
+    return rows + encoder(x) * present.to(rows.dtype)[:, None, None, None]

@@ -132,6 +132,14 @@ def _box_region(s: PromptSet, tf: LongestSide, lowres: int) -> np.ndarray | None
     return np.outer(cover(y0, y1), cover(x0, x1)).astype(np.float32)
 
 
+def _stacked(maps: Sequence[np.ndarray | None], lowres: int) -> torch.Tensor | None:
+    """(R, lowres, lowres) float32 of the rows' dense maps, zeros for rows without one; None
+    when no row has one."""
+    if all(m is None for m in maps):
+        return None
+    return torch.from_numpy(np.stack([m if m is not None else np.zeros((lowres, lowres), np.float32) for m in maps]))
+
+
 def prompt_tensors(
     sets: Sequence[PromptSet],
     transforms: Sequence[LongestSide],
@@ -161,14 +169,9 @@ def prompt_tensors(
         coords[i, :n] = tok.coords / tf.target
         kinds[i, :n], polarity[i, :n], valid[i, :n] = tok.kinds, tok.polarity, True
     mems = [_memory(s, tf, lowres) for s, tf in zip(sets, transforms)]
-    memory = has = None
-    if any(m is not None for m in mems):
-        memory = torch.from_numpy(np.stack([m if m is not None else np.zeros((lowres, lowres), np.float32) for m in mems]))
-        has = torch.tensor([m is not None for m in mems])
-    boxes = [_box_region(s, tf, lowres) for s, tf in zip(sets, transforms)]
-    box_region = None
-    if any(b is not None for b in boxes):
-        box_region = torch.from_numpy(np.stack([b if b is not None else np.zeros((lowres, lowres), np.float32) for b in boxes]))
+    memory = _stacked(mems, lowres)
+    has = torch.tensor([m is not None for m in mems]) if memory is not None else None
+    box_region = _stacked([_box_region(s, tf, lowres) for s, tf in zip(sets, transforms)], lowres)
     ref_index = list(ref_index) if ref_index is not None else [-1] * r
     ref_pos = [
         tf_ref.apply_coords(region_positions(s.reference.mask, k, rng)) / tf_ref.target
