@@ -606,6 +606,7 @@ def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig
     budgets = ", ".join(f"{d}: {p} positive + {n} negative over {cfg.steps_of(d)} steps" for d in cfg.datasets for p, n in [cfg.budget_of(d)])
     models = [f"- `{m}`: {MODEL_NOTES.get(m.split('@')[0], 'see config.yaml')}" for m in cfg.models]
     feedback = "on (each click goes with the previous step's logits, to the models that take a mask)" if cfg.mask_feedback else "off"
+    zoomed = ", ".join(f"`{m}`" for m in cfg.models if cfg.model_kwargs.get(m, {}).get("zoom_in")) or "off"
     lines = [
         "# Point-prompt benchmark",
         "",
@@ -618,6 +619,8 @@ def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig
         f"Multimask policy {multimask_note(cfg.multimask)}",
         "",
         f"Mask feedback between correction clicks: {feedback}.",
+        "",
+        f"Zoom-in (RITM's, segprompt.models.zoom_in): {zoomed}.",
         "",
         "## Summary",
         "",

@@ -225,3 +225,30 @@ def test_gpu_universal_script_smoke_on_cpu(tmp_path):
     assert data["quick"] and data["config"]["backbone"] == "sam" and data["config"]["backbone_kwargs"]["arch"]["img_size"] == 256
     r = data["results"][0]
     assert r["train_seconds_per_step"] > 0 and r["infer_decode_sets_per_s"] > 0
+
+
+def test_zoom_in_option_wraps_the_learned_models_only(tmp_path, capsys):
+    """``--zoom-in`` goes to the learned models' kwargs (GrabCut works on the full image anyway),
+    the report says which models zoomed, and 2+ click sets of sam-tiny then differ from a run
+    without it while its single-click step does not."""
+    from segprompt.cli import main
+    from segprompt.data.synthetic import write_folder
+
+    folder = write_folder(SyntheticLesions(n=2, seed=1, size=96), tmp_path / "set")
+    runs = {}
+    for flag in ("--zoom-in", "--no-zoom-in"):
+        out = tmp_path / flag.strip("-")
+        rc = main(["bench", "pointprompt", "--dataset", str(folder), "--model", "sam-tiny", "--model", "grabcut",
+                   "--strategies", "microsam", "--steps", "3", "--out", str(out), flag])
+        assert rc == 0, capsys.readouterr().err
+        runs[flag] = {(r["model"], r["image"], r["step"]): r["iou"] for r in _rows(out)}
+    import yaml
+
+    kwargs = yaml.safe_load((tmp_path / "zoom-in" / "config.yaml").read_text())["model_kwargs"]
+    assert kwargs["sam-tiny"]["zoom_in"] is True and "zoom_in" not in kwargs["grabcut"]
+    assert "Zoom-in (RITM's, segprompt.models.zoom_in): `sam-tiny`." in (tmp_path / "zoom-in" / "report.md").read_text()
+    assert "Zoom-in (RITM's, segprompt.models.zoom_in): off." in (tmp_path / "no-zoom-in" / "report.md").read_text()
+    on, off = runs["--zoom-in"], runs["--no-zoom-in"]
+    assert on.keys() == off.keys()
+    assert all(on[k] == off[k] for k in on if k[0] == "grabcut" or k[2] == 1)
+    assert any(on[k] != off[k] for k in on if k[0] == "sam-tiny" and k[2] > 1)

@@ -51,9 +51,17 @@ def create_segmenter(name: str, **kwargs: Any) -> Segmenter:
     """Build the segmenter registered as ``name`` (``sam``, ``sam-tiny``, ``classical``, ...).
 
     Keyword arguments go to its constructor, e.g. ``create_segmenter("sam",
-    checkpoint="sam_vit_b_01ec64.pth", multimask="best", device="cuda")``.
+    checkpoint="sam_vit_b_01ec64.pth", multimask="best", device="cuda")``, except
+    ``zoom_in`` (True, or a mapping of :class:`~segprompt.models.zoom_in.ZoomInSettings` fields),
+    which wraps the model in RITM's zoom-in (:mod:`segprompt.models.zoom_in`).
     """
-    return _resolve(SEGMENTERS.get(name))(**kwargs)
+    zoom = kwargs.pop("zoom_in", None)
+    segmenter = _resolve(SEGMENTERS.get(name))(**kwargs)
+    if zoom is None or zoom is False:
+        return segmenter
+    from segprompt.models.zoom_in import zoom_in
+
+    return zoom_in(segmenter, zoom)
 
 
 def list_segmenters() -> list[str]:
