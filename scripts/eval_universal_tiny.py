@@ -27,14 +27,19 @@ from pathlib import Path
 SEED = 2024  # held-out scenes (training: seed 0, validation: 999)
 
 
-def point_bench(out: Path, dataset: str, models: list[str], limit: int | None, kwargs: dict, checkpoint: str | None = None) -> dict:
-    """``checkpoint``: a universal file that takes the place of the bundled universal-tiny."""
+def point_bench(out: Path, dataset: str, models: list[str], limit: int | None, kwargs: dict, checkpoint: str | None = None, zoom_in: bool = False) -> dict:
+    """``checkpoint``: a universal file that takes the place of the bundled universal-tiny;
+    ``zoom_in``: RITM's zoom-in for the learned models."""
     from pointprompt.bench import PointBenchConfig, run_pointprompt
 
-    model_kwargs = {}
+    model_kwargs: dict = {}
     if checkpoint:
         models = ["universal" if m == "universal-tiny" else m for m in models]
         model_kwargs = {"universal": {"checkpoint": checkpoint}}
+    if zoom_in:
+        for m in models:
+            if m not in ("grabcut", "classical", "random-walker"):
+                model_kwargs.setdefault(m, {})["zoom_in"] = True
     cfg = PointBenchConfig(
         datasets=[dataset], models=models, strategies=["microsam"], steps=10, limit=limit, dataset_kwargs={dataset: kwargs} if kwargs else {},
         model_kwargs=model_kwargs,
@@ -50,6 +55,7 @@ def main() -> int:
     p.add_argument("--real", type=int, default=10, help="images per real dataset in the point benchmark (0: skip)")
     p.add_argument("--models", default="universal-tiny,sam-tiny,grabcut", help="models of the point benchmark (each in its own run folder, so they can be run apart)")
     p.add_argument("--skip-prompts", action="store_true", help="only the point benchmark")
+    p.add_argument("--zoom-in", action="store_true", help="the point benchmark with RITM's zoom-in for the learned models (segprompt.models.zoom_in)")
     p.add_argument("--checkpoint", default=None, help="a universal .safetensors to evaluate in the place of the bundled universal-tiny (a candidate before it is bundled)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -61,7 +67,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    result: dict = {"held_out_seed": SEED, "scenes": args.scenes, "checkpoint": args.checkpoint or "universal-tiny (bundled)"}
+    result: dict = {"held_out_seed": SEED, "scenes": args.scenes, "checkpoint": args.checkpoint or "universal-tiny (bundled)", "zoom_in": args.zoom_in}
     if not args.skip_prompts:
         seg = create_segmenter("universal", checkpoint=args.checkpoint) if args.checkpoint else create_segmenter("universal-tiny")
         scenes = scenes_of(ObjectScenes(n=args.scenes, seed=SEED), range(args.scenes))
@@ -75,13 +81,16 @@ def main() -> int:
         sets += [(name, args.real, {}) for name in ("kvasir_seg", "busi", "ph2")]
     for name, limit, kwargs in sets:
         for model in args.models.split(","):
-            summary = point_bench(out / f"bench_{name}_{model}", name, [model], limit, kwargs, args.checkpoint if model == "universal-tiny" else None)
+            zoom = args.zoom_in and model != "grabcut"
+            summary = point_bench(out / f"bench_{name}_{model}{'_zoom' if zoom else ''}", name, [model], limit, kwargs,
+                                  args.checkpoint if model == "universal-tiny" else None, zoom_in=zoom)
             table += summary["table"]
     for row in table:
         print(f"{row['dataset']:28s} {row['model']:15s} n {row['trajectories']:3d}  IoU@1 {row['iou@1']:.3f}  IoU@last {row['iou@last']:.3f}  NoC85 {row['noc85']:.2f}  NoC90 {row['noc90']:.2f}")
     result["bench"] = table
     result["seconds"] = time.time() - t0
     name = "numbers.json" if not args.skip_prompts and args.models == "universal-tiny,sam-tiny,grabcut" else f"numbers_{args.models.replace(',', '_')}.json"
+    name = name.replace(".json", "_zoom.json") if args.zoom_in else name
     (out / name).write_text(json.dumps(result, indent=2, default=str))
     print(f"wrote {out / name}")
     return 0

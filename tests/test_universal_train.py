@@ -236,3 +236,78 @@ def test_grown_parts_start_as_the_init_model_and_then_learn(tmp_path):
     assert boxed.decoder.pixel_prompt.box_map is not None  # a later growth on a grown model
     with pytest.raises(ConfigError, match="already has detail_dim"):
         build_model(_cfg(tmp_path, model={}, init=str(tmp_path / "grown" / "universal.safetensors"), grow={"detail_dim": 16}), words=())
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 10_000))
+def test_sibling_negatives_lie_inside_a_twin_of_the_target_never_inside_it(seed):
+    """Instances 0 and 2 of ``_scene`` share a class: a click row on one of them may get negative
+    clicks, and those lie inside the other one; instance 1 (no twin, touching nothing) gets none."""
+    rng = np.random.default_rng(seed)
+    scene = _scene(0)
+    sims = simulate_prompts([scene], 40, rng, mix={"point": 1.0}, sibling_negatives=1.0)
+    with_negatives = 0
+    for s in sims:
+        i = next(j for j, m in enumerate(scene.masks) if (m == s.target).all())
+        pts = s.prompts.points
+        negatives = pts.coords[pts.labels == 0]
+        twin = {0: 2, 2: 0}.get(i)
+        if twin is None:
+            assert len(negatives) == 0
+            continue
+        assert 1 <= len(negatives) <= 2
+        with_negatives += 1
+        for x, y in negatives:
+            assert scene.masks[twin][int(y), int(x)] and not s.target[int(y), int(x)]
+    assert with_negatives > 10
+    plain = simulate_prompts([scene], 40, np.random.default_rng(seed), mix={"point": 1.0})
+    assert all((s.prompts.points.labels == 1).all() for s in plain)  # off by default
+
+
+def test_extra_rounds_add_clicks_from_the_last_rounds_mask(tmp_path):
+    """``next_round`` adds 1..correction_clicks clicks to each set, at errors of the given
+    prediction; ``extra_rounds`` runs such rounds without gradients before the graded one, and a
+    training step with them gives a finite loss that reaches the decoder."""
+    from segprompt.universal.train import UniversalStep, build_model
+
+    cfg = _cfg(tmp_path, second_round=1.0, extra_rounds=2, correction_clicks=2, sibling_negatives=0.5, memory_share=0.0)
+    torch.manual_seed(0)
+    model = build_model(cfg, ("disc", "star"))
+    step = UniversalStep(model, cfg, ("disc", "star"))
+    scenes = [_scene(0), _scene(1)]
+    loss, logs = step(scenes, np.random.default_rng(0))
+    assert torch.isfinite(loss) and "round2" in logs
+    loss.backward()
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in model.decoder.parameters())
+
+    from segprompt.prompts import Points, PromptSet
+    from segprompt.universal.prompting import model_input
+    from segprompt.universal.train_data import SimulatedPrompt
+
+    _, tfs = model_input([sc.image for sc in scenes], model.img_size)
+    target = scenes[0].masks[0]
+    sims = [SimulatedPrompt(PromptSet(points=Points.positive((10.5, 10.5))), target, 0, 0, -1)]
+
+    class Out:  # a final layer whose best candidate (0) is empty everywhere
+        scores = torch.tensor([[1.0, 0.0, 0.0]])
+        masks = torch.full((1, 3, 64, 64), -5.0)
+
+    nxt = step.next_round([(0, sims[0].prompts)], Out(), sims, tfs, np.random.default_rng(1))
+    (i, grown), = nxt
+    assert i == 0 and 2 <= len(grown.points) <= 3 and grown.mask is None
+    for (x, y), label in zip(grown.points.coords[1:], grown.points.labels[1:]):
+        assert label == 1 and target[int(y), int(x)]  # the empty prediction missed the target: positive clicks inside it
+
+
+def test_the_click5_measure_and_val_kinds(tmp_path):
+    from segprompt.errors import ConfigError
+    from segprompt.models.universal import UniversalSegmenter
+    from segprompt.universal.evaluate import evaluate_scenes
+    from segprompt.universal.train import build_model
+
+    with pytest.raises(ConfigError, match="val_kinds"):
+        _cfg(tmp_path, val_kinds=["click", "clicks"])
+    torch.manual_seed(0)
+    seg = UniversalSegmenter(model=build_model(_cfg(tmp_path), ("disc", "star")))
+    out = evaluate_scenes(seg, [_scene(0)], kinds=("click", "click5"))
+    assert set(out) == {"click_iou", "click5_iou"} and 0 <= out["click5_iou"] <= 1

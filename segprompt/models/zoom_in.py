@@ -143,6 +143,7 @@ class ZoomInSegmenter(Segmenter):
         if whole.masks.shape[1] > 1 and select in ("first", "best"):
             whole = whole.select(select)  # type: ignore[arg-type]
         masks, scores = whole.masks.copy(), whole.scores.copy()
+        chosen = None if whole.chosen is None else whole.chosen.copy()
         h, w = state.original_size
         for i, s in enumerate(prompts):
             if s.points is None or len(s.points) <= self.settings.skip_clicks:
@@ -155,12 +156,14 @@ class ZoomInSegmenter(Segmenter):
             crop_state = self.inner.encode(np.ascontiguousarray(state.image[y0:y1, x0:x1]))  # type: ignore[index]
             local = self.inner._segment(crop_state, [crop_prompts(s, roi, (h, w))], multimask_output, select)
             if local.masks.shape[1] != masks.shape[1]:
-                local = local.select("best")
+                local = local.select(select or "best")  # type: ignore[arg-type]
             masks[i] = False
             masks[i, :, y0:y1, x0:x1] = local.masks[0]
             scores[i] = local.scores[0]
+            if chosen is not None and local.chosen is not None:
+                chosen[i] = local.chosen[0]
             self.zoomed += 1
-        return Prediction(masks=masks, scores=scores, logits=whole.logits, chosen=whole.chosen)
+        return Prediction(masks=masks, scores=scores, logits=whole.logits, chosen=chosen)
 
     def _current_mask(self, inner_state: ImageState, prompts: PromptSet, whole: Prediction, row: int) -> np.ndarray:
         """bool (H, W): the set's binary mask prompt, its logits mask prompt brought to the image

@@ -5,7 +5,10 @@
 * ``text_iou``: the class name of each class present -> mean IoU against that class's region
   over (scene, class) pairs;
 * ``ref_iou``: each class present in a scene, prompted by an instance of that class from the
-  *previous* scene that has one -> mean IoU against the class region.
+  *previous* scene that has one -> mean IoU against the class region;
+* ``click5_iou`` (only when asked for): the centre click, then two rounds of two correction
+  clicks (:func:`~segprompt.universal.train_data.correction_clicks` on the last mask, no memory:
+  the point benchmark's protocol without ``--mask-feedback``) -> mean IoU after 5 clicks.
 """
 
 from __future__ import annotations
@@ -17,7 +20,10 @@ from scipy import ndimage
 
 from segprompt.prompts import Points, PromptSet, Reference, Text
 
-__all__ = ["evaluate_scenes", "iou", "centre_click"]
+__all__ = ["evaluate_scenes", "iou", "centre_click", "VAL_KINDS"]
+
+#: what :func:`evaluate_scenes` measures
+VAL_KINDS = ("click", "text", "ref", "click5")
 
 
 def iou(pred: np.ndarray, target: np.ndarray) -> float:
@@ -64,9 +70,26 @@ def evaluate_scenes(segmenter: Any, scenes: Sequence[Any], kinds: Sequence[str] 
             pred = segmenter.segment(state, sets, multimask="auto")
             for k, m, t in zip(kind_of, pred.masks[:, 0], targets):
                 scores[k].append(iou(m, t))
+        if "click5" in kinds:
+            scores["click5"] += _corrected_ious(segmenter, state, sc.masks, rounds=2, per_round=2)
         for m, c in zip(sc.masks, sc.classes):
             last_seen[sc.class_names[int(c)]] = (sc.image, m)
     return {f"{k}_iou": float(np.mean(v)) if v else float("nan") for k, v in scores.items()}
+
+
+def _corrected_ious(segmenter: Any, state: Any, masks: Sequence[np.ndarray], rounds: int, per_round: int) -> list[float]:
+    """IoU of each object after its centre click and ``rounds`` x ``per_round`` correction clicks."""
+    from segprompt.universal.train_data import correction_clicks
+
+    points = [Points.positive(tuple(centre_click(m))) for m in masks]
+    pred = segmenter.segment(state, [PromptSet(points=p) for p in points], multimask="auto").masks[:, 0]
+    for _ in range(rounds):
+        for j, (m, p) in enumerate(zip(masks, points)):
+            clicks = correction_clicks(pred[j], m, per_round)
+            if clicks:
+                points[j] = p + Points(np.stack([c[0] for c in clicks]), np.array([c[1] for c in clicks]))
+        pred = segmenter.segment(state, [PromptSet(points=p) for p in points], multimask="auto").masks[:, 0]
+    return [iou(p, m) for p, m in zip(pred, masks)]
 
 
 def text_miou(segmenter: Any, scenes: Sequence[Any]) -> dict[str, Any]:

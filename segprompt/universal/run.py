@@ -113,7 +113,7 @@ def train_universal(cfg: UniversalTrainConfig, out: str | Path, dataset: Any = N
 
     def evaluate(epoch: int) -> dict[str, float]:
         seg = UniversalSegmenter(model=model, device=cfg.device)
-        metrics = evaluate_scenes(seg, val_scenes)
+        metrics = evaluate_scenes(seg, val_scenes, kinds=cfg.val_kinds)
         vals = [v for v in metrics.values() if np.isfinite(v)]
         return {**{f"val_{k}": v for k, v in metrics.items()}, "val_score": float(np.mean(vals)) if vals else 0.0}
 

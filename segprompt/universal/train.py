@@ -29,7 +29,15 @@ One training step (batch of scenes, :mod:`segprompt.universal.train_data`):
 5. **second round** (``second_round`` of the rows with visual prompts): the first round's best
    mask gives 1..``correction_clicks`` correction clicks (centres of the largest error regions,
    :func:`~segprompt.universal.train_data.correction_clicks`) and, in ``memory_share`` of them,
-   becomes the memory prompt; that round's outputs get the prompt loss too.
+   becomes the memory prompt; that round's outputs get the prompt loss too. With
+   ``extra_rounds`` > 0, 0..``extra_rounds`` rounds run before it without gradients, each
+   adding clicks from the last round's mask (RITM's iterative training), so the graded round
+   sees the many-click sets of a long correction session;
+6. ``sibling_negatives``: a share of the click rows also gets negative clicks inside another
+   instance of the target's class (or one touching it).
+
+``val_kinds`` picks the validation measures whose mean selects the best epoch (``click``,
+``text``, ``ref``, ``click5``: the IoU after 5 clicks, the point benchmark's corrections).
 """
 
 from __future__ import annotations
@@ -84,6 +92,9 @@ class UniversalTrainConfig:
     second_round: float = 0.3
     correction_clicks: int = 1
     memory_share: float = 1.0
+    extra_rounds: int = 0
+    sibling_negatives: float = 0.0
+    val_kinds: tuple[str, ...] = ("click", "text", "ref")
     num_points: int = 2048
     prompt_supervision: str = "middle+last"
     patience: int = 0
@@ -106,6 +117,16 @@ class UniversalTrainConfig:
             raise ConfigError(f"prompt_supervision is 'all' or 'middle+last', got {self.prompt_supervision!r}")
         if not 0 <= self.second_round <= 1:
             raise ConfigError(f"second_round is a probability in [0, 1], got {self.second_round}")
+        if not 0 <= self.sibling_negatives <= 1:
+            raise ConfigError(f"sibling_negatives is a probability in [0, 1], got {self.sibling_negatives}")
+        if self.extra_rounds < 0:
+            raise ConfigError(f"extra_rounds must be >= 0, got {self.extra_rounds}")
+        from segprompt.universal.evaluate import VAL_KINDS
+
+        object.__setattr__(self, "val_kinds", tuple(self.val_kinds))
+        bad = sorted(set(self.val_kinds) - set(VAL_KINDS))
+        if bad or not self.val_kinds:
+            raise ConfigError(f"val_kinds: unknown {', '.join(bad) or '(none given)'}; use some of {', '.join(VAL_KINDS)}")
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -212,7 +233,7 @@ class UniversalStep:
 
         model, cfg = self.model, self.cfg
         dev = model.device
-        sims = simulate_prompts(scenes, cfg.rows_per_image, rng)
+        sims = simulate_prompts(scenes, cfg.rows_per_image, rng, sibling_negatives=cfg.sibling_negatives)
         if not sims:
             return None, {}
         pixels, tfs = model_input([s.image for s in scenes], model.img_size)
@@ -244,6 +265,12 @@ class UniversalStep:
 
         # second round: a correction click and the first round's mask as memory
         again = self.second_round(sims, outs[-1], tfs, rng)
+        for _ in range(int(rng.integers(0, cfg.extra_rounds + 1)) if again else 0):
+            # a user's third, fourth... round: decoded without gradients, its mask gives the next clicks
+            idx, sets_k = zip(*again)
+            with torch.no_grad():
+                outs_k, _ = self.decode(feats, list(sets_k), [sims[i].image for i in idx], [sims[i].reference_image for i in idx], tfs, rng)
+            again = self.next_round(again, outs_k[-1], sims, tfs, rng)
         if again:
             idx, sets2 = zip(*again)
             outs2, _ = self.decode(feats, list(sets2), [sims[i].image for i in idx], [sims[i].reference_image for i in idx], tfs, rng)
@@ -285,20 +312,32 @@ class UniversalStep:
         from segprompt.universal.train_data import correction_clicks
 
         chosen = [i for i, s in enumerate(sims) if s.prompts.reference is None and s.prompts.text is None and rng.random() < self.cfg.second_round]
+        return self.next_round([(i, sims[i].prompts) for i in chosen], final, sims, tfs, rng, rows=chosen)
+
+    def next_round(
+        self, current: Sequence[tuple[int, Any]], final: Any, sims: Sequence[Any], tfs: Sequence[Any], rng: np.random.Generator,
+        rows: Sequence[int] | None = None,
+    ) -> list[tuple[int, Any]]:
+        """``current`` (sim index, prompt set) with 1..``correction_clicks`` correction clicks added
+        from ``final``'s best candidate (row ``rows[k]`` of ``final`` for entry k; default k) and,
+        in ``memory_share`` of them, that candidate's logits as the memory prompt."""
+        from segprompt.prompts import MaskPrompt, Points, PromptSet
+        from segprompt.universal.train_data import correction_clicks
+
         out = []
-        for i in chosen:
+        for k, (i, p) in enumerate(current):
+            r = k if rows is None else rows[k]
             s = sims[i]
-            best = int(final.scores[i].detach().argmax())
-            low = final.masks[i, best].detach().float().cpu()
+            best = int(final.scores[r].detach().argmax())
+            low = final.masks[r, best].detach().float().cpu()
             pred = (tfs[s.image].upscale_logits(low[None, None])[0, 0] > 0).numpy()
             clicks = correction_clicks(pred, s.target, int(rng.integers(1, self.cfg.correction_clicks + 1)))
             if not clicks:
                 continue
             xy = np.stack([c[0] for c in clicks])
             labels = np.array([c[1] for c in clicks])
-            old = s.prompts.points
+            old = p.points
             pts = Points(xy, labels) if old is None else Points(np.concatenate((old.coords, xy)), np.concatenate((old.labels, labels)))
-            p = s.prompts
-            memory = MaskPrompt(low.numpy(), kind="logits") if rng.random() < self.cfg.memory_share else p.mask
+            memory = MaskPrompt(low.numpy(), kind="logits") if rng.random() < self.cfg.memory_share else s.prompts.mask
             out.append((i, PromptSet(points=pts, box=p.box, scribbles=p.scribbles, mask=memory, text=p.text)))
         return out

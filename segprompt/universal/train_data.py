@@ -148,10 +148,31 @@ def _coarse_mask(mask: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return coarse if coarse.any() else mask
 
 
+def _sibling_negatives(scene: TrainScene, i: int, rng: np.random.Generator) -> list[np.ndarray]:
+    """1-2 negative clicks inside other instances of ``scene``: of instance ``i``'s class when
+    there are any (a click on one ring of two must not give both), else those touching it."""
+    mask, c = scene.masks[i], int(scene.classes[i])
+    same = [j for j in range(len(scene.masks)) if j != i and int(scene.classes[j]) == c]
+    grown = ndimage.binary_dilation(mask, iterations=2)
+    touching = [j for j in range(len(scene.masks)) if j != i and (grown & scene.masks[j]).any()]
+    pool = same or touching
+    out = []
+    for j in rng.permutation(pool)[: int(rng.integers(1, 3))] if pool else []:
+        own = scene.masks[int(j)] & ~mask
+        if own.sum() >= 4:
+            out.append(_interior_point(own, rng, 0.5))
+    return out
+
+
 def simulate_prompts(
-    scenes: Sequence[TrainScene], rows_per_image: int, rng: np.random.Generator, mix: dict[str, float] | None = None
+    scenes: Sequence[TrainScene], rows_per_image: int, rng: np.random.Generator, mix: dict[str, float] | None = None,
+    sibling_negatives: float = 0.0,
 ) -> list[SimulatedPrompt]:
-    """``rows_per_image`` simulated prompt sets per scene with at least one instance (see the module docstring)."""
+    """``rows_per_image`` simulated prompt sets per scene with at least one instance (see the module
+    docstring). ``sibling_negatives``: share of the click recipes (``point``, ``points``) that
+    also get 1-2 negative clicks inside other instances of the same class (else inside instances
+    touching the target), where the scene has any: visual prompts mean one instance, and a
+    negative click on its twin must remove the twin."""
     mix = mix or PROMPT_MIX
     recipes, weights = list(mix), np.asarray(list(mix.values()), float)
     weights = weights / weights.sum()
@@ -185,6 +206,10 @@ def simulate_prompts(
                     ref_image = bb
             if "point" in parts or "points" in parts:
                 kw["points"] = _clicks(mask, rng, many="points" in parts)
+                if "text" not in parts and sibling_negatives and rng.random() < sibling_negatives:
+                    extra = _sibling_negatives(sc, i, rng)
+                    if extra:
+                        kw["points"] = kw["points"] + Points(np.stack(extra), np.zeros(len(extra), np.int64))
             if "box" in parts:
                 kw["box"] = _box(mask, rng)
             if "scribble" in parts:
