@@ -383,3 +383,26 @@ def test_clip_text_towers_give_the_library_text_embedding(kind):
     pred = seg.predict(_image(), [PromptSet(text=Text("any words at all"))])
     assert pred.masks.shape == (1, 1, 64, 64)
     assert seg.generic(_image(), threshold=0.0).vocabulary == ("polyp", "background")
+
+
+def test_pick_by_clicks_prefers_the_candidate_that_keeps_the_clicks():
+    """Candidate 0 has the best predicted IoU but drops the two positive clicks; candidate 2 keeps
+    them and leaves the negative out; candidate 1 keeps them and covers the negative."""
+    from segprompt.errors import ConfigError
+    from segprompt.models.resize import LongestSide
+    from segprompt.models.universal import UniversalSegmenter, pick_by_clicks
+
+    tf = LongestSide(64, (64, 64))  # the frame is the image, 16 x 16 cells of 4 px
+    logits = torch.full((2, 3, 16, 16), -4.0)
+    logits[:, 0, 12:, 12:] = 4.0
+    logits[:, 1, :8, :] = 4.0
+    logits[:, 2, :8, :8] = 4.0
+    scores = torch.tensor([[0.9, 0.5, 0.4], [0.9, 0.5, 0.4]])
+    clicks = PromptSet(points=Points([[6.0, 6.0], [20.0, 10.0], [50.0, 10.0]], [1, 1, 0]))
+    no_clicks = PromptSet(box=Box((0, 0, 30, 30)))
+    assert pick_by_clicks(logits, scores, [clicks, no_clicks], tf).tolist() == [2, 0]
+    tied = torch.tensor([[0.1, 0.6, 0.7], [0.9, 0.5, 0.4]])
+    logits[0, 1] = logits[0, 2]  # the same agreement: the higher score wins
+    assert pick_by_clicks(logits, tied, [clicks, no_clicks], tf).tolist()[0] == 2
+    with pytest.raises(ConfigError, match="pick"):
+        UniversalSegmenter(model=torch.nn.Linear(1, 1), pick="best")

@@ -156,3 +156,26 @@ def test_create_segmenter_wraps_on_request_and_describes_it():
     assert not isinstance(create_segmenter("sam-tiny", zoom_in=False), ZoomInSegmenter)
     with pytest.raises(ConfigError, match="zoom_in"):
         create_segmenter("sam-tiny", zoom_in="yes")
+
+
+class EmptyOnCrops(Recorder):
+    """The stand-in, but its crops come back empty (a zoomed decode that lost the object)."""
+
+    def _segment(self, state, prompts, multimask_output, select=None):
+        pred = super()._segment(state, prompts, multimask_output, select)
+        if state.original_size != (100, 120):
+            pred.masks[:] = False
+        return pred
+
+
+def test_keep_better_keeps_the_whole_image_mask_when_the_crop_drops_the_clicks():
+    from segprompt.models.zoom_in import clicks_agreed
+
+    two = PromptSet(points=Points(np.array([[60.0, 50.0], [62.0, 52.0]], np.float32), np.array([1, 1])))
+    image = np.zeros((100, 120, 3), np.uint8)
+    ritm = ZoomInSegmenter(EmptyOnCrops(), ZoomInSettings(min_crop=0.0))
+    assert ritm.segment(ritm.encode(image), [two]).masks.sum() == 0  # RITM's rule: the crop's mask, empty
+    kept = ZoomInSegmenter(EmptyOnCrops(), ZoomInSettings(min_crop=0.0, keep_better=True))
+    pred = kept.segment(kept.encode(image), [two])
+    assert pred.masks[0, 0].sum() == 81 and clicks_agreed(pred.masks[0, 0], two.points) == 2
+    assert clicks_agreed(np.zeros((100, 120), bool), Points(np.array([[1.0, 1.0], [5.0, 5.0]], np.float32), np.array([1, 0]))) == 1

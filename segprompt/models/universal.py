@@ -31,7 +31,7 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 
-from segprompt.errors import PromptError, WeightsError
+from segprompt.errors import ConfigError, PromptError, WeightsError
 from segprompt.models.base import ImageState, Prediction, Segmenter
 from segprompt.models.resize import LongestSide
 from segprompt.prompts import PROMPT_KINDS, PromptSet
@@ -41,6 +41,8 @@ __all__ = ["UniversalSegmenter", "GenericOutput", "create_universal_tiny", "univ
 ASSET = "universal_tiny.safetensors"
 #: reference images whose features a segmenter keeps (an LRU of their encodings)
 REFERENCE_CACHE = 16
+#: rules for keeping one candidate (see UniversalSegmenter's ``pick``)
+PICK_RULES = ("score", "clicks")
 
 
 @dataclass
@@ -71,6 +73,13 @@ class UniversalSegmenter(Segmenter):
         vocabulary: default class names for :meth:`generic` and :meth:`classify` (the model's
             words for a closed-vocabulary model).
         max_rows: prompt sets decoded per decoder call.
+        pick: how one candidate is kept where a single mask is asked for (``"single"``, and sets
+            other than one lone click under ``"auto"``): ``"clicks"`` (default), among the
+            candidates that agree with the most clicks (positive clicks inside, negative outside,
+            read from the low-res logits) the highest predicted IoU -- the IoU head alone
+            sometimes ranks first a candidate that drops most of the user's positive clicks;
+            ``"score"``, the highest predicted IoU alone (SAM's rule, universal-tiny v1-v2's).
+            Sets without clicks: the score either way.
     """
 
     name = "universal"
@@ -87,7 +96,10 @@ class UniversalSegmenter(Segmenter):
         cache: Any = None,
         vocabulary: Sequence[str] | None = None,
         max_rows: int = 32,
+        pick: str = "clicks",
     ) -> None:
+        if pick not in PICK_RULES:
+            raise ConfigError(f"pick must be one of {', '.join(PICK_RULES)}, got {pick!r}")
         super().__init__(multimask=multimask, device=device, precision=precision, cache=cache)  # type: ignore[arg-type]
         if model is None:
             if checkpoint is None:
@@ -100,6 +112,7 @@ class UniversalSegmenter(Segmenter):
         words = tuple(model.cfg.words)  # the class names it was trained with
         self.vocabulary: tuple[str, ...] = tuple(vocabulary) if vocabulary is not None else words
         self.max_rows = int(max_rows)
+        self.pick = pick
         self._ref_cache: OrderedDict[str, tuple[Any, LongestSide]] = OrderedDict()  # reference features, see _reference_features
         #: images through the image encoder: targets (``encode``) and reference images (cache misses), for cost tables
         self.counts: dict[str, int] = {"image_encoder": 0, "reference_encoder": 0}
@@ -177,7 +190,7 @@ class UniversalSegmenter(Segmenter):
     def _segment(self, state: ImageState, sets: list[PromptSet], multimask_output: bool, select: str | None = None) -> Prediction:
         logits, scores, _ = self.decode_sets(state, sets)
         if not multimask_output:
-            best = scores.argmax(1)
+            best = scores.argmax(1) if self.pick == "score" else pick_by_clicks(logits, scores, sets, self.transform(state.original_size))
             rows = torch.arange(len(sets))
             logits, scores = logits[rows, best][:, None], scores[rows, best][:, None]
         tf = self.transform(state.original_size)
@@ -205,6 +218,9 @@ class UniversalSegmenter(Segmenter):
         while len(self._ref_cache) > max(REFERENCE_CACHE, len(set(keys))):
             self._ref_cache.popitem(last=False)
         return [(k, self._ref_cache[k][1]) for k in keys]
+
+    def describe(self) -> dict[str, Any]:
+        return {**super().describe(), "checkpoint": self.checkpoint, "pick": self.pick}
 
     # -- classes -----------------------------------------------------------------
     def _vocabulary(self, vocabulary: Sequence[str] | None) -> tuple[str, ...]:
@@ -241,6 +257,27 @@ class UniversalSegmenter(Segmenter):
         seg_masks, classes, scores = panoptic_inference(cls, masks, threshold, overlap)
         semantic = semantic_from_segments(seg_masks, classes)
         return GenericOutput(semantic.cpu().numpy(), seg_masks.cpu().numpy(), classes.cpu().numpy(), scores.cpu().numpy(), vocab)
+
+
+def pick_by_clicks(logits: torch.Tensor, scores: torch.Tensor, sets: Sequence[PromptSet], tf: LongestSide) -> torch.Tensor:
+    """(R,) index of each set's candidate: the most clicks agreed with, then the highest score.
+
+    ``logits`` (R, P, l, l) in the padded model frame, ``scores`` (R, P). A click agrees with a
+    candidate when the logit at its cell (nearest, ``(x, y)`` brought to the frame) is > 0 for a
+    positive click and <= 0 for a negative one."""
+    r, p, side = logits.shape[0], logits.shape[1], logits.shape[-1]
+    agree = torch.zeros(r, p)
+    for i, s in enumerate(sets):
+        if s.points is None or not len(s.points):
+            continue
+        xy = tf.apply_coords(s.points.coords) * (side / tf.target)
+        col = torch.from_numpy(np.clip(np.floor(xy[:, 0]), 0, side - 1).astype(np.int64))
+        row = torch.from_numpy(np.clip(np.floor(xy[:, 1]), 0, side - 1).astype(np.int64))
+        inside = logits[i][:, row, col].cpu() > 0  # (P, N)
+        positive = torch.from_numpy(s.points.labels == 1)
+        agree[i] = (inside == positive).sum(1).float()
+    # agreement first, the score only among the candidates tied on it (scores of sigmoid IoUs lie in [0, 1])
+    return (agree * 2.0 + scores.float().cpu().clamp(0, 1)).argmax(1).to(logits.device)
 
 
 def universal_tiny_path() -> Path:

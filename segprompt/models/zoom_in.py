@@ -37,7 +37,7 @@ from segprompt.errors import ConfigError
 from segprompt.models.base import ImageState, Prediction, Segmenter
 from segprompt.prompts import Box, MaskPrompt, Points, PromptSet, Scribble
 
-__all__ = ["ZoomInSettings", "ZoomInSegmenter", "object_roi", "zoom_in"]
+__all__ = ["ZoomInSettings", "ZoomInSegmenter", "object_roi", "zoom_in", "clicks_agreed", "crop_prompts"]
 
 
 @dataclass(frozen=True)
@@ -50,12 +50,15 @@ class ZoomInSettings:
         expansion: the region's box is grown this many times about its centre.
         min_crop: smallest crop side, as a share of the image's longest side (0..1).
         prob_thresh: probability above which a pixel belongs to the current mask.
+        keep_better: keep the whole-image mask where it agrees with more of the set's clicks than
+            the crop's (positive clicks inside, negative outside); RITM always takes the crop's.
     """
 
     skip_clicks: int = 1
     expansion: float = 1.4
     min_crop: float = 0.25
     prob_thresh: float = 0.5
+    keep_better: bool = False
 
     def __post_init__(self) -> None:
         if self.skip_clicks < 0:
@@ -91,6 +94,15 @@ def object_roi(mask: np.ndarray, points: Points | None, settings: ZoomInSettings
     rx0, rx1 = int(np.floor(max(0.0, cx - half_w))), int(np.ceil(min(float(w), cx + half_w)))
     ry0, ry1 = int(np.floor(max(0.0, cy - half_h))), int(np.ceil(min(float(h), cy + half_h)))
     return rx0, ry0, max(rx1, rx0 + 1), max(ry1, ry0 + 1)
+
+
+def clicks_agreed(mask: np.ndarray, points: Points) -> int:
+    """How many of ``points`` bool ``mask`` (H, W) agrees with: positive clicks on a mask pixel,
+    negative clicks off the mask."""
+    h, w = mask.shape
+    col = np.clip(np.floor(points.coords[:, 0]).astype(np.int64), 0, w - 1)
+    row = np.clip(np.floor(points.coords[:, 1]).astype(np.int64), 0, h - 1)
+    return int((mask[row, col] == (points.labels == 1)).sum())
 
 
 def crop_prompts(prompts: PromptSet, roi: tuple[int, int, int, int], image_size: tuple[int, int]) -> PromptSet:
@@ -157,8 +169,11 @@ class ZoomInSegmenter(Segmenter):
             local = self.inner._segment(crop_state, [crop_prompts(s, roi, (h, w))], multimask_output, select)
             if local.masks.shape[1] != masks.shape[1]:
                 local = local.select(select or "best")  # type: ignore[arg-type]
-            masks[i] = False
-            masks[i, :, y0:y1, x0:x1] = local.masks[0]
+            pasted = np.zeros_like(masks[i])
+            pasted[:, y0:y1, x0:x1] = local.masks[0]
+            if self.settings.keep_better and clicks_agreed(pasted[0], s.points) < clicks_agreed(masks[i, 0], s.points):
+                continue
+            masks[i] = pasted
             scores[i] = local.scores[0]
             if chosen is not None and local.chosen is not None:
                 chosen[i] = local.chosen[0]
