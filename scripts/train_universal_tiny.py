@@ -183,7 +183,8 @@ def export(args: argparse.Namespace) -> int:
     save_universal(model, target, dtype=torch.float16, extra={"trained_in": str(work)})
     record = {
         "model": "universal-tiny",
-        "version": 2 if model.cfg.prompt_to_pixel else 1,  # 2: stages 3-4 grew the detail stem, prompt-aware mask features and the box map
+        # 2: stages 3-4 grew the detail stem, prompt-aware mask features and the box map; 3: stage 6's correction sessions
+        "version": 3 if cfg.get("dataset_kwargs") == STAGE6_TRAIN else 2 if model.cfg.prompt_to_pixel else 1,
         "note": "demo model trained on synthetic scenes only (segprompt.data.scenes, 'synthetic-objects'); eight word classes; not a foundation model",
         "config": model.cfg.to_dict(),
         "data": {"train": {"dataset": "synthetic-objects", **TRAIN}, "stage2": {"dataset": "synthetic-objects", **STAGE2_TRAIN},
