@@ -2,9 +2,10 @@
 training used seed 0, validation 999, the closing-note evaluation 2024).
 
 A bar the model does not reach yet is a strict expected failure: a retrained model that reaches
-it makes the marker fail, which tells whoever retrains to move it. universal-tiny v2 (stages 3-4:
-detail stem, prompt-aware mask features, box map) reaches the text bar (0.733 here), the reference
-bar (0.634) and the box bar (0.678 -> 0.754); NoC@85 (8.5 vs GrabCut 7.0) is not reached.
+it makes the marker fail, which tells whoever retrains to move it. universal-tiny v3 (v2's
+detail stem, prompt-aware mask features and box map, then stage 6's correction sessions) reaches
+the text bar (0.750 here), the reference bar (0.627) and the box bar (0.711 -> 0.777); NoC@85
+(7.17, 5.33 with RITM's zoom-in, vs GrabCut 7.0) is not reached.
 """
 
 from __future__ import annotations
