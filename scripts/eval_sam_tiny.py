@@ -47,6 +47,7 @@ def main() -> int:
     ap.add_argument("--dataset", action="append", default=None, help=f"default: {', '.join(REAL + tuple(SYNTHETIC))}")
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--steps", type=int, default=3)
+    ap.add_argument("--zoom-in", action="store_true", help="RITM's zoom-in for the learned models (segprompt.models.zoom_in): the clicks after the first")
     args = ap.parse_args()
     models, kwargs = [], {}
     for m in args.model:
@@ -54,6 +55,8 @@ def main() -> int:
         models.append(name)
         if ckpt:
             kwargs[name] = {"checkpoint": ckpt}
+        if args.zoom_in and name not in ("grabcut", "classical", "random-walker"):
+            kwargs.setdefault(name, {})["zoom_in"] = True
     table = {}
     for name in args.dataset or [*REAL, *SYNTHETIC]:
         cfg = PointBenchConfig(datasets=[name], models=models, model_kwargs=kwargs, strategies=["microsam"], n_positive=args.steps, n_negative=0,
