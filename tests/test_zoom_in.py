@@ -179,3 +179,14 @@ def test_keep_better_keeps_the_whole_image_mask_when_the_crop_drops_the_clicks()
     pred = kept.segment(kept.encode(image), [two])
     assert pred.masks[0, 0].sum() == 81 and clicks_agreed(pred.masks[0, 0], two.points) == 2
     assert clicks_agreed(np.zeros((100, 120), bool), Points(np.array([[1.0, 1.0], [5.0, 5.0]], np.float32), np.array([1, 0]))) == 1
+
+
+def test_a_region_of_a_few_pixels_is_not_zoomed_on():
+    inner = Recorder()
+    seg = ZoomInSegmenter(inner, ZoomInSettings(min_crop=0.0, expansion=1.0))
+    image = np.zeros((40, 40, 3), np.uint8)
+    previous = np.zeros((40, 40), bool)
+    previous[10:13, 10:13] = True  # a 3 x 3 mask prompt: a 3-px crop
+    s = PromptSet(points=Points(np.array([[11.0, 11.0], [12.0, 12.0]], np.float32), np.array([1, 1])), mask=MaskPrompt(previous))
+    pred = seg.segment(seg.encode(image), [s])
+    assert inner.encoded == [(40, 40)] and seg.zoomed == 0 and pred.masks[0, 0].sum() == 81

@@ -40,6 +40,10 @@ from segprompt.prompts import Box, MaskPrompt, Points, PromptSet, Scribble
 __all__ = ["ZoomInSettings", "ZoomInSegmenter", "object_roi", "zoom_in", "clicks_agreed", "crop_prompts"]
 
 
+#: a region narrower than this (pixels) is not zoomed on: the whole-image decode stays
+MIN_CROP_PIXELS = 8
+
+
 @dataclass(frozen=True)
 class ZoomInSettings:
     """RITM's ZoomIn parameters (its defaults, except ``min_crop``: RITM's 200 px is for 400-600
@@ -162,8 +166,8 @@ class ZoomInSegmenter(Segmenter):
                 continue
             current = self._current_mask(inner_state, s, whole, i)
             roi = object_roi(current, s.points, self.settings)
-            if roi is None or roi == (0, 0, w, h):
-                continue
+            if roi is None or roi == (0, 0, w, h) or min(roi[2] - roi[0], roi[3] - roi[1]) < MIN_CROP_PIXELS:
+                continue  # nothing to zoom on, the whole image already, or too few pixels to encode
             x0, y0, x1, y1 = roi
             crop_state = self.inner.encode(np.ascontiguousarray(state.image[y0:y1, x0:x1]))  # type: ignore[index]
             local = self.inner._segment(crop_state, [crop_prompts(s, roi, (h, w))], multimask_output, select)
