@@ -51,6 +51,30 @@ def test_differs_from_pytorchs_two_resizes_only_within_rounding_of_the_threshold
         assert 0.02 < expected.mean() < 0.98
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    h=st.integers(5, 900),
+    w=st.integers(5, 900),
+    target_low=st.sampled_from([(64, 16), (256, 64)]),
+    seed=st.integers(0, 10_000),
+    data=st.data(),
+)
+def test_logits_at_reads_what_upscale_logits_gives_at_the_clicked_pixels(h, w, target_low, seed, data):
+    target, low = target_low
+    tf = LongestSide(target, (h, w))
+    assume(min(tf.input_size) >= 1)
+    logits = torch.from_numpy(_smooth_logits(seed, 3, low))[None]
+    n = data.draw(st.integers(1, 12))
+    xs = data.draw(st.lists(st.floats(0, w - 1e-3), min_size=n, max_size=n))
+    ys = data.draw(st.lists(st.floats(0, h - 1e-3), min_size=n, max_size=n))
+    coords = np.stack([xs, ys], axis=1)
+    full = tf.upscale_logits(logits)[0]  # (3, H, W)
+    want = full[:, np.floor(coords[:, 1]).astype(int), np.floor(coords[:, 0]).astype(int)]
+    got = tf.logits_at(logits, coords)[0]
+    assert got.shape == (3, n)
+    np.testing.assert_allclose(got.numpy(), want.numpy(), atol=1e-4)
+
+
 def test_reuses_its_buffers_and_writes_into_a_view():
     tf = LongestSide(256, (300, 200))
     up = MaskUpscaler(tf)

@@ -103,6 +103,25 @@ class LongestSide:
             return x
         return F.interpolate(x, self.original_size, mode="bilinear", align_corners=False)
 
+    def logits_at(self, logits: torch.Tensor, coords: np.ndarray) -> torch.Tensor:
+        """(B, K, l, l) low-res logits in the padded frame, read at ``coords`` (N, 2) ``(x, y)``
+        original pixels (the pixel ``(floor(y), floor(x))``) -> (B, K, N): the values
+        :meth:`upscale_logits` gives at those pixels, without upscaling to the whole image.
+
+        Reading the low-res map at the nearest cell instead disagrees with the mask the user sees
+        next to a sharp edge (the correction clicks lie on edges)."""
+        h, w = self.input_size
+        oh, ow = self.original_size
+        x = F.interpolate(logits, [self.target, self.target], mode="bilinear", align_corners=False)[..., :h, :w]
+        c = np.asarray(coords, np.float64).reshape(-1, 2)
+        col = np.clip(np.floor(c[:, 0]), 0, ow - 1)
+        row = np.clip(np.floor(c[:, 1]), 0, oh - 1)
+        # the second bilinear step (crop -> original size) at the pixel centres only; border
+        # padding is F.interpolate's clamping of the source index
+        grid = np.stack([(col + 0.5) / ow * 2 - 1, (row + 0.5) / oh * 2 - 1], axis=-1)
+        g = torch.as_tensor(grid, dtype=x.dtype, device=x.device)[None, None].expand(x.shape[0], 1, -1, 2)
+        return F.grid_sample(x, g, mode="bilinear", padding_mode="border", align_corners=False)[:, :, 0]
+
 
 #: how the SAM Segmenters bring mask logits to the image size on a CPU (on a GPU: PyTorch's, on the device)
 MASK_RESIZES = ("opencv", "torch")
