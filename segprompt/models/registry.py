@@ -53,10 +53,18 @@ def create_segmenter(name: str, **kwargs: Any) -> Segmenter:
     Keyword arguments go to its constructor, e.g. ``create_segmenter("sam",
     checkpoint="sam_vit_b_01ec64.pth", multimask="best", device="cuda")``, except
     ``zoom_in`` (True, or a mapping of :class:`~segprompt.models.zoom_in.ZoomInSettings` fields),
-    which wraps the model in RITM's zoom-in (:mod:`segprompt.models.zoom_in`).
+    which wraps the model in RITM's zoom-in (:mod:`segprompt.models.zoom_in`), and ``brs`` (True,
+    or a mapping of :class:`~segprompt.models.brs.BRSSettings` fields), f-BRS's refinement of the
+    mask towards its clicks (:mod:`segprompt.models.brs`; inside the zoom-in when both are asked for,
+    as RITM refines the crop).
     """
     zoom = kwargs.pop("zoom_in", None)
+    refine = kwargs.pop("brs", None)
     segmenter = _resolve(SEGMENTERS.get(name))(**kwargs)
+    if refine is not None and refine is not False:
+        from segprompt.models.brs import brs
+
+        segmenter = brs(segmenter, refine)
     if zoom is None or zoom is False:
         return segmenter
     from segprompt.models.zoom_in import zoom_in

@@ -418,6 +418,37 @@ class SamSegmenter(Segmenter):
                     _threshold_into(out_masks, rows[sub], tf.upscale_logits(block, padded), threshold)
         return Prediction(masks=out_masks, scores=out_scores, logits=out_logits, chosen=chosen)
 
+    def refinable(self, state: ImageState, prompts: PromptSet) -> Any:
+        """One set's decode as a function of the image embedding, for f-BRS
+        (:mod:`segprompt.models.brs`): ``features`` = [the (1, C, h, w) embedding]; ``decode`` gives
+        the mask decoder's four outputs (token 0, the single-mask one, then the three multimask
+        candidates) and ``pick`` the one this segmenter returns for a set of several clicks (token 0
+        under ``auto`` / ``single``, else the first or best-scored of the three)."""
+        from segprompt.models.brs import Refinable
+
+        tf = LongestSide(self.arch.img_size, tuple(state.original_size))
+        embeddings = state.features["embeddings"].to(self.device).float()
+        xy, lab, box, mask = self._prompt_inputs(prompts, tf)
+        dev = self.device
+        with torch.no_grad():
+            sparse, dense = self.model.prompt_encoder(
+                points=(torch.as_tensor(xy[None], dtype=torch.float, device=dev), torch.as_tensor(lab[None], dtype=torch.int, device=dev)) if len(xy) else None,
+                boxes=None if box is None else torch.as_tensor(box[None], dtype=torch.float, device=dev),
+                masks=None if mask is None else torch.as_tensor(mask[None, None], dtype=torch.float, device=dev),
+            )
+        pe = self._dense_pe()
+
+        def decode(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+            masks, iou = self.model.mask_decoder.predict_masks(features[0], pe, sparse, dense)
+            return masks[0].float(), iou[0].float()
+
+        def pick(logits: torch.Tensor, scores: torch.Tensor) -> int:
+            if self.multimask in ("auto", "single"):
+                return 0
+            return 1 if self.multimask == "first" else 1 + int(scores[1:].argmax())
+
+        return Refinable(features=[embeddings.detach()], decode=decode, pick=pick, transform=tf)
+
     @torch.no_grad()
     def segment_lowres(
         self, state: ImageState, prompts: Sequence[PromptSet], multimask_output: bool = True
