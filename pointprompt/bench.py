@@ -607,6 +607,7 @@ def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig
     models = [f"- `{m}`: {MODEL_NOTES.get(m.split('@')[0], 'see config.yaml')}" for m in cfg.models]
     feedback = "on (each click goes with the previous step's logits, to the models that take a mask)" if cfg.mask_feedback else "off"
     zoomed = ", ".join(f"`{m}`" for m in cfg.models if cfg.model_kwargs.get(m, {}).get("zoom_in")) or "off"
+    refined = ", ".join(f"`{m}`" for m in cfg.models if cfg.model_kwargs.get(m, {}).get("brs")) or "off"
     lines = [
         "# Point-prompt benchmark",
         "",
@@ -621,6 +622,8 @@ def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig
         f"Mask feedback between correction clicks: {feedback}.",
         "",
         f"Zoom-in (RITM's, segprompt.models.zoom_in): {zoomed}.",
+        "",
+        f"f-BRS (segprompt.models.brs): {refined}.",
         "",
         "## Summary",
         "",

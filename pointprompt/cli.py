@@ -31,6 +31,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--multimask", type=click.Choice(SINGLE_MASK_POLICIES), default="auto", show_default=True, help=multimask_help(SINGLE_MASK_POLICIES))
 @click.option("--mask-feedback/--no-mask-feedback", default=False, help="Feed the previous low-res logits back with each correction click (for `universal`: its memory prompt).")
 @click.option("--zoom-in/--no-zoom-in", default=False, help="RITM's zoom-in for the learned models: sets with 2+ clicks are decoded again on a crop around the object (segprompt.models.zoom_in).")
+@click.option("--brs/--no-brs", default=False, help="f-BRS for the learned models that allow it (universal, sam): sets with 3+ clicks are refined until the mask agrees with them (segprompt.models.brs).")
 @click.option("--limit", type=int, default=None, help="Use only the first N images.")
 @click.option("--human", type=click.Path(path_type=Path), default=None, help="Recorded human prompts to replay: a trajectory file (.jsonl/.json) or a PointPrompt human-data folder.")
 @click.option("--cache", type=click.Path(path_type=Path), default=None, help="Embedding cache folder.")
@@ -39,7 +40,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (rerun the same command to resume). Required.")
 @launch_options
 @click.pass_context
-def pointprompt(ctx, config_file, datasets, roots, models, checkpoints, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, zoom_in, limit, human, cache, device, out,
+def pointprompt(ctx, config_file, datasets, roots, models, checkpoints, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, zoom_in, brs, limit, human, cache, device, out,
                 **launch) -> None:
     """Benchmark point-prompt strategies on datasets; resumable, deterministic for a seed.
 
@@ -67,6 +68,8 @@ def pointprompt(ctx, config_file, datasets, roots, models, checkpoints, strategi
         kw = {"device": device} if learned else {}
         if zoom_in and learned:
             kw["zoom_in"] = True
+        if brs and learned:
+            kw["brs"] = True
         if m in given_checkpoints:
             kw["checkpoint"] = given_checkpoints[m]
         model_kwargs[m] = kw
@@ -141,7 +144,7 @@ _OPTION_FIELDS = {
     "datasets": ("datasets",), "roots": ("dataset_kwargs",), "models": ("models", "model_kwargs"), "checkpoints": ("model_kwargs",),
     "device": ("model_kwargs",), "strategies": ("strategies",), "n_positive": ("n_positive",), "n_negative": ("n_negative",),
     "budget": ("budget",), "steps": ("steps",), "seed": ("seed",), "multimask": ("multimask",), "mask_feedback": ("mask_feedback",),
-    "zoom_in": ("model_kwargs",), "limit": ("limit",), "human": ("human",),
+    "zoom_in": ("model_kwargs",), "brs": ("model_kwargs",), "limit": ("limit",), "human": ("human",),
 }
 
 

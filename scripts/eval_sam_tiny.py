@@ -48,6 +48,7 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--zoom-in", action="store_true", help="RITM's zoom-in for the learned models (segprompt.models.zoom_in): the clicks after the first")
+    ap.add_argument("--brs", action="store_true", help="f-BRS for the learned models that allow it (segprompt.models.brs): sets of 3+ clicks")
     args = ap.parse_args()
     models, kwargs = [], {}
     for m in args.model:
@@ -57,6 +58,8 @@ def main() -> int:
             kwargs[name] = {"checkpoint": ckpt}
         if args.zoom_in and name not in ("grabcut", "classical", "random-walker"):
             kwargs.setdefault(name, {})["zoom_in"] = True
+        if args.brs and name not in ("grabcut", "classical", "random-walker"):
+            kwargs.setdefault(name, {})["brs"] = True
     table = {}
     for name in args.dataset or [*REAL, *SYNTHETIC]:
         cfg = PointBenchConfig(datasets=[name], models=models, model_kwargs=kwargs, strategies=["microsam"], n_positive=args.steps, n_negative=0,

@@ -27,9 +27,9 @@ from pathlib import Path
 SEED = 2024  # held-out scenes (training: seed 0, validation: 999)
 
 
-def point_bench(out: Path, dataset: str, models: list[str], limit: int | None, kwargs: dict, checkpoint: str | None = None, zoom_in: bool = False) -> dict:
+def point_bench(out: Path, dataset: str, models: list[str], limit: int | None, kwargs: dict, checkpoint: str | None = None, zoom_in: bool = False, brs: bool | dict = False) -> dict:
     """``checkpoint``: a universal file that takes the place of the bundled universal-tiny;
-    ``zoom_in``: RITM's zoom-in for the learned models."""
+    ``zoom_in``: RITM's zoom-in for the learned models; ``brs``: f-BRS for them."""
     from pointprompt.bench import PointBenchConfig, run_pointprompt
 
     model_kwargs: dict = {}
@@ -40,6 +40,10 @@ def point_bench(out: Path, dataset: str, models: list[str], limit: int | None, k
         for m in models:
             if m not in ("grabcut", "classical", "random-walker"):
                 model_kwargs.setdefault(m, {})["zoom_in"] = True
+    if brs:
+        for m in models:
+            if m not in ("grabcut", "classical", "random-walker"):
+                model_kwargs.setdefault(m, {})["brs"] = brs
     cfg = PointBenchConfig(
         datasets=[dataset], models=models, strategies=["microsam"], steps=10, limit=limit, dataset_kwargs={dataset: kwargs} if kwargs else {},
         model_kwargs=model_kwargs,
@@ -56,6 +60,9 @@ def main() -> int:
     p.add_argument("--models", default="universal-tiny,sam-tiny,grabcut", help="models of the point benchmark (each in its own run folder, so they can be run apart)")
     p.add_argument("--skip-prompts", action="store_true", help="only the point benchmark")
     p.add_argument("--zoom-in", action="store_true", help="the point benchmark with RITM's zoom-in for the learned models (segprompt.models.zoom_in)")
+    p.add_argument("--brs", action="store_true", help="the point benchmark with f-BRS for the learned models (segprompt.models.brs)")
+    p.add_argument("--brs-settings", default=None, help="f-BRS settings as JSON, e.g. '{\"reg_weight\": 0.03}' (with --brs)")
+    p.add_argument("--seed", type=int, default=SEED, help="scenes' seed (2024: held out; 77: the tuning seed)")
     p.add_argument("--checkpoint", default=None, help="a universal .safetensors to evaluate in the place of the bundled universal-tiny (a candidate before it is bundled)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
@@ -67,23 +74,25 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    result: dict = {"held_out_seed": SEED, "scenes": args.scenes, "checkpoint": args.checkpoint or "universal-tiny (bundled)", "zoom_in": args.zoom_in}
+    result: dict = {"seed": args.seed, "scenes": args.scenes, "checkpoint": args.checkpoint or "universal-tiny (bundled)", "zoom_in": args.zoom_in, "brs": args.brs}
     if not args.skip_prompts:
         seg = create_segmenter("universal", checkpoint=args.checkpoint) if args.checkpoint else create_segmenter("universal-tiny")
-        scenes = scenes_of(ObjectScenes(n=args.scenes, seed=SEED), range(args.scenes))
+        scenes = scenes_of(ObjectScenes(n=args.scenes, seed=args.seed), range(args.scenes))
         result["text"] = text_miou(seg, scenes)
         result["reference"] = reference_iou(seg, scenes)
         result["box"] = box_gain(seg, scenes)
         print(json.dumps({k: result[k] for k in ("text", "reference", "box")}, indent=1))
     table = []
-    sets = [("synthetic-object-instances", None, {"n": args.bench_scenes, "seed": SEED})]
+    sets = [("synthetic-object-instances", None, {"n": args.bench_scenes, "seed": args.seed})]
     if args.real and os.environ.get("SEGPROMPT_DATA_ROOT"):
         sets += [(name, args.real, {}) for name in ("kvasir_seg", "busi", "ph2")]
     for name, limit, kwargs in sets:
         for model in args.models.split(","):
             zoom = args.zoom_in and model != "grabcut"
-            summary = point_bench(out / f"bench_{name}_{model}{'_zoom' if zoom else ''}", name, [model], limit, kwargs,
-                                  args.checkpoint if model == "universal-tiny" else None, zoom_in=zoom)
+            refine = args.brs and model != "grabcut"
+            tag = ("_zoom" if zoom else "") + ("_brs" if refine else "")
+            summary = point_bench(out / f"bench_{name}_{model}{tag}", name, [model], limit, kwargs,
+                                  args.checkpoint if model == "universal-tiny" else None, zoom_in=zoom, brs=(json.loads(args.brs_settings) if args.brs_settings else True) if refine else False)
             table += summary["table"]
     for row in table:
         print(f"{row['dataset']:28s} {row['model']:15s} n {row['trajectories']:3d}  IoU@1 {row['iou@1']:.3f}  IoU@last {row['iou@last']:.3f}  NoC85 {row['noc85']:.2f}  NoC90 {row['noc90']:.2f}")
@@ -91,6 +100,7 @@ def main() -> int:
     result["seconds"] = time.time() - t0
     name = "numbers.json" if not args.skip_prompts and args.models == "universal-tiny,sam-tiny,grabcut" else f"numbers_{args.models.replace(',', '_')}.json"
     name = name.replace(".json", "_zoom.json") if args.zoom_in else name
+    name = name.replace(".json", "_brs.json") if args.brs else name
     (out / name).write_text(json.dumps(result, indent=2, default=str))
     print(f"wrote {out / name}")
     return 0

@@ -252,3 +252,28 @@ def test_zoom_in_option_wraps_the_learned_models_only(tmp_path, capsys):
     assert on.keys() == off.keys()
     assert all(on[k] == off[k] for k in on if k[0] == "grabcut" or k[2] == 1)
     assert any(on[k] != off[k] for k in on if k[0] == "sam-tiny" and k[2] > 1)
+
+
+def test_brs_option_refines_the_learned_models_only(tmp_path, capsys):
+    """``--brs`` goes to the learned models' kwargs, the report says which, and GrabCut's rows and
+    the sets of at most two clicks are those of a run without it."""
+    from segprompt.cli import main
+    from segprompt.data.synthetic import write_folder
+
+    folder = write_folder(SyntheticLesions(n=2, seed=1, size=96), tmp_path / "set")
+    runs = {}
+    for flag in ("--brs", "--no-brs"):
+        out = tmp_path / flag.strip("-")
+        rc = main(["bench", "pointprompt", "--dataset", str(folder), "--model", "sam-tiny", "--model", "grabcut",
+                   "--strategies", "microsam", "--steps", "3", "--out", str(out), flag])
+        assert rc == 0, capsys.readouterr().err
+        runs[flag] = {(r["model"], r["image"], r["step"]): (r["iou"], len(r["points"])) for r in _rows(out)}
+    import yaml
+
+    kwargs = yaml.safe_load((tmp_path / "brs" / "config.yaml").read_text())["model_kwargs"]
+    assert kwargs["sam-tiny"]["brs"] is True and "brs" not in kwargs["grabcut"]
+    assert "f-BRS (segprompt.models.brs): `sam-tiny`." in (tmp_path / "brs" / "report.md").read_text()
+    assert "f-BRS (segprompt.models.brs): off." in (tmp_path / "no-brs" / "report.md").read_text()
+    on, off = runs["--brs"], runs["--no-brs"]
+    assert on.keys() == off.keys()
+    assert all(on[k] == off[k] for k in on if k[0] == "grabcut" or on[k][1] <= 2)
