@@ -63,7 +63,7 @@ def test_adding_a_box_to_a_point_never_lowers_mean_iou(seg, scenes):
 
 @pytest.mark.parametrize("zoom_in", [
     pytest.param(False, marks=pytest.mark.xfail(strict=True, reason="universal-tiny v3 without zoom-in: NoC@85 7.17 against GrabCut's 7.0 here (v2 8.5, v1 16.0); see docs/universal.md")),
-    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason="universal-tiny v3 with RITM's zoom-in: NoC@85 5.33 against GrabCut's 7.0 here (0.76x; 0.54x on the tuning seed 77); two touching rings of one class and a pale crescent are never reached, see docs/universal.md")),
+    pytest.param(True, marks=pytest.mark.xfail(strict=True, reason="universal-tiny v3 with RITM's zoom-in: NoC@85 5.33 against GrabCut's 7.0 here (0.76x; 0.54x on the tuning seed 77); with f-BRS 5.83 (tests/test_brs.py); two touching rings of one class and a pale crescent are never reached, see docs/universal.md")),
 ], ids=["plain", "zoom-in"])
 def test_noc85_is_at_most_0_7_of_grabcuts(tmp_path, zoom_in):
     """The point benchmark's protocol (micro-sam corrector, 10 steps = up to 19 clicks) on the
