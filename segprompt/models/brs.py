@@ -35,7 +35,7 @@ chosen on the tuning scenes, seed 77, among 0.03 / 0.1 / 0.3). Sets that return 
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Any, Callable
 
 import numpy as np
@@ -43,6 +43,7 @@ import torch
 
 from segprompt.errors import ConfigError
 from segprompt.models.base import ImageState, Prediction, Segmenter
+from segprompt.models.wrapper import WrappedSegmenter, wrap_on_request
 from segprompt.models.resize import LongestSide
 from segprompt.prompts import Points, PromptSet
 
@@ -191,26 +192,20 @@ def refine(problem: Refinable, points: Points, size: tuple[int, int], settings: 
     return logits, score, objective.evals
 
 
-class FeatureBRSSegmenter(Segmenter):
+class FeatureBRSSegmenter(WrappedSegmenter):
     """``inner`` with f-BRS (module docstring). ``inner`` must offer ``refinable(state, prompts)``
     (:class:`~segprompt.models.universal.UniversalSegmenter`, :class:`~segprompt.models.sam.SamSegmenter`)."""
+
+    settings_class = BRSSettings
+    option = "brs"
 
     def __init__(self, inner: Segmenter, settings: BRSSettings | None = None, **kwargs: Any) -> None:
         if not hasattr(inner, "refinable"):
             raise ConfigError(f"model {inner.name!r} has no differentiable decode for f-BRS (it works with universal and SAM models)")
-        super().__init__(multimask=inner.multimask, device=inner.device, precision=inner.precision)
-        self.inner = inner
-        self.settings = settings or BRSSettings(**kwargs)
-        self.name = inner.name
-        self.accepts = inner.accepts
-        self.has_multimask = inner.has_multimask
+        super().__init__(inner, settings, **kwargs)
         #: sets refined and loss evaluations spent, for cost tables
         self.refined = 0
         self.evaluations = 0
-
-    def _encode(self, image: np.ndarray) -> ImageState:
-        inner = self.inner.encode(image)
-        return ImageState(inner.original_size, inner.input_size, {"inner": inner}, image=image)
 
     def transform(self, size: tuple[int, int]) -> LongestSide:
         return self.inner.transform(size)  # type: ignore[attr-defined]
@@ -238,19 +233,8 @@ class FeatureBRSSegmenter(Segmenter):
             self.evaluations += evals
         return Prediction(masks=masks, scores=scores, logits=logits, chosen=pred.chosen)
 
-    def describe(self) -> dict[str, Any]:
-        return {**self.inner.describe(), "brs": asdict(self.settings)}
-
 
 def brs(inner: Segmenter, value: bool | dict | BRSSettings | None) -> Segmenter:
     """``inner`` wrapped in :class:`FeatureBRSSegmenter` when ``value`` asks for it (True, a dict
     of :class:`BRSSettings` fields, or settings); ``inner`` itself for None / False."""
-    if value is None or value is False:
-        return inner
-    if value is True:
-        return FeatureBRSSegmenter(inner)
-    if isinstance(value, BRSSettings):
-        return FeatureBRSSegmenter(inner, value)
-    if isinstance(value, dict):
-        return FeatureBRSSegmenter(inner, BRSSettings(**value))
-    raise ConfigError(f"brs must be true, false or a mapping of {sorted(BRSSettings.__dataclass_fields__)}, got {value!r}")
+    return wrap_on_request(inner, value, FeatureBRSSegmenter)

@@ -35,6 +35,7 @@ import numpy as np
 
 from segprompt.errors import ConfigError
 from segprompt.models.base import ImageState, Prediction, Segmenter
+from segprompt.models.wrapper import WrappedSegmenter, wrap_on_request
 from segprompt.prompts import Box, MaskPrompt, Points, PromptSet, Scribble
 
 __all__ = ["ZoomInSettings", "ZoomInSegmenter", "object_roi", "zoom_in", "clicks_agreed", "crop_prompts"]
@@ -134,24 +135,18 @@ def crop_prompts(prompts: PromptSet, roi: tuple[int, int, int, int], image_size:
     return PromptSet(points=points, box=box, scribbles=scribbles, mask=mask, text=prompts.text, reference=prompts.reference)
 
 
-class ZoomInSegmenter(Segmenter):
+class ZoomInSegmenter(WrappedSegmenter):
     """``inner`` with RITM's zoom-in (module docstring). Masks and scores are the crop's, pasted
     into the image; ``logits`` stay those of the whole-image decode (the memory prompt a caller
     feeds back is in the whole image's frame), so a fed-back mask prompt steers the region."""
 
+    settings_class = ZoomInSettings
+    option = "zoom_in"
+
     def __init__(self, inner: Segmenter, settings: ZoomInSettings | None = None, **kwargs: Any) -> None:
-        super().__init__(multimask=inner.multimask, device=inner.device, precision=inner.precision)
-        self.inner = inner
-        self.settings = settings or ZoomInSettings(**kwargs)
-        self.name = inner.name
-        self.accepts = inner.accepts
-        self.has_multimask = inner.has_multimask
+        super().__init__(inner, settings, **kwargs)
         #: decodes on a crop (one crop encoding each), for cost tables
         self.zoomed = 0
-
-    def _encode(self, image: np.ndarray) -> ImageState:
-        inner = self.inner.encode(image)
-        return ImageState(inner.original_size, inner.input_size, {"inner": inner}, image=image)
 
     def _segment(self, state: ImageState, prompts: list[PromptSet], multimask_output: bool, select: str | None = None) -> Prediction:
         inner_state: ImageState = state.features["inner"]
@@ -198,21 +193,8 @@ class ZoomInSegmenter(Segmenter):
         k = 0 if whole.masks.shape[1] == 1 else int(np.nan_to_num(whole.scores[row], nan=-np.inf).argmax())
         return whole.masks[row, k]
 
-    def describe(self) -> dict[str, Any]:
-        from dataclasses import asdict
-
-        return {**self.inner.describe(), "zoom_in": asdict(self.settings)}
-
 
 def zoom_in(inner: Segmenter, zoom: bool | dict | ZoomInSettings | None) -> Segmenter:
     """``inner`` wrapped in :class:`ZoomInSegmenter` when ``zoom`` asks for it (True, a dict of
     :class:`ZoomInSettings` fields, or settings); ``inner`` itself for None / False."""
-    if zoom is None or zoom is False:
-        return inner
-    if zoom is True:
-        return ZoomInSegmenter(inner)
-    if isinstance(zoom, ZoomInSettings):
-        return ZoomInSegmenter(inner, zoom)
-    if isinstance(zoom, dict):
-        return ZoomInSegmenter(inner, ZoomInSettings(**zoom))
-    raise ConfigError(f"zoom_in must be true, false or a mapping of {sorted(ZoomInSettings.__dataclass_fields__)}, got {zoom!r}")
+    return wrap_on_request(inner, zoom, ZoomInSegmenter)
