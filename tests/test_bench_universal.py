@@ -227,23 +227,30 @@ def test_gpu_universal_script_smoke_on_cpu(tmp_path):
     assert r["train_seconds_per_step"] > 0 and r["infer_decode_sets_per_s"] > 0
 
 
-def test_zoom_in_option_wraps_the_learned_models_only(tmp_path, capsys):
-    """``--zoom-in`` goes to the learned models' kwargs (GrabCut works on the full image anyway),
-    the report says which models zoomed, and 2+ click sets of sam-tiny then differ from a run
-    without it while its single-click step does not."""
+def _on_off_runs(tmp_path, capsys, option: str) -> dict:
+    """sam-tiny and GrabCut through ``bench pointprompt`` (micro-sam, 3 steps) with ``--OPTION``
+    and ``--no-OPTION``: {flag: {(model, image, step): (iou, clicks)}}."""
     from segprompt.cli import main
     from segprompt.data.synthetic import write_folder
 
     folder = write_folder(SyntheticLesions(n=2, seed=1, size=96), tmp_path / "set")
     runs = {}
-    for flag in ("--zoom-in", "--no-zoom-in"):
+    for flag in (f"--{option}", f"--no-{option}"):
         out = tmp_path / flag.strip("-")
         rc = main(["bench", "pointprompt", "--dataset", str(folder), "--model", "sam-tiny", "--model", "grabcut",
                    "--strategies", "microsam", "--steps", "3", "--out", str(out), flag])
         assert rc == 0, capsys.readouterr().err
-        runs[flag] = {(r["model"], r["image"], r["step"]): r["iou"] for r in _rows(out)}
+        runs[flag] = {(r["model"], r["image"], r["step"]): (r["iou"], len(r["points"])) for r in _rows(out)}
+    return runs
+
+
+def test_zoom_in_option_wraps_the_learned_models_only(tmp_path, capsys):
+    """``--zoom-in`` goes to the learned models' kwargs (GrabCut works on the full image anyway),
+    the report says which models zoomed, and 2+ click sets of sam-tiny then differ from a run
+    without it while its single-click step does not."""
     import yaml
 
+    runs = _on_off_runs(tmp_path, capsys, "zoom-in")
     kwargs = yaml.safe_load((tmp_path / "zoom-in" / "config.yaml").read_text())["model_kwargs"]
     assert kwargs["sam-tiny"]["zoom_in"] is True and "zoom_in" not in kwargs["grabcut"]
     assert "Zoom-in (RITM's, segprompt.models.zoom_in): `sam-tiny`." in (tmp_path / "zoom-in" / "report.md").read_text()
@@ -255,21 +262,11 @@ def test_zoom_in_option_wraps_the_learned_models_only(tmp_path, capsys):
 
 
 def test_brs_option_refines_the_learned_models_only(tmp_path, capsys):
-    """``--brs`` goes to the learned models' kwargs, the report says which, and GrabCut's rows and
-    the sets of at most two clicks are those of a run without it."""
-    from segprompt.cli import main
-    from segprompt.data.synthetic import write_folder
-
-    folder = write_folder(SyntheticLesions(n=2, seed=1, size=96), tmp_path / "set")
-    runs = {}
-    for flag in ("--brs", "--no-brs"):
-        out = tmp_path / flag.strip("-")
-        rc = main(["bench", "pointprompt", "--dataset", str(folder), "--model", "sam-tiny", "--model", "grabcut",
-                   "--strategies", "microsam", "--steps", "3", "--out", str(out), flag])
-        assert rc == 0, capsys.readouterr().err
-        runs[flag] = {(r["model"], r["image"], r["step"]): (r["iou"], len(r["points"])) for r in _rows(out)}
+    """``--brs`` goes to the learned models' kwargs, the report says which, GrabCut's rows and the
+    sets of at most two clicks are those of a run without it, and some larger sets change."""
     import yaml
 
+    runs = _on_off_runs(tmp_path, capsys, "brs")
     kwargs = yaml.safe_load((tmp_path / "brs" / "config.yaml").read_text())["model_kwargs"]
     assert kwargs["sam-tiny"]["brs"] is True and "brs" not in kwargs["grabcut"]
     assert "f-BRS (segprompt.models.brs): `sam-tiny`." in (tmp_path / "brs" / "report.md").read_text()
@@ -277,3 +274,4 @@ def test_brs_option_refines_the_learned_models_only(tmp_path, capsys):
     on, off = runs["--brs"], runs["--no-brs"]
     assert on.keys() == off.keys()
     assert all(on[k] == off[k] for k in on if k[0] == "grabcut" or on[k][1] <= 2)
+    assert any(on[k] != off[k] for k in on if k[0] == "sam-tiny" and on[k][1] > 2)
