@@ -56,10 +56,11 @@ def main() -> int:
         models.append(name)
         if ckpt:
             kwargs[name] = {"checkpoint": ckpt}
-        if args.zoom_in and name not in ("grabcut", "classical", "random-walker"):
-            kwargs.setdefault(name, {})["zoom_in"] = True
-        if args.brs and name not in ("grabcut", "classical", "random-walker"):
-            kwargs.setdefault(name, {})["brs"] = True
+        if name not in ("grabcut", "classical", "random-walker"):  # the wrappers are for the learned models
+            if args.zoom_in:
+                kwargs.setdefault(name, {})["zoom_in"] = True
+            if args.brs:
+                kwargs.setdefault(name, {})["brs"] = True
     table = {}
     for name in args.dataset or [*REAL, *SYNTHETIC]:
         cfg = PointBenchConfig(datasets=[name], models=models, model_kwargs=kwargs, strategies=["microsam"], n_positive=args.steps, n_negative=0,

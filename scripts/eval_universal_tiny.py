@@ -36,14 +36,13 @@ def point_bench(out: Path, dataset: str, models: list[str], limit: int | None, k
     if checkpoint:
         models = ["universal" if m == "universal-tiny" else m for m in models]
         model_kwargs = {"universal": {"checkpoint": checkpoint}}
-    if zoom_in:
-        for m in models:
-            if m not in ("grabcut", "classical", "random-walker"):
-                model_kwargs.setdefault(m, {})["zoom_in"] = True
-    if brs:
-        for m in models:
-            if m not in ("grabcut", "classical", "random-walker"):
-                model_kwargs.setdefault(m, {})["brs"] = brs
+    for m in models:
+        if m in ("grabcut", "classical", "random-walker"):
+            continue  # the wrappers are for the learned models
+        if zoom_in:
+            model_kwargs.setdefault(m, {})["zoom_in"] = True
+        if brs:
+            model_kwargs.setdefault(m, {})["brs"] = brs
     cfg = PointBenchConfig(
         datasets=[dataset], models=models, strategies=["microsam"], steps=10, limit=limit, dataset_kwargs={dataset: kwargs} if kwargs else {},
         model_kwargs=model_kwargs,
@@ -86,13 +85,14 @@ def main() -> int:
     sets = [("synthetic-object-instances", None, {"n": args.bench_scenes, "seed": args.seed})]
     if args.real and os.environ.get("SEGPROMPT_DATA_ROOT"):
         sets += [(name, args.real, {}) for name in ("kvasir_seg", "busi", "ph2")]
+    brs_value = (json.loads(args.brs_settings) if args.brs_settings else True) if args.brs else False
     for name, limit, kwargs in sets:
         for model in args.models.split(","):
             zoom = args.zoom_in and model != "grabcut"
             refine = args.brs and model != "grabcut"
             tag = ("_zoom" if zoom else "") + ("_brs" if refine else "")
             summary = point_bench(out / f"bench_{name}_{model}{tag}", name, [model], limit, kwargs,
-                                  args.checkpoint if model == "universal-tiny" else None, zoom_in=zoom, brs=(json.loads(args.brs_settings) if args.brs_settings else True) if refine else False)
+                                  args.checkpoint if model == "universal-tiny" else None, zoom_in=zoom, brs=brs_value if refine else False)
             table += summary["table"]
     for row in table:
         print(f"{row['dataset']:28s} {row['model']:15s} n {row['trajectories']:3d}  IoU@1 {row['iou@1']:.3f}  IoU@last {row['iou@last']:.3f}  NoC85 {row['noc85']:.2f}  NoC90 {row['noc90']:.2f}")

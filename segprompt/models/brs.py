@@ -125,30 +125,30 @@ class BRSObjective:
     ``x`` = (scale of every channel, bias of every channel), as scipy's L-BFGS-B wants them.
 
     Attributes:
-        candidate: index of the candidate refined (the model's choice on the unchanged features).
+        candidate: index of the candidate refined (the model's choice on the unchanged features,
+            made at the first evaluation).
         best: (loss, (l, l) logits, score) of the lowest loss seen.
         evals: evaluations so far.
     """
 
     def __init__(self, problem: Refinable, points: Points, size: tuple[int, int], settings: BRSSettings) -> None:
         self.problem, self.settings = problem, settings
-        with torch.no_grad():
-            logits0, scores0 = problem.decode(problem.features)
-        self.candidate = problem.pick(logits0, scores0)
         self.coords, positive = click_squares(points, settings.click_radius, size)
         self._pos, self._neg = torch.from_numpy(positive), torch.from_numpy(~positive)
         self._n_pos, self._n_neg = max(1, int(positive.sum())), max(1, int((~positive).sum()))
         self.channels = [int(f.shape[1]) for f in problem.features]
-        self.size = 2 * sum(self.channels)
+        self._total = sum(self.channels)
+        #: length of ``x``: a scale and a bias per channel
+        self.size = 2 * self._total
         self._threshold = float(np.log(settings.prob_thresh / (1 - settings.prob_thresh)))
-        self.best: tuple[float, torch.Tensor, torch.Tensor] = (np.inf, logits0[self.candidate], scores0[self.candidate])
+        # chosen at the first evaluation, which L-BFGS makes at x = 0 (the unchanged features)
+        self.candidate: int | None = None
+        self.best: tuple[float, torch.Tensor | None, torch.Tensor | None] = (np.inf, None, None)
         self._last: torch.Tensor | None = None
         self.evals = 0
 
-    def moved(self, params: torch.Tensor) -> list[torch.Tensor]:
+    def moved(self, scale: torch.Tensor, bias: torch.Tensor) -> list[torch.Tensor]:
         """The features with ``1 + scale`` and ``bias`` applied channel by channel."""
-        total = self.size // 2
-        scale, bias = params[:total], params[total:]
         out, start = [], 0
         for f, c in zip(self.problem.features, self.channels):
             out.append(f * (1 + scale[start : start + c]).view(1, c, 1, 1) + bias[start : start + c].view(1, c, 1, 1))
@@ -156,17 +156,20 @@ class BRSObjective:
         return out
 
     def __call__(self, x: np.ndarray) -> tuple[float, np.ndarray]:
-        cfg, k = self.settings, self.candidate
+        cfg = self.settings
         self.evals += 1
         params = torch.tensor(x, dtype=torch.float32, requires_grad=True)
-        logits, scores = self.problem.decode(self.moved(params))
+        scale, bias = params[: self._total], params[self._total :]
+        logits, scores = self.problem.decode(self.moved(scale, bias))
+        if self.candidate is None:
+            self.candidate = self.problem.pick(logits.detach(), scores.detach())
+        k = self.candidate
         prob = torch.sigmoid(self.problem.transform.logits_at(logits[k][None, None], self.coords)[0, 0])  # (M,)
         pos_miss, neg_miss = (1 - prob) * self._pos, prob * self._neg
         loss = (pos_miss**2).sum() / self._n_pos + (neg_miss**2).sum() / self._n_neg
-        total = self.size // 2
-        loss = loss + cfg.reg_weight * ((params[:total] ** 2).sum() + cfg.reg_bias_weight * (params[total:] ** 2).sum())
+        loss = loss + cfg.reg_weight * ((scale**2).sum() + cfg.reg_bias_weight * (bias**2).sum())
         value = float(loss.detach())
-        if value < self.best[0]:
+        if self.best[1] is None or value < self.best[0]:
             self.best = (value, logits[k].detach(), scores[k].detach())
         zero = np.zeros_like(x)
         if float(pos_miss.detach().max()) < 1 - cfg.prob_thresh and float(neg_miss.detach().max()) < cfg.prob_thresh:

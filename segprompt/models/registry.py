@@ -47,6 +47,10 @@ def _resolve(factory: Factory) -> Callable[..., Segmenter]:
     return factory
 
 
+#: create_segmenter options that wrap the model (segprompt.models.wrapper), innermost first
+WRAPPERS = (("brs", "segprompt.models.brs:brs"), ("zoom_in", "segprompt.models.zoom_in:zoom_in"))
+
+
 def create_segmenter(name: str, **kwargs: Any) -> Segmenter:
     """Build the segmenter registered as ``name`` (``sam``, ``sam-tiny``, ``classical``, ...).
 
@@ -58,18 +62,13 @@ def create_segmenter(name: str, **kwargs: Any) -> Segmenter:
     mask towards its clicks (:mod:`segprompt.models.brs`; inside the zoom-in when both are asked for,
     as RITM refines the crop).
     """
-    zoom = kwargs.pop("zoom_in", None)
-    refine = kwargs.pop("brs", None)
+    # innermost first: f-BRS refines what the zoom-in decodes on its crop
+    wrappers = [(kwargs.pop(option, None), factory) for option, factory in WRAPPERS]
     segmenter = _resolve(SEGMENTERS.get(name))(**kwargs)
-    if refine is not None and refine is not False:
-        from segprompt.models.brs import brs
-
-        segmenter = brs(segmenter, refine)
-    if zoom is None or zoom is False:
-        return segmenter
-    from segprompt.models.zoom_in import zoom_in
-
-    return zoom_in(segmenter, zoom)
+    for value, factory in wrappers:
+        if value is not None and value is not False:
+            segmenter = _resolve(factory)(segmenter, value)
+    return segmenter
 
 
 def list_segmenters() -> list[str]:

@@ -317,14 +317,9 @@ class SamSegmenter(Segmenter):
     def _dense_pe(self) -> torch.Tensor:
         return cached_dense_pe(self, self.model.prompt_encoder)
 
-    @torch.no_grad()
-    def _decode(
-        self, embeddings: torch.Tensor, inputs: list[tuple], multimask_output: bool, out: torch.Tensor | None = None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """One prompt-encoder + mask-decoder call for same-structure inputs -> (low-res logits, scores).
-
-        ``out``: an optional float32 (B, K, l, l) tensor the logits are written into (and returned).
-        """
+    def _input_tensors(self, inputs: list[tuple]) -> tuple[tuple[torch.Tensor, torch.Tensor] | None, torch.Tensor | None, torch.Tensor | None]:
+        """Same-structure :meth:`_prompt_inputs` of B sets, stacked for the prompt encoder: points
+        ((B, n, 2) float, (B, n) int) or None, boxes (B, 4) or None, mask logits (B, 1, l, l) or None."""
         dev = self.device
         coords, labels, boxes, masks = zip(*inputs)
         points = None
@@ -335,6 +330,17 @@ class SamSegmenter(Segmenter):
             )
         box_t = torch.as_tensor(np.stack(boxes), dtype=torch.float, device=dev) if boxes[0] is not None else None
         mask_t = torch.as_tensor(np.stack(masks), dtype=torch.float, device=dev)[:, None] if masks[0] is not None else None
+        return points, box_t, mask_t
+
+    @torch.no_grad()
+    def _decode(
+        self, embeddings: torch.Tensor, inputs: list[tuple], multimask_output: bool, out: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """One prompt-encoder + mask-decoder call for same-structure inputs -> (low-res logits, scores).
+
+        ``out``: an optional float32 (B, K, l, l) tensor the logits are written into (and returned).
+        """
+        points, box_t, mask_t = self._input_tensors(inputs)
         pe = self.model.prompt_encoder
         with self._autocast():
             if self.decoder_path == "shared" and embeddings.shape[0] == 1 and not hooks_on(self.model.mask_decoder):
@@ -428,14 +434,9 @@ class SamSegmenter(Segmenter):
 
         tf = LongestSide(self.arch.img_size, tuple(state.original_size))
         embeddings = state.features["embeddings"].to(self.device).float()
-        xy, lab, box, mask = self._prompt_inputs(prompts, tf)
-        dev = self.device
+        points, box_t, mask_t = self._input_tensors([self._prompt_inputs(prompts, tf)])
         with torch.no_grad():
-            sparse, dense = self.model.prompt_encoder(
-                points=(torch.as_tensor(xy[None], dtype=torch.float, device=dev), torch.as_tensor(lab[None], dtype=torch.int, device=dev)) if len(xy) else None,
-                boxes=None if box is None else torch.as_tensor(box[None], dtype=torch.float, device=dev),
-                masks=None if mask is None else torch.as_tensor(mask[None, None], dtype=torch.float, device=dev),
-            )
+            sparse, dense = self.model.prompt_encoder(points=points, boxes=box_t, masks=mask_t)
         pe = self._dense_pe()
 
         def decode(features: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
