@@ -562,6 +562,13 @@ def pivot(rows: Sequence[dict[str, Any]], row_key: str, col_key: str, value: str
 
 
 #: what a reader should know about a model named in a report (others: see its describe())
+#: the model wrappers a run can ask for (model_kwargs), as report.md names them
+WRAPPER_TITLES = (
+    ("zoom_in", "Zoom-in (RITM's, segprompt.models.zoom_in)"),
+    ("brs", "f-BRS (segprompt.models.brs)"),
+    ("cascade", "Cascade (own logits fed back as the mask prompt, segprompt.models.cascade)"),
+)
+
 MODEL_NOTES = {
     "sam-tiny": "the bundled demo model: a 1.85 M-parameter SAM-architecture model trained on domain-randomised synthetic "
     "images only (scripts/train_sam_tiny.py); not a foundation model: on real images about as good as GrabCut from a click",
@@ -606,8 +613,7 @@ def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig
     budgets = ", ".join(f"{d}: {p} positive + {n} negative over {cfg.steps_of(d)} steps" for d in cfg.datasets for p, n in [cfg.budget_of(d)])
     models = [f"- `{m}`: {MODEL_NOTES.get(m.split('@')[0], 'see config.yaml')}" for m in cfg.models]
     feedback = "on (each click goes with the previous step's logits, to the models that take a mask)" if cfg.mask_feedback else "off"
-    zoomed = ", ".join(f"`{m}`" for m in cfg.models if cfg.model_kwargs.get(m, {}).get("zoom_in")) or "off"
-    refined = ", ".join(f"`{m}`" for m in cfg.models if cfg.model_kwargs.get(m, {}).get("brs")) or "off"
+    wrapped = [f"{title}: {', '.join(f'`{m}`' for m in cfg.models if cfg.model_kwargs.get(m, {}).get(option)) or 'off'}." for option, title in WRAPPER_TITLES]
     lines = [
         "# Point-prompt benchmark",
         "",
@@ -621,10 +627,7 @@ def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig
         "",
         f"Mask feedback between correction clicks: {feedback}.",
         "",
-        f"Zoom-in (RITM's, segprompt.models.zoom_in): {zoomed}.",
-        "",
-        f"f-BRS (segprompt.models.brs): {refined}.",
-        "",
+        *[line for w in wrapped for line in (w, "")],
         "## Summary",
         "",
         "A trajectory is one image (one image and annotator for human prompts). iou@1 and iou@last are the mean IoU "

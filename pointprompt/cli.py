@@ -32,6 +32,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--mask-feedback/--no-mask-feedback", default=False, help="Feed the previous low-res logits back with each correction click (for `universal`: its memory prompt).")
 @click.option("--zoom-in/--no-zoom-in", default=False, help="RITM's zoom-in for the learned models: sets with 2+ clicks are decoded again on a crop around the object (segprompt.models.zoom_in).")
 @click.option("--brs/--no-brs", default=False, help="f-BRS for the learned models that allow it (universal, sam): sets with 3+ clicks are refined until the mask agrees with them (segprompt.models.brs).")
+@click.option("--cascade/--no-cascade", default=False, help="Feed the learned models' own logits back once as their mask prompt (SAM's and PerSAM's refinement pass; segprompt.models.cascade).")
 @click.option("--limit", type=int, default=None, help="Use only the first N images.")
 @click.option("--human", type=click.Path(path_type=Path), default=None, help="Recorded human prompts to replay: a trajectory file (.jsonl/.json) or a PointPrompt human-data folder.")
 @click.option("--cache", type=click.Path(path_type=Path), default=None, help="Embedding cache folder.")
@@ -40,7 +41,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (rerun the same command to resume). Required.")
 @launch_options
 @click.pass_context
-def pointprompt(ctx, config_file, datasets, roots, models, checkpoints, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, zoom_in, brs, limit, human, cache, device, out,
+def pointprompt(ctx, config_file, datasets, roots, models, checkpoints, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, zoom_in, brs, cascade, limit, human, cache, device, out,
                 **launch) -> None:
     """Benchmark point-prompt strategies on datasets; resumable, deterministic for a seed.
 
@@ -66,10 +67,9 @@ def pointprompt(ctx, config_file, datasets, roots, models, checkpoints, strategi
     for m in models:
         learned = m not in ("classical", "grabcut", "random-walker")
         kw = {"device": device} if learned else {}
-        if zoom_in and learned:
-            kw["zoom_in"] = True
-        if brs and learned:
-            kw["brs"] = True
+        for option, on in (("zoom_in", zoom_in), ("brs", brs), ("cascade", cascade)):  # the wrappers (segprompt.models.registry.WRAPPERS)
+            if on and learned:
+                kw[option] = True
         if m in given_checkpoints:
             kw["checkpoint"] = given_checkpoints[m]
         model_kwargs[m] = kw
@@ -144,7 +144,7 @@ _OPTION_FIELDS = {
     "datasets": ("datasets",), "roots": ("dataset_kwargs",), "models": ("models", "model_kwargs"), "checkpoints": ("model_kwargs",),
     "device": ("model_kwargs",), "strategies": ("strategies",), "n_positive": ("n_positive",), "n_negative": ("n_negative",),
     "budget": ("budget",), "steps": ("steps",), "seed": ("seed",), "multimask": ("multimask",), "mask_feedback": ("mask_feedback",),
-    "zoom_in": ("model_kwargs",), "brs": ("model_kwargs",), "limit": ("limit",), "human": ("human",),
+    "zoom_in": ("model_kwargs",), "brs": ("model_kwargs",), "cascade": ("model_kwargs",), "limit": ("limit",), "human": ("human",),
 }
 
 

@@ -48,6 +48,7 @@ def main() -> int:
     ap.add_argument("--limit", type=int, default=None)
     ap.add_argument("--steps", type=int, default=3)
     ap.add_argument("--zoom-in", action="store_true", help="RITM's zoom-in for the learned models (segprompt.models.zoom_in): the clicks after the first")
+    ap.add_argument("--cascade", default=None, help="the learned models' own logits fed back as their mask prompt (segprompt.models.cascade): 'true' or a JSON mapping of CascadeSettings")
     ap.add_argument("--brs", action="store_true", help="f-BRS for the learned models that allow it (segprompt.models.brs): sets of 3+ clicks")
     args = ap.parse_args()
     models, kwargs = [], {}
@@ -61,6 +62,8 @@ def main() -> int:
                 kwargs.setdefault(name, {})["zoom_in"] = True
             if args.brs:
                 kwargs.setdefault(name, {})["brs"] = True
+            if args.cascade:
+                kwargs.setdefault(name, {})["cascade"] = json.loads(args.cascade)
     table = {}
     for name in args.dataset or [*REAL, *SYNTHETIC]:
         cfg = PointBenchConfig(datasets=[name], models=models, model_kwargs=kwargs, strategies=["microsam"], n_positive=args.steps, n_negative=0,

@@ -275,3 +275,20 @@ def test_brs_option_refines_the_learned_models_only(tmp_path, capsys):
     assert on.keys() == off.keys()
     assert all(on[k] == off[k] for k in on if k[0] == "grabcut" or on[k][1] <= 2)
     assert any(on[k] != off[k] for k in on if k[0] == "sam-tiny" and on[k][1] > 2)
+
+
+def test_cascade_option_feeds_the_learned_models_logits_back(tmp_path, capsys):
+    """``--cascade`` goes to the learned models' kwargs, the report says which, GrabCut's rows are
+    those of a run without it, and sam-tiny's masks change from the first click on."""
+    import yaml
+
+    runs = _on_off_runs(tmp_path, capsys, "cascade")
+    kwargs = yaml.safe_load((tmp_path / "cascade" / "config.yaml").read_text())["model_kwargs"]
+    assert kwargs["sam-tiny"]["cascade"] is True and "cascade" not in kwargs["grabcut"]
+    title = "Cascade (own logits fed back as the mask prompt, segprompt.models.cascade)"
+    assert f"{title}: `sam-tiny`." in (tmp_path / "cascade" / "report.md").read_text()
+    assert f"{title}: off." in (tmp_path / "no-cascade" / "report.md").read_text()
+    on, off = runs["--cascade"], runs["--no-cascade"]
+    assert on.keys() == off.keys()
+    assert all(on[k] == off[k] for k in on if k[0] == "grabcut")
+    assert any(on[k] != off[k] for k in on if k[0] == "sam-tiny" and k[2] == 1)

@@ -48,7 +48,11 @@ def _resolve(factory: Factory) -> Callable[..., Segmenter]:
 
 
 #: create_segmenter options that wrap the model (segprompt.models.wrapper), innermost first
-WRAPPERS = (("brs", "segprompt.models.brs:brs"), ("zoom_in", "segprompt.models.zoom_in:zoom_in"))
+WRAPPERS = (
+    ("brs", "segprompt.models.brs:brs"),
+    ("cascade", "segprompt.models.cascade:cascade"),
+    ("zoom_in", "segprompt.models.zoom_in:zoom_in"),
+)
 
 
 def create_segmenter(name: str, **kwargs: Any) -> Segmenter:
@@ -60,9 +64,11 @@ def create_segmenter(name: str, **kwargs: Any) -> Segmenter:
     which wraps the model in RITM's zoom-in (:mod:`segprompt.models.zoom_in`), and ``brs`` (True,
     or a mapping of :class:`~segprompt.models.brs.BRSSettings` fields), f-BRS's refinement of the
     mask towards its clicks (:mod:`segprompt.models.brs`; inside the zoom-in when both are asked for,
-    as RITM refines the crop).
+    as RITM refines the crop), and ``cascade`` (True, or a mapping of
+    :class:`~segprompt.models.cascade.CascadeSettings` fields), the model's own logits fed back as
+    its mask prompt (:mod:`segprompt.models.cascade`).
     """
-    # innermost first: f-BRS refines what the zoom-in decodes on its crop
+    # innermost first: f-BRS refines what the cascade feeds back and the zoom-in decodes on its crop
     wrappers = [(kwargs.pop(option, None), factory) for option, factory in WRAPPERS]
     segmenter = _resolve(SEGMENTERS.get(name))(**kwargs)
     for value, factory in wrappers:

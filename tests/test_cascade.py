@@ -1,0 +1,98 @@
+"""The cascade (segprompt.models.cascade): a model's own logits fed back as its mask prompt, against
+segment-anything's SamPredictor doing the same by hand, and the wrapper's rules."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from segprompt.data.synthetic import SyntheticLesions
+from segprompt.errors import ConfigError
+from segprompt.models.brs import FeatureBRSSegmenter
+from segprompt.models.cascade import CascadeSegmenter, CascadeSettings
+from segprompt.models.registry import create_segmenter
+from segprompt.models.zoom_in import ZoomInSegmenter
+from segprompt.prompts import MaskPrompt, Points, PromptSet
+
+
+@pytest.fixture(scope="module")
+def lesions():
+    return [SyntheticLesions(n=6, seed=5, size=None, style="mixed")[i] for i in range(6)]
+
+
+def _centre(mask: np.ndarray) -> list[float]:
+    from scipy import ndimage
+
+    dist = ndimage.distance_transform_edt(np.pad(mask, 1))[1:-1, 1:-1]
+    r, c = np.unravel_index(int(np.argmax(dist)), dist.shape)
+    return [float(c), float(r)]
+
+
+def test_one_pass_is_sam_predictor_fed_its_own_best_low_res_logits(lesions):
+    """The reference by hand (segment-anything, as PerSAM's first cascade step with SAM's one-mask
+    head): predict with multimask, take the best-scored candidate's low-res logits, predict again
+    with them as ``mask_input``."""
+    from segment_anything import SamPredictor
+
+    plain = create_segmenter("sam-tiny")
+    seg = create_segmenter("sam-tiny", cascade=True)
+    predictor = SamPredictor(plain.model)
+    changed = 0
+    for s in lesions:
+        xy = np.array([_centre(s.mask)], np.float32)
+        predictor.set_image(s.image)
+        masks, scores, low = predictor.predict(point_coords=xy, point_labels=np.array([1]), multimask_output=True)
+        best = int(np.argmax(scores))
+        ref, ref_score, ref_low = predictor.predict(point_coords=xy, point_labels=np.array([1]), mask_input=low[best][None], multimask_output=False)
+        ours = seg.predict(s.image, PromptSet(points=Points(xy, [1])))
+        assert ours.masks.shape[:2] == (1, 1)
+        assert (ours.masks[0, 0] != ref[0]).mean() < 1e-3  # the two resizes may round a threshold pixel apart
+        np.testing.assert_allclose(ours.logits[0, 0], ref_low[0], atol=2e-4)
+        assert ours.scores[0, 0] == pytest.approx(float(ref_score[0]), abs=1e-4)
+        changed += int((masks[best] != ref[0]).any())
+    assert changed >= 3  # the pass does something on most images (not a copy of the first decode)
+
+
+def test_passes_chain_and_the_rules_say_which_sets_are_fed_back(lesions):
+    s = lesions[0]
+    plain = create_segmenter("sam-tiny")
+    state = plain.encode(s.image)
+    xy = np.array([_centre(s.mask)], np.float32)
+    one = PromptSet(points=Points(xy, [1]))
+    first = plain.segment(state, one)
+    second = plain.segment(state, PromptSet(points=one.points, mask=MaskPrompt(first.logits[0, 0], kind="logits")))
+    third = plain.segment(state, PromptSet(points=one.points, mask=MaskPrompt(second.logits[0, 0], kind="logits")))
+    two = CascadeSegmenter(plain, passes=2)
+    got = two.segment(two.encode(s.image), one)
+    assert (got.masks == third.masks).all() and np.array_equal(got.logits, third.logits)
+    assert two.refined == 1
+
+    # a set of two clicks over max_clicks, a drawn (binary) mask and several candidates: as decoded
+    few = CascadeSegmenter(plain, max_clicks=1)
+    fstate = few.encode(s.image)
+    clicks = PromptSet(points=Points(np.array([xy[0], [2.0, 2.0]]), [1, 0]))
+    drawn = PromptSet(points=one.points, mask=MaskPrompt(s.mask))
+    for ps in (clicks, drawn):
+        assert np.array_equal(few.segment(fstate, ps).logits, plain.segment(state, ps).logits)
+    assert few.segment(fstate, one, multimask="all").masks.shape[1] == 3
+    # a fed-back memory (logits) is replaced by the set's new logits, as in SAM's iterations
+    memory = PromptSet(points=one.points, mask=MaskPrompt(first.logits[0, 0], kind="logits"))
+    assert np.array_equal(few.segment(fstate, memory).logits, third.logits)
+
+
+def test_create_segmenter_nests_brs_cascade_and_zoom_in_and_refuses_bad_settings():
+    seg = create_segmenter("sam-tiny", cascade={"passes": 1, "max_clicks": 1}, brs=True, zoom_in=True)
+    assert isinstance(seg, ZoomInSegmenter) and isinstance(seg.inner, CascadeSegmenter)
+    assert isinstance(seg.inner.inner, FeatureBRSSegmenter)
+    assert seg.describe()["cascade"] == {"passes": 1, "max_clicks": 1, "multimask": False}
+    image = np.zeros((64, 80, 3), np.uint8)
+    image[20:40, 30:50] = 200
+    assert seg.predict(image, PromptSet(points=Points([[40.0, 30.0]], [1]))).masks.shape == (1, 1, 64, 80)
+    with pytest.raises(ConfigError, match="passes"):
+        CascadeSettings(passes=0)
+    with pytest.raises(ConfigError, match="max_clicks"):
+        CascadeSettings(max_clicks=0)
+    with pytest.raises(ConfigError, match="cascade"):
+        create_segmenter("sam-tiny", cascade="yes")
+    with pytest.raises(ConfigError, match="no mask prompt"):
+        create_segmenter("persam", cascade=True)
