@@ -115,7 +115,10 @@ class FinetuneConfig:
     ``box_jitter_mode`` (``medsam``: whole pixels of the 1024-pixel input frame; ``microsam``: a
     fraction of the box's side; ``symmetric``: pixels of the original image). ``iterations``:
     forward passes per sample of the ``iterative`` mode, the first included (micro-sam's
-    ``n_sub_iteration``; the code before this counted one more). ``train_multimask``: ``auto``
+    ``n_sub_iteration``; the code before this counted one more). ``refine_passes``: SAM's
+    iterations "where no additional points are sampled": passes of the ``iterative`` mode, each at
+    a random place after the first pass, that decode the same prompts with the previous pass's
+    logits as the mask prompt (0: micro-sam's loop). ``train_multimask``: ``auto``
     (one point -> 3 candidates, the best in the loss) or ``single``. ``dice``: ``soft`` or
     ``squared`` (see :mod:`pointprompt.finetune`). ``decay_all``: weight decay on every trained tensor (torch's
     AdamW over ``model.parameters()``, as the references) instead of weight matrices only.
@@ -145,6 +148,7 @@ class FinetuneConfig:
     budget: str | None = None
     iterations: int = 8
     mask_feedback: float = 0.5
+    refine_passes: int = 0
     box_jitter: float = 20.0
     box_jitter_mode: str = "medsam"
     train_multimask: str = "auto"
@@ -212,6 +216,8 @@ class FinetuneConfig:
             raise ConfigError(f"--iterations counts forward passes, the first included: >= 1, got {self.iterations}")
         if not 0 <= self.mask_feedback <= 1:
             raise ConfigError(f"mask_feedback is a probability in [0, 1], got {self.mask_feedback}")
+        if self.refine_passes < 0:
+            raise ConfigError(f"refine_passes counts passes without new clicks: >= 0, got {self.refine_passes}")
         if self.box_jitter < 0 or (self.box_jitter_mode == "medsam" and self.box_jitter != int(self.box_jitter)):
             raise ConfigError(f"--box-jitter must be >= 0 (whole pixels for --box-jitter-mode medsam, MedSAM's bbox_shift), got {self.box_jitter}")
 

@@ -92,25 +92,32 @@ class SamTrainStep(nn.Module):
         """micro-sam's iterative prompting (``sam_trainer.py: _compute_iterative_loss``):
         ``iterations`` forward passes, the first included; after each but the last, one
         correction from the errors of the best-IoU candidate and, with probability
-        ``mask_feedback``, its logits as the next mask prompt; the loss is their mean."""
+        ``mask_feedback``, its logits as the next mask prompt; the loss is their mean.
+        ``refine_passes`` more passes (SAM's iterations without new points), each at a random
+        place after the first, decode the same prompts with the previous logits as the mask prompt."""
         cfg = self.cfg
         corr = create_strategy("microsam")
         if rng.random() < 0.5:
             p = _strategy_prompt(fs, rng, "random", 1, 0, cfg.train_multimask)
         else:
             p = _box_prompt(fs, rng, cfg.box_jitter, cfg.box_jitter_mode)
+        passes = cfg.iterations + cfg.refine_passes
+        refine_at = set(rng.choice(np.arange(1, passes), cfg.refine_passes, replace=False).tolist()) if cfg.refine_passes else set()
         h, w = fs.mask.shape
         mask_input = None
         losses, logs = [], []
-        for it in range(cfg.iterations):
+        for it in range(passes):
             logits, iou = self._decode(emb, p, mask_input)
             loss, log_ = self._loss(logits, iou, target)
             losses.append(loss)
             logs.append(log_)
-            if it == cfg.iterations - 1:
+            if it == passes - 1:
                 break
             best = int(iou[0].argmax()) if logits.shape[1] > 1 else 0
             chosen = logits[:, best : best + 1].detach()
+            if it + 1 in refine_at:  # the same prompts, one mask head, its own logits back
+                p, mask_input = TrainPrompt(p.coords, p.labels, p.box, False), chosen
+                continue
             up = F.interpolate(chosen, (self.sam.image_encoder.img_size,) * 2, mode="bilinear", align_corners=False)[0, 0, :h, :w]
             pred = (up > 0).cpu().numpy()
             new = corr.correct(fs.mask, pred, rng)

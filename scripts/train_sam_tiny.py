@@ -65,7 +65,7 @@ def finetune_config(args: argparse.Namespace, init: Path):  # noqa: ANN201 - Fin
     return FinetuneConfig(
         dataset=DATASET, dataset_kwargs={"n": args.pool, "seed": args.data_seed, "variant": args.variant}, val_fraction=args.val_fraction, test_fraction=0.0,
         model=None, checkpoint=str(init), train=args.train.split(","), prompts=args.prompts, strategy="random", n_positive=1, n_negative=0,
-        iterations=3, mask_feedback=0.5, box_jitter=0.1, box_jitter_mode="microsam", train_multimask="auto",
+        iterations=3, mask_feedback=0.5, refine_passes=args.refine_passes, box_jitter=0.1, box_jitter_mode="microsam", train_multimask="auto",
         epochs=args.epochs, batch_size=args.batch, lr=args.lr, weight_decay=0.01, schedule="cosine", warmup_steps=args.warmup,
         grad_clip=1.0, early_stop=0, select_on="val_dice", loss="dice+bce", iou_weight=1.0,
         eval_strategy="centre", eval_positive=1, eval_negative=0, eval_multimask="best", seed=args.seed,
@@ -182,6 +182,8 @@ def main() -> int:
     ap.add_argument("--train", default="all", help="parts trained, comma-separated (finetuning's train=: all, mask_decoder, "
                     "or a module such as mask_decoder.iou_prediction_head)")
     ap.add_argument("--prompts", default="mixed", help="training prompts (finetuning's prompts=: mixed, random, iterative, box-jitter)")
+    ap.add_argument("--refine-passes", type=int, default=0, help="SAM's passes without new clicks in the iterative prompts (finetuning's refine_passes=): "
+                    "the model's own logits fed back, what create_segmenter(..., cascade=True) does at inference")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--export", type=Path, default=None, help="write the best checkpoint here (fp16 safetensors + record .json) and exit")

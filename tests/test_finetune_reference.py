@@ -18,6 +18,7 @@ from hypothesis import strategies as st
 from pointprompt.finetune import FinetuneConfig, FrameSample, SamTrainStep, _box_prompt, _load_model, evaluate, finetune_sam
 from segprompt.data.registry import load_dataset
 from segprompt.data.sample import Sample, SegmentationDataset
+from segprompt.errors import ConfigError
 from segprompt.models import create_segmenter
 from segprompt.models.resize import LongestSide
 
@@ -133,7 +134,6 @@ def test_other_box_modes_match_their_rules(mask_side, factor, seed):
 
 
 def test_box_jitter_cli_options_and_checks():
-    from segprompt.errors import ConfigError
 
     assert FinetuneConfig(box_jitter_mode="symmetric", box_jitter=7.5).box_jitter == 7.5
     with pytest.raises(ConfigError, match="whole pixels"):
@@ -413,3 +413,43 @@ def test_prompts_drawn_once_per_image_for_the_study(tiny_ckpt):
     frame = _frame(mask, 256)
     assert not _strategy_prompt(frame, np.random.default_rng(0), "random", 1, 0, cfg.train_multimask).multimask  # single-mask output
     assert _strategy_prompt(frame, np.random.default_rng(0), "random", 1, 0).multimask
+
+
+def test_refine_passes_decode_the_same_prompts_with_their_own_logits(tiny_ckpt, monkeypatch):
+    """SAM's iterations without new points (``refine_passes``): each lands at a random place after
+    the first pass, keeps the previous pass's prompts, takes the single-mask head and is fed the
+    previous pass's chosen logits as its mask prompt; every pass is in the mean loss."""
+    cfg = FinetuneConfig(model=None, checkpoint=tiny_ckpt, prompts="iterative", iterations=3, refine_passes=2, mask_feedback=0.0)
+    seg = _load_model(cfg)
+    step = SamTrainStep(seg.model, cfg, None)
+    s = load_dataset("synthetic-lesions", n=1, seed=0, size=64)[0]
+    from pointprompt.finetune import to_frame
+
+    fs = to_frame(s, 0, seg.arch.img_size, seg.arch.lowres_size)
+    calls, original = [], SamTrainStep._decode
+
+    def spy(self, emb, p, mask_input):
+        logits, iou = original(self, emb, p, mask_input)
+        calls.append((p.multimask, None if mask_input is None else mask_input.clone(), p.coords.copy(), logits.detach(), iou.detach()))
+        return logits, iou
+
+    monkeypatch.setattr(SamTrainStep, "_decode", spy)
+    places = set()
+    for key in range(12):
+        calls.clear()
+        step([fs], key)
+        assert len(calls) == 5
+        refine = [i for i in range(1, 5) if len(calls[i][2]) == len(calls[i - 1][2])]
+        assert len(refine) == 2
+        places.update(refine)
+        for i in range(1, 5):
+            if i in refine:
+                prev_logits, prev_iou = calls[i - 1][3], calls[i - 1][4]
+                best = int(prev_iou[0].argmax()) if prev_logits.shape[1] > 1 else 0
+                assert not calls[i][0] and (calls[i][2] == calls[i - 1][2]).all()
+                assert torch.equal(calls[i][1], prev_logits[:, best : best + 1])
+            else:  # a correction: two clicks more, no mask (mask_feedback=0)
+                assert len(calls[i][2]) == len(calls[i - 1][2]) + 2 and calls[i][1] is None
+    assert places == {1, 2, 3, 4}  # after the first pass, anywhere
+    with pytest.raises(ConfigError, match="refine_passes"):
+        FinetuneConfig(model=None, checkpoint=tiny_ckpt, refine_passes=-1)
