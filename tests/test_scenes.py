@@ -94,6 +94,21 @@ def test_settings_narrow_the_draw_and_bad_arguments_are_refused() -> None:
         ObjectScenes(size=8)
 
 
+def test_a_config_mapping_overrides_the_default_settings_by_name() -> None:
+    # a run config's dataset_kwargs (YAML: lists, not tuples) reach the generator as SceneSettings
+    ds = load_dataset("synthetic-objects", n=6, seed=6, settings={"p_grey": 1.0, "n_objects": [2, 2]})
+    assert ds.settings == SceneSettings(p_grey=1.0, n_objects=(2, 2))
+    assert all(ds[i].meta["grey"] for i in range(6))
+    assert all(len(ds.scene(i).classes) + ds.scene(i).meta["dropped"] == 2 for i in range(6))
+    inst = load_dataset("synthetic-object-instances", n=2, seed=6, settings={"p_grey": 1.0, "n_objects": [2, 2]})
+    assert inst.scenes.settings == ds.settings and (inst[0].image == ds[0].image).all()
+    assert ObjectScenes(n=1, settings=None).settings == DEFAULT
+    with pytest.raises(ConfigError, match="p_gray"):
+        ObjectScenes(n=1, settings={"p_gray": 1.0})
+    with pytest.raises(ConfigError, match="mapping"):
+        ObjectScenes(n=1, settings=0.5)  # type: ignore[arg-type]
+
+
 def test_the_registry_loads_it_by_name_with_the_sample_fields() -> None:
     ds = load_dataset("synthetic-objects", n=5, seed=2, size=160)
     assert isinstance(ds, ObjectScenes) and len(ds) == 5 and ds.task == "multiclass"

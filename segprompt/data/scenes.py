@@ -36,8 +36,8 @@ older three-class :class:`segprompt.data.synthetic.SyntheticScenes` is unchanged
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from typing import Any, Callable
+from dataclasses import dataclass, field, fields, replace
+from typing import Any, Callable, Mapping
 
 import cv2
 import numpy as np
@@ -223,6 +223,22 @@ class SceneSettings:
 DEFAULT = SceneSettings()
 
 
+def scene_settings(settings: SceneSettings | Mapping[str, Any] | None) -> SceneSettings:
+    """``settings`` as :class:`SceneSettings`: a mapping (a run config's YAML) overrides
+    :data:`DEFAULT`'s fields by name, lists becoming the ranges' tuples; None is DEFAULT."""
+    if settings is None:
+        return DEFAULT
+    if isinstance(settings, SceneSettings):
+        return settings
+    if not isinstance(settings, Mapping):
+        raise ConfigError(f"scene settings must be a SceneSettings or a mapping of its fields, got {type(settings).__name__}")
+    known = {f.name for f in fields(SceneSettings)}
+    unknown = sorted(set(settings) - known)
+    if unknown:
+        raise ConfigError(f"unknown scene setting(s) {unknown}; known: {sorted(known)}")
+    return replace(DEFAULT, **{k: tuple(v) if isinstance(v, (list, tuple)) else v for k, v in settings.items()})
+
+
 @dataclass
 class Scene:
     """One scene: ``image`` (H, W, 3) uint8 RGB; ``masks`` (N, H, W) bool, the visible part of
@@ -404,20 +420,21 @@ class ObjectScenes(SegmentationDataset):
         n: number of scenes.
         seed: scene ``i`` is generated from ``(seed, i)`` alone.
         size: (H, W) or a square side.
-        settings: the generator's ranges (:class:`SceneSettings`).
+        settings: the generator's ranges (:class:`SceneSettings`, or a mapping of its fields
+            over the defaults, as a run config's ``dataset_kwargs`` gives it).
     """
 
     task = "multiclass"
     class_names = LABEL_NAMES
 
-    def __init__(self, n: int = 64, seed: int = 0, size: int | tuple[int, int] = 256, settings: SceneSettings = DEFAULT) -> None:
+    def __init__(self, n: int = 64, seed: int = 0, size: int | tuple[int, int] = 256, settings: SceneSettings | Mapping[str, Any] | None = DEFAULT) -> None:
         super().__init__()
         if n < 0:
             raise ConfigError(f"n must be >= 0, got {n}")
         self.size = (int(size), int(size)) if isinstance(size, (int, np.integer)) else (int(size[0]), int(size[1]))
         if min(self.size) < 32:
             raise ConfigError(f"size must be at least 32 x 32, got {self.size}")
-        self.seed, self.settings = int(seed), settings
+        self.seed, self.settings = int(seed), scene_settings(settings)
         self.name = "synthetic-objects"
         self.records = list(range(n))
 
@@ -447,7 +464,7 @@ class ObjectInstances(SegmentationDataset):
 
     task = "binary"
 
-    def __init__(self, n: int = 16, seed: int = 2024, size: int | tuple[int, int] = 256, settings: SceneSettings = DEFAULT) -> None:
+    def __init__(self, n: int = 16, seed: int = 2024, size: int | tuple[int, int] = 256, settings: SceneSettings | Mapping[str, Any] | None = DEFAULT) -> None:
         super().__init__()
         self.scenes = ObjectScenes(n, seed, size, settings)
         self.name = "synthetic-object-instances"
