@@ -67,14 +67,21 @@ def test_passes_chain_and_the_rules_say_which_sets_are_fed_back(lesions):
     assert (got.masks == third.masks).all() and np.array_equal(got.logits, third.logits)
     assert two.refined == 1
 
-    # a set of two clicks over max_clicks, a drawn (binary) mask and several candidates: as decoded
+    # a set of two clicks over max_clicks and a drawn (binary) mask: as decoded
     few = CascadeSegmenter(plain, max_clicks=1)
     fstate = few.encode(s.image)
     clicks = PromptSet(points=Points(np.array([xy[0], [2.0, 2.0]]), [1, 0]))
     drawn = PromptSet(points=one.points, mask=MaskPrompt(s.mask))
     for ps in (clicks, drawn):
         assert np.array_equal(few.segment(fstate, ps).logits, plain.segment(state, ps).logits)
-    assert few.segment(fstate, one, multimask="all").masks.shape[1] == 3
+    # all three candidates asked for: each fed back on its own, in its place
+    every = plain.segment(state, one, multimask="all")
+    got = few.segment(fstate, one, multimask="all")
+    assert got.masks.shape[1] == 3
+    for j in range(3):
+        alone = plain.segment(state, PromptSet(points=one.points, mask=MaskPrompt(every.logits[0, j], kind="logits")))
+        np.testing.assert_allclose(got.logits[0, j], alone.logits[0, 0], atol=1e-4)  # a batch of 3 against 1: float rounding
+        assert got.scores[0, j] == pytest.approx(float(alone.scores[0, 0]), abs=1e-5)
     # a fed-back memory (logits) is replaced by the set's new logits, as in SAM's iterations
     memory = PromptSet(points=one.points, mask=MaskPrompt(first.logits[0, 0], kind="logits"))
     assert np.array_equal(few.segment(fstate, memory).logits, third.logits)

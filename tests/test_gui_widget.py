@@ -535,3 +535,40 @@ def test_segment_everything_panel_starts_at_segment_anythings_defaults(qtbot, vi
         assert got[key] == pytest.approx(ref[key]), key
     assert {k: v for k, v in got.items() if v != ref[k]} == {}  # and the rest left at the defaults
     assert (ref["points_per_side"], ref["pred_iou_thresh"], ref["stability_score_thresh"]) == (32, 0.88, 0.95)  # SamAutomaticMaskGenerator's
+
+
+def test_refine_boxes_wrap_the_learned_model_at_the_next_load(qtbot, viewer, make_widget):
+    """The "refine" check boxes (feed back / zoom-in / f-BRS) become create_segmenter's wrappers at
+    the next Load, the preview is the wrapped model's decode, and the classical models ignore them."""
+    from segprompt.models.brs import FeatureBRSSegmenter
+    from segprompt.models.cascade import CascadeSegmenter
+
+    s = lesion()
+    viewer.add_image(s.image, name=s.id, rgb=True)
+    w = make_widget()
+    assert w.refine_options() == {}
+    w.refine_boxes["cascade"].setChecked(True)
+    w.refine_boxes["brs"].setChecked(True)
+    assert w.refine_options() == {"cascade": {"max_clicks": 1}, "brs": True}
+    w.select_model("sam-tiny (bundled demo)")
+    with qtbot.waitSignal(w.model_loaded, timeout=WAIT_MS):
+        w.load_model()
+    seg = w.session.segmenter
+    assert isinstance(seg, CascadeSegmenter) and isinstance(seg.inner, FeatureBRSSegmenter) and seg.name == "sam-tiny"
+    with qtbot.waitSignal(w.embedding_ready, timeout=WAIT_MS):
+        w.compute_embedding()
+    w.add_point(40, 50)
+    settle(qtbot, w)
+    # the preview lists every candidate, each fed back on its own
+    one = PromptSet(points=Points.positive((40, 50)))
+    ref = create_segmenter("sam-tiny", cascade={"max_clicks": 1}).predict(s.image, one, multimask="all")
+    plain = create_segmenter("sam-tiny").predict(s.image, one, multimask="all")
+    assert w.preview.chosen == int(np.argmax(ref.scores[0]))
+    np.testing.assert_allclose(w.preview.scores, ref.scores[0], atol=1e-5)
+    assert (w.preview_mask != ref.masks[0, w.preview.chosen]).mean() < 1e-3
+    assert (ref.masks[0] != plain.masks[0]).any()  # the fed-back pass shows in the preview
+
+    w.select_model("classical (GrabCut)")
+    with qtbot.waitSignal(w.model_loaded, timeout=WAIT_MS):
+        w.load_model()
+    assert type(w.session.segmenter).__name__ == "ClassicalSegmenter"

@@ -57,6 +57,10 @@ SAM2_ACCEPTS = frozenset({"points", "box", "mask", "scribble"})
 UNIVERSAL_ACCEPTS = frozenset({"points", "box", "scribble", "mask", "text", "reference"})
 
 
+#: registry names of the weight-free models (no embedding cache, no inference wrappers)
+CLASSICAL = ("classical", "grabcut", "random-walker")
+
+
 @dataclass
 class ModelChoice:
     """One entry of the model picker.
@@ -75,16 +79,20 @@ class ModelChoice:
     #: prompt kinds the model takes when known before loading (the universal models), else None
     accepts: frozenset[str] | None = None
 
-    def load(self, device: str = "cpu", cache: str | Path | None = None) -> Segmenter:
-        """Build the segmenter (may take seconds for big checkpoints)."""
+    def load(self, device: str = "cpu", cache: str | Path | None = None, wrappers: dict[str, Any] | None = None) -> Segmenter:
+        """Build the segmenter (may take seconds for big checkpoints). ``wrappers``: inference
+        options of the learned models (``create_segmenter``'s ``cascade`` / ``zoom_in`` / ``brs``),
+        ignored for the classical ones."""
         from segprompt.models import create_segmenter
 
         avoid_llvm_clash()
         kwargs = dict(self.kwargs)
         if self.factory is not None:
             return self.factory(**kwargs)
+        if self.name not in CLASSICAL:
+            kwargs.update(wrappers or {})
         kwargs.setdefault("device", device)
-        if cache is not None and self.name not in ("classical", "grabcut", "random-walker"):
+        if cache is not None and self.name not in CLASSICAL:
             kwargs.setdefault("cache", cache)
         if self.checkpoint is not None:
             return create_segmenter("sam", checkpoint=self.checkpoint, **kwargs)

@@ -54,7 +54,9 @@ REFERENCE_HELP = (
 def known_words(segmenter: Any) -> tuple[str, ...] | None:
     """The words a closed-vocabulary text encoder knows (``universal-tiny``), or None when the model
     takes any text (an open-vocabulary text tower) or says nothing about it."""
-    text = getattr(getattr(segmenter, "model", None), "text", None)
+    from segprompt.models.wrapper import innermost
+
+    text = getattr(getattr(innermost(segmenter), "model", None), "text", None)
     words = getattr(text, "words", None)
     return tuple(words) if words else None
 

@@ -87,6 +87,12 @@ NORMALISATIONS = {
     "min-max": ("minmax", False),
     "layer contrast limits": ("window", True),
 }
+#: the learned models' inference options offered as check boxes: (create_segmenter kwarg, label, tooltip, value)
+REFINE_OPTIONS = (
+    ("cascade", "feed back", "Decode the first click again with its own mask as the mask prompt (SAM's and PerSAM's refinement pass, segprompt.models.cascade)", {"max_clicks": 1}),
+    ("zoom_in", "zoom-in", "Decode 2+ clicks again on a crop around the object (RITM's zoom-in, segprompt.models.zoom_in)", True),
+    ("brs", "f-BRS", "Refine 3+ clicks until the mask agrees with them (f-BRS, segprompt.models.brs; SAM and universal models)", True),
+)
 KEYS = {"S": "segment_now", "C": "commit", "T": "toggle_polarity", "Shift-C": "clear"}
 
 
@@ -214,6 +220,17 @@ class SegpromptWidget(QWidget):
         row.addWidget(self.device_combo)
         row.addWidget(self.disk_cache)
         form.addRow(row)
+        # the learned models' inference options (segprompt.models.registry.WRAPPERS), applied at the next Load
+        self.refine_boxes = {}
+        row = QHBoxLayout()
+        for option, label, tip, _ in REFINE_OPTIONS:
+            box_ = QCheckBox(label)
+            box_.setObjectName(f"refine_{option}")
+            box_.setToolTip(tip + "; applies at the next Load")
+            self.refine_boxes[option] = box_
+            row.addWidget(box_)
+        row.addStretch(1)
+        form.addRow("refine", row)
         self.model_label = QLabel("no model loaded")
         self.model_label.setWordWrap(True)
         form.addRow(self.model_label)
@@ -446,10 +463,15 @@ class SegpromptWidget(QWidget):
             self.load_button.setEnabled(True)
             self._busy_progress(False)
 
-        worker = create_worker(choice.load, device=device, cache=cache, _start_thread=False, _connect={"returned": done, "errored": failed, "finished": finished})
+        wrappers = self.refine_options()
+        worker = create_worker(choice.load, device=device, cache=cache, wrappers=wrappers, _start_thread=False, _connect={"returned": done, "errored": failed, "finished": finished})
         self._load_worker = worker
         worker.start()
         return worker
+
+    def refine_options(self) -> dict[str, Any]:
+        """The ticked inference options as ``create_segmenter`` kwargs (``{"cascade": {...}, ...}``)."""
+        return {option: value for option, _, _, value in REFINE_OPTIONS if self.refine_boxes[option].isChecked()}
 
     def set_segmenter(self, segmenter: Any, label: str = "") -> None:
         """Use ``segmenter`` from now on (synchronous; what a finished Load does)."""

@@ -11,8 +11,9 @@ real sample sets it lowered the IoU (docs/sam_tiny.md).
 
 Which sets are refined: those with clicks (at most ``max_clicks`` when set) whose mask prompt, if
 any, is earlier logits (mask feedback: they are replaced, as in SAM's iterations); a drawn
-(binary) mask prompt is the user's and is left alone, as are predictions with several
-candidates per set (``multimask="all"``).
+(binary) mask prompt is the user's and is left alone. When several candidates per set are asked
+for (``multimask="all"``, the napari preview's list), each candidate is fed back on its own and
+keeps its place; the single-candidate policies feed back the one they chose.
 
 .. code-block:: python
 
@@ -85,17 +86,19 @@ class CascadeSegmenter(WrappedSegmenter):
         if pred.masks.shape[1] > 1 and select in ("first", "best"):
             pred = pred.select(select)  # type: ignore[arg-type]
         rows = [i for i, s in enumerate(prompts) if self._eligible(s)]
-        if pred.logits is None or pred.masks.shape[1] != 1 or not rows:
-            return pred  # nothing to feed back, or several candidates asked for: left as decoded
+        if pred.logits is None or not rows:
+            return pred  # nothing to feed back
         masks, scores, logits = pred.masks.copy(), pred.scores.copy(), pred.logits.copy()
+        k = masks.shape[1]
         multi = self.settings.multimask and self.inner.has_multimask
         for _ in range(self.settings.passes):
-            again = [replace(prompts[i], mask=MaskPrompt(logits[i, 0], kind="logits")) for i in rows]
+            again = [replace(prompts[i], mask=MaskPrompt(logits[i, j], kind="logits")) for i in rows for j in range(k)]
             out = self.inner._segment(inner_state, again, multimask_output=multi, select="best" if multi else None)
             if out.masks.shape[1] > 1:
                 out = out.select("best")
-            masks[rows], scores[rows] = out.masks, out.scores
-            logits[rows] = out.logits  # type: ignore[index]
+            masks[rows] = out.masks.reshape(len(rows), k, *masks.shape[2:])
+            scores[rows] = out.scores.reshape(len(rows), k)
+            logits[rows] = out.logits.reshape(len(rows), k, *logits.shape[2:])  # type: ignore[union-attr]
         self.refined += len(rows)
         return Prediction(masks=masks, scores=scores, logits=logits, chosen=pred.chosen)
 

@@ -11,7 +11,7 @@ import numpy as np
 from segprompt.errors import ConfigError
 from segprompt.models.base import ImageState, Segmenter
 
-__all__ = ["WrappedSegmenter", "wrap_on_request"]
+__all__ = ["WrappedSegmenter", "innermost", "wrap_on_request"]
 
 
 class WrappedSegmenter(Segmenter):
@@ -51,3 +51,10 @@ def wrap_on_request(inner: Segmenter, value: Any, wrapper: type[WrappedSegmenter
     if isinstance(value, dict):
         return wrapper(inner, cls(**value))
     raise ConfigError(f"{wrapper.option} must be true, false or a mapping of {sorted(cls.__dataclass_fields__)}, got {value!r}")
+
+
+def innermost(segmenter: Segmenter) -> Segmenter:
+    """The model under any wrappers (``segmenter`` itself when it wraps nothing)."""
+    while isinstance(segmenter, WrappedSegmenter):
+        segmenter = segmenter.inner
+    return segmenter
