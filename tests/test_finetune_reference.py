@@ -369,16 +369,20 @@ def test_microsam_loss_is_min_dice_over_outputs_plus_iou_mse():
     assert torch.allclose(ours, ref, atol=1e-4)
 
 
+def _iterative_step(ckpt, **cfg):
+    """(a SamTrainStep of the tiny checkpoint in the iterative mode with ``cfg``, one 64-px lesion frame)."""
+    from pointprompt.finetune import to_frame
+
+    config = FinetuneConfig(model=None, checkpoint=ckpt, prompts="iterative", **cfg)
+    seg = _load_model(config)
+    s = load_dataset("synthetic-lesions", n=1, seed=0, size=64)[0]
+    return SamTrainStep(seg.model, config, None), to_frame(s, 0, seg.arch.img_size, seg.arch.lowres_size)
+
+
 def test_iterative_mode_counts_forward_passes_as_microsam(tiny_ckpt, monkeypatch):
     """micro-sam's _compute_iterative_loss: ``for i in range(num_subiter)`` forward passes, the
     first included; multimask only on the first; no mask prompt on the first; the loss is the mean."""
-    cfg = FinetuneConfig(model=None, checkpoint=tiny_ckpt, prompts="iterative", iterations=8)
-    seg = _load_model(cfg)
-    step = SamTrainStep(seg.model, cfg, None)
-    s = load_dataset("synthetic-lesions", n=1, seed=0, size=64)[0]
-    from pointprompt.finetune import to_frame
-
-    fs = to_frame(s, 0, seg.arch.img_size, seg.arch.lowres_size)
+    step, fs = _iterative_step(tiny_ckpt, iterations=8)
     calls, original = [], SamTrainStep._decode
 
     def spy(self, emb, p, mask_input):
@@ -419,13 +423,7 @@ def test_refine_passes_decode_the_same_prompts_with_their_own_logits(tiny_ckpt, 
     """SAM's iterations without new points (``refine_passes``): each lands at a random place after
     the first pass, keeps the previous pass's prompts, takes the single-mask head and is fed the
     previous pass's chosen logits as its mask prompt; every pass is in the mean loss."""
-    cfg = FinetuneConfig(model=None, checkpoint=tiny_ckpt, prompts="iterative", iterations=3, refine_passes=2, mask_feedback=0.0)
-    seg = _load_model(cfg)
-    step = SamTrainStep(seg.model, cfg, None)
-    s = load_dataset("synthetic-lesions", n=1, seed=0, size=64)[0]
-    from pointprompt.finetune import to_frame
-
-    fs = to_frame(s, 0, seg.arch.img_size, seg.arch.lowres_size)
+    step, fs = _iterative_step(tiny_ckpt, iterations=3, refine_passes=2, mask_feedback=0.0)
     calls, original = [], SamTrainStep._decode
 
     def spy(self, emb, p, mask_input):

@@ -50,23 +50,6 @@ REACHED = [("busi", 3), ("ph2", 1), ("ph2", 3)]
 NOT_REACHED = [("kvasir_seg", 1), ("kvasir_seg", 3), ("busi", 1)]
 #: how far above the first sam-tiny's centre-click IoU the current one must stay
 FLOOR_MARGIN = {"kvasir_seg": 0.15, "busi": 0.08, "ph2": 0.05}
-
-
-@real
-@pytest.mark.parametrize("name,clicks", REACHED)
-def test_sam_tiny_is_at_least_grabcut(real_table, name, clicks):
-    key = "iou@1" if clicks == 1 else "iou@last"
-    assert real_table[(name, "sam-tiny")][key] >= real_table[(name, "grabcut")][key]
-
-
-@real
-@pytest.mark.parametrize("name,clicks", NOT_REACHED)
-@pytest.mark.xfail(strict=True, reason="issue 16 is open: sam-tiny does not reach GrabCut here yet (see docs/sam_tiny.md); strict, so reaching it fails this marker")
-def test_sam_tiny_is_at_least_grabcut_where_it_is_not_yet(real_table, name, clicks):
-    key = "iou@1" if clicks == 1 else "iou@last"
-    assert real_table[(name, "sam-tiny")][key] >= real_table[(name, "grabcut")][key]
-
-
 #: the same with REFINED (measured, first click / after two corrections: kvasir_seg 0.441 / 0.550
 #: against GrabCut's 0.443 / 0.537, busi 0.469 / 0.544 against 0.459 / 0.459, ph2 0.755 / 0.776
 #: against 0.716 / 0.733)
@@ -74,19 +57,23 @@ REFINED_REACHED = [("busi", 1), ("ph2", 1), ("kvasir_seg", 3), ("busi", 3), ("ph
 REFINED_NOT_REACHED = [("kvasir_seg", 1)]
 
 
-@real
-@pytest.mark.parametrize("name,clicks", REFINED_REACHED)
-def test_sam_tiny_refined_is_at_least_grabcut(real_table, name, clicks):
-    key = "iou@1" if clicks == 1 else "iou@last"
-    assert real_table[(name, "sam-tiny@refined")][key] >= real_table[(name, "grabcut")][key]
+def _cases(model: str, reached: list, not_reached: list, reason: str) -> list:
+    """pytest params (model, set, clicks); the ones not reached yet are strict expected failures."""
+    xfail = pytest.mark.xfail(strict=True, reason=f"issue 16 is open: {reason} (see docs/sam_tiny.md); strict, so reaching it fails this marker")
+    return [pytest.param(model, n, c, id=f"{model}-{n}-{c}") for n, c in reached] + [
+        pytest.param(model, n, c, marks=xfail, id=f"{model}-{n}-{c}") for n, c in not_reached
+    ]
 
 
 @real
-@pytest.mark.parametrize("name,clicks", REFINED_NOT_REACHED)
-@pytest.mark.xfail(strict=True, reason="issue 16 is open: from the centre click on kvasir_seg the refined sam-tiny gives 0.441, GrabCut 0.443")
-def test_sam_tiny_refined_is_at_least_grabcut_where_it_is_not_yet(real_table, name, clicks):
+@pytest.mark.parametrize(
+    "model,name,clicks",
+    _cases("sam-tiny", REACHED, NOT_REACHED, "sam-tiny does not reach GrabCut here yet")
+    + _cases("sam-tiny@refined", REFINED_REACHED, REFINED_NOT_REACHED, "from the centre click on kvasir_seg the refined sam-tiny gives 0.441, GrabCut 0.443"),
+)
+def test_sam_tiny_is_at_least_grabcut(real_table, model, name, clicks):
     key = "iou@1" if clicks == 1 else "iou@last"
-    assert real_table[(name, "sam-tiny@refined")][key] >= real_table[(name, "grabcut")][key]
+    assert real_table[(name, model)][key] >= real_table[(name, "grabcut")][key]
 
 
 @real
