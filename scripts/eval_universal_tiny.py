@@ -27,9 +27,14 @@ from pathlib import Path
 SEED = 2024  # held-out scenes (training: seed 0, validation: 999)
 
 
-def point_bench(out: Path, dataset: str, models: list[str], limit: int | None, kwargs: dict, checkpoint: str | None = None, zoom_in: bool = False, brs: bool | dict = False) -> dict:
+#: run-folder and numbers-file suffixes of the inference options
+WRAPPER_TAGS = {"zoom_in": "_zoom", "brs": "_brs", "cascade": "_cascade"}
+
+
+def point_bench(out: Path, dataset: str, models: list[str], limit: int | None, kwargs: dict, checkpoint: str | None = None, wrappers: dict | None = None) -> dict:
     """``checkpoint``: a universal file that takes the place of the bundled universal-tiny;
-    ``zoom_in``: RITM's zoom-in for the learned models; ``brs``: f-BRS for them."""
+    ``wrappers``: create_segmenter's inference options for the learned models (``zoom_in``,
+    ``brs``, ``cascade``)."""
     from pointprompt.bench import PointBenchConfig, run_pointprompt
 
     model_kwargs: dict = {}
@@ -39,10 +44,7 @@ def point_bench(out: Path, dataset: str, models: list[str], limit: int | None, k
     for m in models:
         if m in ("grabcut", "classical", "random-walker"):
             continue  # the wrappers are for the learned models
-        if zoom_in:
-            model_kwargs.setdefault(m, {})["zoom_in"] = True
-        if brs:
-            model_kwargs.setdefault(m, {})["brs"] = brs
+        model_kwargs.setdefault(m, {}).update(wrappers or {})
     cfg = PointBenchConfig(
         datasets=[dataset], models=models, strategies=["microsam"], steps=10, limit=limit, dataset_kwargs={dataset: kwargs} if kwargs else {},
         model_kwargs=model_kwargs,
@@ -61,6 +63,7 @@ def main() -> int:
     p.add_argument("--zoom-in", action="store_true", help="the point benchmark with RITM's zoom-in for the learned models (segprompt.models.zoom_in)")
     p.add_argument("--brs", action="store_true", help="the point benchmark with f-BRS for the learned models (segprompt.models.brs)")
     p.add_argument("--brs-settings", default=None, help="f-BRS settings as JSON, e.g. '{\"reg_weight\": 0.03}' (with --brs)")
+    p.add_argument("--cascade", default=None, help="the learned models' own logits fed back as their mask prompt (segprompt.models.cascade): 'true' or a JSON mapping of CascadeSettings")
     p.add_argument("--seed", type=int, default=SEED, help="scenes' seed (2024: held out; 77: the tuning seed)")
     p.add_argument("--checkpoint", default=None, help="a universal .safetensors to evaluate in the place of the bundled universal-tiny (a candidate before it is bundled)")
     args = p.parse_args()
@@ -73,7 +76,7 @@ def main() -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.time()
-    result: dict = {"seed": args.seed, "scenes": args.scenes, "checkpoint": args.checkpoint or "universal-tiny (bundled)", "zoom_in": args.zoom_in, "brs": args.brs}
+    result: dict = {"seed": args.seed, "scenes": args.scenes, "checkpoint": args.checkpoint or "universal-tiny (bundled)", "zoom_in": args.zoom_in, "brs": args.brs, "cascade": args.cascade}
     if not args.skip_prompts:
         seg = create_segmenter("universal", checkpoint=args.checkpoint) if args.checkpoint else create_segmenter("universal-tiny")
         scenes = scenes_of(ObjectScenes(n=args.scenes, seed=args.seed), range(args.scenes))
@@ -85,22 +88,25 @@ def main() -> int:
     sets = [("synthetic-object-instances", None, {"n": args.bench_scenes, "seed": args.seed})]
     if args.real and os.environ.get("SEGPROMPT_DATA_ROOT"):
         sets += [(name, args.real, {}) for name in ("kvasir_seg", "busi", "ph2")]
-    brs_value = (json.loads(args.brs_settings) if args.brs_settings else True) if args.brs else False
+    wrappers = {
+        "zoom_in": args.zoom_in,
+        "brs": (json.loads(args.brs_settings) if args.brs_settings else True) if args.brs else False,
+        "cascade": json.loads(args.cascade) if args.cascade else False,
+    }
+    wrappers = {k: v for k, v in wrappers.items() if v is not False}
+    tag = "".join(WRAPPER_TAGS[k] for k in wrappers)
     for name, limit, kwargs in sets:
         for model in args.models.split(","):
-            zoom = args.zoom_in and model != "grabcut"
-            refine = args.brs and model != "grabcut"
-            tag = ("_zoom" if zoom else "") + ("_brs" if refine else "")
-            summary = point_bench(out / f"bench_{name}_{model}{tag}", name, [model], limit, kwargs,
-                                  args.checkpoint if model == "universal-tiny" else None, zoom_in=zoom, brs=brs_value if refine else False)
+            learned = model != "grabcut"
+            summary = point_bench(out / f"bench_{name}_{model}{tag if learned else ''}", name, [model], limit, kwargs,
+                                  args.checkpoint if model == "universal-tiny" else None, wrappers if learned else None)
             table += summary["table"]
     for row in table:
         print(f"{row['dataset']:28s} {row['model']:15s} n {row['trajectories']:3d}  IoU@1 {row['iou@1']:.3f}  IoU@last {row['iou@last']:.3f}  NoC85 {row['noc85']:.2f}  NoC90 {row['noc90']:.2f}")
     result["bench"] = table
     result["seconds"] = time.time() - t0
     name = "numbers.json" if not args.skip_prompts and args.models == "universal-tiny,sam-tiny,grabcut" else f"numbers_{args.models.replace(',', '_')}.json"
-    name = name.replace(".json", "_zoom.json") if args.zoom_in else name
-    name = name.replace(".json", "_brs.json") if args.brs else name
+    name = name.replace(".json", f"{tag}.json")
     (out / name).write_text(json.dumps(result, indent=2, default=str))
     print(f"wrote {out / name}")
     return 0

@@ -114,7 +114,7 @@ def config(args: argparse.Namespace):  # noqa: ANN201 - UniversalTrainConfig, im
 
 
 def _grown_stages(model_cfg, run_cfg: dict) -> dict:  # noqa: ANN001 - a UniversalConfig
-    """The data of stages 3-6 for the record, from what the model holds and this run's data."""
+    """The data of stages 3-7 for the record, from what the model holds and this run's data."""
     stages = {}
     if model_cfg.prompt_to_pixel:
         stages["stage3"] = {"dataset": "synthetic-objects", **STAGE3_TRAIN, "grow": STAGE3_GROW}
@@ -122,8 +122,11 @@ def _grown_stages(model_cfg, run_cfg: dict) -> dict:  # noqa: ANN001 - a Univers
         stages["stage4"] = {"dataset": "synthetic-objects", **STAGE4_TRAIN, "grow": STAGE4_GROW}
     if run_cfg.get("dataset_kwargs") == STAGE5_TRAIN:
         stages["stage5"] = {"dataset": "synthetic-objects", **STAGE5_TRAIN}
-    if run_cfg.get("dataset_kwargs") == STAGE6_TRAIN:
-        stages["stage6"] = {"dataset": "synthetic-objects", **STAGE6_TRAIN, **{k: list(v) if isinstance(v, tuple) else v for k, v in STAGE6.items()}}
+    rounds = {k: list(v) if isinstance(v, tuple) else v for k, v in STAGE6.items()}
+    if run_cfg.get("dataset_kwargs") in (STAGE6_TRAIN, STAGE7_TRAIN):  # stage 7 continues stage 6's bundled v3
+        stages["stage6"] = {"dataset": "synthetic-objects", **STAGE6_TRAIN, **rounds}
+    if run_cfg.get("dataset_kwargs") == STAGE7_TRAIN:
+        stages["stage7"] = {"dataset": "synthetic-objects", **STAGE7_TRAIN, **rounds}
     return stages
 
 
