@@ -7,6 +7,7 @@ from typing import Sequence
 
 import click
 
+from segprompt.commands.inference_options import CLASSICAL_MODELS, inference_options, model_wrappers
 from segprompt.engine.launchers import echo_bench_end, launch_from_options, launch_options
 from segprompt.errors import ConfigError
 from segprompt.models.base import SINGLE_MASK_POLICIES, multimask_help
@@ -30,9 +31,6 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--multimask", type=click.Choice(SINGLE_MASK_POLICIES), default="auto", show_default=True, help=multimask_help(SINGLE_MASK_POLICIES))
 @click.option("--mask-feedback/--no-mask-feedback", default=False, help="Feed the previous low-res logits back with each correction click (for `universal`: its memory prompt).")
-@click.option("--zoom-in/--no-zoom-in", default=False, help="RITM's zoom-in for the learned models: sets with 2+ clicks are decoded again on a crop around the object (segprompt.models.zoom_in).")
-@click.option("--brs/--no-brs", default=False, help="f-BRS for the learned models that allow it (universal, sam): sets with 3+ clicks are refined until the mask agrees with them (segprompt.models.brs).")
-@click.option("--cascade/--no-cascade", default=False, help="Feed the learned models' own logits back once as their mask prompt (SAM's and PerSAM's refinement pass; segprompt.models.cascade).")
 @click.option("--limit", type=int, default=None, help="Use only the first N images.")
 @click.option("--human", type=click.Path(path_type=Path), default=None, help="Recorded human prompts to replay: a trajectory file (.jsonl/.json) or a PointPrompt human-data folder.")
 @click.option("--cache", type=click.Path(path_type=Path), default=None, help="Embedding cache folder.")
@@ -40,8 +38,9 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--config", "config_file", type=click.Path(path_type=Path), default=None, help="YAML of PointBenchConfig fields (see configs/pointprompt/); options given on the command line override it.")
 @click.option("--out", type=click.Path(path_type=Path), default=None, help="Run folder (rerun the same command to resume). Required.")
 @launch_options
+@inference_options
 @click.pass_context
-def pointprompt(ctx, config_file, datasets, roots, models, checkpoints, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, zoom_in, brs, cascade, limit, human, cache, device, out,
+def pointprompt(ctx, config_file, datasets, roots, models, checkpoints, strategies, n_positive, n_negative, budget, steps, seed, multimask, mask_feedback, wrappers, limit, human, cache, device, out,
                 **launch) -> None:
     """Benchmark point-prompt strategies on datasets; resumable, deterministic for a seed.
 
@@ -65,11 +64,8 @@ def pointprompt(ctx, config_file, datasets, roots, models, checkpoints, strategi
     model_kwargs: dict[str, dict] = {}
     given_checkpoints = checkpoint_kwargs(checkpoints, models)
     for m in models:
-        learned = m not in ("classical", "grabcut", "random-walker")
-        kw = {"device": device} if learned else {}
-        for option, on in (("zoom_in", zoom_in), ("brs", brs), ("cascade", cascade)):  # the wrappers (segprompt.models.registry.WRAPPERS)
-            if on and learned:
-                kw[option] = True
+        learned = m not in CLASSICAL_MODELS
+        kw = {"device": device, **model_wrappers(m, wrappers)} if learned else {}
         if m in given_checkpoints:
             kw["checkpoint"] = given_checkpoints[m]
         model_kwargs[m] = kw

@@ -66,6 +66,25 @@ def test_segment_command_writes_mask(tmp_path, capsys):
     assert rc == 2 and "missing.png: file not found" in capsys.readouterr().err
 
 
+def test_segment_takes_the_inference_options_of_the_learned_models(tmp_path, capsys):
+    """``--cascade`` (and ``--zoom-in`` / ``--brs``, the same switches as ``bench pointprompt``) wrap
+    the model as create_segmenter's keywords do; a classical model refuses them by name."""
+    from segprompt.models import create_segmenter
+    from segprompt.prompts import Points, PromptSet
+
+    s = SyntheticLesions(n=1, seed=11, size=(150, 220), style="dermoscopy")[0]
+    write_image(tmp_path / "img.png", s.image)
+    ys, xs = np.nonzero(s.mask)
+    x, y = int(xs.mean()), int(ys.mean())
+    rc = main(["segment", str(tmp_path / "img.png"), "--point", f"{x},{y}", "--cascade", "--out", str(tmp_path / "c.png")])
+    assert rc == 0, capsys.readouterr().err
+    want = create_segmenter("sam-tiny", cascade=True).predict(s.image, PromptSet(points=Points([[x, y]], [1]))).best[0]
+    plain = create_segmenter("sam-tiny").predict(s.image, PromptSet(points=Points([[x, y]], [1]))).best[0]
+    assert (read_binary_mask(tmp_path / "c.png") == want).all() and (want != plain).any()
+    rc = main(["segment", str(tmp_path / "img.png"), "--model", "grabcut", "--point", f"{x},{y}", "--brs", "--out", str(tmp_path / "g.png")])
+    assert rc == 2 and "--brs: for the learned models" in capsys.readouterr().err
+
+
 @pytest.mark.slow
 def test_demo_end_to_end(tmp_path, capsys):
     out = tmp_path / "demo"

@@ -11,6 +11,7 @@ from typing import Any
 import click
 
 from segprompt.commands.everything_options import settings_options
+from segprompt.commands.inference_options import inference_options, model_wrappers
 from segprompt.errors import ConfigError, PromptError
 from segprompt.models.base import MULTIMASK_POLICIES, multimask_help
 
@@ -37,6 +38,7 @@ def _numbers(text: str, n: tuple[int, ...], what: str) -> list[float]:
 @click.option("--device", default="cpu", show_default=True)
 @click.option("--everything", is_flag=True, help="Segment every object without prompts (segment-anything's automatic mask generator over --model): --out gets an integer label image (0 = background, 1..K = instances, largest first), 8-bit PNG up to 255 instances, else 16-bit. IMAGE may be a folder: then --out is a resumable run folder with one label image per input.")
 @settings_options(help_prefix="--everything: ")
+@inference_options
 def segment(
     image: Path,
     model: str,
@@ -49,6 +51,7 @@ def segment(
     device: str,
     everything: bool,
     settings: dict[str, Any],
+    wrappers: dict[str, Any],
 ) -> None:
     """Segment IMAGE from point and/or box prompts; (x, y) = (column, row) pixels.
 
@@ -58,8 +61,8 @@ def segment(
 
     amg = settings  # segment-anything automatic-mask-generator settings given on the command line
     if everything:
-        if points or box or multimask:
-            raise ConfigError("--everything segments without prompts: leave out --point, --box and --multimask")
+        if points or box or multimask or wrappers:
+            raise ConfigError("--everything segments without prompts: leave out --point, --box, --multimask, --zoom-in, --brs and --cascade")
         from segprompt.commands.segment_everything import run_everything
 
         run_everything(image, model, checkpoint, out, overlay, device, amg)
@@ -86,7 +89,9 @@ def segment(
     bx = Box(_numbers(box, (4,), "--box"), image_size=size) if box else None
     if pts is None and bx is None:
         raise PromptError("give at least one --point or a --box")
-    kwargs = {"device": device}
+    if wrappers and not model_wrappers(model, wrappers):
+        raise ConfigError(f"{', '.join('--' + k.replace('_', '-') for k in wrappers)}: for the learned models (sam-tiny, sam, universal-tiny, ...), not {model}")
+    kwargs = {"device": device, **model_wrappers(model, wrappers)}
     if checkpoint:
         kwargs["checkpoint"] = checkpoint
     seg = create_segmenter(model, **kwargs)
