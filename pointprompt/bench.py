@@ -561,7 +561,6 @@ def pivot(rows: Sequence[dict[str, Any]], row_key: str, col_key: str, value: str
     return list(table.values()), [row_key, *cols]
 
 
-#: what a reader should know about a model named in a report (others: see its describe())
 #: the model wrappers a run can ask for (model_kwargs), as report.md names them
 WRAPPER_TITLES = (
     ("zoom_in", "Zoom-in (RITM's, segprompt.models.zoom_in)"),
@@ -569,6 +568,7 @@ WRAPPER_TITLES = (
     ("cascade", "Cascade (own logits fed back as the mask prompt, segprompt.models.cascade)"),
 )
 
+#: what a reader should know about a model named in a report (others: see its describe())
 MODEL_NOTES = {
     "sam-tiny": "the bundled demo model: a 1.85 M-parameter SAM-architecture model trained on domain-randomised synthetic "
     "images only (scripts/train_sam_tiny.py); not a foundation model: on real images about as good as GrabCut from a click",
@@ -613,7 +613,10 @@ def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig
     budgets = ", ".join(f"{d}: {p} positive + {n} negative over {cfg.steps_of(d)} steps" for d in cfg.datasets for p, n in [cfg.budget_of(d)])
     models = [f"- `{m}`: {MODEL_NOTES.get(m.split('@')[0], 'see config.yaml')}" for m in cfg.models]
     feedback = "on (each click goes with the previous step's logits, to the models that take a mask)" if cfg.mask_feedback else "off"
-    wrapped = [f"{title}: {', '.join(f'`{m}`' for m in cfg.models if cfg.model_kwargs.get(m, {}).get(option)) or 'off'}." for option, title in WRAPPER_TITLES]
+    wrapped = [
+        f"{title}: {', '.join(f'`{m}`' for m in cfg.models if cfg.model_kwargs.get(m, {}).get(option) not in (None, False)) or 'off'}."
+        for option, title in WRAPPER_TITLES
+    ]
     lines = [
         "# Point-prompt benchmark",
         "",

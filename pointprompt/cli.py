@@ -65,7 +65,7 @@ def pointprompt(ctx, config_file, datasets, roots, models, checkpoints, strategi
     given_checkpoints = checkpoint_kwargs(checkpoints, models)
     for m in models:
         learned = m not in CLASSICAL_MODELS
-        kw = {"device": device, **model_wrappers(m, wrappers)} if learned else {}
+        kw = {"device": device} if learned else {}
         if m in given_checkpoints:
             kw["checkpoint"] = given_checkpoints[m]
         model_kwargs[m] = kw
@@ -89,6 +89,9 @@ def pointprompt(ctx, config_file, datasets, roots, models, checkpoints, strategi
     file_launch: dict = {}
     if config_file is not None:
         given, file_launch = _merge_config(ctx, config_file, given)
+    # the inference switches go to every learned model of the run, the config file's included
+    kwargs_of = dict(given.get("model_kwargs") or {})
+    given["model_kwargs"] = {**kwargs_of, **{m: {**kwargs_of.get(m, {}), **model_wrappers(m, wrappers)} for m in given["models"]}}
     cfg = PointBenchConfig(**given)
     launch_cfg, shard = launch_from_options(launch, file_launch)
     summary = run_pointprompt(cfg, out, cache=cache, launch=launch_cfg, shard=shard)
@@ -140,7 +143,7 @@ _OPTION_FIELDS = {
     "datasets": ("datasets",), "roots": ("dataset_kwargs",), "models": ("models", "model_kwargs"), "checkpoints": ("model_kwargs",),
     "device": ("model_kwargs",), "strategies": ("strategies",), "n_positive": ("n_positive",), "n_negative": ("n_negative",),
     "budget": ("budget",), "steps": ("steps",), "seed": ("seed",), "multimask": ("multimask",), "mask_feedback": ("mask_feedback",),
-    "zoom_in": ("model_kwargs",), "brs": ("model_kwargs",), "cascade": ("model_kwargs",), "limit": ("limit",), "human": ("human",),
+    "limit": ("limit",), "human": ("human",),
 }
 
 

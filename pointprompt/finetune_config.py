@@ -118,7 +118,8 @@ class FinetuneConfig:
     ``n_sub_iteration``; the code before this counted one more). ``refine_passes``: SAM's
     iterations "where no additional points are sampled": passes of the ``iterative`` mode, each at
     a random place after the first pass, that decode the same prompts with the previous pass's
-    logits as the mask prompt (0: micro-sam's loop). ``train_multimask``: ``auto``
+    logits as the mask prompt (0: micro-sam's loop; SAM puts one of its two such passes at the
+    end, here every one is placed at random, so one may follow the first click). ``train_multimask``: ``auto``
     (one point -> 3 candidates, the best in the loss) or ``single``. ``dice``: ``soft`` or
     ``squared`` (see :mod:`pointprompt.finetune`). ``decay_all``: weight decay on every trained tensor (torch's
     AdamW over ``model.parameters()``, as the references) instead of weight matrices only.

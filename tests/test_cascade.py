@@ -82,6 +82,11 @@ def test_passes_chain_and_the_rules_say_which_sets_are_fed_back(lesions):
         alone = plain.segment(state, PromptSet(points=one.points, mask=MaskPrompt(every.logits[0, j], kind="logits")))
         np.testing.assert_allclose(got.logits[0, j], alone.logits[0, 0], atol=1e-4)  # a batch of 3 against 1: float rounding
         assert got.scores[0, j] == pytest.approx(float(alone.scores[0, 0]), abs=1e-5)
+    # max_clicks=None feeds back every set with clicks (the default, 1, only the first click)
+    assert CascadeSettings().max_clicks == 1
+    every_set = CascadeSegmenter(plain, max_clicks=None)
+    second_clicks = plain.segment(state, PromptSet(points=clicks.points, mask=MaskPrompt(plain.segment(state, clicks).logits[0, 0], kind="logits")))
+    assert np.array_equal(every_set.segment(every_set.encode(s.image), clicks).logits, second_clicks.logits)
     # a fed-back memory (logits) is replaced by the set's new logits, as in SAM's iterations
     memory = PromptSet(points=one.points, mask=MaskPrompt(first.logits[0, 0], kind="logits"))
     assert np.array_equal(few.segment(fstate, memory).logits, third.logits)
@@ -103,3 +108,23 @@ def test_create_segmenter_nests_brs_cascade_and_zoom_in_and_refuses_bad_settings
         create_segmenter("sam-tiny", cascade="yes")
     with pytest.raises(ConfigError, match="no mask prompt"):
         create_segmenter("persam", cascade=True)
+    grabcut = create_segmenter("grabcut", cascade=True)  # takes a mask, returns no logits
+    with pytest.raises(ConfigError, match="returns no logits"):
+        grabcut.predict(image, PromptSet(points=Points([[40.0, 30.0]], [1])))
+    # the resize passes through only where the model has one (zoom-in reads logits masks with it)
+    assert not hasattr(grabcut, "transform") and seg.inner.transform((64, 80)) is not None
+
+
+def test_segment_everything_and_native_propagation_run_the_model_under_the_wrappers(lesions):
+    """The inference wrappers are for prompted decodes: segment everything's grid and the volume
+    propagators see the model itself (with the same records for a wrapped and a plain sam-tiny)."""
+    from segprompt.everything.generate import segment_everything
+    from segprompt.volumes.api import _unwrapped
+
+    plain = create_segmenter("sam-tiny")
+    wrapped = create_segmenter("sam-tiny", cascade=True, zoom_in=True)
+    assert _unwrapped(wrapped).__class__ is plain.__class__ and _unwrapped(plain) is plain
+    got = segment_everything(wrapped, lesions[1].image, points_per_side=6, pred_iou_thresh=0.5, stability_score_thresh=0.5)
+    want = segment_everything(plain, lesions[1].image, points_per_side=6, pred_iou_thresh=0.5, stability_score_thresh=0.5)
+    assert len(got) == len(want) > 0
+    assert all((a["segmentation"] == b["segmentation"]).all() and a["stability_score"] == b["stability_score"] for a, b in zip(got, want))

@@ -124,6 +124,20 @@ def test_demo_end_to_end(tmp_path, capsys):
     assert sorted((out / "results.jsonl").read_text().splitlines()) == sorted(lines)
 
 
+def test_inference_switches_reach_the_config_files_learned_models(tmp_path, capsys):
+    """``--config F --cascade``: the file's models keep their own kwargs and the learned ones get the
+    cascade (the switch does not replace the file's model_kwargs, nor go to the default model)."""
+    import yaml
+
+    cfg = tmp_path / "preset.yaml"
+    cfg.write_text("datasets: [synthetic-lesions]\nmodels: [sam-tiny, grabcut]\nmodel_kwargs: {sam-tiny: {max_batch: 8}}\nstrategies: [centre]\nsteps: 1\n")
+    out = tmp_path / "run"
+    assert main(["bench", "pointprompt", "--config", str(cfg), "--cascade", "--limit", "1", "--out", str(out)]) == 0, capsys.readouterr().err
+    saved = yaml.safe_load((out / "config.yaml").read_text())["model_kwargs"]
+    assert saved["sam-tiny"] == {"max_batch": 8, "cascade": True} and "cascade" not in saved.get("grabcut", {})
+    assert "`sam-tiny`." in (out / "report.md").read_text().split("Cascade (")[1].splitlines()[0]
+
+
 def test_config_file_with_command_line_overrides(tmp_path, capsys):
     cfg = tmp_path / "preset.yaml"
     cfg.write_text("datasets: [synthetic-lesions]\nmodels: [random-walker]\nstrategies: [random, centre]\nbudget: one\nseed: 3\n")

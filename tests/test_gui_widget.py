@@ -549,19 +549,22 @@ def test_refine_boxes_wrap_the_learned_model_at_the_next_load(qtbot, viewer, mak
     assert w.refine_options() == {}
     w.refine_boxes["cascade"].setChecked(True)
     w.refine_boxes["brs"].setChecked(True)
-    assert w.refine_options() == {"cascade": {"max_clicks": 1}, "brs": True}
+    assert w.refine_options() == {"cascade": True, "brs": True}
     w.select_model("sam-tiny (bundled demo)")
     with qtbot.waitSignal(w.model_loaded, timeout=WAIT_MS):
         w.load_model()
     seg = w.session.segmenter
     assert isinstance(seg, CascadeSegmenter) and isinstance(seg.inner, FeatureBRSSegmenter) and seg.name == "sam-tiny"
+    from viewers.session import encoder_blocks
+
+    assert len(encoder_blocks(seg)) == 4  # per-block progress and cancel reach the wrapped encoder
     with qtbot.waitSignal(w.embedding_ready, timeout=WAIT_MS):
         w.compute_embedding()
     w.add_point(40, 50)
     settle(qtbot, w)
     # the preview lists every candidate, each fed back on its own
     one = PromptSet(points=Points.positive((40, 50)))
-    ref = create_segmenter("sam-tiny", cascade={"max_clicks": 1}).predict(s.image, one, multimask="all")
+    ref = create_segmenter("sam-tiny", cascade=True).predict(s.image, one, multimask="all")
     plain = create_segmenter("sam-tiny").predict(s.image, one, multimask="all")
     assert w.preview.chosen == int(np.argmax(ref.scores[0]))
     np.testing.assert_allclose(w.preview.scores, ref.scores[0], atol=1e-5)

@@ -195,8 +195,11 @@ class EncodeCancelled(Exception):
 
 
 def encoder_blocks(segmenter: Segmenter) -> list[Any]:
-    """The transformer blocks of a SAM-style image encoder (empty for other models)."""
-    enc = getattr(getattr(segmenter, "model", None), "image_encoder", None)
+    """The transformer blocks of a SAM-style image encoder (empty for other models), under any
+    inference wrappers (their encode is the model's)."""
+    from segprompt.models.wrapper import innermost
+
+    enc = getattr(getattr(innermost(segmenter), "model", None), "image_encoder", None)
     blocks = getattr(enc, "blocks", None)
     try:
         return list(blocks) if blocks is not None else []

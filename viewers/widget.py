@@ -89,7 +89,7 @@ NORMALISATIONS = {
 }
 #: the learned models' inference options offered as check boxes: (create_segmenter kwarg, label, tooltip, value)
 REFINE_OPTIONS = (
-    ("cascade", "feed back", "Decode the first click again with its own mask as the mask prompt (SAM's and PerSAM's refinement pass, segprompt.models.cascade)", {"max_clicks": 1}),
+    ("cascade", "feed back", "Decode the first click again with its own mask as the mask prompt (SAM's and PerSAM's refinement pass, segprompt.models.cascade)", True),
     ("zoom_in", "zoom-in", "Decode 2+ clicks again on a crop around the object (RITM's zoom-in, segprompt.models.zoom_in)", True),
     ("brs", "f-BRS", "Refine 3+ clicks until the mask agrees with them (f-BRS, segprompt.models.brs; SAM and universal models)", True),
 )

@@ -220,7 +220,8 @@ def segment_everything(
     """Every object in ``image``, as ``SamAutomaticMaskGenerator.generate`` finds them.
 
     Args:
-        segmenter: a Segmenter that accepts point prompts (``sam`` gives segment-anything's masks).
+        segmenter: a Segmenter that accepts point prompts (``sam`` gives segment-anything's masks);
+            one under inference wrappers (``zoom_in``, ``brs``, ``cascade``) is used without them.
         image: (H, W, 3) uint8 RGB, or (H, W) grey of any dtype (uint16 included), converted by
             ``segprompt.data.to_rgb_uint8``.
         settings: an :class:`EverythingSettings`; keyword ``overrides`` replace its fields.
@@ -233,6 +234,9 @@ def segment_everything(
         segment-anything), ``predicted_iou``, ``stability_score``, ``point_coords`` ([[x, y]]),
         ``crop_box`` ([x, y, w, h]).
     """
+    from segprompt.models.wrapper import innermost
+
+    segmenter = innermost(segmenter)  # zoom-in, f-BRS and the cascade are for prompted decodes, not the grid
     s = _settings(settings, overrides)
     if "points" not in segmenter.accepts:
         raise ConfigError(f"segment everything needs a model that takes point prompts; {segmenter.name!r} does not")

@@ -9,11 +9,15 @@ box and its chosen candidate's low-res logits (``Prediction.logits``) as a ``Mas
 "logits")``. PerSAM's second cascade step (a box around the mask as well) is not done: on the
 real sample sets it lowered the IoU (docs/sam_tiny.md).
 
-Which sets are refined: those with clicks (at most ``max_clicks`` when set) whose mask prompt, if
+Which sets are refined: those with clicks (at most ``max_clicks``, by default one) whose mask prompt, if
 any, is earlier logits (mask feedback: they are replaced, as in SAM's iterations); a drawn
 (binary) mask prompt is the user's and is left alone. When several candidates per set are asked
 for (``multimask="all"``, the napari preview's list), each candidate is fed back on its own and
-keeps its place; the single-candidate policies feed back the one they chose.
+keeps its place; the single-candidate policies feed back the one they chose, and
+``Prediction.chosen`` still names that one (with ``multimask=True`` the pass may return another
+of the three new candidates). Under f-BRS (``brs=`` as well), a fed-back set of three or more
+clicks is refined by f-BRS again at each pass (``max_clicks=None``; the default keeps them apart).
+Sets without clicks (a box, a scribble, text or a reference alone) are not fed back.
 
 .. code-block:: python
 
@@ -47,7 +51,7 @@ class CascadeSettings:
     """
 
     passes: int = 1
-    max_clicks: int | None = None
+    max_clicks: int | None = 1
     multimask: bool = False
 
     def __post_init__(self) -> None:
@@ -71,9 +75,8 @@ class CascadeSegmenter(WrappedSegmenter):
         super().__init__(inner, settings, **kwargs)
         #: prompt sets decoded again, for cost tables
         self.refined = 0
-
-    def transform(self, size: tuple[int, int]) -> Any:
-        return self.inner.transform(size)  # type: ignore[attr-defined]
+        if hasattr(inner, "transform"):  # the resize of the models that have one (zoom-in reads logits masks with it)
+            self.transform = inner.transform
 
     def _eligible(self, s: PromptSet) -> bool:
         if s.points is None or (self.settings.max_clicks is not None and len(s.points) > self.settings.max_clicks):
@@ -86,8 +89,10 @@ class CascadeSegmenter(WrappedSegmenter):
         if pred.masks.shape[1] > 1 and select in ("first", "best"):
             pred = pred.select(select)  # type: ignore[arg-type]
         rows = [i for i, s in enumerate(prompts) if self._eligible(s)]
-        if pred.logits is None or not rows:
-            return pred  # nothing to feed back
+        if pred.logits is None:
+            raise ConfigError(f"model {self.inner.name!r} returns no logits, so its masks cannot be fed back (cascade)")
+        if not rows:
+            return pred
         masks, scores, logits = pred.masks.copy(), pred.scores.copy(), pred.logits.copy()
         k = masks.shape[1]
         multi = self.settings.multimask and self.inner.has_multimask

@@ -53,8 +53,8 @@ def wrap_on_request(inner: Segmenter, value: Any, wrapper: type[WrappedSegmenter
     raise ConfigError(f"{wrapper.option} must be true, false or a mapping of {sorted(cls.__dataclass_fields__)}, got {value!r}")
 
 
-def innermost(segmenter: Segmenter) -> Segmenter:
-    """The model under any wrappers (``segmenter`` itself when it wraps nothing)."""
+def innermost(segmenter: Any) -> Any:
+    """The model under any wrappers (``segmenter`` itself when it wraps nothing, or is no Segmenter)."""
     while isinstance(segmenter, WrappedSegmenter):
         segmenter = segmenter.inner
     return segmenter

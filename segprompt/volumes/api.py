@@ -484,6 +484,7 @@ def _class_paths(obj: Any) -> list[str]:
 
 
 def _native(segmenter: Any) -> VolumePropagator | None:
+    segmenter = _unwrapped(segmenter)
     if isinstance(segmenter, VolumePropagator):
         return segmenter
     for path in _class_paths(segmenter):
@@ -496,8 +497,16 @@ def _native(segmenter: Any) -> VolumePropagator | None:
     return None
 
 
+def _unwrapped(segmenter: Any) -> Any:
+    """The model under 2-D inference wrappers (zoom-in, f-BRS, cascade): a native propagator runs it alone."""
+    from segprompt.models.wrapper import innermost
+
+    return innermost(segmenter)
+
+
 def volume_support(segmenter: Any) -> str:
     """``"native"`` when ``segmenter`` propagates itself (or has a registered propagator), else ``"fallback"``."""
+    segmenter = _unwrapped(segmenter)
     if isinstance(segmenter, VolumePropagator) or any(p in _PROPAGATORS for p in _class_paths(segmenter)):
         return "native"
     return "fallback"
