@@ -244,19 +244,28 @@ def _on_off_runs(tmp_path, capsys, option: str) -> dict:
     return runs
 
 
+def _option_runs(tmp_path, capsys, option: str, title: str) -> tuple[dict, dict]:
+    """``_on_off_runs`` for ``--OPTION``, checked for what every inference switch does: its kwarg
+    goes to the learned models only, report.md names them under ``title`` (and says off without
+    it), and both runs hold the same rows; returns the rows (on, off)."""
+    import yaml
+
+    runs = _on_off_runs(tmp_path, capsys, option)
+    kwarg = option.replace("-", "_")
+    kwargs = yaml.safe_load((tmp_path / option / "config.yaml").read_text())["model_kwargs"]
+    assert kwargs["sam-tiny"][kwarg] is True and kwarg not in kwargs["grabcut"]
+    assert f"{title}: `sam-tiny`." in (tmp_path / option / "report.md").read_text()
+    assert f"{title}: off." in (tmp_path / f"no-{option}" / "report.md").read_text()
+    on, off = runs[f"--{option}"], runs[f"--no-{option}"]
+    assert on.keys() == off.keys()
+    return on, off
+
+
 def test_zoom_in_option_wraps_the_learned_models_only(tmp_path, capsys):
     """``--zoom-in`` goes to the learned models' kwargs (GrabCut works on the full image anyway),
     the report says which models zoomed, and 2+ click sets of sam-tiny then differ from a run
     without it while its single-click step does not."""
-    import yaml
-
-    runs = _on_off_runs(tmp_path, capsys, "zoom-in")
-    kwargs = yaml.safe_load((tmp_path / "zoom-in" / "config.yaml").read_text())["model_kwargs"]
-    assert kwargs["sam-tiny"]["zoom_in"] is True and "zoom_in" not in kwargs["grabcut"]
-    assert "Zoom-in (RITM's, segprompt.models.zoom_in): `sam-tiny`." in (tmp_path / "zoom-in" / "report.md").read_text()
-    assert "Zoom-in (RITM's, segprompt.models.zoom_in): off." in (tmp_path / "no-zoom-in" / "report.md").read_text()
-    on, off = runs["--zoom-in"], runs["--no-zoom-in"]
-    assert on.keys() == off.keys()
+    on, off = _option_runs(tmp_path, capsys, "zoom-in", "Zoom-in (RITM's, segprompt.models.zoom_in)")
     assert all(on[k] == off[k] for k in on if k[0] == "grabcut" or k[2] == 1)
     assert any(on[k] != off[k] for k in on if k[0] == "sam-tiny" and k[2] > 1)
 
@@ -264,15 +273,7 @@ def test_zoom_in_option_wraps_the_learned_models_only(tmp_path, capsys):
 def test_brs_option_refines_the_learned_models_only(tmp_path, capsys):
     """``--brs`` goes to the learned models' kwargs, the report says which, GrabCut's rows and the
     sets of at most two clicks are those of a run without it, and some larger sets change."""
-    import yaml
-
-    runs = _on_off_runs(tmp_path, capsys, "brs")
-    kwargs = yaml.safe_load((tmp_path / "brs" / "config.yaml").read_text())["model_kwargs"]
-    assert kwargs["sam-tiny"]["brs"] is True and "brs" not in kwargs["grabcut"]
-    assert "f-BRS (segprompt.models.brs): `sam-tiny`." in (tmp_path / "brs" / "report.md").read_text()
-    assert "f-BRS (segprompt.models.brs): off." in (tmp_path / "no-brs" / "report.md").read_text()
-    on, off = runs["--brs"], runs["--no-brs"]
-    assert on.keys() == off.keys()
+    on, off = _option_runs(tmp_path, capsys, "brs", "f-BRS (segprompt.models.brs)")
     assert all(on[k] == off[k] for k in on if k[0] == "grabcut" or on[k][1] <= 2)
     assert any(on[k] != off[k] for k in on if k[0] == "sam-tiny" and on[k][1] > 2)
 
@@ -280,15 +281,6 @@ def test_brs_option_refines_the_learned_models_only(tmp_path, capsys):
 def test_cascade_option_feeds_the_learned_models_logits_back(tmp_path, capsys):
     """``--cascade`` goes to the learned models' kwargs, the report says which, GrabCut's rows are
     those of a run without it, and sam-tiny's masks change from the first click on."""
-    import yaml
-
-    runs = _on_off_runs(tmp_path, capsys, "cascade")
-    kwargs = yaml.safe_load((tmp_path / "cascade" / "config.yaml").read_text())["model_kwargs"]
-    assert kwargs["sam-tiny"]["cascade"] is True and "cascade" not in kwargs["grabcut"]
-    title = "Cascade (own logits fed back as the mask prompt, segprompt.models.cascade)"
-    assert f"{title}: `sam-tiny`." in (tmp_path / "cascade" / "report.md").read_text()
-    assert f"{title}: off." in (tmp_path / "no-cascade" / "report.md").read_text()
-    on, off = runs["--cascade"], runs["--no-cascade"]
-    assert on.keys() == off.keys()
+    on, off = _option_runs(tmp_path, capsys, "cascade", "Cascade (own logits fed back as the mask prompt, segprompt.models.cascade)")
     assert all(on[k] == off[k] for k in on if k[0] == "grabcut")
     assert any(on[k] != off[k] for k in on if k[0] == "sam-tiny" and k[2] == 1)

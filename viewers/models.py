@@ -36,6 +36,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
+from segprompt.commands.inference_options import CLASSICAL_MODELS
 from segprompt.models.base import Segmenter
 
 log = logging.getLogger(__name__)
@@ -55,10 +56,6 @@ SAM2_ACCEPTS = frozenset({"points", "box", "mask", "scribble"})
 #: what the universal segmenters take (:attr:`segprompt.models.universal.UniversalSegmenter.accepts`,
 #: written here so that listing does not import torch; a test checks they agree)
 UNIVERSAL_ACCEPTS = frozenset({"points", "box", "scribble", "mask", "text", "reference"})
-
-
-#: registry names of the weight-free models (no embedding cache, no inference wrappers)
-CLASSICAL = ("classical", "grabcut", "random-walker")
 
 
 @dataclass
@@ -89,10 +86,10 @@ class ModelChoice:
         kwargs = dict(self.kwargs)
         if self.factory is not None:
             return self.factory(**kwargs)
-        if self.name not in CLASSICAL:
+        if self.name not in CLASSICAL_MODELS:
             kwargs.update(wrappers or {})
         kwargs.setdefault("device", device)
-        if cache is not None and self.name not in CLASSICAL:
+        if cache is not None and self.name not in CLASSICAL_MODELS:
             kwargs.setdefault("cache", cache)
         if self.checkpoint is not None:
             return create_segmenter("sam", checkpoint=self.checkpoint, **kwargs)

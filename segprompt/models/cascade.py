@@ -44,7 +44,9 @@ __all__ = ["CascadeSettings", "CascadeSegmenter", "cascade"]
 class CascadeSettings:
     """Attributes:
         passes: decodes after the first, each fed the previous one's logits.
-        max_clicks: refine only sets of at most this many clicks (None: every set with clicks).
+        max_clicks: refine only sets of at most this many clicks (default 1: the first click, where
+            it helps sam-tiny on every real sample set; fed back at every click, sam-tiny's
+            corrections fell, docs/sam_tiny.md); None: every set with clicks.
         multimask: each pass decodes three candidates and keeps the highest predicted IoU
             (PerSAM's rule); False (default) takes the single-mask head, as SAM does whenever a
             mask prompt comes with the points.
