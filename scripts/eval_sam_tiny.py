@@ -50,6 +50,7 @@ def main() -> int:
     ap.add_argument("--zoom-in", action="store_true", help="RITM's zoom-in for the learned models (segprompt.models.zoom_in): the clicks after the first")
     ap.add_argument("--cascade", default=None, help="the learned models' own logits fed back as their mask prompt (segprompt.models.cascade): 'true' or a JSON mapping of CascadeSettings")
     ap.add_argument("--brs", action="store_true", help="f-BRS for the learned models that allow it (segprompt.models.brs): sets of 3+ clicks")
+    ap.add_argument("--multimask", default="auto", help="the benchmark's candidate policy (default auto: the best-scored of three for one click, the single head for more)")
     args = ap.parse_args()
     models, kwargs = [], {}
     for m in args.model:
@@ -67,7 +68,7 @@ def main() -> int:
     table = {}
     for name in args.dataset or [*REAL, *SYNTHETIC]:
         cfg = PointBenchConfig(datasets=[name], models=models, model_kwargs=kwargs, strategies=["microsam"], n_positive=args.steps, n_negative=0,
-                               steps=args.steps, multimask="auto", limit=args.limit)
+                               steps=args.steps, multimask=args.multimask, limit=args.limit)
         summary = run_pointprompt(cfg, args.out / name, dataset=dataset(name), progress=False)
         for row in summary["table"]:
             table[(row["model"], name)] = row

@@ -560,6 +560,7 @@ def test_refine_boxes_wrap_the_learned_model_at_the_next_load(qtbot, viewer, mak
     assert len(encoder_blocks(seg)) == 4  # per-block progress and cancel reach the wrapped encoder
     with qtbot.waitSignal(w.embedding_ready, timeout=WAIT_MS):
         w.compute_embedding()
+    w.policy_combo.setCurrentText("all")  # sam-tiny's own policy is the single head
     w.add_point(40, 50)
     settle(qtbot, w)
     # the preview lists every candidate, each fed back on its own

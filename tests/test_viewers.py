@@ -201,6 +201,17 @@ def test_candidate_policy(tiny_sam):
     assert candidate_policy(create_segmenter("classical"), one, "all") == "single"
 
 
+def test_auto_keeps_the_single_head_of_a_model_whose_own_policy_it_is():
+    """sam-tiny's own policy is its single-mask head (its IoU head ranks real images' candidates
+    badly), so napari's ``auto`` shows that mask for one click; ``all`` still lists the three."""
+    one = PromptSet(points=Points.positive((5, 5)))
+    tiny = create_segmenter("sam-tiny")
+    assert tiny.multimask == "single"
+    assert candidate_policy(tiny, one) == "single" and candidate_policy(tiny, one, "all") == "all"
+    assert candidate_policy(create_segmenter("sam-tiny", zoom_in=True), one) == "single"  # through a wrapper
+    assert candidate_policy(create_segmenter("sam-tiny", multimask="auto"), one) == "all"
+
+
 def test_recording_and_export_round_trip(tiny_sam, tmp_path):
     from pointprompt.trajectory import load_trajectories
 

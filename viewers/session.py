@@ -396,10 +396,15 @@ class Preview:
 
 
 def candidate_policy(segmenter: Segmenter, prompt_set: PromptSet, policy: str = "auto") -> str:
-    """The ``multimask`` argument for ``segment``: ``"all"`` (K candidates) or ``"single"``."""
+    """The ``multimask`` argument for ``segment``: ``"all"`` (K candidates) or ``"single"``.
+
+    ``"auto"`` follows SAM's advice (K candidates for one click, the single head otherwise) unless
+    the model's own policy is the single head (sam-tiny's: its IoU head ranks well only on the
+    synthetic images it was trained on), which it then keeps.
+    """
     if policy not in CANDIDATE_POLICIES:
         raise PromptError(f"unknown candidate policy {policy!r}; use one of {', '.join(CANDIDATE_POLICIES)}")
-    if not segmenter.has_multimask or policy == "single":
+    if not segmenter.has_multimask or policy == "single" or (policy == "auto" and segmenter.multimask == "single"):
         return "single"
     if policy == "all":
         return "all"

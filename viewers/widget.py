@@ -293,7 +293,7 @@ class SegpromptWidget(QWidget):
         self.universal = UniversalPrompts(self)  # drives the text field and the reference pickers
         self.policy_combo = QComboBox()
         self.policy_combo.addItems(list(CANDIDATE_POLICIES))
-        self.policy_combo.setToolTip("auto: 3 candidates for a single click (ambiguous), one otherwise (SAM's advice)")
+        self.policy_combo.setToolTip("auto: 3 candidates for a single click (ambiguous), one otherwise (SAM's advice); a model whose own policy is the single head (sam-tiny) keeps it. all: always the candidates")
         form.addRow("candidates", self.policy_combo)
         self.segment_button = QPushButton("Segment (S)")
         self.commit_button = QPushButton("Commit (C)")
