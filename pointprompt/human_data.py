@@ -244,75 +244,20 @@ def _read_image(
     image_sizes: ImageSizes | None,
     load_masks: bool,
 ) -> Trajectory:
-    green_path = folder / "points" / f"{index}_green.npy"
-    red_path = folder / "points" / f"{index}_red.npy"
-    for p in (green_path, red_path):
-        if not p.is_file():
-            raise DataError(f"{p}: missing (each image needs both points/<i>_green.npy and points/<i>_red.npy)")
-    green = _per_timestep_points(_load_npy(green_path), green_path)
-    red = _per_timestep_points(_load_npy(red_path), red_path)
+    """One image's trajectory from the study's per-image files (points, and the optional scores,
+    sorts, rounds and masks); DataError naming the file at the first inconsistency."""
+    green, red, green_path = _read_clicks(folder, index)
     t = len(green)
-    if len(red) != t:
-        raise DataError(f"{green_path} has {t} timesteps but {red_path} has {len(red)}")
-
-    ious: list[float | None] = [None] * t
-    score_path = folder / "scores" / f"{index}score.npy"
-    if score_path.is_file():
-        try:
-            sc = np.asarray(_load_npy(score_path), dtype=np.float64).reshape(-1)
-        except (TypeError, ValueError) as exc:
-            raise DataError(f"{score_path}: scores must be numbers ({exc})") from None
-        if len(sc) != t:
-            raise DataError(f"{score_path} has {len(sc)} scores but {green_path} has {t} timesteps")
-        bad = ~np.isnan(sc) & ((sc < 0) | (sc > 1) | ~np.isfinite(sc))
-        if bad.any():
-            raise DataError(f"{score_path}: scores are IoUs in [0, 1]; timestep {int(np.flatnonzero(bad)[0])} has {sc[bad][0]!r}")
-        ious = [None if np.isnan(v) else float(v) for v in sc]
-
-    ranking: list[int] | None = None
-    sort_path = folder / "sorts" / f"{index}_sort.npy"
-    if sort_path.is_file():
-        srt = np.asarray(_load_npy(sort_path)).reshape(-1)
-        if srt.size and (not np.issubdtype(srt.dtype, np.integer) or srt.min() < 0 or srt.max() >= t or len(set(srt.tolist())) != len(srt)):
-            raise DataError(f"{sort_path}: expected distinct timestep indices in 0..{t - 1}, got {srt.tolist()[:10]}")
-        ranking = [int(v) for v in srt]
-
-    rounds = [0] * t
+    ious = _read_scores(folder / "scores" / f"{index}score.npy", t, green_path)
+    ranking = _read_ranking(folder / "sorts" / f"{index}_sort.npy", t)
     round_path = folder / "eachround" / f"{index}_.npy"
-    if round_path.is_file():
-        rounds = _rounds(_load_npy(round_path), t, round_path)
-
-    masks: list[np.ndarray | None] = [None] * t
-    size = None
-    size_source: Path | None = None
+    rounds = _rounds(_load_npy(round_path), t, round_path) if round_path.is_file() else [0] * t
     if mask_files:
-        steps_idx = sorted(mask_files)
-        shift = 1 if (0 not in mask_files and steps_idx[-1] == t and steps_idx[0] >= 1) else 0
-        for b in steps_idx:
-            if not 0 <= b - shift < t:
-                raise DataError(f"{mask_files[b]}: timestep {b} but {green_path} has {t} timesteps (0..{t - 1})")
-        if load_masks:
-            for b, p in mask_files.items():
-                m = _png_mask(p)
-                if size is not None and m.shape != size:
-                    raise DataError(f"{p}: mask is {m.shape[0]}x{m.shape[1]}, other masks of image {index} are {size[0]}x{size[1]}")
-                size, size_source = (int(m.shape[0]), int(m.shape[1])), p
-                masks[b - shift] = m
-        else:
-            size_source = mask_files[steps_idx[0]]
-            size = _png_size(size_source)
+        masks, size, size_source = _read_mask_files(mask_files, t, green_path, index, load_masks)
     elif raw_masks is not None:
-        stack = _load_npy(raw_masks)
-        if stack.dtype == object:
-            try:
-                stack = np.stack([np.asarray(m) for m in stack])
-            except ValueError as exc:
-                raise DataError(f"{raw_masks}: masks differ in shape ({exc})") from None
-        if stack.ndim != 3 or len(stack) != t:
-            raise DataError(f"{raw_masks}: expected {t} stacked (H, W) masks (one per timestep), got shape {stack.shape}")
-        size, size_source = (int(stack.shape[1]), int(stack.shape[2])), raw_masks
-        if load_masks:
-            masks = [np.asarray(m) != 0 for m in stack]
+        masks, size, size_source = _read_mask_stack(raw_masks, t, load_masks)
+    else:
+        masks, size, size_source = [None] * t, None, None
 
     image_id = str(index)
     given = _lookup_size(image_sizes, dataset, image_id)
@@ -342,6 +287,87 @@ def _read_image(
         )
     except DataError as exc:
         raise DataError(f"{green_path}: {exc}") from None
+
+
+def _read_clicks(folder: Path, index: int) -> tuple[list[np.ndarray], list[np.ndarray], Path]:
+    """(green per timestep, red per timestep, the green file): each (n, 2) float (x, y)."""
+    green_path = folder / "points" / f"{index}_green.npy"
+    red_path = folder / "points" / f"{index}_red.npy"
+    for p in (green_path, red_path):
+        if not p.is_file():
+            raise DataError(f"{p}: missing (each image needs both points/<i>_green.npy and points/<i>_red.npy)")
+    green = _per_timestep_points(_load_npy(green_path), green_path)
+    red = _per_timestep_points(_load_npy(red_path), red_path)
+    if len(red) != len(green):
+        raise DataError(f"{green_path} has {len(green)} timesteps but {red_path} has {len(red)}")
+    return green, red, green_path
+
+
+def _read_scores(path: Path, t: int, green_path: Path) -> list[float | None]:
+    """The study's IoU per timestep (None where NaN or where the file is absent)."""
+    if not path.is_file():
+        return [None] * t
+    try:
+        sc = np.asarray(_load_npy(path), dtype=np.float64).reshape(-1)
+    except (TypeError, ValueError) as exc:
+        raise DataError(f"{path}: scores must be numbers ({exc})") from None
+    if len(sc) != t:
+        raise DataError(f"{path} has {len(sc)} scores but {green_path} has {t} timesteps")
+    bad = ~np.isnan(sc) & ((sc < 0) | (sc > 1) | ~np.isfinite(sc))
+    if bad.any():
+        raise DataError(f"{path}: scores are IoUs in [0, 1]; timestep {int(np.flatnonzero(bad)[0])} has {float(sc[bad][0])!r}")
+    return [None if np.isnan(v) else float(v) for v in sc]
+
+
+def _read_ranking(path: Path, t: int) -> list[int] | None:
+    """The study's ranking of the timesteps (distinct indices in 0..t-1), None where absent."""
+    if not path.is_file():
+        return None
+    srt = np.asarray(_load_npy(path)).reshape(-1)
+    if srt.size and (not np.issubdtype(srt.dtype, np.integer) or srt.min() < 0 or srt.max() >= t or len(set(srt.tolist())) != len(srt)):
+        raise DataError(f"{path}: expected distinct timestep indices in 0..{t - 1}, got {srt.tolist()[:10]}")
+    return [int(v) for v in srt]
+
+
+#: (mask per timestep or None, (H, W) or None, the file the size was read from or None)
+MaskRead = tuple[list[np.ndarray | None], tuple[int, int] | None, Path | None]
+
+
+def _read_mask_files(mask_files: dict[int, Path], t: int, green_path: Path, index: int, load_masks: bool) -> MaskRead:
+    """(mask per timestep or None, (H, W), the file the size came from) from per-timestep PNGs,
+    numbered from 0 or from 1 (the study's exports do both)."""
+    masks: list[np.ndarray | None] = [None] * t
+    steps_idx = sorted(mask_files)
+    shift = 1 if (0 not in mask_files and steps_idx[-1] == t and steps_idx[0] >= 1) else 0
+    for b in steps_idx:
+        if not 0 <= b - shift < t:
+            raise DataError(f"{mask_files[b]}: timestep {b} but {green_path} has {t} timesteps (0..{t - 1})")
+    if not load_masks:
+        return masks, _png_size(mask_files[steps_idx[0]]), mask_files[steps_idx[0]]
+    size: tuple[int, int] | None = None
+    size_source: Path | None = None
+    for b in steps_idx:  # in timestep order, so a size mismatch names the later file
+        p = mask_files[b]
+        m = _png_mask(p)
+        if size is not None and m.shape != size:
+            raise DataError(f"{p}: mask is {m.shape[0]}x{m.shape[1]}, other masks of image {index} are {size[0]}x{size[1]}")
+        size, size_source = (int(m.shape[0]), int(m.shape[1])), p
+        masks[b - shift] = m
+    return masks, size, size_source
+
+
+def _read_mask_stack(raw_masks: Path, t: int, load_masks: bool) -> MaskRead:
+    """The same from one ``.npy`` stack of (H, W) masks, one per timestep."""
+    stack = _load_npy(raw_masks)
+    if stack.dtype == object:
+        try:
+            stack = np.stack([np.asarray(m) for m in stack])
+        except ValueError as exc:
+            raise DataError(f"{raw_masks}: masks differ in shape ({exc})") from None
+    if stack.ndim != 3 or len(stack) != t:
+        raise DataError(f"{raw_masks}: expected {t} stacked (H, W) masks (one per timestep), got shape {stack.shape}")
+    masks: list[np.ndarray | None] = [np.asarray(m) != 0 for m in stack] if load_masks else [None] * t
+    return masks, (int(stack.shape[1]), int(stack.shape[2])), raw_masks
 
 
 def read_annotator_folder(

@@ -206,6 +206,36 @@ def test_missing_and_malformed_pieces(data, tmp_path):
         read_pointprompt_human(root, annotators="st1")
 
 
+def test_inconsistent_scores_ranking_and_masks_name_their_file(data, tmp_path):
+    src, _ = data
+    root = tmp_path / "copy"
+    shutil.copytree(src, root)
+    st1, st2 = root / "Polyp" / "st1", root / "Polyp" / "st2"
+
+    def fails(match: str, annotator: str = "st1", **kwargs) -> None:
+        with pytest.raises(DataError, match=match):
+            read_pointprompt_human(root, annotators=annotator, **kwargs)
+
+    np.save(st1 / "scores/2score.npy", [0.5, 1.5])
+    fails(r"2score\.npy: scores are IoUs in \[0, 1\]; timestep 1 has 1\.5")
+    np.save(st1 / "scores/2score.npy", [0.5, np.nan])  # NaN is "not scored"
+    assert read_pointprompt_human(root, annotators="st1")[2].steps[1].iou is None
+    np.save(st1 / "sorts/2_sort.npy", [0, 0])
+    fails(r"2_sort\.npy: expected distinct timestep indices in 0\.\.1, got \[0, 0\]")
+    np.save(st1 / "sorts/2_sort.npy", [1, 0])
+    Image.fromarray(np.zeros((H, W + 1), np.uint8)).save(st1 / "masks/2_1_mask.png")
+    fails(r"2_1_mask\.png: mask is 40x91, other masks of image 2 are 40x90")
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(st1 / "masks/2_1_mask.png")
+    Image.fromarray(np.zeros((H, W), np.uint8)).save(st1 / "masks/2_7_mask.png")
+    fails(r"2_7_mask\.png: timestep 7 but .*2_green\.npy has 2 timesteps")
+    (st1 / "masks/2_7_mask.png").unlink()
+    fails(r"2_1_mask\.png: mask is 40x90 but image_sizes gives 50x90 for image 2", image_sizes={"2": (50, 90)})
+    np.save(st2 / "masks/1_mask.npy", np.zeros((1, H, W), np.uint8))
+    fails(r"1_mask\.npy: expected \d+ stacked \(H, W\) masks \(one per timestep\), got shape \(1, 40, 90\)", annotator="st2")
+    np.save(st1 / "points/2_red.npy", np.array([np.multiply([outside(2, 0)], 1)], dtype=object))
+    fails(r"2_green\.npy has 2 timesteps but .*2_red\.npy has 1")
+
+
 def test_write_then_read_is_lossless(data, tmp_path):
     root, _ = data
     trajs = read_pointprompt_human(root)
