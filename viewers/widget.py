@@ -195,8 +195,35 @@ class SegpromptWidget(QWidget):
     # UI
 
     def _build_ui(self, auto_embed: bool) -> None:
+        """The dock's boxes top to bottom (model, image, prompts, segment everything, propagation,
+        recording, status), then their signals."""
         root = QVBoxLayout(self)
+        root.addWidget(self._build_model_box())
+        root.addWidget(self._build_image_box(auto_embed))
+        root.addWidget(self._build_prompt_box())
+        from viewers.everything_panel import EverythingPanel
 
+        self.everything_panel = EverythingPanel(self)
+        self.everything_panel.done.connect(self.everything_done.emit)
+        root.addWidget(self.everything_panel)
+
+        from viewers.propagate_panel import PropagatePanel
+
+        self.propagate_panel = PropagatePanel(self)
+        self.propagate_panel.done.connect(self.propagate_done.emit)
+        root.addWidget(self.propagate_panel)
+
+        root.addWidget(self._build_recording_box())
+        self.status = QLabel("")
+        self.status.setWordWrap(True)
+        root.addWidget(self.status)
+        root.addStretch(1)
+        self._connect_ui()
+        self._update_polarity_ui()
+        self._update_model_ui()
+
+    def _build_model_box(self) -> QGroupBox:
+        """The picker, Load / Open, device, disk cache and the refine options."""
         box = QGroupBox("Model")
         form = QFormLayout(box)
         self.model_combo = QComboBox()
@@ -234,8 +261,11 @@ class SegpromptWidget(QWidget):
         self.model_label = QLabel("no model loaded")
         self.model_label.setWordWrap(True)
         form.addRow(self.model_label)
-        root.addWidget(box)
 
+        return box
+
+    def _build_image_box(self, auto_embed: bool) -> QGroupBox:
+        """The image layer, its intensity mapping, the embedding buttons and progress."""
         box = QGroupBox("Image")
         form = QFormLayout(box)
         self.image_combo = QComboBox()
@@ -260,8 +290,11 @@ class SegpromptWidget(QWidget):
         self.progress.setValue(0)
         self.progress.setTextVisible(True)
         form.addRow(self.progress)
-        root.addWidget(box)
 
+        return box
+
+    def _build_prompt_box(self) -> QGroupBox:
+        """Polarity, live preview, text and reference fields, candidate policy, actions and the candidates."""
         box = QGroupBox("Prompts")
         form = QFormLayout(box)
         self.polarity_button = QPushButton()
@@ -306,20 +339,11 @@ class SegpromptWidget(QWidget):
         self.candidate_list = QListWidget()
         self.candidate_list.setMaximumHeight(80)
         form.addRow(self.candidate_list)
-        root.addWidget(box)
 
-        from viewers.everything_panel import EverythingPanel
+        return box
 
-        self.everything_panel = EverythingPanel(self)
-        self.everything_panel.done.connect(self.everything_done.emit)
-        root.addWidget(self.everything_panel)
-
-        from viewers.propagate_panel import PropagatePanel
-
-        self.propagate_panel = PropagatePanel(self)
-        self.propagate_panel.done.connect(self.propagate_done.emit)
-        root.addWidget(self.propagate_panel)
-
+    def _build_recording_box(self) -> QGroupBox:
+        """Annotator and dataset of the recorded trajectories, and their export."""
         box = QGroupBox("Recording")
         form = QFormLayout(box)
         self.annotator_edit = QLineEdit()
@@ -332,13 +356,11 @@ class SegpromptWidget(QWidget):
         row.addWidget(self.record_label, 1)
         row.addWidget(self.export_button)
         form.addRow(row)
-        root.addWidget(box)
 
-        self.status = QLabel("")
-        self.status.setWordWrap(True)
-        root.addWidget(self.status)
-        root.addStretch(1)
+        return box
 
+    def _connect_ui(self) -> None:
+        """The widgets' signals to the widget's methods."""
         self.load_button.clicked.connect(lambda: self.load_model())
         self.open_button.clicked.connect(self._open_checkpoint_dialog)
         self.image_combo.currentIndexChanged.connect(self._on_image_combo)
@@ -355,8 +377,6 @@ class SegpromptWidget(QWidget):
         self.annotator_edit.textChanged.connect(self._on_info)
         self.dataset_edit.textChanged.connect(self._on_info)
         self.export_button.clicked.connect(lambda: self.export_trajectories())
-        self._update_polarity_ui()
-        self._update_model_ui()
 
     @staticmethod
     def _devices() -> list[str]:
