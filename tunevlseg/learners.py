@@ -1,7 +1,7 @@
 """Prompt learners: ``create_learner(name, vlsm, **settings)``.
 
 A learner is an ``nn.Module`` holding only its own parameters. Per forward it produces a
-:class:`~tunevlseg.models.PromptSet` (``prompts()``; ``condition(prompts, image_features)`` for
+:class:`~tunevlseg.prompt_set.PromptSet` (``prompts()``; ``condition(prompts, image_features)`` for
 image-conditioned learners) that the VLSM attaches through the backbone adapters for that one
 forward; nothing is cached between calls. Every prompt tensor has one row per depth with the
 single definition of depth of :mod:`segprompt.backbones.towers`: row r enters block r + 1, so
@@ -61,7 +61,7 @@ from torch import nn
 from segprompt.backbones import VISION_PROMPT_POSITIONS, check_depth
 from segprompt.errors import ConfigError
 from segprompt.registry import Registry
-from tunevlseg.models import PromptSet, _seeded
+from tunevlseg.prompt_set import PromptSet, seeded
 
 if TYPE_CHECKING:
     from tunevlseg.models import VLSM
@@ -141,7 +141,7 @@ class PromptLearner(nn.Module):
             raise ConfigError(f"{self.name}: decoder_layer must be True, False or None, got {decoder_layer!r}")
         self.decoder_layer: nn.Module | None = None
         if decoder_layer:
-            with _seeded(seed + 2):
+            with seeded(seed + 2):
                 self.decoder_layer = vlsm.extra_decoder_layer()  # ConfigError without a CLIPSeg decoder
 
     def _check_depth(self, vlsm: "VLSM", depth: int) -> int:
@@ -303,7 +303,7 @@ class CoOp(PromptLearner):
         decoder_layer: bool | None = None,
     ) -> None:
         super().__init__(vlsm, n_ctx, depth, seed, decoder_layer)
-        with _seeded(seed):
+        with seeded(seed):
             self.ctx = nn.Parameter(self._context(vlsm, depth, self.text_width, init, std))
         self.init = init
 
@@ -352,7 +352,7 @@ class CoCoOp(CoOp):
         if norm and meta_net != "tvs":
             raise ConfigError("cocoop: norm=True is an option of meta_net='tvs' only")
         e = vlsm.feature_dim
-        with _seeded(seed + 1):
+        with seeded(seed + 1):
             if meta_net == "tvs":
                 self.hidden = hidden or 32
                 net = _mlp(e, self.text_width, self.hidden, norm)
@@ -403,7 +403,7 @@ class VPTDeep(PromptLearner):
     ) -> None:
         depth = vlsm.num_vision_layers if depth is None else depth
         super().__init__(vlsm, n_ctx, depth, seed, decoder_layer, vision_prompt_position)
-        with _seeded(seed):
+        with seeded(seed):
             self.ctx = nn.Parameter(self._context(vlsm, self.depth, self.vision_width, None, std))
 
     def _rows(self) -> PromptSet:
@@ -461,10 +461,10 @@ class MaPLe(CoOp):
         vision_prompt_position: str = "pre-norm",
     ) -> None:
         PromptLearner.__init__(self, vlsm, n_ctx, depth, seed, decoder_layer, vision_prompt_position)
-        with _seeded(seed):
+        with seeded(seed):
             self.ctx = nn.Parameter(self._context(vlsm, depth, self.text_width, init, std))
         self.init = init
-        with _seeded(seed + 1):
+        with seeded(seed + 1):
             self.proj = nn.ModuleList(_mlp(self.text_width, self.vision_width, hidden, norm) for _ in range(depth))
         self.hidden, self.norm = hidden, norm
 
@@ -505,7 +505,7 @@ class SharedSeparate(PromptLearner):
         vision_prompt_position: str = "pre-norm",
     ) -> None:
         super().__init__(vlsm, n_ctx, depth, seed, decoder_layer, vision_prompt_position)
-        with _seeded(seed):
+        with seeded(seed):
             self.ctx = nn.Parameter(torch.randn(depth, n_ctx, shared_dim) * std)
             self.to_text = _copies(_mlp(shared_dim, self.text_width, None, norm), depth)
             self.to_vision = _copies(_mlp(shared_dim, self.vision_width, None, norm), depth)
@@ -560,7 +560,7 @@ class SharedAttention(PromptLearner):
         width = self.text_width + self.vision_width
         if width % nhead:
             raise ConfigError(f"shared-attention: nhead={nhead} does not divide the width {width} (text + vision)")
-        with _seeded(seed):
+        with seeded(seed):
             self.ctx = nn.Parameter(torch.randn(depth, n_ctx, width) * std)
             layer = nn.TransformerEncoderLayer(
                 width, nhead, dim_feedforward=ffn_dim, dropout=dropout, batch_first=True, norm_first=True

@@ -40,7 +40,6 @@ import contextlib
 import json
 import logging
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, Sequence
 
@@ -52,6 +51,7 @@ from torch import nn
 from segprompt.backbones import ModelAdapter, Tokens, adapt, evenly_spaced_layers
 from segprompt.errors import ConfigError, WeightsError
 from segprompt.registry import Registry
+from tunevlseg.prompt_set import PromptSet, seeded
 
 if TYPE_CHECKING:
     from tunevlseg.learners import PromptLearner
@@ -78,32 +78,6 @@ CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 
 TextInput = Sequence[str] | str | Tokens | torch.Tensor
-
-
-@dataclass
-class PromptSet:
-    """The prompts of one forward: one row per depth (see :mod:`segprompt.backbones.towers`).
-
-    text:             (d, n, D_text) or (B, d, n, D_text) (image-conditioned), or None.
-    vision:           (d, n, D_vision) or (B, d, n, D_vision), or None.
-    vision_position:  where vision row 0 enters: ``"pre-norm"`` (before the vision tower's
-                      pre-LayerNorm, TuneVLSeg's and MaPLe's placement) or ``"post-norm"``.
-    decoder:          an extra decoder layer (:class:`TVSDecoderLayer`) applied to the CLIPSeg
-                      decoder's output, or None.
-    """
-
-    text: torch.Tensor | None = None
-    vision: torch.Tensor | None = None
-    vision_position: str = "pre-norm"
-    decoder: nn.Module | None = None
-
-    @property
-    def n_text_ctx(self) -> int:
-        return 0 if self.text is None else int(self.text.shape[-2])
-
-    @property
-    def n_vision_ctx(self) -> int:
-        return 0 if self.vision is None else int(self.vision.shape[-2])
 
 
 class TVSDecoderLayer(nn.Module):
@@ -135,20 +109,6 @@ class TVSDecoderLayer(nn.Module):
             )
         r = self.residual_ratio.to(logits.dtype)
         return (1 - r) * logits + r * extra
-
-
-def _seeded(seed: int | None) -> contextlib.AbstractContextManager:
-    """Run a block with torch's CPU RNG seeded, restoring the global RNG afterwards."""
-    if seed is None:
-        return contextlib.nullcontext()
-
-    @contextlib.contextmanager
-    def block() -> Iterator[None]:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(seed)
-            yield
-
-    return block()
 
 
 class VLSM(nn.Module):
@@ -601,7 +561,7 @@ def tiny_clipseg(
         decoder_intermediate_size=32,
         use_complex_transposed_convolution=False,
     )
-    with _seeded(seed):
+    with seeded(seed):
         model = CLIPSegForImageSegmentation(config)
     return CLIPSegVLSM(model)
 
@@ -688,7 +648,7 @@ class OpenCLIPVLSM(VLSM):
         for layer in self.layers:
             if not 1 <= layer <= vision.num_layers:
                 raise ConfigError(f"decoder layer {layer} is not in 1..{vision.num_layers}")
-        with _seeded(seed):
+        with seeded(seed):
             self.decoder = FiLMDecoder(vision.width, self.feature_dim, len(self.layers), decoder_dim)
 
     @property
@@ -819,7 +779,7 @@ def tiny_openclip_model(  # noqa: ANN201 - (open_clip CLIP, SimpleTokenizer)
     from open_clip.model import CLIP
     from open_clip.tokenizer import SimpleTokenizer
 
-    with _seeded(seed):
+    with seeded(seed):
         model = CLIP(
             embed_dim=width,
             vision_cfg=dict(layers=layers, width=width, head_width=8, patch_size=patch_size, image_size=image_size),

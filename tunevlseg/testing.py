@@ -19,7 +19,8 @@ from typing import Any
 from torch import nn
 
 from segprompt.backbones import HFTokenizer, PromptTokenizer
-from tunevlseg.models import _seeded, tiny_clip_tower_configs
+from tunevlseg.models import tiny_clip_tower_configs
+from tunevlseg.prompt_set import seeded
 
 __all__ = ["tiny_hf_clip", "tiny_custom_text_clip", "tiny_biomedclip_like", "TINY_BERT_WORDS"]
 
@@ -51,7 +52,7 @@ def tiny_hf_clip(
         **tiny_clip_tower_configs(width, layers, image_size, patch_size),
         projection_dim=16,
     )
-    with _seeded(seed):
+    with seeded(seed):
         return CLIPModel(config).eval()
 
 
@@ -62,7 +63,7 @@ def tiny_custom_text_clip(
     from open_clip.model import CustomTextCLIP
     from open_clip.tokenizer import SimpleTokenizer
 
-    with _seeded(seed):
+    with seeded(seed):
         model = CustomTextCLIP(
             embed_dim=width,
             vision_cfg=dict(layers=layers, width=width, head_width=8, patch_size=8, image_size=32, pool_type=pool_type),
@@ -88,7 +89,7 @@ def tiny_biomedclip_like(
     vocab = folder / "vocab.txt"
     vocab.write_text("\n".join(TINY_BERT_WORDS) + "\n")
     tokenizer = HFTokenizer(BertTokenizer(str(vocab)), context_length=32)
-    with _seeded(seed):
+    with seeded(seed):
         model = CustomTextCLIP(
             embed_dim=width,
             vision_cfg=dict(layers=1, width=width, head_width=8, patch_size=8, image_size=32),

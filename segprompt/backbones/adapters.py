@@ -18,51 +18,13 @@ from typing import Any, Iterator
 import torch
 from torch import nn
 
+from segprompt.backbones import hf_clip, openclip
 from segprompt.backbones.hooks import HookBag, first_tensor, replace_first_tensor
+from segprompt.backbones.model_adapter import ModelAdapter
 from segprompt.backbones.tokenizers import PromptTokenizer
-from segprompt.backbones.towers import TextTower, VisionTower
 from segprompt.errors import ConfigError
 
 __all__ = ["ModelAdapter", "CLIPSegAdapter", "adapt"]
-
-
-class ModelAdapter:
-    """A model's towers. ``prompted(text=..., vision=...)`` attaches both for one ``with`` block."""
-
-    def __init__(self, model: nn.Module, text: TextTower | None, vision: VisionTower | None) -> None:
-        self.model = model
-        self.text = text
-        self.vision = vision
-
-    @contextlib.contextmanager
-    def prompted(
-        self,
-        text: torch.Tensor | None = None,
-        vision: torch.Tensor | None = None,
-        vision_position: str = "pre-norm",
-        decoder: nn.Module | None = None,
-    ) -> Iterator["ModelAdapter"]:
-        """Attach text and vision prompt rows (see :mod:`segprompt.backbones.towers`);
-        ``vision_position``: ``"pre-norm"`` (TuneVLSeg, MaPLe) or ``"post-norm"``; ``decoder``: an
-        extra decoder layer for models with a CLIPSeg decoder (:class:`CLIPSegAdapter`)."""
-        if text is not None and self.text is None:
-            raise ConfigError(f"{type(self.model).__name__} has no text tower to prompt")
-        if vision is not None and self.vision is None:
-            raise ConfigError(f"{type(self.model).__name__} has no vision tower to prompt")
-        with contextlib.ExitStack() as stack:
-            if text is not None:
-                stack.enter_context(self.text.prompted(text))  # type: ignore[union-attr]
-            if vision is not None:
-                stack.enter_context(self.vision.prompted(vision, position=vision_position))  # type: ignore[union-attr]
-            stack.enter_context(self._consumers(vision is not None, decoder))
-            yield self
-
-    @contextlib.contextmanager
-    def _consumers(self, vision_prompted: bool, decoder: nn.Module | None) -> Iterator[None]:
-        """Extra hooks for modules that read intermediate vision tokens (none by default)."""
-        if decoder is not None:
-            raise ConfigError(f"{type(self.model).__name__} has no CLIPSeg decoder to add a decoder layer to")
-        yield
 
 
 class CLIPSegAdapter(ModelAdapter):
@@ -82,11 +44,9 @@ class CLIPSegAdapter(ModelAdapter):
     """
 
     def __init__(self, model: nn.Module, tokenizer: PromptTokenizer) -> None:
-        from segprompt.backbones.hf_clip import hf_text_tower, hf_vision_tower
-
         clip = model.clip
-        text = hf_text_tower(clip.text_model, clip.text_projection, tokenizer, name="clipseg-text")
-        vision = hf_vision_tower(clip.vision_model, clip.visual_projection, name="clipseg-vision", interpolate=True)
+        text = hf_clip.hf_text_tower(clip.text_model, clip.text_projection, tokenizer, name="clipseg-text")
+        vision = hf_clip.hf_vision_tower(clip.vision_model, clip.visual_projection, name="clipseg-vision", interpolate=True)
         super().__init__(model, text, vision)
         self.decoder_layers = [int(i) + 1 for i in model.extract_layers]
 
@@ -143,8 +103,6 @@ def adapt(model: nn.Module, tokenizer: Any = None) -> ModelAdapter:
     """The adapter for ``model`` (see the module docstring). ``tokenizer``: a
     :class:`~segprompt.backbones.tokenizers.PromptTokenizer`, an open_clip tokenizer, or a
     transformers tokenizer; CLIP-BPE models default to the vocabulary shipped with open_clip."""
-    from segprompt.backbones import hf_clip, openclip
-
     if hf_clip.is_clipseg_segmentation(model):
         return CLIPSegAdapter(model, hf_clip.as_prompt_tokenizer(tokenizer, model.config.text_config))
     if hf_clip.is_hf_clip_model(model):

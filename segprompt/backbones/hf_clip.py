@@ -10,17 +10,16 @@ the CLS token is pooled; visual prompts enter before the vision model's ``pre_la
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from segprompt.backbones.model_adapter import ModelAdapter
 from segprompt.backbones.tokenizers import CLIPBPETokenizer, HFTokenizer, PromptTokenizer, Tokens
 from segprompt.backbones.towers import TextTower, VisionTower
 from segprompt.errors import ConfigError
 
-if TYPE_CHECKING:
-    from segprompt.backbones.adapters import ModelAdapter
 
 __all__ = ["hf_text_tower", "hf_vision_tower", "adapt_hf_clip", "is_clipseg_segmentation", "is_hf_clip_model"]
 
@@ -129,10 +128,8 @@ def is_hf_clip_model(model: nn.Module) -> bool:
     return isinstance(model, (CLIPModel, CLIPSegModel))
 
 
-def adapt_hf_clip(model: nn.Module, tokenizer: Any = None) -> "ModelAdapter":
+def adapt_hf_clip(model: nn.Module, tokenizer: Any = None) -> ModelAdapter:
     """Both towers of a transformers ``CLIPModel`` or ``CLIPSegModel``."""
-    from segprompt.backbones.adapters import ModelAdapter
-
     prompt_tok = as_prompt_tokenizer(tokenizer, model.config.text_config)
     interpolate = type(model).__name__.startswith("CLIPSeg")
     text = hf_text_tower(model.text_model, model.text_projection, prompt_tok, name="hf-clip-text")

@@ -25,17 +25,16 @@ the library's own functions.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
 
+from segprompt.backbones.model_adapter import ModelAdapter
 from segprompt.backbones.tokenizers import OpenCLIPTokenizer, PromptTokenizer, Tokens
 from segprompt.backbones.towers import TextTower, VisionTower
 from segprompt.errors import ConfigError
 
-if TYPE_CHECKING:
-    from segprompt.backbones.adapters import ModelAdapter
 
 __all__ = ["openclip_text_tower", "openclip_vision_tower", "adapt_openclip", "is_openclip_model"]
 
@@ -189,9 +188,7 @@ def timm_vit_tower(trunk: nn.Module, encode: Any, name: str = "timm-vision") -> 
     )
 
 
-def adapt_openclip(model: nn.Module, tokenizer: Any = None) -> "ModelAdapter":
+def adapt_openclip(model: nn.Module, tokenizer: Any = None) -> ModelAdapter:
     """Both towers of an open_clip model; the text tower only when a tokenizer is given."""
-    from segprompt.backbones.adapters import ModelAdapter
-
     text = openclip_text_tower(model, tokenizer) if tokenizer is not None else None
     return ModelAdapter(model, text, openclip_vision_tower(model))
