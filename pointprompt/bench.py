@@ -53,7 +53,7 @@ from segprompt.engine.runfolder import RunFolder
 from segprompt.engine.shards import Shard, UnitProgress, canonical, pick
 from segprompt.errors import ConfigError, DataError, PromptError
 from segprompt.metrics import dice, iou, noc
-from segprompt.models.base import MULTIMASK_DESCRIPTIONS, SINGLE_MASK_POLICIES, Segmenter
+from segprompt.models.base import BENCH_MULTIMASK_POLICIES, MULTIMASK_DESCRIPTIONS, SINGLE_MASK_POLICIES, Segmenter
 from segprompt.prompts import MaskPrompt, Points, PromptSet
 
 from pointprompt.budgets import budget_for
@@ -97,8 +97,8 @@ class PointBenchConfig:
         check_budget(self.n_positive, self.n_negative)
         if self.budget not in (None, "auto"):
             budget_for(self.budget)
-        if self.multimask not in SINGLE_MASK_POLICIES:
-            raise ConfigError(f"--multimask must be one of {', '.join(SINGLE_MASK_POLICIES)}; got {self.multimask!r}")
+        if self.multimask not in BENCH_MULTIMASK_POLICIES:
+            raise ConfigError(f"--multimask must be one of {', '.join(BENCH_MULTIMASK_POLICIES)}; got {self.multimask!r}")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if not self.models or not self.strategies:
@@ -184,9 +184,11 @@ def evaluate_image(
     n_pos, n_neg = budget or (cfg.n_positive, cfg.n_negative)
     K = steps or (n_pos + n_neg)
 
+    policy = model_policy(cfg.multimask, seg, model_name)
+
     def predict(points: Points) -> np.ndarray:
         """The model's mask for a points prompt on this image (for strategies that ask the model)."""
-        return seg.segment(state, PromptSet(points=points), multimask=cfg.multimask, targets=gt).masks[0, 0]
+        return seg.segment(state, PromptSet(points=points), multimask=policy, targets=gt).masks[0, 0]
 
     # placement strategies: every step of every strategy in one batched call
     sets, keys = [], []
@@ -199,7 +201,7 @@ def evaluate_image(
             sets.append(PromptSet(points=pts[:n]))
             keys.append((name, step))
     if sets:
-        pred = seg.segment(state, sets, multimask=cfg.multimask, targets=gt)
+        pred = seg.segment(state, sets, multimask=policy, targets=gt)
         for i, (name, step) in enumerate(keys):
             rows.append(_row(cfg, ds_name, model_name, sample.id, name, step, sets[i].points, pred.masks[i, 0], gt, float(pred.scores[i, 0]), None if pred.chosen is None else pred.chosen[i]))
 
@@ -211,7 +213,7 @@ def evaluate_image(
                 hsets.append(PromptSet(points=step.points))
                 hkeys.append((traj, k, step))
     if hsets:
-        pred = seg.segment(state, hsets, multimask=cfg.multimask, targets=gt)
+        pred = seg.segment(state, hsets, multimask=policy, targets=gt)
         for i, (traj, k, step) in enumerate(hkeys):
             extra = {"annotator": traj.annotator or "", "round": step.round, "recorded_iou": step.iou}
             rows.append(_row(cfg, ds_name, model_name, sample.id, HUMAN, k, hsets[i].points, pred.masks[i, 0], gt, float(pred.scores[i, 0]), None if pred.chosen is None else pred.chosen[i], **extra))
@@ -229,7 +231,7 @@ def evaluate_image(
                 PromptSet(points=points[n], mask=MaskPrompt(logits[n], kind="logits") if feedback and logits[n] is not None else None)
                 for n in names
             ]
-            pred = seg.segment(state, step_sets, multimask=cfg.multimask, targets=gt)
+            pred = seg.segment(state, step_sets, multimask=policy, targets=gt)
             for i, n in enumerate(names):
                 mask = pred.masks[i, 0]
                 rows.append(_row(cfg, ds_name, model_name, sample.id, n, step, points[n], mask, gt, float(pred.scores[i, 0]), None if pred.chosen is None else pred.chosen[i]))
@@ -409,6 +411,7 @@ def run_pointprompt(
                 continue
             if model_name not in models:
                 models[model_name] = make(model_name)
+                model_policy(cfg.multimask, models[model_name], model_name)  # refused before its first image
             seg = models[model_name]
             for i in tqdm(todo, desc=f"{model_name} on {short_name(p.key)}", disable=not progress, leave=False):
                 image_id = p.ids[i]
@@ -585,6 +588,16 @@ MODEL_NOTES = {
     "universal": "the SEEM-style universal decoder (segprompt.universal) with the checkpoint given in config.yaml (model_kwargs); "
     "with mask feedback the previous step's logits are its memory prompt",
 }
+
+def model_policy(policy: str, seg: Segmenter, model_name: str) -> str:
+    """The policy one model is run with: ``policy``, or the model's own for ``"model"``."""
+    if policy != "model":
+        return policy
+    own = str(seg.multimask)
+    if own not in SINGLE_MASK_POLICIES:
+        raise ConfigError(f"{model_name}: --multimask model needs a policy that keeps one mask, and this model's own is {own!r}; give --multimask")
+    return own
+
 
 def multimask_note(policy: str) -> str:
     """The report's sentence on the multimask policy, from the one description of each policy."""

@@ -10,7 +10,7 @@ import click
 from segprompt.commands.inference_options import CLASSICAL_MODELS, inference_options, model_wrappers
 from segprompt.engine.launchers import echo_bench_end, launch_from_options, launch_options
 from segprompt.errors import ConfigError
-from segprompt.models.base import SINGLE_MASK_POLICIES, multimask_help
+from segprompt.models.base import BENCH_MULTIMASK_POLICIES, multimask_help
 from segprompt.volumes.fallback import PROJECTIONS
 
 
@@ -29,7 +29,7 @@ def _split(values: tuple[str, ...]) -> list[str]:
 @click.option("--budget", default=None, help="'auto': the PointPrompt study's per-dataset budget (kvasir 14/2, busi 4/1, ...); or a study set name (polyp, breast, one, ...).")
 @click.option("--steps", type=int, default=None, help="Steps per trajectory (default: positive + negative).")
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--multimask", type=click.Choice(SINGLE_MASK_POLICIES), default="auto", show_default=True, help=multimask_help(SINGLE_MASK_POLICIES))
+@click.option("--multimask", type=click.Choice(BENCH_MULTIMASK_POLICIES), default="auto", show_default=True, help=multimask_help(BENCH_MULTIMASK_POLICIES))
 @click.option("--mask-feedback/--no-mask-feedback", default=False, help="Feed the previous low-res logits back with each correction click (for `universal`: its memory prompt).")
 @click.option("--limit", type=int, default=None, help="Use only the first N images.")
 @click.option("--human", type=click.Path(path_type=Path), default=None, help="Recorded human prompts to replay: a trajectory file (.jsonl/.json) or a PointPrompt human-data folder.")

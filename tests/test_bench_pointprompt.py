@@ -159,6 +159,31 @@ def test_same_seed_same_rows(tmp_path, tiny_model):
     assert (tmp_path / "x" / "results.jsonl").read_text() != (tmp_path / "z" / "results.jsonl").read_text()
 
 
+def test_multimask_model_runs_each_model_with_its_own_policy(tmp_path, tiny_model):
+    """``--multimask model`` gives each model the policy it was created with (what the library,
+    ``segment`` and napari use): the same rows as a run with that policy for that model alone."""
+    own = {"tiny": "single", "tiny@auto": "auto", "tiny@all": "all"}
+
+    def make(name):
+        return SamSegmenter(model=tiny_model, multimask=own[name])
+
+    cfg = dict(CFG, strategies=["centre", "microsam"])
+    run_pointprompt(PointBenchConfig(**{**cfg, "models": ["tiny", "tiny@auto"], "multimask": "model"}), tmp_path / "m", model_factory=make, progress=False)
+    rows = [json.loads(line) for line in (tmp_path / "m" / "results.jsonl").read_text().splitlines()]
+    for name, policy in (("tiny", "single"), ("tiny@auto", "auto")):
+        run_pointprompt(PointBenchConfig(**{**cfg, "models": [name], "multimask": policy}), tmp_path / policy, model_factory=make, progress=False)
+        alone = [json.loads(line) for line in (tmp_path / policy / "results.jsonl").read_text().splitlines()]
+        key = lambda r: (r["image"], r["strategy"], r["step"])  # noqa: E731
+        mine = {key(r): r["iou"] for r in rows if r["model"] == name}
+        assert mine == {key(r): r["iou"] for r in alone} and len(mine) == len(alone) > 0
+    first = {r["model"]: r["iou"] for r in rows if r["strategy"] == "centre" and r["step"] == 1 and r["image"] == rows[0]["image"]}
+    assert first["tiny"] != first["tiny@auto"]  # the two policies differ on a lone click
+    with pytest.raises(ConfigError, match="tiny@all: --multimask model needs a policy that keeps one mask, and this model's own is 'all'"):
+        run_pointprompt(PointBenchConfig(**{**cfg, "models": ["tiny@all"], "multimask": "model"}), tmp_path / "all", model_factory=make, progress=False)
+    with pytest.raises(ConfigError, match="--multimask must be one of .*model"):
+        PointBenchConfig(multimask="mine")
+
+
 def test_config_errors():
     with pytest.raises(ConfigError, match="unknown point strategy 'centr'.*centre"):
         PointBenchConfig(strategies=["centr"])

@@ -180,7 +180,8 @@ def test_multimask_values_are_listed_the_same_everywhere():
     bench = runner.invoke(cli, ["bench", "pointprompt", "--help"], terminal_width=400).output
     assert all(p in seg for p in MULTIMASK_POLICIES)  # segment accepts all, auto included
     assert "[single|all|first|best|oracle|auto]" in seg
-    assert "[single|first|best|oracle|auto]" in bench  # one mask per prompt set: no 'all'
+    assert "[single|first|best|oracle|auto|model]" in bench  # one mask per prompt set: no 'all'; model: each model's own
+    assert "model: each model's own policy" in bench
     assert set(SINGLE_MASK_POLICIES) == set(MULTIMASK_POLICIES) - {"all"}
 
 

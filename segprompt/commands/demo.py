@@ -32,7 +32,7 @@ def demo(out: Path, images: int, seed: int) -> None:
         n_negative=1,
         steps=4,
         seed=seed,
-        multimask="auto",
+        multimask="model",  # each model as shipped: sam-tiny with its own single-mask head
     )
     click.echo(f"segprompt demo: {images} synthetic lesion images, models sam-tiny (bundled demo model) and grabcut -> {out}")
     summary = run_pointprompt(cfg, out)

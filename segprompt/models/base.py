@@ -47,12 +47,16 @@ MULTIMASK_DESCRIPTIONS: dict[str, str] = {
     "first": "candidate 0 (what the PointPrompt code uses)",
     "best": "the candidate with the highest predicted IoU",
     "oracle": "the candidate with the highest IoU against the ground truth",
+    "model": "each model's own policy (its create_segmenter multimask: auto for SAM, SAM 2 and universal, the single-mask head for sam-tiny)",
 }
+#: the benchmarks' ``--multimask``: a policy that keeps one mask, or ``"model"`` (each model's own,
+#: as the library, ``segment`` and napari use it)
+BENCH_MULTIMASK_POLICIES: tuple[str, ...] = (*SINGLE_MASK_POLICIES, "model")
 
 
 def multimask_help(policies: Sequence[str] = MULTIMASK_POLICIES) -> str:
     """A ``--help`` text listing ``policies`` with one phrase each, in one order everywhere."""
-    return "; ".join(f"{p}: {MULTIMASK_DESCRIPTIONS[p]}" for p in MULTIMASK_POLICIES if p in policies) + "."
+    return "; ".join(f"{p}: {MULTIMASK_DESCRIPTIONS[p]}" for p in (*MULTIMASK_POLICIES, "model") if p in policies) + "."
 
 
 def check_policy(policy: str) -> str:
