@@ -98,18 +98,18 @@ def config(args: argparse.Namespace):  # noqa: ANN201 - UniversalTrainConfig, im
             init=str(init), grow=dict(grow), dataset="synthetic-objects",
             dataset_kwargs=json.loads(json.dumps(data)), val_kwargs=dict(VAL), epochs=args.epochs, batch_size=8, lr=args.lr, warmup_steps=20,
             rows_per_image=4, correction_clicks=4, memory_share=0.5, seed=2, checkpoint_every=100,
-            max_steps=args.max_steps, progress=not args.quiet, **rounds,
+            max_steps=args.max_steps, progress=not args.quiet, device=args.device, precision=args.precision, **rounds,
         )
     if args.stage == 2:
         return UniversalTrainConfig(
             init=str(Path(args.init) / "universal.safetensors"), dataset="synthetic-objects", dataset_kwargs=dict(STAGE2_TRAIN),
             val_kwargs=dict(VAL), epochs=1, batch_size=8, lr=args.lr, warmup_steps=20, rows_per_image=4, second_round=0.6,
-            correction_clicks=4, memory_share=0.5, seed=1, checkpoint_every=100, max_steps=args.max_steps, progress=not args.quiet,
+            correction_clicks=4, memory_share=0.5, seed=1, checkpoint_every=100, max_steps=args.max_steps, progress=not args.quiet, device=args.device, precision=args.precision,
         )
     return UniversalTrainConfig(
         model=dict(MODEL), dataset="synthetic-objects", dataset_kwargs=dict(TRAIN), val_kwargs=dict(VAL),
         epochs=args.epochs, batch_size=8, lr=args.lr, warmup_steps=50, rows_per_image=4, second_round=0.3,
-        seed=0, checkpoint_every=100, max_steps=args.max_steps, progress=not args.quiet,
+        seed=0, checkpoint_every=100, max_steps=args.max_steps, progress=not args.quiet, device=args.device, precision=args.precision,
     )
 
 
@@ -229,6 +229,8 @@ def main() -> int:
     p.add_argument("--export", default=None, help="Export the finished run's best weights here (fp16) with a JSON record; no training.")
     p.add_argument("--quiet", action="store_true")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    p.add_argument("--device", default="cpu", help="cpu or cuda[:N] (the run folder resumes on either)")
+    p.add_argument("--precision", default="fp32", choices=("fp32", "bf16", "fp16"), help="autocast precision of the training steps (bf16 on a recent GPU)")
     args = p.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if args.export:
