@@ -43,7 +43,7 @@ def build_model(name: str):
 
     if name == "sam-tiny":
         try:
-            return create_segmenter("sam-tiny", multimask="best"), "sam-tiny (bundled weights)"
+            return create_segmenter("sam-tiny", multimask="best"), "sam-tiny (bundled weights; three candidates per click, the widget's all)"
         except Exception as exc:  # noqa: BLE001 - WeightsError while the demo model is being built
             from segprompt.models.sam_arch import SamArch
 

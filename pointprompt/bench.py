@@ -99,6 +99,9 @@ class PointBenchConfig:
             budget_for(self.budget)
         if self.multimask not in BENCH_MULTIMASK_POLICIES:
             raise ConfigError(f"--multimask must be one of {', '.join(BENCH_MULTIMASK_POLICIES)}; got {self.multimask!r}")
+        for m, kw in (self.model_kwargs or {}).items():
+            if self.multimask == "model" and kw.get("multimask") is not None and kw["multimask"] not in SINGLE_MASK_POLICIES:
+                raise ConfigError(f"{m}: --multimask model needs a policy that keeps one mask, and model_kwargs gives {kw['multimask']!r}")
         if self.steps is not None and self.steps < 1:
             raise ConfigError(f"steps must be >= 1, got {self.steps}")
         if not self.models or not self.strategies:
@@ -239,6 +242,9 @@ def evaluate_image(
                     logits[n] = pred.logits[i, 0]
                 if step < K:
                     points[n] = points[n] + corr[n].correct(gt, mask, rngs[n], sample.image, clicked=points[n])
+    if cfg.multimask == "model":  # which policy "model" meant for this model, on every row
+        for r in rows:
+            r["multimask"] = policy
     return rows
 
 
@@ -544,7 +550,11 @@ def summarise(rows: Sequence[dict[str, Any]], cfg: PointBenchConfig) -> dict[str
                 "fail85": float(np.mean([max(c) < 0.85 for c in curves_u])),
             }
         )
-    return {"table": table, "curves": curves, "matched": matched, "steps": steps}
+    policies: dict[str, list[str]] = defaultdict(list)  # --multimask model: each model's own, from its rows
+    for r in rows:
+        if r.get("multimask") and r["multimask"] not in policies[r["model"]]:
+            policies[r["model"]].append(r["multimask"])
+    return {"table": table, "curves": curves, "matched": matched, "steps": steps, "policies": dict(policies)}
 
 
 SUMMARY_COLUMNS = ["dataset", "model", "strategy", "steps", "trajectories", "iou@1", "iou@last", "iou_best", "iou_mean", "noc85", "noc90", "fail85"]
@@ -599,6 +609,19 @@ def model_policy(policy: str, seg: Segmenter, model_name: str) -> str:
     return own
 
 
+def _policy_lines(cfg: PointBenchConfig, policies: dict[str, list[str]]) -> list[str]:
+    """With ``--multimask model``: the policy each model ran with, from its rows (two policies for
+    one model mean its own default changed between the runs that wrote the rows)."""
+    if cfg.multimask != "model":
+        return []
+    out = [""]
+    for m in cfg.models:
+        seen = policies.get(m, [])
+        mixed = " (rows from more than one policy: the model's own default changed between runs; start a new run folder)" if len(seen) > 1 else ""
+        out.append(f"- `{m}`: {' and '.join(f'`{p}`' for p in seen) or 'no rows yet'}{mixed}")
+    return out
+
+
 def multimask_note(policy: str) -> str:
     """The report's sentence on the multimask policy, from the one description of each policy."""
     return (
@@ -640,6 +663,7 @@ def write_reports(run: RunFolder, summary: dict[str, Any], cfg: PointBenchConfig
         *models,
         "",
         f"Multimask policy {multimask_note(cfg.multimask)}",
+        *_policy_lines(cfg, summary.get("policies", {})),
         "",
         f"Mask feedback between correction clicks: {feedback}.",
         "",

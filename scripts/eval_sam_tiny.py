@@ -3,7 +3,8 @@
 
 Every model gets the same trajectories: micro-sam's clicker (the first click at the object's
 centre, the point farthest from its border; then one correction click per step at the centre of
-the largest error region), 3 steps, ``--multimask auto``. ``iou@1`` is therefore the IoU from
+the largest error region), 3 steps, ``--multimask auto`` unless ``--multimask`` says otherwise
+(``single``, or ``model`` for each model's own policy; table.md names it). ``iou@1`` is the IoU from
 the centre point and ``iou@3`` the IoU after two correction clicks. CamVid is evaluated one
 class at a time (every class covering at least 1 % of an image; void ignored). Nothing here
 trains; ``../shared/data`` is only read.
@@ -75,7 +76,7 @@ def main() -> int:
     lines = ["| model | set | n | IoU, 1 click | IoU, 3 clicks |", "|---|---|---|---|---|"]
     for (model, name), row in table.items():
         lines.append(f"| {model} | {name} | {row['trajectories']} | {row['iou@1']:.3f} | {row['iou@last']:.3f} |")
-    (args.out / "table.md").write_text("\n".join(lines) + "\n")
+    (args.out / "table.md").write_text("\n".join(lines) + f"\n\nmultimask policy: {args.multimask}\n")
     (args.out / "table.json").write_text(json.dumps([{"model": m, "set": s, **r} for (m, s), r in table.items()], indent=1) + "\n")
     print("\n".join(lines))
     return 0

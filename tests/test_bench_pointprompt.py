@@ -180,8 +180,13 @@ def test_multimask_model_runs_each_model_with_its_own_policy(tmp_path, tiny_mode
     assert first["tiny"] != first["tiny@auto"]  # the two policies differ on a lone click
     with pytest.raises(ConfigError, match="tiny@all: --multimask model needs a policy that keeps one mask, and this model's own is 'all'"):
         run_pointprompt(PointBenchConfig(**{**cfg, "models": ["tiny@all"], "multimask": "model"}), tmp_path / "all", model_factory=make, progress=False)
+    report = (tmp_path / "m" / "report.md").read_text()
+    assert "- `tiny`: `single`" in report and "- `tiny@auto`: `auto`" in report
+    assert {r["multimask"] for r in rows if r["model"] == "tiny"} == {"single"}
     with pytest.raises(ConfigError, match="--multimask must be one of .*model"):
         PointBenchConfig(multimask="mine")
+    with pytest.raises(ConfigError, match="tiny: --multimask model needs a policy that keeps one mask, and model_kwargs gives 'all'"):
+        PointBenchConfig(**{**cfg, "models": ["tiny"], "multimask": "model", "model_kwargs": {"tiny": {"multimask": "all"}}})
 
 
 def test_config_errors():

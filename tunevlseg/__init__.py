@@ -20,7 +20,7 @@ _LAZY = {
     "list_vlsms": "tunevlseg.models",
     "register_vlsm": "tunevlseg.models",
     "VLSM": "tunevlseg.models",
-    "PromptSet": "tunevlseg.models",
+    "PromptSet": "tunevlseg.prompt_set",
     "tiny_clipseg": "tunevlseg.models",
     "tiny_openclip_vlsm": "tunevlseg.models",
     "create_learner": "tunevlseg.learners",

@@ -57,7 +57,8 @@ log = logging.getLogger(__name__)
 _UIDS = count(1)
 
 #: candidate policies offered in the widget: "auto" = SAM's advice (3 candidates for an
-#: ambiguous single click, the single-output head otherwise)
+#: ambiguous single click, the single-output head otherwise) unless the model's own policy is the
+#: single head (sam-tiny's), which it keeps; "all" = always the candidates
 CANDIDATE_POLICIES = ("auto", "all", "single")
 
 
