@@ -87,6 +87,7 @@ def test_rows_and_3d_dice_recomputed_from_labels(full_run, models):  # noqa: ANN
             assert r["box"] is None
         native = volume_support(models[r["model"]]) == "native"
         assert (r["method"] != "fallback") == native
+        assert r["multimask"] == models[r["model"]].multimask  # the policy the slices were decoded with
     assert {r["method"] for r in rows if r["model"] != "sam2"} == {"fallback"}
     grabcut = [r["dice3d"] for r in rows if r["model"] == "grabcut"]
     assert np.mean(grabcut) > 0.8  # a real segmentation propagated through the stack, not noise
