@@ -417,7 +417,6 @@ def run_pointprompt(
                 continue
             if model_name not in models:
                 models[model_name] = make(model_name)
-                model_policy(cfg.multimask, models[model_name], model_name)  # refused before its first image
             seg = models[model_name]
             for i in tqdm(todo, desc=f"{model_name} on {short_name(p.key)}", disable=not progress, leave=False):
                 image_id = p.ids[i]

@@ -351,7 +351,7 @@ def evaluate_volume(cfg: VolumeBenchConfig, seg: Segmenter, model: str, dataset:
                 "model": model,
                 "strategy": prompt,
                 "method": result.method,
-                "multimask": str(getattr(seg, "multimask", "")),  # the model's own policy: slices are decoded with it
+                "multimask": seg.multimask,  # the model's own policy: slices are decoded with it
                 "depth": int(len(gt3)),
                 "z_first": int(z_ext[0]),
                 "z_last": int(z_ext[-1]),
